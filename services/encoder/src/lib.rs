@@ -1,0 +1,1 @@
+//! flowmesh-encoder: filled in by its own issue.

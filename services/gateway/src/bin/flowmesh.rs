@@ -1,0 +1,58 @@
+//! `flowmesh`: the command-line tool. `flowmesh up FLOW.yml` runs a whole Flow on this machine;
+//! `flowmesh validate FLOW.yml` checks a Flow file; `flowmesh openapi` prints the gateway's
+//! OpenAPI document.
+
+use clap::{Parser, Subcommand};
+use flowmesh_gateway::launcher::{up, UpArgs};
+use flowmesh_gateway::{load_flow, openapi_json};
+use flowmesh_shared::server::shutdown_signal;
+use flowmesh_shared::telemetry::init_tracing;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowmesh",
+    version,
+    about = "Neural search as a mesh of services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start every process of a Flow on this machine and serve its gateway.
+    Up(UpArgs),
+    /// Check a Flow file and print its executors.
+    Validate {
+        /// The Flow file (YAML).
+        flow: std::path::PathBuf,
+    },
+    /// Print the gateway's OpenAPI document.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    let result = match Cli::parse().command {
+        Cmd::Up(args) => up(args, shutdown_signal()).await,
+        Cmd::Validate { flow } => load_flow(&flow).map(|spec| {
+            println!("flow {:?} is valid:", spec.name);
+            for e in &spec.executors {
+                println!(
+                    "  {} (uses {}, {} shard(s) x {} replica(s))",
+                    e.name, e.uses, e.shards, e.replicas
+                );
+            }
+        }),
+        Cmd::Openapi => {
+            println!("{}", openapi_json());
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("flowmesh: {e:#}");
+        std::process::exit(1);
+    }
+}

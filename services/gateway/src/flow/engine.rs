@@ -1,0 +1,502 @@
+//! The Flow engine: runs a request through the executor DAG.
+//!
+//! A request is cut into batches of `request_size` documents; at most `prefetch` batches are in
+//! flight and the answers are put back in order. Within a batch every executor starts as soon as
+//! all of its predecessors have answered (parallel branches run concurrently) and an executor with
+//! several predecessors gets their documents merged by id. Remote executors are shards of replica
+//! sets: `any` polling sends each root document to the shard that owns its id, `all` polling sends
+//! the batch to every shard and merges the answers with `uses_after`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::{try_join_all, BoxFuture, FutureExt, Shared};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use flowmesh_shared::api::top_k;
+use flowmesh_shared::balance::{BalanceConfig, Call, ReplicaSet};
+use flowmesh_shared::client::ExecutorClient;
+use flowmesh_shared::codec::Format;
+use flowmesh_shared::fanout::{merge_shard_answers, split_by_shard, MatchMerge};
+use flowmesh_shared::{ApiError, Document, Envelope, Header, Parameters, Route};
+
+use super::sentencizer::Sentencizer;
+use super::spec::{ExecutorSpec, FlowError, FlowSpec, Polling, ENDPOINTS};
+
+/// How a node merges the answers of `all` polling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Merger {
+    TopK,
+    Concat,
+}
+
+enum Kind {
+    Sentencizer(Sentencizer),
+    Remote {
+        shards: Vec<ReplicaSet>,
+        merger: Merger,
+    },
+}
+
+struct Node {
+    spec: ExecutorSpec,
+    name: Arc<str>,
+    kind: Kind,
+    /// Polling per public endpoint, in the order of [`ENDPOINTS`].
+    polling: [Polling; 4],
+}
+
+/// A running Flow: executors connected to their replicas.
+pub struct Flow {
+    spec: FlowSpec,
+    nodes: Vec<Node>,
+    preds: Vec<Vec<usize>>,
+    /// Executors without successors; their answers are the Flow's answer.
+    sinks: Vec<usize>,
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flow")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The envelope sent to an executor, serialised without copying the documents.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    header: &'a Header,
+    parameters: &'a Parameters,
+    data: &'a [Document],
+}
+
+/// Per-request context shared by all batches.
+struct RequestCtx {
+    endpoint: &'static str,
+    header: Header,
+    parameters: Parameters,
+    request_id: Arc<str>,
+    endpoint_path: Arc<str>,
+    /// Nanoseconds spent in each executor, summed over batches.
+    nanos: Vec<AtomicU64>,
+    /// When each executor first started and last finished work on this request.
+    spans: Vec<Mutex<Option<(SystemTime, SystemTime)>>>,
+}
+
+/// The answer of a Flow to one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The envelope for the caller, with Jina-style `routes`.
+    pub envelope: Envelope,
+    /// Milliseconds spent in each executor that served the request (summed over batches).
+    pub timings: Vec<(Arc<str>, f64)>,
+}
+
+type NodeOutput = Result<Vec<Document>, ApiError>;
+
+impl Flow {
+    /// Connects to every executor of `spec`. Every remote executor must have addresses (the
+    /// launcher fills them in for the ones it starts).
+    pub fn build(spec: FlowSpec, client: &ExecutorClient) -> Result<Self, FlowError> {
+        spec.validate()?;
+        let preds = spec.predecessors()?;
+        let mut nodes = Vec::with_capacity(spec.executors.len());
+        for e in &spec.executors {
+            let kind = if e.is_builtin() {
+                Kind::Sentencizer(Sentencizer::from_settings(&e.name, &e.settings)?)
+            } else {
+                let Some(addresses) = e.shard_addresses()? else {
+                    return Err(FlowError::Executor {
+                        executor: e.name.clone(),
+                        problem: "has no addresses; give them in the flow, or start the flow with `flowmesh up`, which starts its executors".into(),
+                    });
+                };
+                let config = BalanceConfig {
+                    timeout: Duration::from_millis(
+                        e.timeout_ms.unwrap_or(spec.settings.timeout_ms),
+                    ),
+                    retries: e.retries.unwrap_or(spec.settings.retries),
+                    health_interval: Duration::from_millis(spec.settings.health_interval_ms),
+                    ..BalanceConfig::default()
+                };
+                let shards = addresses
+                    .iter()
+                    .map(|replicas| {
+                        ReplicaSet::new(&e.name, replicas, client.clone(), config.clone())
+                    })
+                    .collect();
+                let merger = match e.uses_after.as_deref() {
+                    Some("concat") => Merger::Concat,
+                    _ => Merger::TopK,
+                };
+                Kind::Remote { shards, merger }
+            };
+            let mut polling = [Polling::Any; 4];
+            for (slot, endpoint) in polling.iter_mut().zip(ENDPOINTS) {
+                *slot = e.polling_for(endpoint)?;
+            }
+            nodes.push(Node {
+                spec: e.clone(),
+                name: e.name.as_str().into(),
+                kind,
+                polling,
+            });
+        }
+        let mut has_successor = vec![false; nodes.len()];
+        for p in preds.iter().flatten() {
+            has_successor[*p] = true;
+        }
+        let sinks = (0..nodes.len()).filter(|i| !has_successor[*i]).collect();
+        Ok(Self {
+            spec,
+            nodes,
+            preds,
+            sinks,
+        })
+    }
+
+    /// The Flow as configured.
+    pub fn spec(&self) -> &FlowSpec {
+        &self.spec
+    }
+
+    /// Ready when every shard of every remote executor has a healthy replica.
+    pub fn is_ready(&self) -> bool {
+        self.nodes.iter().all(|n| match &n.kind {
+            Kind::Sentencizer(_) => true,
+            Kind::Remote { shards, .. } => shards.iter().all(ReplicaSet::any_up),
+        })
+    }
+
+    /// The topology and replica health, for `GET /status`.
+    pub fn status(&self) -> Value {
+        let executors: Vec<Value> = self
+            .nodes
+            .iter()
+            .zip(&self.preds)
+            .map(|(n, preds)| {
+                let needs: Vec<&str> = if preds.is_empty() {
+                    vec!["gateway"]
+                } else {
+                    preds.iter().map(|&p| &*self.nodes[p].name).collect()
+                };
+                let shards: Vec<Value> = match &n.kind {
+                    Kind::Sentencizer(_) => Vec::new(),
+                    Kind::Remote { shards, .. } => shards
+                        .iter()
+                        .map(|s| {
+                            Value::Array(
+                                s.replicas()
+                                    .iter()
+                                    .map(|r| json!({"address": r.base(), "up": r.is_up(), "calls": r.calls()}))
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                };
+                let polling: serde_json::Map<String, Value> = ENDPOINTS
+                    .iter()
+                    .zip(n.polling)
+                    .map(|(e, p)| (format!("/{e}"), json!(p)))
+                    .collect();
+                json!({
+                    "name": &*n.name,
+                    "uses": n.spec.uses,
+                    "needs": needs,
+                    "replicas": n.spec.replicas,
+                    "shards": shards,
+                    "polling": polling,
+                    "uses_after": n.spec.uses_after.as_deref().unwrap_or("topk"),
+                })
+            })
+            .collect();
+        json!({
+            "flow": self.spec.name,
+            "ready": self.is_ready(),
+            "request_size": self.spec.settings.request_size,
+            "prefetch": self.spec.settings.prefetch,
+            "executors": executors,
+        })
+    }
+
+    /// Runs `request` through the Flow for `endpoint` (one of [`ENDPOINTS`]).
+    pub async fn run(&self, endpoint: &'static str, request: Envelope) -> Result<Answer, ApiError> {
+        debug_assert!(ENDPOINTS.contains(&endpoint));
+        let Envelope {
+            mut header,
+            parameters,
+            mut data,
+            ..
+        } = request;
+        if data.is_empty() {
+            return Err(ApiError::BadRequest(
+                "data is empty: send at least one document".into(),
+            ));
+        }
+        if header.request_id.is_empty() {
+            header.request_id = uuid::Uuid::new_v4().simple().to_string();
+        }
+        header.exec_endpoint = format!("/{endpoint}");
+        for doc in &mut data {
+            if doc.id.is_empty() {
+                doc.id = uuid::Uuid::new_v4().simple().to_string();
+            }
+        }
+        let ctx = RequestCtx {
+            endpoint,
+            request_id: header.request_id.as_str().into(),
+            endpoint_path: header.exec_endpoint.as_str().into(),
+            header,
+            parameters,
+            nanos: (0..self.nodes.len()).map(|_| AtomicU64::new(0)).collect(),
+            spans: (0..self.nodes.len()).map(|_| Mutex::new(None)).collect(),
+        };
+        let size = self.spec.settings.request_size;
+        let batches: Vec<Vec<Document>> = if data.len() <= size {
+            vec![data]
+        } else {
+            let mut it = data.into_iter().peekable();
+            let mut out = Vec::new();
+            while it.peek().is_some() {
+                out.push(it.by_ref().take(size).collect());
+            }
+            out
+        };
+        let mut runs = Vec::with_capacity(batches.len());
+        for batch in batches {
+            runs.push(self.run_batch(&ctx, batch));
+        }
+        let answers: Vec<Vec<Document>> = futures::stream::iter(runs)
+            .buffered(self.spec.settings.prefetch)
+            .try_collect()
+            .await?;
+        let mut data: Vec<Document> = answers.into_iter().flatten().collect();
+        let keep_embeddings = ctx
+            .parameters
+            .get("return_embeddings")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !keep_embeddings {
+            data.iter_mut().for_each(Document::strip_embeddings);
+        }
+        let mut routes = Vec::new();
+        let mut timings = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let span = *ctx.spans[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((start, end)) = span {
+                routes.push(Route {
+                    executor: node.name.to_string(),
+                    start_time: humantime::format_rfc3339_micros(start).to_string(),
+                    end_time: humantime::format_rfc3339_micros(end).to_string(),
+                });
+                timings.push((
+                    node.name.clone(),
+                    ctx.nanos[i].load(Ordering::Relaxed) as f64 / 1e6,
+                ));
+            }
+        }
+        Ok(Answer {
+            envelope: Envelope {
+                header: ctx.header,
+                parameters: ctx.parameters,
+                data,
+                routes,
+            },
+            timings,
+        })
+    }
+
+    async fn run_batch(&self, ctx: &RequestCtx, docs: Vec<Document>) -> NodeOutput {
+        let start: Shared<BoxFuture<'_, NodeOutput>> =
+            futures::future::ready(Ok(docs)).boxed().shared();
+        let mut outputs: Vec<Shared<BoxFuture<'_, NodeOutput>>> =
+            Vec::with_capacity(self.nodes.len());
+        for (i, preds) in self.preds.iter().enumerate() {
+            let inputs: Vec<_> = if preds.is_empty() {
+                vec![start.clone()]
+            } else {
+                preds.iter().map(|&p| outputs[p].clone()).collect()
+            };
+            let fut = async move {
+                let inputs = try_join_all(inputs).await?;
+                self.run_node(ctx, i, join_by_id(inputs)).await
+            };
+            outputs.push(fut.boxed().shared());
+        }
+        drop(start);
+        // Only the sinks are kept, so each intermediate answer has one consumer and moves on
+        // without being copied.
+        let sinks: Vec<_> = self.sinks.iter().map(|&i| outputs[i].clone()).collect();
+        drop(outputs);
+        Ok(join_by_id(try_join_all(sinks).await?))
+    }
+
+    async fn run_node(&self, ctx: &RequestCtx, i: usize, mut docs: Vec<Document>) -> NodeOutput {
+        let node = &self.nodes[i];
+        if !node.spec.serves(ctx.endpoint) {
+            return Ok(docs);
+        }
+        let t0 = Instant::now();
+        let started = SystemTime::now();
+        let out = match &node.kind {
+            Kind::Sentencizer(s) => {
+                if ctx.endpoint != "delete" {
+                    s.segment(&mut docs);
+                }
+                Ok(docs)
+            }
+            Kind::Remote { shards, merger } => {
+                let slot = ENDPOINTS
+                    .iter()
+                    .position(|e| *e == ctx.endpoint)
+                    .unwrap_or(0);
+                self.call_remote(ctx, node, shards, node.polling[slot], *merger, docs)
+                    .await
+            }
+        };
+        let elapsed = t0.elapsed();
+        ctx.nanos[i].fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        {
+            let ended = started + elapsed;
+            let mut span = ctx.spans[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *span = Some(match *span {
+                None => (started, ended),
+                Some((s, e)) => (s.min(started), e.max(ended)),
+            });
+        }
+        metrics::histogram!("flowmesh_executor_duration_seconds", "executor" => node.name.to_string())
+            .record(elapsed.as_secs_f64());
+        out
+    }
+
+    async fn call_remote(
+        &self,
+        ctx: &RequestCtx,
+        node: &Node,
+        shards: &[ReplicaSet],
+        polling: Polling,
+        merger: Merger,
+        docs: Vec<Document>,
+    ) -> NodeOutput {
+        if shards.len() == 1 {
+            return call_shard(ctx, &shards[0], encode(ctx, &docs)?).await;
+        }
+        match polling {
+            Polling::Any => {
+                let total = docs.len();
+                // Futures are built in a loop, not a closure: a closure's higher-ranked lifetimes
+                // keep rustc from proving the request future `Send`.
+                let mut calls = Vec::with_capacity(shards.len());
+                for ((positions, part), shard) in
+                    split_by_shard(docs, shards.len()).into_iter().zip(shards)
+                {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    calls.push(async move {
+                        let body = encode(ctx, &part)?;
+                        let answer = call_shard(ctx, shard, body).await?;
+                        Ok::<_, ApiError>((positions, answer))
+                    });
+                }
+                let answers = try_join_all(calls).await?;
+                Ok(reassemble(&node.name, total, answers))
+            }
+            Polling::All => {
+                let body = encode(ctx, &docs)?;
+                let mut calls = Vec::with_capacity(shards.len());
+                for shard in shards {
+                    calls.push(call_shard(ctx, shard, body.clone()));
+                }
+                let answers = try_join_all(calls).await?;
+                let how = match merger {
+                    Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters)),
+                    Merger::Concat => MatchMerge::Concat,
+                };
+                Ok(merge_shard_answers(answers, how))
+            }
+        }
+    }
+}
+
+fn encode(ctx: &RequestCtx, docs: &[Document]) -> Result<bytes::Bytes, ApiError> {
+    Format::MsgPack.encode(&Outgoing {
+        header: &ctx.header,
+        parameters: &ctx.parameters,
+        data: docs,
+    })
+}
+
+async fn call_shard(ctx: &RequestCtx, shard: &ReplicaSet, body: bytes::Bytes) -> NodeOutput {
+    let call = Call {
+        endpoint: ctx.endpoint_path.clone(),
+        body,
+        request_id: ctx.request_id.clone(),
+    };
+    Ok(shard.call(call).await?.data)
+}
+
+/// Puts the answers of `any` polling back in the order the documents came in. An executor that
+/// answers with a different number of documents than it was sent has its answer appended as is.
+fn reassemble(
+    executor: &str,
+    total: usize,
+    answers: Vec<(Vec<usize>, Vec<Document>)>,
+) -> Vec<Document> {
+    let mut slots: Vec<Option<Document>> = vec![None; total];
+    let mut extra = Vec::new();
+    for (positions, docs) in answers {
+        if positions.len() == docs.len() {
+            for (p, d) in positions.into_iter().zip(docs) {
+                slots[p] = Some(d);
+            }
+        } else {
+            tracing::warn!(
+                executor,
+                sent = positions.len(),
+                got = docs.len(),
+                "executor changed the number of documents"
+            );
+            extra.extend(docs);
+        }
+    }
+    slots.into_iter().flatten().chain(extra).collect()
+}
+
+/// Merges the answers of several predecessors by document id, in the first answer's order.
+fn join_by_id(mut inputs: Vec<Vec<Document>>) -> Vec<Document> {
+    if inputs.len() == 1 {
+        return inputs.pop().unwrap_or_default();
+    }
+    let mut inputs = inputs.into_iter();
+    let mut merged = inputs.next().unwrap_or_default();
+    let mut index: HashMap<String, usize> = merged
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.clone(), i))
+        .collect();
+    for input in inputs {
+        for doc in input {
+            match index.get(&doc.id) {
+                Some(&i) => merged[i].merge_from(doc),
+                None => {
+                    index.insert(doc.id.clone(), merged.len());
+                    merged.push(doc);
+                }
+            }
+        }
+    }
+    merged
+}

@@ -1,0 +1,8 @@
+//! The Flow: its YAML spec, the built-in executors, and the engine that runs requests through it.
+
+pub mod engine;
+pub mod sentencizer;
+pub mod spec;
+
+pub use engine::Flow;
+pub use spec::{FlowError, FlowSpec};

@@ -1,0 +1,256 @@
+//! The gateway's public API: the Flow's endpoints, Jina's `/post`, status, health, metrics,
+//! the OpenAPI document and Swagger UI.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use flowmesh_shared::codec::{Negotiated, Reply};
+use flowmesh_shared::telemetry::{metrics_handle, track_requests};
+use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
+
+use crate::flow::spec::ENDPOINTS;
+use crate::flow::Flow;
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The running Flow.
+    pub flow: Arc<Flow>,
+}
+
+/// The gateway's routes. `max_body_bytes` bounds request bodies (413 beyond it).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/index", post(documents_index))
+        .route("/search", post(matches_search))
+        .route("/update", post(documents_update))
+        .route("/delete", post(documents_delete))
+        .route("/post", post(jina_post))
+        .route("/status", get(flow_status))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .fallback(unknown_route)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(|req, next| {
+            track_requests("gateway", req, next)
+        }))
+}
+
+/// The OpenAPI document of the gateway.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flowmesh gateway",
+        description = "Neural search as a mesh of services. Send documents to /index, query with /search; \
+                       every response reports how long each executor of the Flow took in `routes`."
+    ),
+    paths(
+        documents_index,
+        matches_search,
+        documents_update,
+        documents_delete,
+        jina_post,
+        flow_status,
+        livez,
+        readyz,
+        metrics_text
+    ),
+    components(schemas(Envelope, Document, Header, Route, ErrorBody, PostRequest))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON, as committed in `openapi/gateway.json`.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+async fn run(
+    state: &AppState,
+    endpoint: &'static str,
+    request: Negotiated<Envelope>,
+) -> Result<Response, ApiError> {
+    let reply = request.reply;
+    let answer = state.flow.run(endpoint, request.body).await?;
+    // Per-executor time in the standard header browsers and tools show; Jina clients only accept
+    // start and end times in `routes`.
+    let timing: Vec<String> = answer
+        .timings
+        .iter()
+        .map(|(name, ms)| format!("{name};dur={ms:.3}"))
+        .collect();
+    let mut response = Reply(reply, answer.envelope).into_response();
+    if let Ok(v) = HeaderValue::from_str(&timing.join(", ")) {
+        response.headers_mut().insert("server-timing", v);
+    }
+    Ok(response)
+}
+
+/// Index documents: they go through the Flow and are stored by its indexers.
+#[utoipa::path(post, path = "/index", request_body = Envelope,
+    responses(
+        (status = 200, description = "The indexed documents", body = Envelope),
+        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "An executor is unavailable", body = ErrorBody),
+    ))]
+async fn documents_index(
+    State(s): State<AppState>,
+    request: Negotiated<Envelope>,
+) -> Result<Response, ApiError> {
+    run(&s, "index", request).await
+}
+
+/// Search: each document of `data` is a query; its `matches` are filled, best first
+/// (`parameters.top_k`, default 10).
+#[utoipa::path(post, path = "/search", request_body = Envelope,
+    responses(
+        (status = 200, description = "The queries with their matches", body = Envelope),
+        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "An executor is unavailable", body = ErrorBody),
+    ))]
+async fn matches_search(
+    State(s): State<AppState>,
+    request: Negotiated<Envelope>,
+) -> Result<Response, ApiError> {
+    run(&s, "search", request).await
+}
+
+/// Update documents by id: their new version replaces the stored one.
+#[utoipa::path(post, path = "/update", request_body = Envelope,
+    responses(
+        (status = 200, description = "The updated documents", body = Envelope),
+        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
+    ))]
+async fn documents_update(
+    State(s): State<AppState>,
+    request: Negotiated<Envelope>,
+) -> Result<Response, ApiError> {
+    run(&s, "update", request).await
+}
+
+/// Delete documents by id (only `id` is needed).
+#[utoipa::path(post, path = "/delete", request_body = Envelope,
+    responses(
+        (status = 200, description = "The deleted ids", body = Envelope),
+        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
+    ))]
+async fn documents_delete(
+    State(s): State<AppState>,
+    request: Negotiated<Envelope>,
+) -> Result<Response, ApiError> {
+    run(&s, "delete", request).await
+}
+
+/// The body of Jina's `POST /post`: an envelope plus the endpoint to run.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PostRequest {
+    /// The endpoint: `/index`, `/search`, `/update` or `/delete`.
+    #[serde(rename = "execEndpoint", alias = "exec_endpoint", default)]
+    pub exec_endpoint: String,
+    /// Routing metadata.
+    #[serde(default)]
+    pub header: Header,
+    /// Request parameters.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: Parameters,
+    /// The documents.
+    #[serde(default)]
+    pub data: Vec<Document>,
+}
+
+/// Jina's generic endpoint: runs the endpoint named by `execEndpoint`.
+#[utoipa::path(post, path = "/post", request_body = PostRequest,
+    responses(
+        (status = 200, description = "The answer of the endpoint", body = Envelope),
+        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
+        (status = 404, description = "Unknown execEndpoint", body = ErrorBody),
+    ))]
+async fn jina_post(
+    State(s): State<AppState>,
+    request: Negotiated<PostRequest>,
+) -> Result<Response, ApiError> {
+    let PostRequest {
+        exec_endpoint,
+        header,
+        parameters,
+        data,
+    } = request.body;
+    let named = if exec_endpoint.is_empty() {
+        header.exec_endpoint.clone()
+    } else {
+        exec_endpoint
+    };
+    let endpoint = ENDPOINTS
+        .iter()
+        .find(|e| named.trim_start_matches('/') == **e)
+        .ok_or(ApiError::UnknownEndpoint(named))?;
+    let envelope = Envelope {
+        header,
+        parameters,
+        data,
+        routes: Vec::new(),
+    };
+    run(
+        &s,
+        endpoint,
+        Negotiated {
+            body: envelope,
+            reply: request.reply,
+        },
+    )
+    .await
+}
+
+/// The Flow's topology and the health of every replica.
+#[utoipa::path(get, path = "/status", responses((status = 200, description = "Topology and health", body = Object)))]
+async fn flow_status(State(s): State<AppState>) -> Json<Value> {
+    let mut status = s.flow.status();
+    status["version"] = json!(env!("CARGO_PKG_VERSION"));
+    Json(status)
+}
+
+/// Liveness: 200 while the process serves HTTP.
+#[utoipa::path(get, path = "/livez", responses((status = 200, description = "Live", body = Object)))]
+async fn livez() -> Json<Value> {
+    Json(json!({"status": "live"}))
+}
+
+/// Readiness: 200 when every shard of every executor has a healthy replica.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Ready", body = Object),
+    (status = 503, description = "Some shard has no healthy replica", body = ErrorBody)))]
+async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if s.flow.is_ready() {
+        Ok(Json(json!({"status": "ready"})))
+    } else {
+        Err(ApiError::NotReady(
+            "some executor shard has no healthy replica; see /status".into(),
+        ))
+    }
+}
+
+/// Prometheus metrics in the text format.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", body = String)))]
+async fn metrics_text() -> String {
+    metrics_handle().render()
+}
+
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::UnknownEndpoint(uri.path().to_owned())
+}

@@ -1,0 +1,225 @@
+//! Test support: small real executor servers on 127.0.0.1:0 that can be killed and restarted, a
+//! gateway started in-process from Flow YAML, and a JSON HTTP client.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::Value;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+
+use flowmesh_gateway::{router, AppState, Flow, FlowSpec};
+use flowmesh_shared::client::ExecutorClient;
+use flowmesh_shared::health::Readiness;
+use flowmesh_shared::server::{executor_router, Executor};
+use flowmesh_shared::{ApiError, Envelope};
+
+type Handler =
+    dyn Fn(String, Envelope) -> BoxFuture<'static, Result<Envelope, ApiError>> + Send + Sync;
+
+/// An executor made of a closure.
+pub struct FnExecutor(Arc<Handler>);
+
+impl Executor for FnExecutor {
+    fn call(
+        &self,
+        endpoint: &str,
+        request: Envelope,
+    ) -> impl Future<Output = Result<Envelope, ApiError>> + Send {
+        (self.0)(endpoint.to_owned(), request)
+    }
+}
+
+/// The routes of an executor that runs `f` for every endpoint.
+pub fn executor_app<F, Fut>(f: F) -> Router
+where
+    F: Fn(String, Envelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Envelope, ApiError>> + Send + 'static,
+{
+    let handler: Arc<Handler> = Arc::new(move |e, env| Box::pin(f(e, env)));
+    executor_router(
+        "test-executor",
+        Arc::new(FnExecutor(handler)),
+        Readiness::ready(),
+        1 << 20,
+    )
+}
+
+/// A server whose every connection dies when it is killed, as with a crashed process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    kill_tx: watch::Sender<bool>,
+}
+
+impl TestServer {
+    pub async fn start(app: Router) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), app).await
+    }
+
+    /// Binds `addr` (reusing it after a kill) and serves `app`.
+    pub async fn start_on(addr: SocketAddr, app: Router) -> Self {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (kill_tx, kill_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut accept_kill = kill_rx.clone();
+            loop {
+                let stream = tokio::select! {
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                    _ = accept_kill.changed() => return,
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                let mut conn_kill = kill_rx.clone();
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = conn_kill.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, kill_tx }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops the listener and every open connection.
+    pub fn kill(&self) {
+        let _ = self.kill_tx.send(true);
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A gateway serving the Flow in `yaml` on 127.0.0.1:0.
+pub struct TestGateway {
+    pub server: TestServer,
+    pub flow: Arc<Flow>,
+}
+
+impl TestGateway {
+    pub async fn start(yaml: &str) -> Self {
+        Self::start_with_limit(yaml, 1 << 20).await
+    }
+
+    pub async fn start_with_limit(yaml: &str, max_body_bytes: usize) -> Self {
+        let spec = FlowSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let flow = Arc::new(Flow::build(spec, &ExecutorClient::new()).unwrap());
+        let app = router(AppState { flow: flow.clone() }, max_body_bytes);
+        Self {
+            server: TestServer::start(app).await,
+            flow,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.base())
+    }
+}
+
+/// A JSON client.
+#[derive(Clone)]
+pub struct Http(Client<HttpConnector, Full<Bytes>>);
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl Http {
+    pub fn new() -> Self {
+        Self(Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> HttpResponse {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", content_type)
+            .body(Full::new(body.into()))
+            .unwrap();
+        let resp = self
+            .0
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        HttpResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, url: &str, body: &Value) -> HttpResponse {
+        self.send(
+            "POST",
+            url,
+            "application/json",
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, url: &str) -> HttpResponse {
+        self.send("GET", url, "application/json", Bytes::new())
+            .await
+    }
+}
+
+/// `{"data": [{"id": ..., "text": ...}, ...]}` for the given ids.
+pub fn docs(ids: &[String]) -> Value {
+    let data: Vec<Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "text": format!("text of {id}")}))
+        .collect();
+    serde_json::json!({ "data": data })
+}
+
+/// The ids of `data` in an answer.
+pub fn ids(answer: &Value) -> Vec<String> {
+    answer["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect()
+}

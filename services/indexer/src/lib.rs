@@ -1,0 +1,1 @@
+//! flowmesh-indexer: filled in by its own issue.

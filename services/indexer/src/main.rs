@@ -1,0 +1,2 @@
+//! flowmesh-indexer: filled in by its own issue.
+fn main() {}

@@ -1,0 +1,1 @@
+//! flowmesh-ranker: filled in by its own issue.

@@ -1,0 +1,371 @@
+//! Replica balancing: tower's power-of-two-choices balancer over PeakEwma load, fed by health
+//! checks.
+//!
+//! Each [`ReplicaSet`] is the set of copies of one shard of one executor. A request goes to exactly
+//! one replica, chosen by p2c over each replica's peak-EWMA latency, so a slow replica gets a small
+//! share. A replica that drops a connection is marked down at once: its `poll_ready` then fails and
+//! the balancer evicts it, and the request is retried on another replica. A monitor task probes
+//! every replica's `/readyz`; a replica that fails leaves the pool and one that answers again is put
+//! back.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PeakEwma};
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::api::Envelope;
+use crate::client::{CallError, ExecutorClient};
+use crate::error::ApiError;
+
+/// One call to an executor: the endpoint path and the MessagePack envelope.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// Path of the endpoint, with its leading slash (`/search`).
+    pub endpoint: Arc<str>,
+    /// The encoded envelope; cloning is a reference count.
+    pub body: Bytes,
+    /// Logged by the executor.
+    pub request_id: Arc<str>,
+}
+
+/// How a [`ReplicaSet`] calls and checks its replicas.
+#[derive(Clone, Debug)]
+pub struct BalanceConfig {
+    /// How long one call may take, queueing included, before it fails with a timeout.
+    pub timeout: Duration,
+    /// How many more replicas a failed call may be retried on.
+    pub retries: u32,
+    /// How often each replica's `/readyz` is probed.
+    pub health_interval: Duration,
+    /// How long a probe may take.
+    pub probe_timeout: Duration,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            retries: 2,
+            health_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One replica's address and state, shared by its balancer endpoint and the health monitor.
+#[derive(Debug)]
+pub struct Replica {
+    base: String,
+    up: AtomicBool,
+    calls: AtomicU64,
+}
+
+impl Replica {
+    /// The base address, `http://host:port`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether the replica is in the pool.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// How many calls were sent to this replica.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn uri(&self, path: &str) -> Result<Uri, CallError> {
+        format!("{}{}", self.base, path)
+            .parse()
+            .map_err(|e| CallError::Transport(format!("bad address {}{path}: {e}", self.base)))
+    }
+}
+
+/// The balancer's endpoint for one replica.
+#[derive(Clone)]
+struct Endpoint {
+    replica: Arc<Replica>,
+    client: ExecutorClient,
+    down_tx: Arc<Notify>,
+}
+
+impl Service<Call> for Endpoint {
+    type Response = Envelope;
+    type Error = CallError;
+    type Future = Pin<Box<dyn Future<Output = Result<Envelope, CallError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        // A failed readiness makes p2c evict this endpoint; the monitor re-inserts it once a
+        // probe succeeds.
+        if self.replica.is_up() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(CallError::Down))
+        }
+    }
+
+    fn call(&mut self, call: Call) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            this.replica.calls.fetch_add(1, Ordering::Relaxed);
+            let uri = this.replica.uri(&call.endpoint)?;
+            let result = this.client.post(uri, call.body, &call.request_id).await;
+            if let Err(CallError::Transport(e)) = &result {
+                tracing::warn!(replica = %this.replica.base, error = %e, "replica marked down");
+                this.replica.up.store(false, Ordering::Release);
+                this.down_tx.notify_one();
+            }
+            result
+        })
+    }
+}
+
+type Discovered = Result<Change<usize, PeakEwma<Endpoint>>, Infallible>;
+// The balanced future's error is the concrete `CallError`, not a boxed error: a
+// `Box<dyn Error>` there makes rustc unable to prove callers' futures `Send`.
+type BalancedFuture = Pin<Box<dyn Future<Output = Result<Envelope, CallError>> + Send>>;
+
+fn into_call_error(e: BoxError) -> CallError {
+    match e.downcast::<CallError>() {
+        Ok(e) => *e,
+        Err(other) => CallError::Transport(other.to_string()),
+    }
+}
+
+/// The replicas of one shard of one executor behind a p2c balancer.
+#[derive(Clone)]
+pub struct ReplicaSet {
+    executor: Arc<str>,
+    replicas: Arc<[Arc<Replica>]>,
+    service: Buffer<Call, BalancedFuture>,
+    config: BalanceConfig,
+}
+
+impl std::fmt::Debug for ReplicaSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaSet")
+            .field("executor", &self.executor)
+            .field("replicas", &self.replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaSet {
+    /// Balances over `bases` (`http://host:port`) and starts their health monitor, which ends
+    /// when the last clone of this set is dropped. Must be called inside a Tokio runtime.
+    pub fn new(
+        executor: &str,
+        bases: &[String],
+        client: ExecutorClient,
+        config: BalanceConfig,
+    ) -> Self {
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel::<Discovered>();
+        let down = Arc::new(Notify::new());
+        let replicas: Arc<[Arc<Replica>]> = bases
+            .iter()
+            .map(|b| {
+                Arc::new(Replica {
+                    base: b.trim_end_matches('/').to_owned(),
+                    up: AtomicBool::new(true),
+                    calls: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let endpoint = {
+            let client = client.clone();
+            let down = down.clone();
+            move |replica: &Arc<Replica>| {
+                PeakEwma::new(
+                    Endpoint {
+                        replica: replica.clone(),
+                        client: client.clone(),
+                        down_tx: down.clone(),
+                    },
+                    Duration::from_millis(1),
+                    Duration::from_secs(2).as_nanos() as f64,
+                    CompleteOnResponse::default(),
+                )
+            }
+        };
+        for (i, r) in replicas.iter().enumerate() {
+            // The receiver is alive: it is owned right here.
+            let _ = changes_tx.send(Ok(Change::Insert(i, endpoint(r))));
+        }
+        let discover = Box::pin(UnboundedReceiverStream::new(changes_rx));
+        let balance = Balance::new(discover)
+            .map_err(into_call_error)
+            .map_future(|f| Box::pin(f) as BalancedFuture);
+        let service = Buffer::new(balance, 1024);
+        let monitor = Monitor {
+            replicas: replicas.clone(),
+            client,
+            changes_tx,
+            down,
+            config: config.clone(),
+        };
+        tokio::spawn(monitor.run(endpoint));
+        Self {
+            executor: executor.into(),
+            replicas,
+            service,
+            config,
+        }
+    }
+
+    /// The replicas, for status pages and tests.
+    pub fn replicas(&self) -> &[Arc<Replica>] {
+        &self.replicas
+    }
+
+    /// Whether at least one replica is in the pool.
+    pub fn any_up(&self) -> bool {
+        self.replicas.iter().any(|r| r.is_up())
+    }
+
+    /// Sends `call` to one replica, retrying on another when the replica dies, is down, or is
+    /// overloaded. Fails fast when no replica is up.
+    pub async fn call(&self, call: Call) -> Result<Envelope, ApiError> {
+        let mut attempt = 0;
+        loop {
+            if !self.any_up() {
+                return Err(ApiError::Unavailable {
+                    executor: self.executor.to_string(),
+                    message: "no healthy replica".into(),
+                });
+            }
+            let mut service = self.service.clone();
+            let request = call.clone();
+            let once = async move {
+                std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                service.call(request).await
+            };
+            let err = match tokio::time::timeout(self.config.timeout, once).await {
+                Err(_) => {
+                    return Err(ApiError::Timeout {
+                        executor: self.executor.to_string(),
+                        timeout_ms: u64::try_from(self.config.timeout.as_millis())
+                            .unwrap_or(u64::MAX),
+                    })
+                }
+                Ok(Ok(env)) => return Ok(env),
+                Ok(Err(e)) => into_call_error(e),
+            };
+            if err.is_retryable() && attempt < self.config.retries {
+                attempt += 1;
+                tracing::debug!(executor = %self.executor, error = %err, attempt, "retrying on another replica");
+                continue;
+            }
+            return Err(self.to_api_error(err));
+        }
+    }
+
+    fn to_api_error(&self, err: CallError) -> ApiError {
+        let executor = self.executor.to_string();
+        match err {
+            CallError::Status { status, body } if (400..500).contains(&status) && status != 429 => {
+                ApiError::Rejected {
+                    executor,
+                    status,
+                    kind: body.kind,
+                    message: body.error,
+                }
+            }
+            CallError::Status { status: 429, body } => {
+                ApiError::Overloaded(format!("executor {executor} is overloaded: {}", body.error))
+            }
+            other => ApiError::Unavailable {
+                executor,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+struct Monitor {
+    replicas: Arc<[Arc<Replica>]>,
+    client: ExecutorClient,
+    changes_tx: mpsc::UnboundedSender<Discovered>,
+    down: Arc<Notify>,
+    config: BalanceConfig,
+}
+
+impl Monitor {
+    async fn run(self, endpoint: impl Fn(&Arc<Replica>) -> PeakEwma<Endpoint>) {
+        let mut in_pool = vec![true; self.replicas.len()];
+        loop {
+            let probes = self.replicas.iter().map(|r| self.probe(r));
+            let healthy = futures::future::join_all(probes).await;
+            for (i, (replica, ok)) in self.replicas.iter().zip(healthy).enumerate() {
+                if !ok && in_pool[i] {
+                    tracing::warn!(replica = %replica.base, "replica failed its health check");
+                    replica.up.store(false, Ordering::Release);
+                }
+                if ok && !in_pool[i] {
+                    tracing::info!(replica = %replica.base, "replica is healthy again");
+                    replica.up.store(true, Ordering::Release);
+                    in_pool[i] = true;
+                    if self
+                        .changes_tx
+                        .send(Ok(Change::Insert(i, endpoint(replica))))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            self.evict_down(&mut in_pool);
+            if self.changes_tx.is_closed() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.health_interval) => {}
+                () = self.down.notified() => self.evict_down(&mut in_pool),
+            }
+        }
+    }
+
+    /// Removes replicas marked down from the balancer, so that they are re-inserted fresh.
+    fn evict_down(&self, in_pool: &mut [bool]) {
+        for (i, replica) in self.replicas.iter().enumerate() {
+            if in_pool[i] && !replica.is_up() {
+                in_pool[i] = false;
+                let _ = self.changes_tx.send(Ok(Change::Remove(i)));
+            }
+        }
+    }
+
+    async fn probe(&self, replica: &Replica) -> bool {
+        let Ok(uri) = replica.uri("/readyz") else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(self.config.probe_timeout, self.client.get_ok(uri)).await,
+            Ok(Ok(()))
+        )
+    }
+}
+/// Compile-time guard: the call future must stay `Send` for every lifetime, or the gateway's
+/// request futures stop compiling (tower's `Oneshot` over `Buffer` is not, hence the manual
+/// `poll_ready` in [`ReplicaSet::call`]).
+#[allow(dead_code)]
+fn _assert_send(
+    s: &ReplicaSet,
+    c: Call,
+) -> futures::future::BoxFuture<'_, Result<Envelope, ApiError>> {
+    Box::pin(s.call(c))
+}

@@ -1,0 +1,158 @@
+//! The executor client: posts an encoded envelope to an executor over a pooled keep-alive HTTP/1
+//! connection and decodes the answer.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::api::Envelope;
+use crate::codec::Format;
+use crate::error::ErrorBody;
+
+/// Why a call to one executor replica failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The replica could not be reached or dropped the connection: it is probably dead.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The replica is marked down; it is not called until a health check brings it back.
+    #[error("replica is down")]
+    Down,
+    /// The replica answered with an error status.
+    #[error("status {status}: {}", body.error)]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The error body (synthesised when the body was not the mesh's error JSON).
+        body: ErrorBody,
+    },
+    /// The replica answered 200 with a body that does not decode.
+    #[error("undecodable answer: {0}")]
+    Decode(String),
+}
+
+impl CallError {
+    /// Whether another replica may succeed where this one failed: the replica died, is down,
+    /// is overloaded (429) or not ready (503).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) | Self::Down => true,
+            Self::Status { status, .. } => *status == 429 || *status == 503,
+            Self::Decode(_) => false,
+        }
+    }
+}
+
+/// A cheap-to-clone HTTP client for executor calls.
+#[derive(Clone, Debug)]
+pub struct ExecutorClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for ExecutorClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ExecutorClient {
+    /// A client with `TCP_NODELAY` (no Nagle stalls on small bodies) and a keep-alive pool.
+    pub fn new() -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(conn);
+        Self { http }
+    }
+
+    /// Posts an already encoded MessagePack envelope to `uri` and decodes the answer.
+    pub async fn post(
+        &self,
+        uri: Uri,
+        body: Bytes,
+        request_id: &str,
+    ) -> Result<Envelope, CallError> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, Format::MsgPack.mime())
+            .header(header::ACCEPT, Format::MsgPack.mime())
+            .header("x-request-id", request_id)
+            .body(Full::new(body))
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let (status, headers, bytes) = self.send(req).await?;
+        if status != StatusCode::OK {
+            return Err(status_error(status, &bytes));
+        }
+        let format = Format::of_content_type(&headers);
+        format
+            .decode::<Envelope>(&bytes)
+            .map_err(|e| CallError::Decode(e.to_string()))
+    }
+
+    /// `GET uri`; `Ok` when the answer is 200.
+    pub async fn get_ok(&self, uri: Uri) -> Result<(), CallError> {
+        let req = Request::builder()
+            .uri(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        let (status, _, bytes) = self.send(req).await?;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status_error(status, &bytes))
+        }
+    }
+
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| CallError::Transport(error_chain(&e)))?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| CallError::Transport(error_chain(&e)))?
+            .to_bytes();
+        Ok((parts.status, parts.headers, bytes))
+    }
+}
+
+fn status_error(status: StatusCode, bytes: &[u8]) -> CallError {
+    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
+        error: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        kind: if status.is_client_error() {
+            "bad_request".into()
+        } else {
+            "executor_error".into()
+        },
+    });
+    CallError::Status {
+        status: status.as_u16(),
+        body,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

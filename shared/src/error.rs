@@ -1,0 +1,154 @@
+//! The one error type of the mesh and its JSON body `{"error": ..., "kind": ...}`.
+//!
+//! Every service maps its failures to [`ApiError`]; the status code is decided here and only here.
+//! 4xx means the caller got something wrong, 5xx is a fault of the mesh.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// A stable machine-readable category (`invalid_json`, `bad_request`, `timeout`, ...).
+    pub kind: String,
+}
+
+/// Errors that a service answers with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON / MessagePack, or has the wrong types.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// The request is well-formed but not acceptable (empty `data`, bad parameter, ...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than the configured limit.
+    #[error("request body is too large: {0}")]
+    PayloadTooLarge(String),
+    /// No such endpoint.
+    #[error("unknown endpoint {0:?}")]
+    UnknownEndpoint(String),
+    /// The service is overloaded; try again later.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A downstream executor answered with an error the caller caused (a 4xx).
+    #[error("executor {executor}: {message}")]
+    Rejected {
+        /// The executor's name.
+        executor: String,
+        /// Its status.
+        status: u16,
+        /// Its error kind.
+        kind: String,
+        /// Its message.
+        message: String,
+    },
+    /// No replica of an executor could serve the request.
+    #[error("executor {executor} is unavailable: {message}")]
+    Unavailable {
+        /// The executor's name.
+        executor: String,
+        /// Why.
+        message: String,
+    },
+    /// An executor did not answer in time.
+    #[error("executor {executor} timed out after {timeout_ms} ms")]
+    Timeout {
+        /// The executor's name.
+        executor: String,
+        /// The timeout that ran out.
+        timeout_ms: u64,
+    },
+    /// The service is not ready yet (model loading, store disconnected, ...).
+    #[error("{0}")]
+    NotReady(String),
+    /// Anything else that is the mesh's fault. The message is logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Rejected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            Self::Unavailable { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable kind of this error.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::InvalidBody(_) => "invalid_body",
+            Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnknownEndpoint(_) => "unknown_endpoint",
+            Self::Overloaded(_) => "overloaded",
+            Self::Rejected { kind, .. } => kind,
+            Self::Unavailable { .. } => "unavailable",
+            Self::Timeout { .. } => "timeout",
+            Self::NotReady(_) => "not_ready",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The body sent to the caller. Internal details stay in the log.
+    pub fn body(&self) -> ErrorBody {
+        let error = match self {
+            Self::Internal(_) => "internal error; see the service log".to_owned(),
+            other => other.to_string(),
+        };
+        ErrorBody {
+            error,
+            kind: self.kind().to_owned(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, kind = self.kind(), "request failed");
+        } else {
+            tracing::debug!(error = %self, kind = self.kind(), "request rejected");
+        }
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_details_are_not_sent() {
+        let body = ApiError::Internal("secret path /x".into()).body();
+        assert!(!body.error.contains("secret"));
+        assert_eq!(body.kind, "internal");
+    }
+
+    #[test]
+    fn rejected_keeps_the_downstream_status() {
+        let e = ApiError::Rejected {
+            executor: "indexer".into(),
+            status: 422,
+            kind: "bad_request".into(),
+            message: "wrong dimension".into(),
+        };
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.body().error, "executor indexer: wrong dimension");
+    }
+}

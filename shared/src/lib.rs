@@ -1,0 +1,22 @@
+//! flowmesh's shared crate: what every service of the mesh speaks and reuses.
+//!
+//! - [`api`]: the document model and the request envelope;
+//! - [`codec`]: JSON and MessagePack, negotiated by `Content-Type` / `Accept`;
+//! - [`client`]: the executor client;
+//! - [`balance`]: replica balancing (tower p2c over PeakEwma) with health checks;
+//! - [`fanout`]: shard routing and the top-k / concat mergers;
+//! - [`error`]: the error type and its JSON body;
+//! - [`health`], [`telemetry`], [`server`]: readiness, logs and metrics, and serving.
+
+pub mod api;
+pub mod balance;
+pub mod client;
+pub mod codec;
+pub mod error;
+pub mod fanout;
+pub mod health;
+pub mod server;
+pub mod telemetry;
+
+pub use api::{Document, Envelope, Header, Parameters, Route};
+pub use error::{ApiError, ErrorBody};
