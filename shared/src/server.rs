@@ -45,16 +45,19 @@ pub trait Executor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Envelope, ApiError>> + Send;
 }
 
-/// The routes of an executor service: `POST /{endpoint}`, `/livez`, `/readyz`, `/metrics`.
+/// The routes of an executor service: `POST /{endpoint}`, `/livez`, `/readyz`, `/metrics`, and
+/// the service's own `extra` routes (such as the indexer's `GET /stats`), all counted and timed.
 pub fn executor_router<E: Executor>(
     service: &'static str,
     executor: Arc<E>,
     readiness: Readiness,
     max_body_bytes: usize,
+    extra: Router,
 ) -> Router {
     Router::new()
         .route("/{endpoint}", post(executor_call::<E>))
         .with_state(executor)
+        .merge(extra)
         .merge(health_router(readiness))
         .merge(metrics_router())
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -1,1 +1,105 @@
-//! flowmesh-encoder: filled in by its own issue.
+//! flowmesh's encoder service: turns the text of documents into embeddings.
+//!
+//! On `index`, `search` and `update` every document gets an `embedding`, or, when it has chunks,
+//! every leaf chunk does (the document itself is left as it is); every other endpoint passes
+//! through unchanged, as Jina's executors do. The model sits behind the [`Model`] trait; the
+//! first one is `hash` ([`HashModel`]), a deterministic feature-hashing encoder that needs no
+//! files. ONNX Runtime models with dynamic batching will come behind the same trait.
+
+mod executor;
+pub mod model;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use flowmesh_shared::health::Readiness;
+use flowmesh_shared::server::{self, executor_router, ServeArgs};
+use tokio::net::TcpListener;
+
+pub use executor::{EncodeError, Encoder};
+pub use model::{HashModel, Model, ModelError};
+
+/// The service's name in logs, metrics and its `listening on` line.
+pub const SERVICE: &str = "encoder";
+
+/// Which model computes the embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    /// Feature hashing of words and character trigrams; needs no files.
+    Hash,
+}
+
+/// The encoder's configuration: command-line flags, or `FLOWMESH_ENCODER_*` environment variables.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "flowmesh-encoder",
+    version,
+    about = "flowmesh's encoder service"
+)]
+pub struct Config {
+    /// Model that computes the embeddings.
+    #[arg(long, env = "FLOWMESH_ENCODER_MODEL", value_enum, default_value_t = ModelKind::Hash)]
+    pub model: ModelKind,
+    /// Number of dimensions of the `hash` model's embeddings (1 to 65536).
+    #[arg(long, env = "FLOWMESH_ENCODER_DIM", default_value_t = 64)]
+    pub dim: usize,
+    /// Serving options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl Config {
+    /// The encoder this configuration describes; fails on an invalid configuration.
+    pub fn encoder(&self) -> Result<Encoder, ModelError> {
+        match self.model {
+            ModelKind::Hash => Ok(Encoder::new(HashModel::new(self.dim)?)),
+        }
+    }
+}
+
+/// The encoder's routes: `POST /{endpoint}`, `/livez`, `/readyz`, `/metrics`.
+pub fn router(encoder: Arc<Encoder>, readiness: Readiness, max_body_bytes: usize) -> Router {
+    executor_router(SERVICE, encoder, readiness, max_body_bytes, Router::new())
+}
+
+/// The routes of the encoder `config` describes, ready to serve; fails on an invalid
+/// configuration.
+pub fn app(config: &Config) -> anyhow::Result<Router> {
+    let encoder = config.encoder()?;
+    tracing::info!(model = ?config.model, dim = encoder.dim(), "model loaded");
+    Ok(router(
+        Arc::new(encoder),
+        Readiness::ready(),
+        config.serve.max_body_bytes,
+    ))
+}
+
+/// Serves the encoder on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = app(config).context("invalid configuration")?;
+    server::serve(listener, app, shutdown)
+        .await
+        .context("serving")
+}
+
+/// Validates `config`, binds `--listen` (printing the `listening on` line) and serves until
+/// `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Build before binding, so that a bad configuration never prints a `listening on` line.
+    let app = app(&config).context("invalid configuration")?;
+    let listener = server::bind(SERVICE, config.serve.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.serve.listen))?;
+    server::serve(listener, app, shutdown)
+        .await
+        .context("serving")
+}

@@ -1,2 +1,21 @@
-//! flowmesh-encoder: filled in by its own issue.
-fn main() {}
+//! `flowmesh-encoder`: the encoder service of a flowmesh Flow (see the library's docs).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flowmesh_encoder::{run, Config};
+use flowmesh_shared::server::shutdown_signal;
+use flowmesh_shared::telemetry::init_tracing;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let config = Config::parse();
+    match run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowmesh-encoder: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

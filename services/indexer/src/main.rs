@@ -1,2 +1,21 @@
-//! flowmesh-indexer: filled in by its own issue.
-fn main() {}
+//! `flowmesh-indexer`: the indexer service (one shard) of a flowmesh Flow (see the library's docs).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flowmesh_indexer::{run, Config};
+use flowmesh_shared::server::shutdown_signal;
+use flowmesh_shared::telemetry::init_tracing;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let config = Config::parse();
+    match run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flowmesh-indexer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

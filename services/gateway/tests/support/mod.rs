@@ -1,7 +1,7 @@
 //! Test support: small real executor servers on 127.0.0.1:0 that can be killed and restarted, a
 //! gateway started in-process from Flow YAML, and a JSON HTTP client.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +53,7 @@ where
         Arc::new(FnExecutor(handler)),
         Readiness::ready(),
         1 << 20,
+        Router::new(),
     )
 }
 

@@ -1,0 +1,197 @@
+//! Embedding models: the [`Model`] trait and the `hash` model.
+//!
+//! A model turns a batch of texts into one vector each, all of [`Model::dim`] dimensions. The
+//! `hash` model needs no files and is deterministic across processes and platforms, which makes it
+//! the default for tests and for trying a Flow out; ONNX models will come behind the same trait.
+
+/// Largest dimension the `hash` model accepts; more would only spend memory on empty buckets.
+pub const MAX_HASH_DIM: usize = 1 << 16;
+
+/// Weight of a character trigram relative to a whole token.
+const TRIGRAM_WEIGHT: f32 = 0.5;
+
+/// A text embedding model.
+pub trait Model: Send + Sync + 'static {
+    /// The model's name, for logs (`hash`, ...).
+    fn name(&self) -> &str;
+    /// Number of dimensions of every embedding.
+    fn dim(&self) -> usize;
+    /// One embedding of [`Model::dim`] values per text, in order.
+    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>>;
+}
+
+/// Why a model could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// The requested dimension is out of range.
+    #[error("the hash model's dimension must be between 1 and {MAX_HASH_DIM}, got {0}")]
+    Dim(usize),
+}
+
+/// A deterministic feature-hashing text encoder.
+///
+/// The text is lowercased and split on every character that is not alphanumeric (Unicode aware).
+/// Each token adds `±1` to bucket `h % dim` of its FNV-1a hash `h`, the sign taken from the
+/// hash's top bit, and each character trigram of the token adds `±0.5` the same way, so that
+/// words sharing most of their letters land near each other. The sum is L2-normalised; a text
+/// without tokens gives the zero vector.
+#[derive(Debug, Clone)]
+pub struct HashModel {
+    dim: usize,
+}
+
+impl HashModel {
+    /// A hash model of `dim` dimensions (1 to [`MAX_HASH_DIM`]).
+    pub fn new(dim: usize) -> Result<Self, ModelError> {
+        if dim == 0 || dim > MAX_HASH_DIM {
+            return Err(ModelError::Dim(dim));
+        }
+        Ok(Self { dim })
+    }
+
+    /// The embedding of one text.
+    pub fn embed_one(&self, text: &str) -> Vec<f32> {
+        let mut v = vec![0.0_f32; self.dim];
+        let lower = text.to_lowercase();
+        // Byte offsets of the token's characters plus its end, reused across tokens.
+        let mut bounds: Vec<usize> = Vec::new();
+        for token in lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|t| !t.is_empty())
+        {
+            self.add(&mut v, token.as_bytes(), 1.0);
+            bounds.clear();
+            bounds.extend(token.char_indices().map(|(i, _)| i));
+            bounds.push(token.len());
+            // A window of four bounds spans three characters.
+            for w in bounds.windows(4) {
+                self.add(&mut v, &token.as_bytes()[w[0]..w[3]], TRIGRAM_WEIGHT);
+            }
+        }
+        l2_normalise(&mut v);
+        v
+    }
+
+    fn add(&self, v: &mut [f32], feature: &[u8], weight: f32) {
+        let h = fnv1a64(feature);
+        // `h % dim < dim`, so the cast cannot truncate.
+        let bucket = (h % self.dim as u64) as usize;
+        // The top bit is independent of the low bits that choose the bucket.
+        let signed = if h >> 63 == 1 { -weight } else { weight };
+        v[bucket] += signed;
+    }
+}
+
+impl Model for HashModel {
+    fn name(&self) -> &str {
+        "hash"
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        texts.iter().map(|t| self.embed_one(t)).collect()
+    }
+}
+
+/// 64-bit FNV-1a: tiny, and stable across processes, platforms and releases, unlike `std`'s
+/// hasher, so that an embedding never changes under an index that stored it.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+}
+
+/// Scales `v` to unit length; the zero vector stays zero (no division by zero, no NaN).
+fn l2_normalise(v: &mut [f32]) {
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        let inv = 1.0 / norm;
+        for x in v.iter_mut() {
+            *x = (f64::from(*x) * inv) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(dim: usize) -> HashModel {
+        HashModel::new(dim).expect("valid dimension")
+    }
+
+    fn norm(v: &[f32]) -> f32 {
+        v.iter().map(|x| x * x).sum::<f32>().sqrt()
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn fnv1a64_matches_the_reference_values() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn dimension_is_validated() {
+        assert_eq!(HashModel::new(0).err(), Some(ModelError::Dim(0)));
+        assert!(HashModel::new(MAX_HASH_DIM + 1).is_err());
+        assert_eq!(model(7).embed_one("x").len(), 7);
+    }
+
+    #[test]
+    fn case_and_punctuation_do_not_matter() {
+        let m = model(64);
+        assert_eq!(m.embed_one("Hello, World!"), m.embed_one("hello world"));
+    }
+
+    #[test]
+    fn unicode_letters_are_tokens() {
+        let m = model(64);
+        let v = m.embed_one("Ärger über Straße");
+        assert!((norm(&v) - 1.0).abs() < 1e-5);
+        assert_eq!(v, m.embed_one("ärger ÜBER straße"));
+        assert_ne!(v, m.embed_one("arger uber strasse"));
+    }
+
+    #[test]
+    fn empty_or_symbol_only_text_is_the_zero_vector() {
+        let m = model(16);
+        for t in ["", "  ", "?!-- ..."] {
+            let v = m.embed_one(t);
+            assert!(v.iter().all(|x| *x == 0.0), "{t:?}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_single_token_is_its_bucket_plus_trigrams() {
+        // "ab" has no trigram: one bucket holds ±1, normalised to ±1.
+        let m = model(64);
+        let v = m.embed_one("ab");
+        let h = fnv1a64(b"ab");
+        let expected = if h >> 63 == 1 { -1.0 } else { 1.0 };
+        assert_eq!(v[(h % 64) as usize], expected);
+        assert_eq!(v.iter().filter(|x| **x != 0.0).count(), 1);
+    }
+
+    #[test]
+    fn shared_letters_make_texts_closer() {
+        let m = model(256);
+        let a = m.embed_one("searching");
+        let b = m.embed_one("searcher");
+        let c = m.embed_one("pineapple");
+        assert!(cosine(&a, &b) > cosine(&a, &c) + 0.2);
+    }
+}

@@ -1,0 +1,170 @@
+//! The indexer executor: which vectors of a request are stored, searched with, or deleted.
+//!
+//! Documents with chunks are indexed and searched by their leaf chunks; a leaf without a
+//! `parent_id` gets the id of the document that holds it. Every endpoint but `index`, `update`,
+//! `search` and `delete` passes through unchanged.
+
+use std::sync::Arc;
+
+use flowmesh_shared::api::top_k;
+use flowmesh_shared::server::Executor;
+use flowmesh_shared::{ApiError, Document, Envelope};
+
+use crate::backend::{Entry, Hit, IndexError, VectorIndex};
+
+impl From<IndexError> for ApiError {
+    fn from(e: IndexError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// The indexer executor over one [`VectorIndex`].
+pub struct Indexer {
+    index: Arc<dyn VectorIndex>,
+}
+
+type Operation = fn(&dyn VectorIndex, Envelope) -> Result<Envelope, IndexError>;
+
+impl Indexer {
+    /// An executor over `index`.
+    pub fn new(index: impl VectorIndex) -> Self {
+        Self {
+            index: Arc::new(index),
+        }
+    }
+
+    /// The index, for `/stats` and for tests.
+    pub fn index(&self) -> &Arc<dyn VectorIndex> {
+        &self.index
+    }
+}
+
+impl Executor for Indexer {
+    async fn call(&self, endpoint: &str, request: Envelope) -> Result<Envelope, ApiError> {
+        let operation: Operation = match endpoint {
+            "index" | "update" => documents_upsert,
+            "search" => matches_search,
+            "delete" => documents_delete,
+            _ => return Ok(request),
+        };
+        // A scan is O(n·d) and writers wait for it: keep it off the async threads.
+        let index = Arc::clone(&self.index);
+        let response = tokio::task::spawn_blocking(move || operation(index.as_ref(), request))
+            .await
+            .map_err(|e| ApiError::Internal(format!("index task failed: {e}")))??;
+        Ok(response)
+    }
+}
+
+/// `index` and `update`: stores the leaves of every document, replacing what was stored of it.
+fn documents_upsert(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, IndexError> {
+    let mut roots = Vec::with_capacity(request.data.len());
+    let mut entries = Vec::with_capacity(request.data.len());
+    for (position, doc) in request.data.iter().enumerate() {
+        if !all_ids_present(doc) {
+            return Err(IndexError::MissingId { position });
+        }
+        roots.push(doc.id.as_str());
+        leaf_entries(doc, None, &mut entries)?;
+    }
+    index.upsert(&roots, &entries)?;
+    tracing::debug!(
+        documents = roots.len(),
+        vectors = entries.len(),
+        "documents stored"
+    );
+    Ok(request)
+}
+
+/// `search`: sets the `matches` of every query document, or of its leaf chunks.
+fn matches_search(index: &dyn VectorIndex, mut request: Envelope) -> Result<Envelope, IndexError> {
+    let k = top_k(&request.parameters);
+    let hits = {
+        let mut queries = Vec::with_capacity(request.data.len());
+        for doc in &request.data {
+            leaf_entries(doc, None, &mut queries)?;
+        }
+        index.search(&queries, k)?
+    };
+    let mut hits = hits.into_iter();
+    for doc in &mut request.data {
+        set_leaf_matches(doc, &mut hits);
+    }
+    debug_assert!(hits.next().is_none(), "one answer per query");
+    Ok(request)
+}
+
+/// `delete`: removes the documents, their chunks named in the request, and their stored chunks.
+fn documents_delete(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, IndexError> {
+    let mut ids = Vec::new();
+    for doc in &request.data {
+        all_ids(doc, &mut ids);
+    }
+    let removed = index.delete(&ids);
+    tracing::debug!(requested = ids.len(), removed, "documents deleted");
+    Ok(request)
+}
+
+/// Collects the leaves of `doc` as entries; `enclosing` is the id of the document holding `doc`.
+fn leaf_entries<'a>(
+    doc: &'a Document,
+    enclosing: Option<&'a str>,
+    out: &mut Vec<Entry<'a>>,
+) -> Result<(), IndexError> {
+    if !doc.chunks.is_empty() {
+        for chunk in &doc.chunks {
+            leaf_entries(chunk, Some(&doc.id), out)?;
+        }
+        return Ok(());
+    }
+    let id = || doc.id.clone();
+    let vector = doc
+        .embedding
+        .as_deref()
+        .ok_or_else(|| IndexError::MissingEmbedding { id: id() })?;
+    if vector.is_empty() {
+        return Err(IndexError::EmptyEmbedding { id: id() });
+    }
+    if !vector.iter().all(|x| x.is_finite()) {
+        return Err(IndexError::NotFinite { id: id() });
+    }
+    out.push(Entry {
+        id: &doc.id,
+        parent_id: doc.parent_id.as_deref().or(enclosing),
+        vector,
+    });
+    Ok(())
+}
+
+fn set_leaf_matches(doc: &mut Document, hits: &mut impl Iterator<Item = Vec<Hit>>) {
+    if doc.chunks.is_empty() {
+        doc.matches = hits
+            .next()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|hit| Document {
+                id: hit.id,
+                parent_id: hit.parent_id,
+                score: Some(hit.score),
+                ..Document::default()
+            })
+            .collect();
+    } else {
+        for chunk in &mut doc.chunks {
+            set_leaf_matches(chunk, hits);
+        }
+    }
+}
+
+fn all_ids_present(doc: &Document) -> bool {
+    !doc.id.is_empty() && doc.chunks.iter().all(all_ids_present)
+}
+
+fn all_ids<'a>(doc: &'a Document, out: &mut Vec<&'a str>) {
+    if !doc.id.is_empty() {
+        out.push(&doc.id);
+    }
+    for chunk in &doc.chunks {
+        all_ids(chunk, out);
+    }
+}

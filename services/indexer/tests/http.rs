@@ -1,0 +1,310 @@
+//! The indexer's routes, driven with `oneshot` requests.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use clap::Parser;
+use flowmesh_indexer::{app, FlatIndex, Indexer, Metric};
+use flowmesh_shared::server::Executor;
+use flowmesh_shared::{Document, Envelope};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+fn indexer(args: &[&str]) -> Router {
+    let argv = std::iter::once("flowmesh-indexer").chain(args.iter().copied());
+    let config = flowmesh_indexer::Config::try_parse_from(argv).expect("valid flags");
+    app(&config).expect("valid configuration")
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).expect("JSON body"))
+}
+
+async fn post(app: &Router, endpoint: &str, body: &Value) -> (StatusCode, Value) {
+    let request = Request::post(format!("/{endpoint}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    send(app, request).await
+}
+
+async fn stats(app: &Router) -> Value {
+    let request = Request::get("/stats").body(Body::empty()).expect("request");
+    let (status, body) = send(app, request).await;
+    assert_eq!(status, StatusCode::OK);
+    body
+}
+
+fn doc(id: &str, embedding: &[f32]) -> Value {
+    json!({"id": id, "embedding": embedding})
+}
+
+/// (id, score) of the matches of `doc`.
+fn matches(doc: &Value) -> Vec<(String, f64)> {
+    doc["matches"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    let id = m["id"].as_str().expect("match id").to_owned();
+                    (id, m["score"].as_f64().expect("match score"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ids(doc: &Value) -> Vec<String> {
+    matches(doc).into_iter().map(|(id, _)| id).collect()
+}
+
+async fn index_three(app: &Router) {
+    let body = json!({"data": [
+        doc("a", &[1.0, 0.0, 0.0]),
+        doc("b", &[0.0, 1.0, 0.0]),
+        doc("c", &[0.75, 0.75, 0.125]),
+    ]});
+    let (status, out) = post(app, "index", &body).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["data"], body["data"], "index answers with the request");
+}
+
+#[tokio::test]
+async fn search_finds_the_identical_vector_first() {
+    let app = indexer(&[]);
+    index_three(&app).await;
+    let (status, out) = post(
+        &app,
+        "search",
+        &json!({"data": [doc("q", &[2.0, 0.0, 0.0])]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let found = matches(&out["data"][0]);
+    assert_eq!(found.len(), 3);
+    assert_eq!(found[0].0, "a");
+    assert!((found[0].1 - 1.0).abs() < 1e-6, "{found:?}");
+    assert_eq!(found[1].0, "c");
+    assert!(found.windows(2).all(|w| w[0].1 >= w[1].1), "{found:?}");
+    // The query keeps its own fields.
+    assert_eq!(out["data"][0]["embedding"], json!([2.0, 0.0, 0.0]));
+}
+
+#[tokio::test]
+async fn top_k_is_respected() {
+    let app = indexer(&[]);
+    let docs: Vec<Value> = (0..30)
+        .map(|i| doc(&format!("d{i:02}"), &[1.0, i as f32 / 10.0]))
+        .collect();
+    let (status, _) = post(&app, "index", &json!({"data": docs})).await;
+    assert_eq!(status, StatusCode::OK);
+    let query = json!({"data": [doc("q", &[1.0, 0.0])]});
+    let (_, out) = post(&app, "search", &query).await;
+    assert_eq!(matches(&out["data"][0]).len(), 10, "default top_k");
+    let mut query = query;
+    query["parameters"] = json!({"top_k": 3});
+    let (_, out) = post(&app, "search", &query).await;
+    assert_eq!(ids(&out["data"][0]), ["d00", "d01", "d02"]);
+    query["parameters"] = json!({"top_k": 1_000_000_000_000_u64});
+    let (_, out) = post(&app, "search", &query).await;
+    assert_eq!(
+        matches(&out["data"][0]).len(),
+        30,
+        "a huge top_k returns everything"
+    );
+}
+
+#[tokio::test]
+async fn wrong_dimension_is_a_400_and_loses_nothing() {
+    let app = indexer(&[]);
+    index_three(&app).await;
+    let body = json!({"data": [doc("a", &[9.0, 9.0, 9.0]), doc("bad", &[1.0, 2.0])]});
+    let (status, out) = post(&app, "index", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(out["kind"], "bad_request");
+    let message = out["error"].as_str().expect("message");
+    assert!(
+        message.contains("\"bad\"") && message.contains("dimension 2"),
+        "{message}"
+    );
+    assert_eq!(
+        stats(&app).await,
+        json!({"count": 3, "dimension": 3, "backend": "flat", "metric": "cosine"})
+    );
+    // "a" was not overwritten by the refused request.
+    let (_, found) = post(
+        &app,
+        "search",
+        &json!({"data": [doc("q", &[1.0, 0.0, 0.0])], "parameters": {"top_k": 1}}),
+    )
+    .await;
+    let found = matches(&found["data"][0]);
+    assert_eq!(found[0].0, "a");
+    assert!((found[0].1 - 1.0).abs() < 1e-6);
+
+    let (status, out) = post(&app, "search", &json!({"data": [doc("q", &[1.0])]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+}
+
+#[tokio::test]
+async fn missing_embeddings_are_400s_naming_the_document() {
+    let app = indexer(&[]);
+    for endpoint in ["index", "update", "search"] {
+        let body = json!({"data": [{"id": "root", "chunks": [{"id": "c-without", "text": "x"}]}]});
+        let (status, out) = post(&app, endpoint, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{endpoint}");
+        assert!(
+            out["error"]
+                .as_str()
+                .expect("message")
+                .contains("c-without"),
+            "{out}"
+        );
+    }
+    let (status, out) = post(&app, "index", &json!({"data": [{"embedding": [1.0]}]})).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a document without an id: {out}"
+    );
+    assert_eq!(stats(&app).await["count"], 0);
+}
+
+#[tokio::test]
+async fn non_finite_values_are_refused() {
+    let indexer = Indexer::new(FlatIndex::new(Metric::Cosine));
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut d = Document::text("nan-doc", "x");
+        d.embedding = Some(vec![1.0, bad]);
+        let err = indexer
+            .call("index", Envelope::new(vec![d]))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(err.to_string().contains("nan-doc"), "{err}");
+    }
+    assert_eq!(indexer.index().stats().count, 0);
+}
+
+#[tokio::test]
+async fn chunks_are_indexed_searched_and_deleted_with_their_document() {
+    let app = indexer(&[]);
+    let body = json!({"data": [
+        {"id": "doc1", "text": "x", "chunks": [
+            {"id": "doc1-0", "embedding": [1.0, 0.0]},
+            {"id": "doc1-1", "parent_id": "doc1", "embedding": [0.0, 1.0]},
+        ]},
+        {"id": "doc2", "chunks": [{"id": "doc2-0", "embedding": [1.0, 0.1]}]},
+        doc("solo", &[1.0, 0.05]),
+    ]});
+    let (status, _) = post(&app, "index", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats(&app).await["count"], 4, "leaves only");
+
+    let query = json!({"data": [{"id": "q", "chunks": [
+        {"id": "q-0", "embedding": [1.0, 0.0]},
+        {"id": "q-1", "embedding": [0.0, 1.0]},
+    ]}], "parameters": {"top_k": 2}});
+    let (_, out) = post(&app, "search", &query).await;
+    let q = &out["data"][0];
+    assert!(
+        q.get("matches").is_none(),
+        "the root of a chunked query gets no matches"
+    );
+    assert_eq!(ids(&q["chunks"][0]), ["doc1-0", "solo"]);
+    assert_eq!(
+        q["chunks"][0]["matches"][0]["parent_id"], "doc1",
+        "filled from the enclosing doc"
+    );
+    assert!(q["chunks"][0]["matches"][1].get("parent_id").is_none());
+    assert_eq!(ids(&q["chunks"][1])[0], "doc1-1");
+
+    // Deleting the root removes its stored chunks; unknown ids are fine.
+    let (status, _) = post(
+        &app,
+        "delete",
+        &json!({"data": [{"id": "doc1"}, {"id": "nope"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats(&app).await["count"], 2);
+    let (_, out) = post(&app, "search", &query).await;
+    for chunk in out["data"][0]["chunks"].as_array().expect("chunks") {
+        assert!(
+            ids(chunk).iter().all(|id| !id.starts_with("doc1")),
+            "{chunk}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn update_replaces_a_documents_chunks() {
+    let app = indexer(&[]);
+    let v1 = json!({"data": [{"id": "d", "chunks": [
+        {"id": "d-a", "embedding": [1.0, 0.0]},
+        {"id": "d-b", "embedding": [0.0, 1.0]},
+    ]}]});
+    post(&app, "index", &v1).await;
+    let v2 = json!({"data": [{"id": "d", "chunks": [{"id": "d-c", "embedding": [1.0, 1.0]}]}]});
+    let (status, _) = post(&app, "update", &v2).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, out) = post(&app, "search", &json!({"data": [doc("q", &[1.0, 0.0])]})).await;
+    assert_eq!(ids(&out["data"][0]), ["d-c"]);
+}
+
+#[tokio::test]
+async fn l2_orders_by_distance() {
+    let app = indexer(&["--metric", "l2"]);
+    let body = json!({"data": [
+        doc("far", &[10.0, 0.0]),
+        doc("near", &[1.0, 1.0]),
+        doc("same", &[1.0, 0.0]),
+        // Same direction as the query, far away: first under cosine, not under L2.
+        doc("aligned", &[5.0, 0.0]),
+    ]});
+    post(&app, "index", &body).await;
+    let (_, out) = post(&app, "search", &json!({"data": [doc("q", &[1.0, 0.0])]})).await;
+    let found = matches(&out["data"][0]);
+    let order: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(order, ["same", "near", "aligned", "far"]);
+    let scores: Vec<f64> = found.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        scores,
+        [0.0, -1.0, -4.0, -9.0],
+        "minus the Euclidean distance"
+    );
+    assert_eq!(stats(&app).await["metric"], "l2");
+}
+
+#[tokio::test]
+async fn ties_are_broken_by_the_smaller_id() {
+    let app = indexer(&[]);
+    let body =
+        json!({"data": [doc("b", &[1.0, 0.0]), doc("c", &[1.0, 0.0]), doc("a", &[2.0, 0.0])]});
+    post(&app, "index", &body).await;
+    let (_, out) = post(&app, "search", &json!({"data": [doc("q", &[1.0, 0.0])]})).await;
+    assert_eq!(ids(&out["data"][0]), ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn other_endpoints_pass_through_unchanged() {
+    let app = indexer(&[]);
+    let body = json!({"parameters": {"x": 1}, "data": [{"id": "a", "text": "no embedding"}]});
+    let (status, out) = post(&app, "custom", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(out["data"], body["data"]);
+    assert_eq!(out["parameters"], body["parameters"]);
+    assert_eq!(
+        stats(&app).await,
+        json!({"count": 0, "dimension": null, "backend": "flat", "metric": "cosine"})
+    );
+}

@@ -1,0 +1,88 @@
+//! Document stores: where the ranker keeps the content that fills matches.
+//!
+//! The [`DocStore`] trait is async so that a networked store (Redis) fits behind it as well as
+//! the embedded [`MemoryStore`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{PoisonError, RwLock};
+
+use flowmesh_shared::Document;
+
+/// Why a store operation failed. Every variant is a fault of the mesh, not of the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store cannot be reached or answered with an error.
+    #[error("document store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A key-value store of documents by id.
+pub trait DocStore: Send + Sync + 'static {
+    /// The stored documents with these ids, position by position (`None` where absent).
+    fn get_many(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<Document>>, StoreError>> + Send;
+
+    /// Stores `docs` by id, replacing documents with the same ids.
+    fn put_many(&self, docs: Vec<Document>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes the documents with these ids; unknown ids are ignored. Returns how many were
+    /// removed.
+    fn delete_many(&self, ids: &[String])
+        -> impl Future<Output = Result<usize, StoreError>> + Send;
+}
+
+/// The embedded store: a map in memory, lost when the process exits.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    docs: RwLock<HashMap<String, Document>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of stored documents.
+    pub fn len(&self) -> usize {
+        self.docs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no document is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// The lock is never held across an await, and every critical section is a few map operations:
+// a std lock on the async threads is fine. A poisoned lock still holds a consistent map (no
+// operation below panics half-way), so it is used as is.
+impl DocStore for MemoryStore {
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Document>>, StoreError> {
+        let docs = self.docs.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(ids.iter().map(|id| docs.get(id).cloned()).collect())
+    }
+
+    async fn put_many(&self, new: Vec<Document>) -> Result<(), StoreError> {
+        let mut docs = self.docs.write().unwrap_or_else(PoisonError::into_inner);
+        for doc in new {
+            docs.insert(doc.id.clone(), doc);
+        }
+        Ok(())
+    }
+
+    async fn delete_many(&self, ids: &[String]) -> Result<usize, StoreError> {
+        let mut docs = self.docs.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(ids
+            .iter()
+            .filter(|id| docs.remove(id.as_str()).is_some())
+            .count())
+    }
+}

@@ -1,0 +1,260 @@
+//! The ranker's routes and executor, driven with `oneshot` requests and direct calls.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use clap::Parser;
+use flowmesh_ranker::{app, Aggregation, DocStore, MemoryStore, Ranker};
+use flowmesh_shared::server::Executor;
+use flowmesh_shared::{Document, Envelope};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+fn ranker(args: &[&str]) -> Router {
+    let argv = std::iter::once("flowmesh-ranker").chain(args.iter().copied());
+    let config = flowmesh_ranker::Config::try_parse_from(argv).expect("valid flags");
+    app(&config).expect("valid configuration")
+}
+
+async fn post(app: &Router, endpoint: &str, body: &Value) -> (StatusCode, Value) {
+    let request = Request::post(format!("/{endpoint}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&bytes).expect("JSON body"))
+}
+
+fn corpus() -> Value {
+    json!({"data": [
+        {"id": "a", "text": "alpha text", "tags": {"n": 1}, "embedding": [1.0],
+         "chunks": [{"id": "a-0", "parent_id": "a", "text": "alpha", "embedding": [1.0]}]},
+        {"id": "b", "text": "beta text", "uri": "data:text/plain,beta", "blob": "YmV0YQ=="},
+        {"id": "c", "text": "gamma text"},
+    ]})
+}
+
+/// Matches of two query chunks over stored chunks of a, b and c (exact binary fractions).
+fn query(top_k: u64) -> Value {
+    let m =
+        |id: &str, parent: &str, score: f64| json!({"id": id, "parent_id": parent, "score": score});
+    json!({"parameters": {"top_k": top_k}, "data": [{
+        "id": "q", "text": "the query", "tags": {"keep": true},
+        "chunks": [
+            {"id": "q-0", "text": "first", "matches": [
+                m("a-0", "a", 0.75), m("b-0", "b", 0.5), m("c-0", "c", 0.6875),
+            ]},
+            {"id": "q-1", "text": "second", "matches": [
+                m("a-1", "a", 0.25), m("b-1", "b", 0.625), m("b-2", "b", 0.375),
+                // No parent: the match is its own document, unknown to the store.
+                {"id": "orphan", "score": 0.125},
+            ]},
+        ],
+    }]})
+}
+
+/// (id, score) of the query's matches.
+fn ranked(out: &Value) -> Vec<(String, f64)> {
+    out["data"][0]["matches"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| {
+                    (
+                        m["id"].as_str().expect("id").to_owned(),
+                        m["score"].as_f64().expect("score"),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_ranked(out: &Value, expected: &[(&str, f64)]) {
+    let got = ranked(out);
+    let got_ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+    let expected_ids: Vec<&str> = expected.iter().map(|(id, _)| *id).collect();
+    assert_eq!(got_ids, expected_ids, "{got:?}");
+    for ((_, g), (_, e)) in got.iter().zip(expected) {
+        assert!((g - e).abs() < 1e-6, "{got:?} vs {expected:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_aggregation_ranks_parent_documents() {
+    let cases: [(&str, &[(&str, f64)]); 4] = [
+        (
+            "max",
+            &[("a", 0.75), ("c", 0.6875), ("b", 0.625), ("orphan", 0.125)],
+        ),
+        (
+            "min",
+            &[("c", 0.6875), ("b", 0.375), ("a", 0.25), ("orphan", 0.125)],
+        ),
+        // a and b tie at 0.5: the smaller id first.
+        (
+            "mean",
+            &[("c", 0.6875), ("a", 0.5), ("b", 0.5), ("orphan", 0.125)],
+        ),
+        (
+            "sum",
+            &[("b", 1.5), ("a", 1.0), ("c", 0.6875), ("orphan", 0.125)],
+        ),
+    ];
+    for (aggregation, expected) in cases {
+        let app = ranker(&["--aggregation", aggregation]);
+        let (status, out) = post(&app, "search", &query(10)).await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+        assert_ranked(&out, expected);
+    }
+}
+
+#[tokio::test]
+async fn reverse_ranks_lower_scores_first() {
+    let app = ranker(&["--aggregation", "min", "--reverse"]);
+    let (_, out) = post(&app, "search", &query(10)).await;
+    assert_ranked(
+        &out,
+        &[
+            ("orphan", -0.125),
+            ("a", -0.25),
+            ("b", -0.375),
+            ("c", -0.6875),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn top_k_cuts_the_document_matches() {
+    let app = ranker(&["--aggregation", "sum"]);
+    let (_, out) = post(&app, "search", &query(2)).await;
+    assert_ranked(&out, &[("b", 1.5), ("a", 1.0)]);
+}
+
+#[tokio::test]
+async fn matches_are_filled_from_the_store_and_chunk_matches_cleared() {
+    let app = ranker(&[]);
+    let (status, out) = post(&app, "index", &corpus()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        out["data"],
+        corpus()["data"],
+        "index answers with the request"
+    );
+
+    let (_, out) = post(&app, "search", &query(10)).await;
+    let q = &out["data"][0];
+    assert_eq!(q["text"], "the query");
+    assert_eq!(q["tags"], json!({"keep": true}));
+    assert_eq!(q["chunks"][1]["text"], "second");
+    for chunk in q["chunks"].as_array().expect("chunks") {
+        assert!(
+            chunk.get("matches").is_none(),
+            "chunk matches left in: {chunk}"
+        );
+    }
+    let matches = q["matches"].as_array().expect("matches");
+    let a = &matches[0];
+    assert_eq!(a["id"], "a");
+    assert_eq!(a["text"], "alpha text");
+    assert_eq!(a["tags"], json!({"n": 1}));
+    assert!(
+        a.get("embedding").is_none() && a.get("chunks").is_none(),
+        "{a}"
+    );
+    let b = matches.iter().find(|m| m["id"] == "b").expect("b");
+    assert_eq!(b["uri"], "data:text/plain,beta");
+    assert_eq!(b["blob"], "YmV0YQ==");
+    let orphan = matches
+        .iter()
+        .find(|m| m["id"] == "orphan")
+        .expect("orphan");
+    assert_eq!(
+        orphan,
+        &json!({"id": "orphan", "score": 0.125}),
+        "not stored: id and score only"
+    );
+}
+
+#[tokio::test]
+async fn a_query_without_chunks_keeps_its_own_matches() {
+    let app = ranker(&[]);
+    post(&app, "index", &corpus()).await;
+    let body = json!({"data": [{"id": "q", "matches": [
+        {"id": "c", "score": 0.5}, {"id": "a", "score": 0.25},
+    ]}]});
+    let (_, out) = post(&app, "search", &body).await;
+    assert_ranked(&out, &[("c", 0.5), ("a", 0.25)]);
+    assert_eq!(out["data"][0]["matches"][0]["text"], "gamma text");
+    assert_eq!(out["data"][0]["matches"][1]["text"], "alpha text");
+}
+
+#[tokio::test]
+async fn delete_removes_documents_from_the_store() {
+    let app = ranker(&[]);
+    post(&app, "index", &corpus()).await;
+    let (status, _) = post(
+        &app,
+        "delete",
+        &json!({"data": [{"id": "a"}, {"id": "unknown"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, out) = post(&app, "search", &query(10)).await;
+    let matches = out["data"][0]["matches"].as_array().expect("matches");
+    let a = matches
+        .iter()
+        .find(|m| m["id"] == "a")
+        .expect("a is still ranked");
+    assert!(a.get("text").is_none(), "deleted content came back: {a}");
+    let b = matches.iter().find(|m| m["id"] == "b").expect("b");
+    assert_eq!(b["text"], "beta text");
+}
+
+#[tokio::test]
+async fn only_the_root_content_is_stored() {
+    let ranker = Ranker::new(MemoryStore::new(), Aggregation::Max, false);
+    let mut doc = Document::text("d", "body");
+    doc.embedding = Some(vec![1.0, 2.0]);
+    doc.chunks = vec![Document::text("d-0", "chunk")];
+    doc.matches = vec![Document::text("m", "match")];
+    let request = Envelope::new(vec![doc]);
+    let out = ranker
+        .call("update", request.clone())
+        .await
+        .expect("stored");
+    assert_eq!(out, request);
+    assert_eq!(
+        ranker.store().len(),
+        1,
+        "chunks are not stored on their own"
+    );
+    let stored = ranker
+        .store()
+        .get_many(&["d".into(), "d-0".into()])
+        .await
+        .expect("read");
+    assert_eq!(stored, vec![Some(Document::text("d", "body")), None]);
+}
+
+#[tokio::test]
+async fn documents_without_ids_are_refused_and_other_endpoints_pass_through() {
+    let app = ranker(&[]);
+    let (status, out) = post(&app, "index", &json!({"data": [{"text": "no id"}]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(out["kind"], "bad_request");
+    let body = json!({"parameters": {"x": 1}, "data": [{"id": "q", "chunks": [
+        {"id": "q-0", "matches": [{"id": "m", "score": 1.0}]},
+    ]}]});
+    let (status, out) = post(&app, "custom", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(out["data"], body["data"]);
+}
