@@ -252,7 +252,7 @@ async fn spawn(
         match child.wait().await {
             Ok(status) => tracing::info!(process = %exit_label, %status, "executor process exited"),
             Err(e) => {
-                tracing::warn!(process = %exit_label, error = %e, "cannot wait for executor process")
+                tracing::warn!(process = %exit_label, error = %e, "cannot wait for executor process");
             }
         }
     });

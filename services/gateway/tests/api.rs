@@ -1,5 +1,7 @@
 //! The public API: errors for bad input, Jina's `/post`, status, health, metrics, OpenAPI.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 mod support;
 
 use serde_json::{json, Value};

@@ -1,6 +1,8 @@
 //! Replica balancing: losing a replica under load fails no request, it rejoins after a restart,
 //! and a slow replica gets a small share.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,7 @@
 //! The Flow's topology semantics, against small real executor servers on 127.0.0.1:0.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -108,8 +110,11 @@ async fn needs_all_waits_for_every_orphan() {
     assert_eq!(tags, ["a", "b"]);
 }
 
+/// `(endpoint, root id)` of every document a shard was sent.
+type SentLog = Arc<Mutex<Vec<(String, String)>>>;
+
 /// A shard that records the root ids it is sent, per endpoint.
-async fn recording_shard(log: Arc<Mutex<Vec<(String, String)>>>) -> TestServer {
+async fn recording_shard(log: SentLog) -> TestServer {
     TestServer::start(executor_app(move |endpoint, env: Envelope| {
         let log = log.clone();
         async move {
@@ -124,7 +129,7 @@ async fn recording_shard(log: Arc<Mutex<Vec<(String, String)>>>) -> TestServer {
 
 #[tokio::test]
 async fn any_polling_sends_an_id_to_the_same_shard_every_time() {
-    let logs: Vec<Arc<Mutex<Vec<(String, String)>>>> = (0..3).map(|_| Default::default()).collect();
+    let logs: Vec<SentLog> = (0..3).map(|_| Default::default()).collect();
     let mut shards = Vec::new();
     for log in &logs {
         shards.push(recording_shard(log.clone()).await);
