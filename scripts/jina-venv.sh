@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the Python virtual environment with the Jina 3.x client
+# that the gateway's "Jina client can talk to the flowmesh gateway" test uses.
+#
+#   scripts/jina-venv.sh            -> last stdout line: path of the venv's python
+#
+# Location: ${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}/jina-venv
+# Interpreter: $FLOWMESH_PYTHON if set, else python3.11, else python3 (3.8-3.12).
+#
+# Idempotent: a marker file (holding a hash of the pins and the interpreter) is
+# written only after the install and an import check succeed; when it matches,
+# a second run does nothing and returns at once. A venv without a matching
+# marker (missing, interrupted install, changed pins) is deleted and rebuilt.
+# Concurrent runs are serialised with flock. Everything except the final path
+# goes to stderr. Needs only PyPI.
+set -euo pipefail
+
+CACHE_DIR="${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}"
+VENV="$CACHE_DIR/jina-venv"
+MARKER="$VENV/.flowmesh-jina-venv-complete"
+LOCK_FILE="$CACHE_DIR/jina-venv.lock"
+
+log() { printf 'jina-venv: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# What the test asks for. jina 3.34 breaks with pydantic >= 2.11.4 and with
+# prometheus_client >= 0.21.
+REQUIREMENTS=(
+  'jina==3.34.*'
+  'pydantic<2.11.4'
+  'prometheus_client<0.21'
+)
+
+# Every package of the resolved set, pinned exactly, so that an upstream release
+# cannot break the test (resolved and checked with jina 3.34.0 on Python 3.11).
+CONSTRAINTS='
+aiofiles==25.1.0
+aiohappyeyeballs==2.7.1
+aiohttp==3.14.5
+aiosignal==1.4.0
+annotated-doc==0.0.7
+annotated-types==0.8.0
+anyio==4.16.0
+asgiref==3.13.0
+attrs==26.1.0
+certifi==2026.10.18
+charset-normalizer==3.5.2
+click==8.5.1
+docarray==0.41.0
+docker==7.2.0
+ecdsa==0.19.2
+fastapi==0.165.0
+filelock==4.2.11
+frozenlist==1.8.0
+googleapis-common-protos==1.75.0
+grpcio==1.68.0
+grpcio-health-checking==1.68.0
+grpcio-reflection==1.68.0
+h11==0.16.0
+idna==3.20
+importlib_metadata==10.2.0
+jcloud==0.3
+jina==3.34.0
+jina-hubble-sdk==0.39.0
+lazy-importer==0.1.0
+markdown-it-py==4.3.0
+mdurl==0.1.2
+multidict==7.2.1
+mypy_extensions==1.2.0
+numpy==2.4.6
+opentelemetry-api==1.45.1
+opentelemetry-exporter-http-transport==0.66b1
+opentelemetry-exporter-otlp==1.45.1
+opentelemetry-exporter-otlp-common==0.66b1
+opentelemetry-exporter-otlp-proto-common==1.45.1
+opentelemetry-exporter-otlp-proto-grpc==1.45.1
+opentelemetry-exporter-otlp-proto-http==1.45.1
+opentelemetry-exporter-prometheus==0.66b1
+opentelemetry-instrumentation==0.66b1
+opentelemetry-instrumentation-aiohttp-client==0.66b1
+opentelemetry-instrumentation-asgi==0.66b1
+opentelemetry-instrumentation-fastapi==0.66b1
+opentelemetry-instrumentation-grpc==0.66b1
+opentelemetry-proto==1.45.1
+opentelemetry-sdk==1.45.1
+opentelemetry-semantic-conventions==0.66b1
+opentelemetry-util-http==0.66b1
+orjson==3.13.0
+packaging==26.3
+pathspec==1.1.1
+prometheus_client==0.20.0
+propcache==0.5.4
+protobuf==5.29.6
+pyasn1==0.6.5
+pydantic==2.11.3
+pydantic_core==2.33.1
+Pygments==2.21.0
+python-dateutil==4.0.0
+python-dotenv==1.2.4
+python-jose==3.5.0
+python-multipart==0.0.34
+PyYAML==6.0.3
+requests==2.34.2
+rich==15.0.0
+rsa==4.9.1
+six==1.17.0
+starlette==1.10.0
+types-requests==2.31.0.6
+types-urllib3==1.26.25.14
+typing-inspect==0.9.0
+typing-inspection==0.4.5
+typing_extensions==4.16.0
+tzdata==2026.6
+urllib3==1.26.20
+uvicorn==0.23.1
+uvloop==0.23.0
+websockets==17.4
+wrapt==2.5.2
+yarl==1.25.1
+zipp==4.1.2
+'
+
+pick_python() {
+  local cand
+  for cand in ${FLOWMESH_PYTHON:+"$FLOWMESH_PYTHON"} python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 &&
+      "$cand" -c 'import sys; sys.exit(0 if (3, 8) <= sys.version_info[:2] <= (3, 12) else 1)' 2>/dev/null; then
+      command -v "$cand"
+      return 0
+    fi
+  done
+  return 1
+}
+
+PYTHON="$(pick_python)" || die "no python 3.8-3.12 found (tried ${FLOWMESH_PYTHON:+$FLOWMESH_PYTHON, }python3.11, python3)"
+PY_ID="$("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+
+# Marker content: changes whenever the pins or the base interpreter change.
+STAMP="$(printf '%s\n' "v1" "$PY_ID" "${REQUIREMENTS[@]}" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
+
+venv_ready() {
+  [[ -f "$MARKER" && -x "$VENV/bin/python" ]] &&
+    [[ "$(cat "$MARKER" 2>/dev/null)" == "$STAMP" ]] &&
+    "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1
+}
+
+if venv_ready; then
+  echo "$VENV/bin/python"
+  exit 0
+fi
+
+mkdir -p "$CACHE_DIR"
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$LOCK_FILE"
+  flock -w 900 9 || die "timed out waiting for another jina-venv.sh (lock $LOCK_FILE)"
+  if venv_ready; then # another run finished it while we waited
+    echo "$VENV/bin/python"
+    exit 0
+  fi
+fi
+
+if [[ -e "$VENV" ]]; then
+  log "removing incomplete or outdated venv at $VENV"
+  case "$VENV" in
+    */jina-venv) rm -rf -- "$VENV" ;;
+    *) die "refusing to remove unexpected path $VENV" ;;
+  esac
+fi
+
+log "creating venv at $VENV with $PY_ID"
+"$PYTHON" -m venv "$VENV" >&2 ||
+  die "'$PYTHON -m venv' failed (on Debian: apt-get install python3-venv)"
+
+CONSTRAINTS_FILE="$VENV/flowmesh-constraints.txt"
+printf '%s' "$CONSTRAINTS" >"$CONSTRAINTS_FILE"
+
+log "installing ${REQUIREMENTS[*]} (pinned; this takes a minute or two)"
+PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install \
+  --no-input --progress-bar off --quiet \
+  --constraint "$CONSTRAINTS_FILE" \
+  "${REQUIREMENTS[@]}" >&2 || die "pip install failed"
+
+log "checking the install"
+JINA_OPTOUT_TELEMETRY=1 JINA_DISABLE_UVLOOP=1 "$VENV/bin/python" - >&2 <<'PYCHECK' || die "import check failed"
+import importlib.metadata as md
+import jina, docarray, pydantic
+from jina import Client
+from docarray import BaseDoc, DocList
+v = {p: md.version(p) for p in ("jina", "docarray", "pydantic", "prometheus_client", "protobuf", "aiohttp")}
+assert v["jina"].startswith("3.34."), v
+assert tuple(int(x) for x in v["pydantic"].split(".")[:3]) < (2, 11, 4), v
+assert tuple(int(x) for x in v["prometheus_client"].split(".")[:2]) < (0, 21), v
+print("jina-venv: ok " + " ".join(f"{k}={x}" for k, x in v.items()))
+PYCHECK
+
+printf '%s\n' "$STAMP" >"$MARKER.tmp"
+mv -f "$MARKER.tmp" "$MARKER"
+log "ready"
+echo "$VENV/bin/python"
