@@ -20,12 +20,14 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Starts logging to stderr, filtered by `RUST_LOG` (default `info`). Safe to call twice.
+/// Starts logging to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a
+/// terminal (the launcher forwards its children's logs). Safe to call twice.
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
