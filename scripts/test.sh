@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# flowmesh's test command: installs what the tests need, then runs the checks and every test.
+#
+#   ./scripts/test.sh
+#
+# Installs: the Python venv with Jina's client (for the Jina compatibility test). Later parts of
+# the mesh add their own installs here (ONNX Runtime, models, Redis, the Docker base image).
+# Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "system packages"
+need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+command -v flock >/dev/null 2>&1 || need+=(util-linux)
+if ((${#need[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+
+step "python venv with jina (for the Jina client test)"
+FLOWMESH_JINA_PYTHON="$(scripts/jina-venv.sh | tail -n 1)"
+export FLOWMESH_JINA_PYTHON
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build every binary (the launcher tests start them)"
+cargo build --workspace --bins --locked
+
+step "cargo test"
+cargo test --workspace --locked
