@@ -47,12 +47,40 @@ impl Executor for Indexer {
             "delete" => documents_delete,
             _ => return Ok(request),
         };
-        // A scan is O(n·d) and writers wait for it: keep it off the async threads.
+        // A scan is O(n·d) and writers wait for it: large work goes off the async threads. Small
+        // work runs right here, because handing it to the blocking pool costs two thread
+        // switches, more than the work itself.
+        if work(self.index.as_ref(), endpoint, &request) <= INLINE_WORK {
+            return Ok(operation(self.index.as_ref(), request)?);
+        }
         let index = Arc::clone(&self.index);
         let response = tokio::task::spawn_blocking(move || operation(index.as_ref(), request))
             .await
             .map_err(|e| ApiError::Internal(format!("index task failed: {e}")))??;
         Ok(response)
+    }
+}
+
+/// Multiply-adds below which a request runs on the async thread (about a millisecond at most).
+const INLINE_WORK: usize = 1 << 22;
+
+/// Roughly how many multiply-adds a request costs: a search scans every stored vector once per
+/// query vector; a write touches each of its vectors (weighted, for the map and lock work).
+fn work(index: &dyn VectorIndex, endpoint: &str, request: &Envelope) -> usize {
+    let stats = index.stats();
+    let dim = stats.dimension.unwrap_or(0).max(1);
+    let vectors: usize = request.data.iter().map(leaf_count).sum();
+    match endpoint {
+        "search" => vectors.saturating_mul(stats.count).saturating_mul(dim),
+        _ => vectors.saturating_mul(dim).saturating_mul(64),
+    }
+}
+
+fn leaf_count(doc: &Document) -> usize {
+    if doc.chunks.is_empty() {
+        1
+    } else {
+        doc.chunks.iter().map(leaf_count).sum()
     }
 }
 
