@@ -5,6 +5,11 @@
 //! searched at several concurrencies, reporting requests/s, latency percentiles and the time
 //! spent in each executor (from the gateway's `Server-Timing` header).
 
+/// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
+/// malloc and free took about 12% of the gateway's CPU under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod launch;
 mod load;
 
