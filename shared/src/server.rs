@@ -103,6 +103,20 @@ pub async fn serve(
         .await
 }
 
+/// Binds `addr` (printing the `listening on` line) and serves `app` until `shutdown` resolves:
+/// the tail of every service's `run`.
+pub async fn bind_and_serve(
+    service: &str,
+    addr: SocketAddr,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = bind(service, addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    serve(listener, app, shutdown).await
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

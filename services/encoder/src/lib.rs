@@ -16,7 +16,6 @@ use anyhow::Context;
 use axum::Router;
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{self, executor_router, ServeArgs};
-use tokio::net::TcpListener;
 
 pub use executor::{EncodeError, Encoder};
 pub use model::{HashModel, Model, ModelError};
@@ -76,18 +75,6 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
     ))
 }
 
-/// Serves the encoder on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    config: &Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = app(config).context("invalid configuration")?;
-    server::serve(listener, app, shutdown)
-        .await
-        .context("serving")
-}
-
 /// Validates `config`, binds `--listen` (printing the `listening on` line) and serves until
 /// `shutdown` resolves.
 pub async fn run(
@@ -96,10 +83,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Build before binding, so that a bad configuration never prints a `listening on` line.
     let app = app(&config).context("invalid configuration")?;
-    let listener = server::bind(SERVICE, config.serve.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.serve.listen))?;
-    server::serve(listener, app, shutdown)
-        .await
-        .context("serving")
+    server::bind_and_serve(SERVICE, config.serve.listen, app, shutdown).await?;
+    Ok(())
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use flowmesh_shared::client::ExecutorClient;
-use flowmesh_shared::server::{bind, serve, ServeArgs};
+use flowmesh_shared::server::{bind_and_serve, ServeArgs};
 
 pub use flow::{Flow, FlowError, FlowSpec};
 pub use http::{openapi_json, router, AppState};
@@ -48,15 +48,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let spec = load_flow(&config.flow)?;
     let flow = Flow::build(spec, &ExecutorClient::new())?;
-    let listener = bind("flowmesh-gateway", config.serve.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.serve.listen))?;
     let app = router(
         AppState {
             flow: Arc::new(flow),
         },
         config.serve.max_body_bytes,
     );
-    serve(listener, app, shutdown).await?;
+    bind_and_serve("flowmesh-gateway", config.serve.listen, app, shutdown).await?;
     Ok(())
 }

@@ -27,7 +27,6 @@ use axum::{Json, Router};
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{self, executor_router, ServeArgs};
 use flowmesh_shared::ApiError;
-use tokio::net::TcpListener;
 
 pub use backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
 pub use executor::Indexer;
@@ -103,30 +102,14 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
     ))
 }
 
-/// Serves the indexer on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    config: &Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = app(config).context("invalid configuration")?;
-    server::serve(listener, app, shutdown)
-        .await
-        .context("serving")
-}
-
 /// Opens the index, binds `--listen` (printing the `listening on` line) and serves until
 /// `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Open before binding, so that a bad configuration never prints a `listening on` line.
+    // Build before binding, so that a bad configuration never prints a `listening on` line.
     let app = app(&config).context("invalid configuration")?;
-    let listener = server::bind(SERVICE, config.serve.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.serve.listen))?;
-    server::serve(listener, app, shutdown)
-        .await
-        .context("serving")
+    server::bind_and_serve(SERVICE, config.serve.listen, app, shutdown).await?;
+    Ok(())
 }

@@ -19,7 +19,6 @@ use anyhow::Context;
 use axum::Router;
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{self, executor_router, ServeArgs};
-use tokio::net::TcpListener;
 
 pub use aggregate::{aggregate, Aggregation};
 pub use executor::Ranker;
@@ -82,30 +81,14 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
     Ok(router)
 }
 
-/// Serves the ranker on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    config: &Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = app(config).context("invalid configuration")?;
-    server::serve(listener, app, shutdown)
-        .await
-        .context("serving")
-}
-
 /// Opens the store, binds `--listen` (printing the `listening on` line) and serves until
 /// `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Open before binding, so that a bad configuration never prints a `listening on` line.
+    // Build before binding, so that a bad configuration never prints a `listening on` line.
     let app = app(&config).context("invalid configuration")?;
-    let listener = server::bind(SERVICE, config.serve.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.serve.listen))?;
-    server::serve(listener, app, shutdown)
-        .await
-        .context("serving")
+    server::bind_and_serve(SERVICE, config.serve.listen, app, shutdown).await?;
+    Ok(())
 }
