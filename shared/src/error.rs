@@ -32,6 +32,14 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("unknown endpoint {0:?}")]
     UnknownEndpoint(String),
+    /// The endpoint exists but not with this method.
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path.
+        path: String,
+    },
     /// The service is overloaded; try again later.
     #[error("{0}")]
     Overloaded(String),
@@ -78,6 +86,7 @@ impl ApiError {
             Self::InvalidBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Rejected { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
@@ -95,6 +104,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnknownEndpoint(_) => "unknown_endpoint",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Overloaded(_) => "overloaded",
             Self::Rejected { kind, .. } => kind,
             Self::Unavailable { .. } => "unavailable",

@@ -60,6 +60,8 @@ pub fn executor_router<E: Executor>(
         .merge(extra)
         .merge(health_router(readiness))
         .merge(metrics_router())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| {
             track_requests(service, req, next)
@@ -74,6 +76,19 @@ async fn executor_call<E: Executor>(
     let reply = request.reply;
     let response = executor.call(&endpoint, request.body).await?;
     Ok(Reply(reply, response))
+}
+
+/// The JSON 404 for a path no route matches.
+pub async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::UnknownEndpoint(uri.path().to_owned())
+}
+
+/// The JSON 405 for a known path used with the wrong method.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
 }
 
 /// Binds `addr` and prints the `listening on` line the launcher waits for.

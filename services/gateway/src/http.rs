@@ -14,6 +14,7 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use flowmesh_shared::codec::{Negotiated, Reply};
+use flowmesh_shared::server::{method_not_allowed, unknown_route};
 use flowmesh_shared::telemetry::{metrics_handle, track_requests};
 use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
 
@@ -41,6 +42,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(|req, next| {
@@ -249,8 +251,4 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", body = String)))]
 async fn metrics_text() -> String {
     metrics_handle().render()
-}
-
-async fn unknown_route(uri: axum::http::Uri) -> ApiError {
-    ApiError::UnknownEndpoint(uri.path().to_owned())
 }

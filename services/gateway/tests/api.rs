@@ -46,7 +46,7 @@ fn assert_error(r: &support::HttpResponse, status: u16, kind: &str) -> Value {
 
 #[tokio::test]
 async fn bad_input_gets_4xx_json_errors() {
-    let (gw, _e) = gateway(4096).await;
+    let (gw, e) = gateway(4096).await;
     let http = Http::new();
     let url = gw.url("/index");
     let r = http
@@ -91,6 +91,18 @@ async fn bad_input_gets_4xx_json_errors() {
         )
         .await;
     assert_error(&r, 404, "unknown_endpoint");
+
+    // Executors answer wrong paths and methods with the same JSON errors.
+    assert_error(
+        &http.get(&format!("{}/no/such/path", e.base())).await,
+        404,
+        "unknown_endpoint",
+    );
+    assert_error(
+        &http.get(&format!("{}/search", e.base())).await,
+        405,
+        "method_not_allowed",
+    );
 
     // An executor's 4xx reaches the caller with the executor named.
     let r = http

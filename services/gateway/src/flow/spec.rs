@@ -223,6 +223,14 @@ impl FlowSpec {
         if self.settings.prefetch == 0 {
             return Err(FlowError::Graph("prefetch must be at least 1".into()));
         }
+        if self.settings.timeout_ms == 0 {
+            return Err(FlowError::Graph("timeout_ms must be at least 1".into()));
+        }
+        if self.settings.health_interval_ms < 10 {
+            return Err(FlowError::Graph(
+                "health_interval_ms must be at least 10".into(),
+            ));
+        }
         let mut names = HashSet::new();
         for e in &self.executors {
             if e.name.is_empty() || e.name == "gateway" || e.name == "all" {
