@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
@@ -81,6 +81,7 @@ async fn start_all(
     processes: &mut Vec<Process>,
 ) -> anyhow::Result<()> {
     let flow_dir = args.workspace.join(&spec.name);
+    let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
     for executor in &mut spec.executors {
         if executor.addresses.is_some() || !SERVICES.contains(&executor.uses.as_str()) {
             continue;
@@ -97,7 +98,7 @@ async fn start_all(
                     .join(&executor.name)
                     .join(format!("shard-{shard}"))
                     .join(format!("replica-{replica}"));
-                let p = spawn(&binary, executor, shard, replica, &workspace).await?;
+                let p = spawn(&binary, executor, shard, replica, &workspace, ready_timeout).await?;
                 replicas.push(p.base.clone());
                 processes.push(p);
             }
@@ -105,7 +106,7 @@ async fn start_all(
         }
         executor.addresses = Some(AddressesSpec::Shards(shards));
     }
-    wait_ready(processes, Duration::from_secs(args.ready_timeout_secs)).await
+    wait_ready(processes, ready_timeout).await
 }
 
 async fn serve_gateway(
@@ -198,6 +199,7 @@ async fn spawn(
     shard: usize,
     replica: usize,
     workspace: &Path,
+    timeout: Duration,
 ) -> anyhow::Result<Process> {
     let label = format!("{}/{shard}/{replica}", executor.name);
     std::fs::create_dir_all(workspace)
@@ -218,35 +220,40 @@ async fn spawn(
         .with_context(|| format!("cannot start {}", binary.display()))?;
     let pid = child.id();
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward(label.clone(), stderr));
+        tokio::spawn(forward(label.clone(), BufReader::new(stderr).lines()));
     }
     let stdout = child
         .stdout
         .take()
         .ok_or_else(|| anyhow!("{label}: no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        match lines.next_line().await? {
-            Some(line) => {
-                if let Some(i) = line.find("listening on ") {
-                    break line[i + "listening on ".len()..].trim().to_owned();
-                }
-                eprintln!("[{label}] {line}");
+    let listening = async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(i) = line.find("listening on ") {
+                return Ok(Some(line[i + "listening on ".len()..].trim().to_owned()));
             }
-            None => {
-                let status = child.wait().await?;
-                bail!(
-                    "{label} ({}) exited with {status} before listening; its log is above",
-                    binary.display()
-                );
-            }
-        }
-    };
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("[{label}] {line}");
         }
-    });
+        Ok::<_, std::io::Error>(None)
+    };
+    let base = match tokio::time::timeout(timeout, listening).await {
+        Ok(Ok(Some(base))) => base,
+        Ok(Ok(None)) => {
+            let status = child.wait().await?;
+            bail!(
+                "{label} ({}) exited with {status} before listening; its log is above",
+                binary.display()
+            );
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        // The child is killed when dropped (`kill_on_drop`).
+        Err(_) => bail!(
+            "{label} ({}) did not start listening in {}s",
+            binary.display(),
+            timeout.as_secs()
+        ),
+    };
+    tokio::spawn(forward(label.clone(), lines));
     let exit_label = format!("{}/{shard}/{replica}", executor.name);
     let exited = tokio::spawn(async move {
         match child.wait().await {
@@ -264,8 +271,7 @@ async fn spawn(
     })
 }
 
-async fn forward(label: String, from: impl AsyncRead + Unpin) {
-    let mut lines = BufReader::new(from).lines();
+async fn forward(label: String, mut lines: Lines<impl AsyncBufRead + Unpin>) {
     while let Ok(Some(line)) = lines.next_line().await {
         eprintln!("[{label}] {line}");
     }

@@ -169,3 +169,35 @@ async fn a_bad_flow_is_refused_with_the_problem_named() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_executor_that_fails_to_start_stops_the_launch_with_a_clear_error() {
+    let dir = temp_dir("badflag");
+    let flow = dir.join("flow.yml");
+    std::fs::write(
+        &flow,
+        "executors:\n  - {name: enc, uses: encoder, with: {no_such_flag: 1}}\n",
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(flowmesh())
+            .arg("up")
+            .arg(&flow)
+            .args(["--listen", "127.0.0.1:0", "--workspace"])
+            .arg(dir.join("ws"))
+            .output(),
+    )
+    .await
+    .expect("flowmesh up gave up in time")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("enc/0/0"), "{err}");
+    assert!(err.contains("before listening"), "{err}");
+    assert!(
+        err.contains("no-such-flag"),
+        "the executor's own message is shown: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

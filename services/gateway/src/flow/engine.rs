@@ -8,8 +8,7 @@
 //! the batch to every shard and merges the answers with `uses_after`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::{try_join_all, BoxFuture, FutureExt, Shared};
@@ -82,10 +81,17 @@ struct RequestCtx {
     parameters: Parameters,
     request_id: Arc<str>,
     endpoint_path: Arc<str>,
-    /// Nanoseconds spent in each executor, summed over batches.
-    nanos: Vec<AtomicU64>,
-    /// When each executor first started and last finished work on this request.
-    spans: Vec<Mutex<Option<(SystemTime, SystemTime)>>>,
+    /// Time spent in each executor on this request.
+    spent: Vec<Mutex<Spent>>,
+}
+
+/// Time one executor spent on one request.
+#[derive(Debug, Default, Clone, Copy)]
+struct Spent {
+    /// When its first call started and its last call ended.
+    span: Option<(SystemTime, SystemTime)>,
+    /// Its calls' durations, summed over batches.
+    total: Duration,
 }
 
 /// The answer of a Flow to one request.
@@ -253,8 +259,7 @@ impl Flow {
             endpoint_path: header.exec_endpoint.as_str().into(),
             header,
             parameters,
-            nanos: (0..self.nodes.len()).map(|_| AtomicU64::new(0)).collect(),
-            spans: (0..self.nodes.len()).map(|_| Mutex::new(None)).collect(),
+            spent: (0..self.nodes.len()).map(|_| Mutex::default()).collect(),
         };
         let size = self.spec.settings.request_size;
         let batches: Vec<Vec<Document>> = if data.len() <= size {
@@ -286,20 +291,15 @@ impl Flow {
         }
         let mut routes = Vec::new();
         let mut timings = Vec::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            let span = *ctx.spans[i]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((start, end)) = span {
+        for (node, spent) in self.nodes.iter().zip(&ctx.spent) {
+            let spent = *spent.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((start, end)) = spent.span {
                 routes.push(Route {
                     executor: node.name.to_string(),
                     start_time: humantime::format_rfc3339_micros(start).to_string(),
                     end_time: humantime::format_rfc3339_micros(end).to_string(),
                 });
-                timings.push((
-                    node.name.clone(),
-                    ctx.nanos[i].load(Ordering::Relaxed) as f64 / 1e6,
-                ));
+                timings.push((node.name.clone(), spent.total.as_secs_f64() * 1e3));
             }
         }
         Ok(Answer {
@@ -362,16 +362,11 @@ impl Flow {
             }
         };
         let elapsed = t0.elapsed();
-        ctx.nanos[i].fetch_add(
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
         {
             let ended = started + elapsed;
-            let mut span = ctx.spans[i]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *span = Some(match *span {
+            let mut spent = ctx.spent[i].lock().unwrap_or_else(PoisonError::into_inner);
+            spent.total += elapsed;
+            spent.span = Some(match spent.span {
                 None => (started, ended),
                 Some((s, e)) => (s.min(started), e.max(ended)),
             });
