@@ -17,6 +17,8 @@ pub mod fanout;
 pub mod health;
 pub mod server;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use api::{Document, Envelope, Header, Parameters, Route};
 pub use error::{ApiError, ErrorBody};

@@ -5,7 +5,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use clap::Parser;
 use flowmesh_encoder::{app, Config};
-use http_body_util::BodyExt;
+use flowmesh_shared::testing::post;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -13,22 +13,6 @@ fn encoder(args: &[&str]) -> Router {
     let argv = std::iter::once("flowmesh-encoder").chain(args.iter().copied());
     let config = Config::try_parse_from(argv).expect("valid flags");
     app(&config).expect("valid configuration")
-}
-
-async fn post(app: &Router, endpoint: &str, body: &Value) -> (StatusCode, Value) {
-    let request = Request::post(format!("/{endpoint}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&bytes).expect("JSON body"))
 }
 
 fn embedding(doc: &Value) -> Vec<f32> {

@@ -6,35 +6,14 @@ use axum::Router;
 use clap::Parser;
 use flowmesh_indexer::{app, FlatIndex, Indexer, Metric};
 use flowmesh_shared::server::Executor;
+use flowmesh_shared::testing::{post, send};
 use flowmesh_shared::{Document, Envelope};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 fn indexer(args: &[&str]) -> Router {
     let argv = std::iter::once("flowmesh-indexer").chain(args.iter().copied());
     let config = flowmesh_indexer::Config::try_parse_from(argv).expect("valid flags");
     app(&config).expect("valid configuration")
-}
-
-async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&bytes).expect("JSON body"))
-}
-
-async fn post(app: &Router, endpoint: &str, body: &Value) -> (StatusCode, Value) {
-    let request = Request::post(format!("/{endpoint}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    send(app, request).await
 }
 
 async fn stats(app: &Router) -> Value {

@@ -1,36 +1,18 @@
 //! The ranker's routes and executor, driven with `oneshot` requests and direct calls.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use clap::Parser;
 use flowmesh_ranker::{app, Aggregation, DocStore, MemoryStore, Ranker};
 use flowmesh_shared::server::Executor;
+use flowmesh_shared::testing::post;
 use flowmesh_shared::{Document, Envelope};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 fn ranker(args: &[&str]) -> Router {
     let argv = std::iter::once("flowmesh-ranker").chain(args.iter().copied());
     let config = flowmesh_ranker::Config::try_parse_from(argv).expect("valid flags");
     app(&config).expect("valid configuration")
-}
-
-async fn post(app: &Router, endpoint: &str, body: &Value) -> (StatusCode, Value) {
-    let request = Request::post(format!("/{endpoint}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .expect("request");
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, serde_json::from_slice(&bytes).expect("JSON body"))
 }
 
 fn corpus() -> Value {
