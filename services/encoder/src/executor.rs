@@ -3,6 +3,9 @@
 use flowmesh_shared::server::Executor;
 use flowmesh_shared::{ApiError, Document, Envelope};
 
+use std::sync::Arc;
+
+use crate::batcher::{BatchConfig, BatchError, Batcher};
 use crate::model::Model;
 
 /// Why a request could not be encoded.
@@ -16,26 +19,54 @@ pub enum EncodeError {
         /// The model's name.
         model: String,
     },
+    /// The batching queue refused or failed the job.
+    #[error(transparent)]
+    Batch(#[from] BatchError),
 }
 
 impl From<EncodeError> for ApiError {
     fn from(e: EncodeError) -> Self {
-        ApiError::BadRequest(e.to_string())
+        match e {
+            EncodeError::MissingText { .. } => ApiError::BadRequest(e.to_string()),
+            EncodeError::Batch(BatchError::QueueFull(_)) => ApiError::Overloaded(e.to_string()),
+            EncodeError::Batch(BatchError::Stopped) => ApiError::NotReady(e.to_string()),
+            EncodeError::Batch(BatchError::Model(_)) => ApiError::Internal(e.to_string()),
+        }
     }
+}
+
+/// Where the model runs.
+enum Backend {
+    /// On the caller's async thread: for models that take microseconds (`hash`).
+    Inline(Arc<dyn Model>),
+    /// On inference threads, batched across callers.
+    Batched(Batcher),
 }
 
 /// The encoder executor: embeds documents on `index`, `search` and `update`, and passes every
 /// other endpoint through unchanged.
 pub struct Encoder {
-    model: Box<dyn Model>,
+    model: Arc<dyn Model>,
+    backend: Backend,
 }
 
 impl Encoder {
-    /// An encoder running `model`.
+    /// An encoder running `model` on the caller's thread.
     pub fn new(model: impl Model) -> Self {
+        let model: Arc<dyn Model> = Arc::new(model);
         Self {
-            model: Box::new(model),
+            backend: Backend::Inline(model.clone()),
+            model,
         }
+    }
+
+    /// An encoder running `model` on `config.workers` inference threads, batched across callers.
+    pub fn batched(model: impl Model, config: &BatchConfig) -> std::io::Result<Self> {
+        let model: Arc<dyn Model> = Arc::new(model);
+        Ok(Self {
+            backend: Backend::Batched(Batcher::start(model.clone(), config)?),
+            model,
+        })
     }
 
     /// The model's embedding dimension.
@@ -45,17 +76,21 @@ impl Encoder {
 
     /// Sets the `embedding` of every document of `docs`, or of its leaf chunks when it has
     /// chunks (a document with chunks keeps no embedding of its own from this call). Nothing is
-    /// changed when a document to embed has no text.
-    pub fn encode(&self, docs: &mut [Document]) -> Result<(), EncodeError> {
-        let embeddings = {
-            let mut texts = Vec::new();
-            for doc in docs.iter() {
-                self.leaf_texts(doc, &mut texts)?;
+    /// changed when a document to embed has no text, or when the job is refused.
+    pub async fn encode(&self, docs: &mut [Document]) -> Result<(), EncodeError> {
+        let mut texts = Vec::new();
+        for doc in docs.iter() {
+            self.leaf_texts(doc, &mut texts)?;
+        }
+        if texts.is_empty() {
+            return Ok(());
+        }
+        let embeddings = match &self.backend {
+            Backend::Inline(model) => model.embed(&texts),
+            Backend::Batched(batcher) => {
+                let owned = texts.iter().map(|t| (*t).to_owned()).collect();
+                batcher.embed(owned).await?
             }
-            if texts.is_empty() {
-                return Ok(());
-            }
-            self.model.embed(&texts)
         };
         let leaves = embeddings.len();
         let mut embeddings = embeddings.into_iter();
@@ -103,8 +138,7 @@ impl Executor for Encoder {
     async fn call(&self, endpoint: &str, mut request: Envelope) -> Result<Envelope, ApiError> {
         match endpoint {
             "index" | "search" | "update" => {
-                // Feature hashing takes microseconds per text: inline, no blocking pool needed.
-                self.encode(&mut request.data)?;
+                self.encode(&mut request.data).await?;
                 tracing::debug!(
                     endpoint,
                     documents = request.data.len(),

@@ -4,8 +4,12 @@
 //! every leaf chunk does (the document itself is left as it is); every other endpoint passes
 //! through unchanged, as Jina's executors do. The model sits behind the [`Model`] trait; the
 //! first one is `hash` ([`HashModel`]), a deterministic feature-hashing encoder that needs no
-//! files. ONNX Runtime models with dynamic batching will come behind the same trait.
+//! files. With `--workers N` the model runs on N inference threads that batch requests across
+//! callers (see `batcher.rs`: bounded queue, 429 when full, batches bounded by texts and tokens);
+//! with the default 0 it runs on the request's own thread. ONNX Runtime models come behind the
+//! same trait.
 
+mod batcher;
 mod executor;
 pub mod model;
 
@@ -17,6 +21,7 @@ use axum::Router;
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{self, executor_router, ServeArgs};
 
+pub use batcher::{BatchConfig, BatchError};
 pub use executor::{EncodeError, Encoder};
 pub use model::{HashModel, Model, ModelError};
 
@@ -44,6 +49,27 @@ pub struct Config {
     /// Number of dimensions of the `hash` model's embeddings (1 to 65536).
     #[arg(long, env = "FLOWMESH_ENCODER_DIM", default_value_t = 64)]
     pub dim: usize,
+    /// Inference threads that batch requests across callers; 0 runs the model on the request's
+    /// own thread (right for the `hash` model, which takes microseconds).
+    #[arg(long, env = "FLOWMESH_ENCODER_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+    /// Most texts in one model call.
+    #[arg(long, env = "FLOWMESH_ENCODER_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// Most tokens in one model call.
+    #[arg(
+        long,
+        env = "FLOWMESH_ENCODER_MAX_BATCH_TOKENS",
+        default_value_t = 16_384
+    )]
+    pub max_batch_tokens: usize,
+    /// Longest wait, in milliseconds, for more requests to join a batch; 0 batches only what is
+    /// already queued (batches still grow under load, while the model is busy).
+    #[arg(long, env = "FLOWMESH_ENCODER_MAX_WAIT_MS", default_value_t = 0)]
+    pub max_wait_ms: u64,
+    /// Most requests waiting for the model; more are answered 429.
+    #[arg(long, env = "FLOWMESH_ENCODER_QUEUE_SIZE", default_value_t = 1024)]
+    pub queue_size: usize,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -51,10 +77,27 @@ pub struct Config {
 
 impl Config {
     /// The encoder this configuration describes; fails on an invalid configuration.
-    pub fn encoder(&self) -> Result<Encoder, ModelError> {
-        match self.model {
-            ModelKind::Hash => Ok(Encoder::new(HashModel::new(self.dim)?)),
+    pub fn encoder(&self) -> anyhow::Result<Encoder> {
+        let model = match self.model {
+            ModelKind::Hash => HashModel::new(self.dim)?,
+        };
+        if self.workers == 0 {
+            return Ok(Encoder::new(model));
         }
+        anyhow::ensure!(self.max_batch > 0, "--max-batch must be at least 1");
+        anyhow::ensure!(
+            self.max_batch_tokens > 0,
+            "--max-batch-tokens must be at least 1"
+        );
+        anyhow::ensure!(self.queue_size > 0, "--queue-size must be at least 1");
+        let batching = BatchConfig {
+            workers: self.workers,
+            max_batch: self.max_batch,
+            max_tokens: self.max_batch_tokens,
+            max_wait: std::time::Duration::from_millis(self.max_wait_ms),
+            queue_capacity: self.queue_size,
+        };
+        Ok(Encoder::batched(model, &batching)?)
     }
 }
 

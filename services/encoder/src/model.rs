@@ -18,6 +18,10 @@ pub trait Model: Send + Sync + 'static {
     fn dim(&self) -> usize;
     /// One embedding of [`Model::dim`] values per text, in order.
     fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>>;
+    /// What `text` costs in a batch's token budget; by default its whitespace-separated words.
+    fn tokens(&self, text: &str) -> usize {
+        text.split_whitespace().count().max(1)
+    }
 }
 
 /// Why a model could not be built.

@@ -1,0 +1,218 @@
+//! Batching across callers: requests from many clients are gathered into batches and run on
+//! inference threads of their own, off the async threads.
+//!
+//! Each request's texts are one job in a bounded queue; a full queue refuses the job (the service
+//! answers 429). An inference thread takes the queue, gathers jobs until the batch holds
+//! `max_batch` texts or `max_tokens` tokens or `max_wait` has passed since its first job (with a
+//! zero wait it takes what is already queued, so batches grow by themselves under load), hands the
+//! queue to the next thread and runs the model. A job whose caller has gone is dropped unrun. A job
+//! larger than a batch runs alone.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::model::Model;
+
+/// How batches are formed.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Inference threads.
+    pub workers: usize,
+    /// Most texts in one model call.
+    pub max_batch: usize,
+    /// Most tokens (as the model counts them) in one model call.
+    pub max_tokens: usize,
+    /// Longest wait for more jobs after the first job of a batch.
+    pub max_wait: Duration,
+    /// Most jobs waiting; beyond it callers are refused.
+    pub queue_capacity: usize,
+}
+
+/// Why a job was not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The queue is full.
+    #[error("the encoder's queue is full ({0} requests waiting); retry later")]
+    QueueFull(usize),
+    /// The model failed on the batch that held the job.
+    #[error("the model failed: {0}")]
+    Model(String),
+    /// The inference threads are gone.
+    #[error("the encoder's inference threads have stopped")]
+    Stopped,
+}
+
+type Reply = Result<Vec<Vec<f32>>, BatchError>;
+
+struct Job {
+    texts: Vec<String>,
+    tokens: usize,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The receiving end of the queue, and a job taken from it that did not fit the last batch.
+struct Queue {
+    rx: Receiver<Job>,
+    carried: Option<Job>,
+}
+
+/// A queue of embedding jobs served by inference threads.
+pub(crate) struct Batcher {
+    tx: SyncSender<Job>,
+    queued: Arc<AtomicUsize>,
+    model: Arc<dyn Model>,
+    capacity: usize,
+}
+
+impl Batcher {
+    /// Starts `config.workers` inference threads (at least one) running `model`.
+    pub(crate) fn start(model: Arc<dyn Model>, config: &BatchConfig) -> std::io::Result<Self> {
+        let capacity = config.queue_capacity.max(1);
+        let (tx, rx) = sync_channel(capacity);
+        let queue = Arc::new(Mutex::new(Queue { rx, carried: None }));
+        let queued = Arc::new(AtomicUsize::new(0));
+        for i in 0..config.workers.max(1) {
+            let (queue, queued, model, config) =
+                (queue.clone(), queued.clone(), model.clone(), config.clone());
+            std::thread::Builder::new()
+                .name(format!("encoder-infer-{i}"))
+                .spawn(move || infer_loop(&queue, &queued, model.as_ref(), &config))?;
+        }
+        Ok(Self {
+            tx,
+            queued,
+            model,
+            capacity,
+        })
+    }
+
+    /// Embeds `texts` in whatever batch they land in. Dropping the future before the job runs
+    /// withdraws it.
+    pub(crate) async fn embed(&self, texts: Vec<String>) -> Reply {
+        let tokens = texts.iter().map(|t| self.model.tokens(t)).sum();
+        let (reply, answer) = oneshot::channel();
+        // Counted before it is sent, so that the thread taking it can never count it out first.
+        let depth = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        let refused = match self.tx.try_send(Job {
+            texts,
+            tokens,
+            reply,
+        }) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => Some(BatchError::QueueFull(self.capacity)),
+            Err(TrySendError::Disconnected(_)) => Some(BatchError::Stopped),
+        };
+        if let Some(error) = refused {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(error);
+        }
+        metrics::gauge!("flowmesh_encoder_queue_depth").set(depth as f64);
+        answer.await.unwrap_or(Err(BatchError::Stopped))
+    }
+}
+
+fn infer_loop(queue: &Mutex<Queue>, queued: &AtomicUsize, model: &dyn Model, config: &BatchConfig) {
+    loop {
+        let batch = {
+            let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            match gather(&mut q, queued, config) {
+                Some(batch) => batch,
+                // Every sender is gone: the service is shutting down.
+                None => return,
+            }
+        };
+        run(batch, model);
+    }
+}
+
+/// Takes the next batch from the queue; `None` when the queue is closed and empty.
+fn gather(q: &mut Queue, queued: &AtomicUsize, config: &BatchConfig) -> Option<Vec<Job>> {
+    let taken = |job: Option<Job>| {
+        if job.is_some() {
+            let depth = queued.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            metrics::gauge!("flowmesh_encoder_queue_depth").set(depth as f64);
+        }
+        job
+    };
+    // The first job: wait as long as it takes, skipping jobs whose caller has gone.
+    let first = loop {
+        let job = match q.carried.take() {
+            Some(job) => job,
+            None => taken(q.rx.recv().ok())?,
+        };
+        if !job.reply.is_closed() {
+            break job;
+        }
+    };
+    let deadline = Instant::now() + config.max_wait;
+    let (mut texts, mut tokens) = (first.texts.len(), first.tokens);
+    let mut batch = vec![first];
+    while texts < config.max_batch && tokens < config.max_tokens {
+        let next = if config.max_wait.is_zero() {
+            q.rx.try_recv().ok()
+        } else {
+            q.rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok()
+        };
+        let Some(job) = taken(next) else { break };
+        if job.reply.is_closed() {
+            continue;
+        }
+        if texts + job.texts.len() > config.max_batch || tokens + job.tokens > config.max_tokens {
+            q.carried = Some(job);
+            break;
+        }
+        texts += job.texts.len();
+        tokens += job.tokens;
+        batch.push(job);
+    }
+    Some(batch)
+}
+
+/// Runs one batch and answers each of its jobs with its own embeddings.
+fn run(batch: Vec<Job>, model: &dyn Model) {
+    let texts: Vec<&str> = batch
+        .iter()
+        .flat_map(|j| j.texts.iter().map(String::as_str))
+        .collect();
+    metrics::histogram!("flowmesh_encoder_batch_size").record(texts.len() as f64);
+    let started = Instant::now();
+    // A panicking model must not take the thread, and with it the service, down.
+    let result = catch_unwind(AssertUnwindSafe(|| model.embed(&texts)));
+    metrics::histogram!("flowmesh_encoder_inference_seconds")
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(embeddings) if embeddings.len() == texts.len() => {
+            let mut embeddings = embeddings.into_iter();
+            for job in batch {
+                let mine: Vec<Vec<f32>> = embeddings.by_ref().take(job.texts.len()).collect();
+                // The caller may have gone meanwhile; nothing to do then.
+                let _ = job.reply.send(Ok(mine));
+            }
+        }
+        Ok(embeddings) => {
+            let error = BatchError::Model(format!(
+                "{} embeddings for {} texts",
+                embeddings.len(),
+                texts.len()
+            ));
+            tracing::error!(%error, "model answered the wrong number of embeddings");
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+        Err(_) => {
+            tracing::error!(texts = texts.len(), "model panicked on a batch");
+            for job in batch {
+                let _ = job.reply.send(Err(BatchError::Model(
+                    "the model panicked on this batch".into(),
+                )));
+            }
+        }
+    }
+}
