@@ -15,6 +15,7 @@ pub mod codec;
 pub mod error;
 pub mod fanout;
 pub mod health;
+pub mod openapi;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]

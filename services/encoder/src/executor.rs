@@ -74,6 +74,22 @@ impl Encoder {
         self.model.dim()
     }
 
+    /// The model's name.
+    pub fn model_name(&self) -> &str {
+        self.model.name()
+    }
+
+    /// One embedding per text, in order, from the model's backend (inline or batched).
+    pub async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
+        match &self.backend {
+            Backend::Inline(model) => {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                Ok(model.embed(&refs))
+            }
+            Backend::Batched(batcher) => Ok(batcher.embed(texts).await?),
+        }
+    }
+
     /// Sets the `embedding` of every document of `docs`, or of its leaf chunks when it has
     /// chunks (a document with chunks keeps no embedding of its own from this call). Nothing is
     /// changed when a document to embed has no text, or when the job is refused.
@@ -85,13 +101,8 @@ impl Encoder {
         if texts.is_empty() {
             return Ok(());
         }
-        let embeddings = match &self.backend {
-            Backend::Inline(model) => model.embed(&texts),
-            Backend::Batched(batcher) => {
-                let owned = texts.iter().map(|t| (*t).to_owned()).collect();
-                batcher.embed(owned).await?
-            }
-        };
+        let owned = texts.iter().map(|t| (*t).to_owned()).collect();
+        let embeddings = self.embed_texts(owned).await?;
         let leaves = embeddings.len();
         let mut embeddings = embeddings.into_iter();
         for doc in docs.iter_mut() {

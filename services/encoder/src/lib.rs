@@ -11,6 +11,7 @@
 
 mod batcher;
 mod executor;
+mod http;
 pub mod model;
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use flowmesh_shared::server::{self, executor_router, ServeArgs};
 
 pub use batcher::{BatchConfig, BatchError};
 pub use executor::{EncodeError, Encoder};
+pub use http::{openapi, openapi_json, EncodeRequest, EncodeResponse};
 pub use model::{HashModel, Model, ModelError};
 
 /// The service's name in logs, metrics and its `listening on` line.
@@ -101,9 +103,11 @@ impl Config {
     }
 }
 
-/// The encoder's routes: `POST /{endpoint}`, `/livez`, `/readyz`, `/metrics`.
+/// The encoder's routes: `POST /{endpoint}`, `POST /encode`, `/openapi.json`, `/livez`,
+/// `/readyz`, `/metrics`.
 pub fn router(encoder: Arc<Encoder>, readiness: Readiness, max_body_bytes: usize) -> Router {
-    executor_router(SERVICE, encoder, readiness, max_body_bytes, Router::new())
+    let own = http::routes(encoder.clone());
+    executor_router(SERVICE, encoder, readiness, max_body_bytes, own)
 }
 
 /// The routes of the encoder `config` describes, ready to serve; fails on an invalid
