@@ -1,6 +1,6 @@
-//! Starting a Flow with `flowmesh up` for a benchmark, and stopping it.
+//! Starting the programs a benchmark measures (`flowmesh up`, or one service) and stopping them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -8,16 +8,16 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A running `flowmesh up`.
+/// A running program of the mesh.
 pub(crate) struct Launched {
     child: Child,
-    /// The gateway's base URL.
-    pub(crate) gateway: String,
-    _workspace: TempDir,
+    /// Its base URL: the gateway's for `flowmesh up`, the service's otherwise.
+    pub(crate) base: String,
+    _workspace: Option<TempDir>,
 }
 
 /// A directory removed on drop.
-struct TempDir(std::path::PathBuf);
+struct TempDir(PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -25,54 +25,74 @@ impl Drop for TempDir {
     }
 }
 
+/// `name`, next to this program.
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for {}", exe.display()))?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "cannot find {}; build with `cargo build --release --workspace`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 impl Launched {
-    /// Runs `flowmesh up FLOW` (found next to this program) on a free port with a fresh
-    /// workspace, and waits for its `gateway:` line.
-    pub(crate) async fn start(flow: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe()?;
-        let dir = exe
-            .parent()
-            .ok_or_else(|| anyhow!("no directory for {}", exe.display()))?;
-        let flowmesh = dir.join("flowmesh");
-        if !flowmesh.is_file() {
-            bail!(
-                "cannot find {}; build with `cargo build --release --workspace`",
-                flowmesh.display()
-            );
-        }
+    /// Runs `flowmesh up FLOW` on a free port with a fresh workspace, until its `gateway:` line.
+    pub(crate) async fn flow(flow: &Path) -> anyhow::Result<Self> {
         let workspace =
             TempDir(std::env::temp_dir().join(format!("flowmesh-bench-{}", std::process::id())));
-        let mut child = Command::new(&flowmesh)
+        let mut command = Command::new(sibling("flowmesh")?);
+        command
             .arg("up")
             .arg(flow)
             .args(["--listen", "127.0.0.1:0", "--workspace"])
-            .arg(&workspace.0)
+            .arg(&workspace.0);
+        let mut launched = Self::start(command, "gateway: ").await?;
+        launched._workspace = Some(workspace);
+        Ok(launched)
+    }
+
+    /// Runs the service `binary` with `args` on a free port, until its `listening on` line.
+    pub(crate) async fn service(binary: &str, args: &[String]) -> anyhow::Result<Self> {
+        let mut command = Command::new(sibling(binary)?);
+        command.args(args).args(["--listen", "127.0.0.1:0"]);
+        Self::start(command, "listening on ").await
+    }
+
+    /// Starts `command` and reads its stdout until a line holding `marker`, followed by the URL.
+    async fn start(mut command: Command, marker: &str) -> anyhow::Result<Self> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", flowmesh.display()))?;
+            .context("cannot start the program to measure")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let gateway = tokio::time::timeout(Duration::from_secs(600), async {
+        let base = tokio::time::timeout(Duration::from_secs(600), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(url) = line.strip_prefix("gateway: ") {
-                    return Ok(url.trim().to_owned());
+                if let Some(i) = line.find(marker) {
+                    return Ok(line[i + marker.len()..].trim().to_owned());
                 }
             }
-            bail!("flowmesh up exited before its gateway was ready")
+            bail!("the program exited before it was ready")
         })
         .await
-        .context("flowmesh up did not become ready in 10 minutes")??;
+        .context("the program was not ready in 10 minutes")??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,
-            gateway,
-            _workspace: workspace,
+            base,
+            _workspace: None,
         })
     }
 
-    /// SIGTERM, so that `flowmesh up` stops its executors too; then waits for it.
+    /// SIGTERM (so that `flowmesh up` stops its executors too), then waits for the exit.
     pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = nix::sys::signal::kill(

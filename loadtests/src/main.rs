@@ -3,13 +3,15 @@
 //! `flowmesh-bench overhead` measures what the mesh itself costs: a Flow of trivial executors
 //! (hash encoder, in-memory brute-force index, ranker), indexed with short texts and then
 //! searched at several concurrencies, reporting requests/s, latency percentiles and the time
-//! spent in each executor (from the gateway's `Server-Timing` header).
+//! spent in each executor (from the gateway's `Server-Timing` header). `flowmesh-bench encoder`
+//! compares the encoder service's throughput with its model's raw throughput.
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod encoder;
 mod launch;
 mod load;
 
@@ -32,6 +34,8 @@ struct Cli {
 enum Cmd {
     /// Per-request overhead of the mesh with trivial executors.
     Overhead(OverheadArgs),
+    /// The encoder service's throughput against its model's raw throughput.
+    Encoder(encoder::EncoderArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,17 +96,18 @@ fn ms(seconds: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Overhead(args) => overhead(args).await,
+        Cmd::Encoder(args) => encoder::run(args).await,
     }
 }
 
 async fn overhead(args: OverheadArgs) -> anyhow::Result<()> {
     let launched = match &args.gateway {
         Some(_) => None,
-        None => Some(launch::Launched::start(&args.flow).await?),
+        None => Some(launch::Launched::flow(&args.flow).await?),
     };
     let gateway = match (&args.gateway, &launched) {
         (Some(g), _) => g.trim_end_matches('/').to_owned(),
-        (None, Some(l)) => l.gateway.clone(),
+        (None, Some(l)) => l.base.clone(),
         (None, None) => unreachable!("launched when no gateway is given"),
     };
     let client = load::http_client();

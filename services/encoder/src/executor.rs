@@ -52,8 +52,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// An encoder running `model` on the caller's thread.
-    pub fn new(model: impl Model) -> Self {
-        let model: Arc<dyn Model> = Arc::new(model);
+    pub fn new(model: Arc<dyn Model>) -> Self {
         Self {
             backend: Backend::Inline(model.clone()),
             model,
@@ -61,8 +60,7 @@ impl Encoder {
     }
 
     /// An encoder running `model` on `config.workers` inference threads, batched across callers.
-    pub fn batched(model: impl Model, config: &BatchConfig) -> std::io::Result<Self> {
-        let model: Arc<dyn Model> = Arc::new(model);
+    pub fn batched(model: Arc<dyn Model>, config: &BatchConfig) -> std::io::Result<Self> {
         Ok(Self {
             backend: Backend::Batched(Batcher::start(model.clone(), config)?),
             model,

@@ -78,11 +78,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// The model this configuration names, loaded (for the encoder, and for benchmarks that run
+    /// the model alone).
+    pub fn model(&self) -> anyhow::Result<Arc<dyn Model>> {
+        Ok(match self.model {
+            ModelKind::Hash => Arc::new(HashModel::new(self.dim)?),
+        })
+    }
+
     /// The encoder this configuration describes; fails on an invalid configuration.
     pub fn encoder(&self) -> anyhow::Result<Encoder> {
-        let model = match self.model {
-            ModelKind::Hash => HashModel::new(self.dim)?,
-        };
+        let model = self.model()?;
         if self.workers == 0 {
             return Ok(Encoder::new(model));
         }

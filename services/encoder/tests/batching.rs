@@ -72,7 +72,7 @@ fn gated(config: &BatchConfig) -> Harness {
     };
     Harness {
         state,
-        encoder: Arc::new(Encoder::batched(model, config).unwrap()),
+        encoder: Arc::new(Encoder::batched(Arc::new(model), config).unwrap()),
         open_tx,
         entered_rx,
     }
