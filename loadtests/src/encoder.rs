@@ -107,7 +107,7 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
             let batch: Vec<&str> = (0..raw_batch)
                 .map(|j| texts[(i + j) % texts.len()].as_str())
                 .collect();
-            let out = model.embed(&batch);
+            let out = model.embed(&batch).expect("the model embeds the batch");
             assert_eq!(out.len(), batch.len(), "one embedding per text");
             done += batch.len();
             i += raw_batch;

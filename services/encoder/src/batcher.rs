@@ -186,33 +186,23 @@ fn run(batch: Vec<Job>, model: &dyn Model) {
     let result = catch_unwind(AssertUnwindSafe(|| model.embed(&texts)));
     metrics::histogram!("flowmesh_encoder_inference_seconds")
         .record(started.elapsed().as_secs_f64());
-    match result {
-        Ok(embeddings) if embeddings.len() == texts.len() => {
+    let failure = match result {
+        Ok(Ok(embeddings)) if embeddings.len() == texts.len() => {
             let mut embeddings = embeddings.into_iter();
             for job in batch {
                 let mine: Vec<Vec<f32>> = embeddings.by_ref().take(job.texts.len()).collect();
                 // The caller may have gone meanwhile; nothing to do then.
                 let _ = job.reply.send(Ok(mine));
             }
+            return;
         }
-        Ok(embeddings) => {
-            let error = BatchError::Model(format!(
-                "{} embeddings for {} texts",
-                embeddings.len(),
-                texts.len()
-            ));
-            tracing::error!(%error, "model answered the wrong number of embeddings");
-            for job in batch {
-                let _ = job.reply.send(Err(error.clone()));
-            }
-        }
-        Err(_) => {
-            tracing::error!(texts = texts.len(), "model panicked on a batch");
-            for job in batch {
-                let _ = job.reply.send(Err(BatchError::Model(
-                    "the model panicked on this batch".into(),
-                )));
-            }
-        }
+        Ok(Ok(embeddings)) => format!("{} embeddings for {} texts", embeddings.len(), texts.len()),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "the model panicked on this batch".to_owned(),
+    };
+    tracing::error!(error = %failure, texts = texts.len(), "model failed on a batch");
+    let error = BatchError::Model(failure);
+    for job in batch {
+        let _ = job.reply.send(Err(error.clone()));
     }
 }

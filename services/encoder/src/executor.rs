@@ -6,7 +6,7 @@ use flowmesh_shared::{ApiError, Document, Envelope};
 use std::sync::Arc;
 
 use crate::batcher::{BatchConfig, BatchError, Batcher};
-use crate::model::Model;
+use crate::model::{InferenceError, Model};
 
 /// Why a request could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +22,9 @@ pub enum EncodeError {
     /// The batching queue refused or failed the job.
     #[error(transparent)]
     Batch(#[from] BatchError),
+    /// The model failed (inline backend).
+    #[error("the model failed: {0}")]
+    Inference(#[from] InferenceError),
 }
 
 impl From<EncodeError> for ApiError {
@@ -30,7 +33,9 @@ impl From<EncodeError> for ApiError {
             EncodeError::MissingText { .. } => ApiError::BadRequest(e.to_string()),
             EncodeError::Batch(BatchError::QueueFull(_)) => ApiError::Overloaded(e.to_string()),
             EncodeError::Batch(BatchError::Stopped) => ApiError::NotReady(e.to_string()),
-            EncodeError::Batch(BatchError::Model(_)) => ApiError::Internal(e.to_string()),
+            EncodeError::Batch(BatchError::Model(_)) | EncodeError::Inference(_) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
@@ -82,7 +87,7 @@ impl Encoder {
         match &self.backend {
             Backend::Inline(model) => {
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                Ok(model.embed(&refs))
+                Ok(model.embed(&refs)?)
             }
             Backend::Batched(batcher) => Ok(batcher.embed(texts).await?),
         }

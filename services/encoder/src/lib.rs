@@ -13,8 +13,10 @@ mod batcher;
 mod executor;
 mod http;
 pub mod model;
+mod onnx;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -25,7 +27,22 @@ use flowmesh_shared::server::{self, executor_router, ServeArgs};
 pub use batcher::{BatchConfig, BatchError};
 pub use executor::{EncodeError, Encoder};
 pub use http::{openapi, openapi_json, EncodeRequest, EncodeResponse};
-pub use model::{HashModel, Model, ModelError};
+pub use model::{HashModel, InferenceError, Model, ModelError};
+pub use onnx::OnnxTextModel;
+
+/// Where `models/prepare.sh` writes: `$FLOWMESH_CACHE/models`, `FLOWMESH_CACHE` defaulting to
+/// `~/.cache/flowmesh`.
+pub fn models_dir() -> PathBuf {
+    let cache = std::env::var_os("FLOWMESH_CACHE").map_or_else(
+        || {
+            std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                .join(".cache/flowmesh")
+        },
+        PathBuf::from,
+    );
+    cache.join("models")
+}
 
 /// The service's name in logs, metrics and its `listening on` line.
 pub const SERVICE: &str = "encoder";
@@ -35,6 +52,9 @@ pub const SERVICE: &str = "encoder";
 pub enum ModelKind {
     /// Feature hashing of words and character trigrams; needs no files.
     Hash,
+    /// An ONNX text model described by `--model-config` (default: all-MiniLM-L6-v2 as prepared by
+    /// `models/prepare.sh`), on ONNX Runtime loaded from `--onnxruntime`.
+    Onnx,
 }
 
 /// The encoder's configuration: command-line flags, or `FLOWMESH_ENCODER_*` environment variables.
@@ -48,11 +68,21 @@ pub struct Config {
     /// Model that computes the embeddings.
     #[arg(long, env = "FLOWMESH_ENCODER_MODEL", value_enum, default_value_t = ModelKind::Hash)]
     pub model: ModelKind,
+    /// The ONNX model's config file; default `$FLOWMESH_CACHE/models/minilm/config.json`
+    /// (`FLOWMESH_CACHE` defaults to `~/.cache/flowmesh`).
+    #[arg(long, env = "FLOWMESH_ENCODER_MODEL_CONFIG")]
+    pub model_config: Option<PathBuf>,
+    /// The ONNX Runtime library; default `$FLOWMESH_CACHE/models/lib/libonnxruntime.so.1.31.1`.
+    #[arg(long, env = "FLOWMESH_ONNXRUNTIME")]
+    pub onnxruntime: Option<PathBuf>,
+    /// ONNX Runtime's threads per inference; default: one per core.
+    #[arg(long, env = "FLOWMESH_ENCODER_THREADS")]
+    pub threads: Option<usize>,
     /// Number of dimensions of the `hash` model's embeddings (1 to 65536).
     #[arg(long, env = "FLOWMESH_ENCODER_DIM", default_value_t = 64)]
     pub dim: usize,
-    /// Inference threads that batch requests across callers; 0 runs the model on the request's
-    /// own thread (right for the `hash` model, which takes microseconds).
+    /// Inference threads that batch requests across callers; 0 runs the `hash` model on the
+    /// request's own thread (it takes microseconds) and ONNX models on one inference thread.
     #[arg(long, env = "FLOWMESH_ENCODER_WORKERS", default_value_t = 0)]
     pub workers: usize,
     /// Most texts in one model call.
@@ -83,13 +113,28 @@ impl Config {
     pub fn model(&self) -> anyhow::Result<Arc<dyn Model>> {
         Ok(match self.model {
             ModelKind::Hash => Arc::new(HashModel::new(self.dim)?),
+            ModelKind::Onnx => {
+                let models = models_dir();
+                let config = self
+                    .model_config
+                    .clone()
+                    .unwrap_or_else(|| models.join("minilm/config.json"));
+                let library = self
+                    .onnxruntime
+                    .clone()
+                    .unwrap_or_else(|| models.join("lib/libonnxruntime.so.1.31.1"));
+                let threads = self
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+                Arc::new(OnnxTextModel::load(&config, &library, threads)?)
+            }
         })
     }
 
     /// The encoder this configuration describes; fails on an invalid configuration.
     pub fn encoder(&self) -> anyhow::Result<Encoder> {
         let model = self.model()?;
-        if self.workers == 0 {
+        if self.workers == 0 && self.model == ModelKind::Hash {
             return Ok(Encoder::new(model));
         }
         anyhow::ensure!(self.max_batch > 0, "--max-batch must be at least 1");
@@ -99,7 +144,7 @@ impl Config {
         );
         anyhow::ensure!(self.queue_size > 0, "--queue-size must be at least 1");
         let batching = BatchConfig {
-            workers: self.workers,
+            workers: self.workers.max(1),
             max_batch: self.max_batch,
             max_tokens: self.max_batch_tokens,
             max_wait: std::time::Duration::from_millis(self.max_wait_ms),

@@ -17,12 +17,17 @@ pub trait Model: Send + Sync + 'static {
     /// Number of dimensions of every embedding.
     fn dim(&self) -> usize;
     /// One embedding of [`Model::dim`] values per text, in order.
-    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>>;
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError>;
     /// What `text` costs in a batch's token budget; by default its whitespace-separated words.
     fn tokens(&self, text: &str) -> usize {
         text.split_whitespace().count().max(1)
     }
 }
+
+/// Why a model could not embed a batch (a fault of the model or its runtime, not of the input).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InferenceError(pub String);
 
 /// Why a model could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,8 +100,8 @@ impl Model for HashModel {
         self.dim
     }
 
-    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>> {
-        texts.iter().map(|t| self.embed_one(t)).collect()
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        Ok(texts.iter().map(|t| self.embed_one(t)).collect())
     }
 }
 

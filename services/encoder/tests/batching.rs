@@ -7,7 +7,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowmesh_encoder::{router, BatchConfig, Encoder, HashModel, Model};
+use flowmesh_encoder::{router, BatchConfig, Encoder, HashModel, InferenceError, Model};
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::testing::post;
 use flowmesh_shared::Document;
@@ -36,7 +36,7 @@ impl Model for Probe {
     fn dim(&self) -> usize {
         self.inner.dim()
     }
-    fn embed(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
         self.state
             .batches
             .lock()
@@ -130,7 +130,7 @@ async fn concurrent_requests_share_model_calls_and_get_their_own_embeddings() {
         let d = handle.await.unwrap().unwrap();
         assert_eq!(
             d.embedding.unwrap(),
-            reference.embed(&[t.as_str()])[0],
+            reference.embed(&[t.as_str()]).unwrap()[0],
             "{t} got its own embedding"
         );
     }

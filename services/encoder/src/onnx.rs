@@ -1,0 +1,301 @@
+//! Text models on ONNX Runtime, described by a small config file (`models/prepare.sh` writes the
+//! one of the default, all-MiniLM-L6-v2): the ONNX file, the `tokenizer.json`, the input and
+//! output names, the maximum sequence length, the pooling and whether to normalise.
+//!
+//! Texts are tokenized with truncation at the maximum sequence length and padding to the longest
+//! text of the batch (not to a fixed length), run through the model, mean-pooled under the
+//! attention mask, and L2-normalised, as sentence-transformers does.
+//!
+//! ONNX Runtime itself is loaded at run time from the shared library named by `--onnxruntime`
+//! (the PyPI wheel's `libonnxruntime.so.1.31.1`); a missing or wrong library or model is a clear
+//! start-up error.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use anyhow::{anyhow, bail, Context as _};
+use ort::environment::Environment;
+use ort::session::{Session, SessionInputValue};
+use ort::value::Tensor;
+use serde::Deserialize;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::model::{InferenceError, Model};
+
+/// A model config file.
+#[derive(Debug, Deserialize)]
+struct ModelConfig {
+    name: String,
+    kind: String,
+    /// The ONNX file, relative to the config file.
+    model: PathBuf,
+    /// The tokenizer file, relative to the config file.
+    tokenizer: Option<PathBuf>,
+    inputs: Vec<Named>,
+    output: Named,
+    dim: usize,
+    max_seq_len: Option<usize>,
+    pooling: Option<String>,
+    normalize: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Named {
+    name: String,
+}
+
+/// What a text model's input carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextInput {
+    Ids,
+    Mask,
+    TypeIds,
+}
+
+/// The process's ONNX Runtime, loaded once from `library`.
+fn environment(library: &Path) -> anyhow::Result<&'static Environment> {
+    static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
+        if !library.is_file() {
+            return Err(format!(
+                "the ONNX Runtime library {} does not exist (run models/prepare.sh, or pass --onnxruntime)",
+                library.display()
+            ));
+        }
+        ort::init_from(library)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?
+            .with_name("flowmesh-encoder")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", library.display()))
+    });
+    env.as_ref().map_err(|e| anyhow!("{e}"))
+}
+
+/// A text embedding model on ONNX Runtime.
+pub struct OnnxTextModel {
+    name: String,
+    dim: usize,
+    max_seq_len: usize,
+    normalize: bool,
+    tokenizer: Tokenizer,
+    inputs: Vec<(String, TextInput)>,
+    output: String,
+    /// `Session::run` takes `&mut self`; batches come one at a time per inference thread.
+    session: Mutex<Session>,
+}
+
+impl OnnxTextModel {
+    /// Loads the model that the config file `config` describes, with ONNX Runtime from `library`
+    /// and `threads` intra-op threads.
+    pub fn load(config: &Path, library: &Path, threads: usize) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(config).with_context(|| {
+            format!(
+                "cannot read the model config {} (run models/prepare.sh, or pass --model-config)",
+                config.display()
+            )
+        })?;
+        let cfg: ModelConfig = serde_json::from_str(&text)
+            .with_context(|| format!("invalid model config {}", config.display()))?;
+        if cfg.kind != "text" {
+            bail!(
+                "model config {}: kind {:?} is not served yet (text only)",
+                config.display(),
+                cfg.kind
+            );
+        }
+        if cfg.pooling.as_deref().is_some_and(|p| p != "mean") {
+            bail!(
+                "model config {}: pooling {:?} is not supported (mean only)",
+                config.display(),
+                cfg.pooling
+            );
+        }
+        let dir = config.parent().unwrap_or_else(|| Path::new("."));
+        let max_seq_len = cfg.max_seq_len.unwrap_or(512);
+        let tokenizer_path = dir.join(
+            cfg.tokenizer
+                .as_deref()
+                .unwrap_or_else(|| Path::new("tokenizer.json")),
+        );
+        let tokenizer = load_tokenizer(&tokenizer_path, max_seq_len)?;
+        let inputs = cfg
+            .inputs
+            .iter()
+            .map(|i| {
+                let role = match i.name.as_str() {
+                    "input_ids" => TextInput::Ids,
+                    "attention_mask" => TextInput::Mask,
+                    "token_type_ids" => TextInput::TypeIds,
+                    other => bail!("model config {}: unknown text input {other:?} (input_ids, attention_mask, token_type_ids)", config.display()),
+                };
+                Ok((i.name.clone(), role))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let env = environment(library)?;
+        let model_path = dir.join(&cfg.model);
+        let session = Session::builder(env)
+            .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(&model_path))
+            .map_err(|e| anyhow!("cannot load the ONNX model {}: {e}", model_path.display()))?;
+        for (name, _) in &inputs {
+            if !session.inputs().iter().any(|i| i.name() == name) {
+                bail!(
+                    "the ONNX model {} has no input {name:?}",
+                    model_path.display()
+                );
+            }
+        }
+        if !session
+            .outputs()
+            .iter()
+            .any(|o| o.name() == cfg.output.name)
+        {
+            bail!(
+                "the ONNX model {} has no output {:?}",
+                model_path.display(),
+                cfg.output.name
+            );
+        }
+        Ok(Self {
+            name: cfg.name,
+            dim: cfg.dim,
+            max_seq_len,
+            normalize: cfg.normalize.unwrap_or(true),
+            tokenizer,
+            inputs,
+            output: cfg.output.name,
+            session: Mutex::new(session),
+        })
+    }
+
+    /// The token ids of `text` as the model sees them (special tokens included, no padding).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, InferenceError> {
+        let e = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| InferenceError(format!("tokenizer: {e}")))?;
+        Ok(e.get_ids()
+            .iter()
+            .zip(e.get_attention_mask())
+            .filter(|(_, m)| **m == 1)
+            .map(|(id, _)| *id)
+            .collect())
+    }
+}
+
+/// The tokenizer with truncation at `max_seq_len` and padding to the longest text of a batch.
+fn load_tokenizer(path: &Path, max_seq_len: usize) -> anyhow::Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_file(path)
+        .map_err(|e| anyhow!("cannot load the tokenizer {}: {e}", path.display()))?;
+    let truncation = TruncationParams {
+        max_length: max_seq_len,
+        ..tokenizer.get_truncation().cloned().unwrap_or_default()
+    };
+    let padding = PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        ..tokenizer.get_padding().cloned().unwrap_or_default()
+    };
+    tokenizer
+        .with_truncation(Some(truncation))
+        .map_err(|e| anyhow!("tokenizer {}: {e}", path.display()))?
+        .with_padding(Some(padding));
+    Ok(tokenizer)
+}
+
+impl Model for OnnxTextModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn tokens(&self, text: &str) -> usize {
+        // A cheap estimate (about 3 bytes a token, plus [CLS] and [SEP]); the budget only needs
+        // to be roughly right, and tokenizing twice would cost more than it saves.
+        (text.len() / 3 + 2).min(self.max_seq_len)
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| InferenceError(format!("{what}: {e}"));
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| fail("tokenizer", &e))?;
+        let n = encodings.len();
+        let seq = encodings.first().map_or(0, tokenizers::Encoding::len);
+        let mut ids = Vec::with_capacity(n * seq);
+        let mut mask = Vec::with_capacity(n * seq);
+        let mut types = Vec::with_capacity(n * seq);
+        for e in &encodings {
+            debug_assert_eq!(e.len(), seq, "padded to the longest");
+            ids.extend(e.get_ids().iter().map(|x| i64::from(*x)));
+            mask.extend(e.get_attention_mask().iter().map(|x| i64::from(*x)));
+            types.extend(e.get_type_ids().iter().map(|x| i64::from(*x)));
+        }
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(self.inputs.len());
+        for (name, role) in &self.inputs {
+            let data = match role {
+                TextInput::Ids => ids.clone(),
+                TextInput::Mask => mask.clone(),
+                TextInput::TypeIds => types.clone(),
+            };
+            let tensor =
+                Tensor::from_array(([n, seq], data)).map_err(|e| fail("input tensor", &e))?;
+            inputs.push((Cow::from(name.as_str()), tensor.into()));
+        }
+        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
+        let outputs = session.run(inputs).map_err(|e| fail("onnx runtime", &e))?;
+        let output = outputs
+            .get(&self.output)
+            .ok_or_else(|| InferenceError(format!("the model gave no output {:?}", self.output)))?;
+        let (shape, hidden) = output
+            .try_extract_tensor::<f32>()
+            .map_err(|e| fail("output", &e))?;
+        let dims: Vec<i64> = shape.iter().copied().collect();
+        if dims.len() != 3
+            || dims[0] as usize != n
+            || dims[1] as usize != seq
+            || dims[2] as usize != self.dim
+        {
+            return Err(InferenceError(format!(
+                "output shape {dims:?}, expected [{n}, {seq}, {}]",
+                self.dim
+            )));
+        }
+        Ok((0..n)
+            .map(|i| {
+                self.pool(
+                    &hidden[i * seq * self.dim..(i + 1) * seq * self.dim],
+                    &mask[i * seq..(i + 1) * seq],
+                )
+            })
+            .collect())
+    }
+}
+
+impl OnnxTextModel {
+    /// Mean of the token vectors under the mask, then L2-normalised when configured.
+    fn pool(&self, hidden: &[f32], mask: &[i64]) -> Vec<f32> {
+        let mut sum = vec![0.0_f32; self.dim];
+        let mut count = 0.0_f32;
+        for (token, m) in hidden.chunks_exact(self.dim).zip(mask) {
+            if *m != 0 {
+                count += 1.0;
+                for (s, x) in sum.iter_mut().zip(token) {
+                    *s += x;
+                }
+            }
+        }
+        let count = count.max(1e-9);
+        sum.iter_mut().for_each(|s| *s /= count);
+        if self.normalize {
+            let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            sum.iter_mut().for_each(|s| *s /= norm);
+        }
+        sum
+    }
+}
