@@ -53,23 +53,27 @@ enum TextInput {
     TypeIds,
 }
 
-/// The process's ONNX Runtime, loaded once from `library`.
+/// The process's ONNX Runtime, loaded from `library` the first time it loads successfully; a
+/// failed load is not remembered, and later calls use the runtime already loaded.
 fn environment(library: &Path) -> anyhow::Result<&'static Environment> {
-    static ENV: OnceLock<Result<Environment, String>> = OnceLock::new();
-    let env = ENV.get_or_init(|| {
-        if !library.is_file() {
-            return Err(format!(
-                "the ONNX Runtime library {} does not exist (run models/prepare.sh, or pass --onnxruntime)",
-                library.display()
-            ));
-        }
-        ort::init_from(library)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?
-            .with_name("flowmesh-encoder")
-            .build()
-            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", library.display()))
-    });
-    env.as_ref().map_err(|e| anyhow!("{e}"))
+    static ENV: OnceLock<Environment> = OnceLock::new();
+    static LOADING: Mutex<()> = Mutex::new(());
+    if !library.is_file() {
+        bail!(
+            "the ONNX Runtime library {} does not exist (run models/prepare.sh, or pass --onnxruntime)",
+            library.display()
+        );
+    }
+    let _loading = LOADING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(env) = ENV.get() {
+        return Ok(env);
+    }
+    let env = ort::init_from(library)
+        .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", library.display()))?
+        .with_name("flowmesh-encoder")
+        .build()
+        .map_err(|e| anyhow!("cannot start ONNX Runtime from {}: {e}", library.display()))?;
+    Ok(ENV.get_or_init(|| env))
 }
 
 /// A text embedding model on ONNX Runtime.
