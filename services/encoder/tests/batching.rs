@@ -207,55 +207,34 @@ async fn work_whose_caller_has_gone_is_skipped() {
     assert_eq!(seen, ["running", "caller waits"]);
 }
 
+/// Holds the model on `first`, queues `texts` meanwhile, releases it, and returns the sizes of
+/// the batches the model saw.
+async fn batch_sizes(config: &BatchConfig, first: &str, texts: &[String]) -> Vec<usize> {
+    let h = gated(config);
+    let running = spawn_encode(&h.encoder, first);
+    entered(&h).await;
+    let rest: Vec<_> = texts.iter().map(|t| spawn_encode(&h.encoder, t)).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..=texts.len() {
+        let _ = h.open_tx.send(());
+    }
+    assert!(running.await.unwrap().is_ok());
+    for r in rest {
+        assert!(r.await.unwrap().is_ok());
+    }
+    let batches = h.state.batches.lock().unwrap();
+    batches.iter().map(Vec::len).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_budget_and_batch_size_bound_a_batch() {
     // Each text is 3 words; a budget of 7 tokens holds two of them.
-    let h = gated(&config(64, 7, 64));
-    let first = spawn_encode(&h.encoder, "a b c");
-    entered(&h).await;
-    let rest: Vec<_> = (0..5)
-        .map(|i| spawn_encode(&h.encoder, &format!("w{i} x y")))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..10 {
-        let _ = h.open_tx.send(());
-    }
-    assert!(first.await.unwrap().is_ok());
-    for r in rest {
-        assert!(r.await.unwrap().is_ok());
-    }
-    let sizes: Vec<usize> = h
-        .state
-        .batches
-        .lock()
-        .unwrap()
-        .iter()
-        .map(Vec::len)
-        .collect();
+    let three_words: Vec<String> = (0..5).map(|i| format!("w{i} x y")).collect();
+    let sizes = batch_sizes(&config(64, 7, 64), "a b c", &three_words).await;
     assert_eq!(sizes, [1, 2, 2, 1], "batches of at most 7 tokens");
 
     // And max_batch: 2 texts a call at most.
-    let h = gated(&config(2, 10_000, 64));
-    let first = spawn_encode(&h.encoder, "a");
-    entered(&h).await;
-    let rest: Vec<_> = (0..5)
-        .map(|i| spawn_encode(&h.encoder, &format!("t{i}")))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..10 {
-        let _ = h.open_tx.send(());
-    }
-    assert!(first.await.unwrap().is_ok());
-    for r in rest {
-        assert!(r.await.unwrap().is_ok());
-    }
-    let sizes: Vec<usize> = h
-        .state
-        .batches
-        .lock()
-        .unwrap()
-        .iter()
-        .map(Vec::len)
-        .collect();
-    assert_eq!(sizes, [1, 2, 2, 1]);
+    let one_word: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+    let sizes = batch_sizes(&config(2, 10_000, 64), "a", &one_word).await;
+    assert_eq!(sizes, [1, 2, 2, 1], "batches of at most 2 texts");
 }
