@@ -4,6 +4,8 @@
 //! `hash` model needs no files and is deterministic across processes and platforms, which makes it
 //! the default for tests and for trying a Flow out; ONNX models will come behind the same trait.
 
+use flowmesh_shared::vector::l2_normalise;
+
 /// Largest dimension the `hash` model accepts; more would only spend memory on empty buckets.
 pub const MAX_HASH_DIM: usize = 1 << 16;
 
@@ -113,21 +115,6 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
-}
-
-/// Scales `v` to unit length; the zero vector stays zero (no division by zero, no NaN).
-fn l2_normalise(v: &mut [f32]) {
-    let norm = v
-        .iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt();
-    if norm > 0.0 && norm.is_finite() {
-        let inv = 1.0 / norm;
-        for x in v.iter_mut() {
-            *x = (f64::from(*x) * inv) as f32;
-        }
-    }
 }
 
 #[cfg(test)]

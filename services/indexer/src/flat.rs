@@ -9,7 +9,9 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
-use crate::kernel::{normalise, score_rows, Kernel};
+use flowmesh_shared::vector::l2_normalise;
+
+use crate::kernel::{score_rows, Kernel};
 
 /// An exact in-memory index.
 pub struct FlatIndex {
@@ -112,7 +114,7 @@ impl VectorIndex for FlatIndex {
                 q.extend_from_slice(query.vector);
                 let best = match self.metric {
                     Metric::Cosine => {
-                        normalise(&mut q);
+                        l2_normalise(&mut q);
                         rows.scan(&q, k, Kernel::Dot)
                     }
                     Metric::L2 => rows.scan(&q, k, Kernel::NegL2Squared),
@@ -193,7 +195,7 @@ impl Rows {
         let slot = &mut self.vectors[row * dim..(row + 1) * dim];
         slot.copy_from_slice(entry.vector);
         if metric == Metric::Cosine {
-            normalise(slot);
+            l2_normalise(slot);
         }
     }
 
@@ -351,7 +353,7 @@ mod tests {
         let dim = rows.dim.expect("dimension");
         let mut q = q.to_vec();
         if index.metric == Metric::Cosine {
-            normalise(&mut q);
+            l2_normalise(&mut q);
         }
         // The same kernel scores every row (kernel.rs checks it against f64 sums); what this
         // test checks is the bounded-heap selection against a full sort.
