@@ -44,3 +44,25 @@ pub async fn post(app: &Router, endpoint: &str, body: &Value) -> (StatusCode, Va
         .unwrap_or_else(|e| panic!("bad request for /{endpoint}: {e}"));
     send(app, request).await
 }
+
+/// Compares a service's generated OpenAPI document with `openapi/<file>` at the repository root
+/// (`manifest_dir` is the calling crate's `CARGO_MANIFEST_DIR`, two levels below the root). With
+/// `UPDATE_OPENAPI` set, the committed file is rewritten first.
+///
+/// # Panics
+/// When the committed document differs from `generated`, with the command that refreshes it.
+pub fn assert_openapi_committed(manifest_dir: &str, file: &str, generated: &str, package: &str) {
+    let path = std::path::Path::new(manifest_dir)
+        .join("../../openapi")
+        .join(file);
+    let generated = format!("{generated}\n");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi/{file} is out of date; regenerate it with `UPDATE_OPENAPI=1 cargo test -p {package}`"
+    );
+}

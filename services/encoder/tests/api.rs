@@ -44,15 +44,12 @@ async fn encode_embeds_raw_texts_in_order() {
 /// `openapi/encoder.json` is generated from the code; run with `UPDATE_OPENAPI=1` to refresh it.
 #[test]
 fn committed_openapi_matches_the_code() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/encoder.json");
-    let generated = flowmesh_encoder::openapi_json() + "\n";
-    if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(path, &generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "openapi/encoder.json is out of date; regenerate it with `UPDATE_OPENAPI=1 cargo test -p flowmesh-encoder --test api`"
+    let generated = flowmesh_encoder::openapi_json();
+    flowmesh_shared::testing::assert_openapi_committed(
+        env!("CARGO_MANIFEST_DIR"),
+        "encoder.json",
+        &generated,
+        "flowmesh-encoder",
     );
     for path in ["/{endpoint}", "/encode", "/livez", "/readyz", "/metrics"] {
         assert!(

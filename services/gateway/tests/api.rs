@@ -230,14 +230,10 @@ async fn openapi_lists_the_paths_jina_clients_look_for() {
 /// `openapi/gateway.json` is generated from the code; run with `UPDATE_OPENAPI=1` to refresh it.
 #[test]
 fn committed_openapi_matches_the_code() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/gateway.json");
-    let generated = flowmesh_gateway::openapi_json() + "\n";
-    if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(path, &generated).unwrap();
-    }
-    let committed = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "openapi/gateway.json is out of date; regenerate it with `UPDATE_OPENAPI=1 cargo test -p flowmesh-gateway --test api`"
+    flowmesh_shared::testing::assert_openapi_committed(
+        env!("CARGO_MANIFEST_DIR"),
+        "gateway.json",
+        &flowmesh_gateway::openapi_json(),
+        "flowmesh-gateway",
     );
 }
