@@ -255,7 +255,7 @@ fn embedding_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::
             d.deserialize_any(self)
         }
         fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Self::Value, E> {
-            if b.len() % 4 != 0 {
+            if !b.len().is_multiple_of(4) {
                 return Err(E::custom("embedding bytes are not a whole number of f32"));
             }
             Ok(Some(

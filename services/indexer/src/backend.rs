@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// How vectors are compared. Scores are always "higher is better".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Cosine similarity, in `[-1, 1]`; vectors are normalised when stored.
@@ -46,7 +46,7 @@ pub struct Hit {
 }
 
 /// What `/stats` reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Number of stored vectors.
     pub count: usize,
@@ -58,7 +58,8 @@ pub struct Stats {
     pub metric: Metric,
 }
 
-/// Why an index operation was refused. Every variant is the caller's fault.
+/// Why an index operation was refused. Every variant but [`IndexError::Storage`] is the
+/// caller's fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IndexError {
     /// A document to store, or one of its chunks, has an empty id.
@@ -97,6 +98,9 @@ pub enum IndexError {
         /// The embedding's.
         got: usize,
     },
+    /// The write could not be made durable (the data directory failed); nothing was changed.
+    #[error("cannot write to the shard's data directory: {0}")]
+    Storage(String),
 }
 
 /// A vector index: one shard's storage and search.
@@ -122,5 +126,5 @@ pub trait VectorIndex: Send + Sync + 'static {
 
     /// Removes the entries with these ids, and the stored chunks of these ids (recursively);
     /// unknown ids are ignored. Returns how many entries were removed.
-    fn delete(&self, ids: &[&str]) -> usize;
+    fn delete(&self, ids: &[&str]) -> Result<usize, IndexError>;
 }

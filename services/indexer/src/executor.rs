@@ -11,30 +11,34 @@ use flowmesh_shared::server::Executor;
 use flowmesh_shared::{ApiError, Document, Envelope};
 
 use crate::backend::{Entry, Hit, IndexError, VectorIndex};
+use crate::shard::Shard;
 
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
-        ApiError::BadRequest(e.to_string())
+        match e {
+            IndexError::Storage(_) => ApiError::Internal(e.to_string()),
+            _ => ApiError::BadRequest(e.to_string()),
+        }
     }
 }
 
 /// The indexer executor over one [`VectorIndex`].
 pub struct Indexer {
-    index: Arc<dyn VectorIndex>,
+    index: Arc<Shard>,
 }
 
 type Operation = fn(&dyn VectorIndex, Envelope) -> Result<Envelope, IndexError>;
 
 impl Indexer {
-    /// An executor over `index`.
-    pub fn new(index: impl VectorIndex) -> Self {
+    /// An executor over `shard`.
+    pub fn new(shard: Shard) -> Self {
         Self {
-            index: Arc::new(index),
+            index: Arc::new(shard),
         }
     }
 
-    /// The index, for `/stats` and for tests.
-    pub fn index(&self) -> &Arc<dyn VectorIndex> {
+    /// The shard, for `/stats` and for tests.
+    pub fn shard(&self) -> &Arc<Shard> {
         &self.index
     }
 }
@@ -128,7 +132,7 @@ fn documents_delete(index: &dyn VectorIndex, request: Envelope) -> Result<Envelo
     for doc in &request.data {
         all_ids(doc, &mut ids);
     }
-    let removed = index.delete(&ids);
+    let removed = index.delete(&ids)?;
     tracing::debug!(requested = ids.len(), removed, "documents deleted");
     Ok(request)
 }

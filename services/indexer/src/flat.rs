@@ -12,6 +12,7 @@ use crate::backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
 use flowmesh_shared::vector::l2_normalise;
 
 use crate::kernel::{score_rows, Kernel};
+use crate::wal::Rows as ExportedRows;
 
 /// An exact in-memory index.
 pub struct FlatIndex {
@@ -71,33 +72,7 @@ impl VectorIndex for FlatIndex {
     }
 
     fn upsert(&self, replaced: &[&str], entries: &[Entry<'_>]) -> Result<(), IndexError> {
-        let mut rows = self.write();
-        let dim = rows.dim.or_else(|| entries.first().map(|e| e.vector.len()));
-        if let Some(dim) = dim {
-            check_dimension(entries, dim)?;
-        }
-        // Validated: from here on nothing fails.
-        let keep: HashSet<&str> = entries.iter().map(|e| e.id).collect();
-        let mut stale: Vec<String> = Vec::new();
-        for root in replaced {
-            if rows.row_of.contains_key(*root) && !keep.contains(root) {
-                stale.push((*root).to_owned());
-            }
-            if let Some(kids) = rows.children.get(*root) {
-                stale.extend(kids.iter().filter(|k| !keep.contains(k.as_str())).cloned());
-            }
-        }
-        for id in &stale {
-            rows.remove(id);
-        }
-        if let Some(dim) = dim.filter(|_| !entries.is_empty()) {
-            rows.dim = Some(dim);
-            for entry in entries {
-                rows.put(entry, self.metric);
-            }
-        }
-        rows.debug_check();
-        Ok(())
+        self.upsert_tracked(replaced, entries).map(drop)
     }
 
     fn search(&self, queries: &[Entry<'_>], k: usize) -> Result<Vec<Vec<Hit>>, IndexError> {
@@ -135,12 +110,70 @@ impl VectorIndex for FlatIndex {
         Ok(answers)
     }
 
-    fn delete(&self, ids: &[&str]) -> usize {
+    fn delete(&self, ids: &[&str]) -> Result<usize, IndexError> {
+        Ok(self.delete_tracked(ids).len())
+    }
+}
+
+impl FlatIndex {
+    /// Checks that `entries` can be stored (their dimension), without storing them.
+    pub(crate) fn check(&self, entries: &[Entry<'_>]) -> Result<(), IndexError> {
+        let rows = self.read();
+        match rows.dim.or_else(|| entries.first().map(|e| e.vector.len())) {
+            Some(dim) => check_dimension(entries, dim),
+            None => Ok(()),
+        }
+    }
+
+    /// [`VectorIndex::upsert`], returning the ids whose stored version is gone: the entries
+    /// removed, and those overwritten.
+    pub(crate) fn upsert_tracked(
+        &self,
+        replaced: &[&str],
+        entries: &[Entry<'_>],
+    ) -> Result<Vec<String>, IndexError> {
+        let mut rows = self.write();
+        let dim = rows.dim.or_else(|| entries.first().map(|e| e.vector.len()));
+        if let Some(dim) = dim {
+            check_dimension(entries, dim)?;
+        }
+        // Validated: from here on nothing fails.
+        let keep: HashSet<&str> = entries.iter().map(|e| e.id).collect();
+        let mut gone: Vec<String> = Vec::new();
+        for root in replaced {
+            if rows.row_of.contains_key(*root) && !keep.contains(root) {
+                gone.push((*root).to_owned());
+            }
+            if let Some(kids) = rows.children.get(*root) {
+                gone.extend(kids.iter().filter(|k| !keep.contains(k.as_str())).cloned());
+            }
+        }
+        for id in &gone {
+            rows.remove(id);
+        }
+        gone.extend(
+            entries
+                .iter()
+                .filter(|e| rows.row_of.contains_key(e.id))
+                .map(|e| e.id.to_owned()),
+        );
+        if let Some(dim) = dim.filter(|_| !entries.is_empty()) {
+            rows.dim = Some(dim);
+            for entry in entries {
+                rows.put(entry, self.metric);
+            }
+        }
+        rows.debug_check();
+        Ok(gone)
+    }
+
+    /// [`VectorIndex::delete`], returning the ids removed.
+    pub(crate) fn delete_tracked(&self, ids: &[&str]) -> Vec<String> {
         let mut rows = self.write();
         let mut work: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
         // A chunk may name itself, or an ancestor, as its parent: visit every id once.
         let mut seen: HashSet<String> = HashSet::new();
-        let mut removed = 0;
+        let mut removed = Vec::new();
         while let Some(id) = work.pop() {
             if !seen.insert(id.clone()) {
                 continue;
@@ -149,11 +182,35 @@ impl VectorIndex for FlatIndex {
                 work.extend(kids);
             }
             if rows.remove(&id) {
-                removed += 1;
+                removed.push(id);
             }
         }
         rows.debug_check();
         removed
+    }
+
+    /// A copy of every stored entry (vectors as stored: normalised under cosine).
+    pub(crate) fn export(&self) -> ExportedRows {
+        let rows = self.read();
+        ExportedRows {
+            dim: rows.dim,
+            ids: rows.ids.clone(),
+            parent_ids: rows.parent_ids.clone(),
+            vectors: rows.vectors.clone(),
+        }
+    }
+
+    /// Fixes the dimension of an empty index (a recovered shard that was emptied keeps it).
+    pub(crate) fn restore_dim(&self, dim: usize) {
+        let mut rows = self.write();
+        if rows.dim.is_none() {
+            rows.dim = Some(dim);
+        }
+    }
+
+    /// Number of stored entries.
+    pub(crate) fn len(&self) -> usize {
+        self.read().ids.len()
     }
 }
 
@@ -443,7 +500,7 @@ mod tests {
             .map(|(id, v)| entry(id, None, v))
             .collect();
         index.upsert(&[], &entries).expect("stored");
-        assert_eq!(index.delete(&["b", "zzz", "a"]), 2);
+        assert_eq!(index.delete(&["b", "zzz", "a"]).unwrap(), 2);
         assert_eq!(index.stats().count, 4);
         // Every remaining id still finds its own vector at distance 0.
         for (id, v) in ids.iter().zip(&vs).skip(2) {

@@ -12,12 +12,18 @@
 //! (its chunks that the new version no longer has are dropped, so re-segmented text leaves no
 //! stale chunks behind); the first stored vector fixes the dimension for the life of the shard.
 
+mod approx;
 mod backend;
 mod executor;
+mod faiss_index;
 mod flat;
 mod kernel;
+mod shard;
+pub mod synthetic;
+mod wal;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -28,9 +34,12 @@ use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{self, executor_router, ServeArgs};
 use flowmesh_shared::ApiError;
 
+pub use approx::BuildState;
 pub use backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
 pub use executor::Indexer;
+pub use faiss_index::FaissBuilder;
 pub use flat::FlatIndex;
+pub use shard::{Shard, ShardStats};
 
 /// The service's name in logs, metrics and its `listening on` line.
 pub const SERVICE: &str = "indexer";
@@ -40,6 +49,8 @@ pub const SERVICE: &str = "indexer";
 pub enum BackendKind {
     /// Exact brute-force search over every stored vector.
     Flat,
+    /// A faiss index built by `index_factory` from `--index-key`.
+    Faiss,
 }
 
 /// The indexer's configuration: command-line flags, or `FLOWMESH_INDEXER_*` environment variables.
@@ -57,17 +68,70 @@ pub struct Config {
     /// the distance, so that higher is always better).
     #[arg(long, env = "FLOWMESH_INDEXER_METRIC", value_enum, default_value_t = Metric::Cosine)]
     pub metric: Metric,
+    /// Where the shard keeps its log and snapshots. Defaults to `$FLOWMESH_WORKSPACE` (set by
+    /// `flowmesh up` for each process); with neither, the shard lives in memory only and says so.
+    #[arg(long, env = "FLOWMESH_INDEXER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// faiss: the `index_factory` key (`Flat`, `IVF50,Flat`, `HNSW32`, `IVF256,PQ16`, ...).
+    #[arg(long, env = "FLOWMESH_INDEXER_INDEX_KEY", default_value = "IVF50,Flat")]
+    pub index_key: String,
+    /// faiss IVF indexes: how many lists a search visits (faiss's default: 1).
+    #[arg(long, env = "FLOWMESH_INDEXER_NPROBE")]
+    pub nprobe: Option<usize>,
+    /// faiss HNSW indexes: the search's candidate list size (faiss's default: 16).
+    #[arg(long, env = "FLOWMESH_INDEXER_EF_SEARCH")]
+    pub ef_search: Option<usize>,
+    /// Approximate backends: fewest new, changed or deleted entries that start a rebuild.
+    #[arg(long, env = "FLOWMESH_INDEXER_REBUILD_MIN", default_value_t = 1000)]
+    pub rebuild_min: usize,
+    /// Approximate backends: or this fraction of the built entries, when larger.
+    #[arg(long, env = "FLOWMESH_INDEXER_REBUILD_FRACTION", default_value_t = 0.2)]
+    pub rebuild_fraction: f64,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
 }
 
 impl Config {
-    /// The (empty) indexer this configuration describes.
+    /// The data directory: `--data-dir`, else `$FLOWMESH_WORKSPACE`, else none.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.data_dir
+            .clone()
+            .or_else(|| std::env::var_os("FLOWMESH_WORKSPACE").map(PathBuf::from))
+    }
+
+    /// Opens the shard this configuration describes, recovering what its data directory holds.
+    pub fn shard(&self) -> anyhow::Result<Shard> {
+        if !(self.rebuild_fraction >= 0.0 && self.rebuild_fraction.is_finite()) {
+            anyhow::bail!("--rebuild-fraction must be a non-negative number");
+        }
+        let policy = approx::RebuildPolicy {
+            min_changes: self.rebuild_min,
+            fraction: self.rebuild_fraction,
+        };
+        let approx = match self.backend {
+            BackendKind::Flat => None,
+            BackendKind::Faiss => {
+                let builder = FaissBuilder::new(&self.index_key, self.nprobe, self.ef_search)?;
+                Some(approx::Approx::new(self.metric, Arc::new(builder), policy))
+            }
+        };
+        match self.data_dir() {
+            Some(dir) => Shard::open(&dir, self.metric, approx)
+                .with_context(|| format!("cannot open the shard in {}", dir.display())),
+            None => {
+                tracing::warn!(
+                    "no --data-dir (nor FLOWMESH_WORKSPACE): this shard keeps its vectors in \
+                     memory only and loses them when it stops"
+                );
+                Ok(Shard::in_memory(self.metric, approx))
+            }
+        }
+    }
+
+    /// The indexer this configuration describes.
     pub fn indexer(&self) -> anyhow::Result<Indexer> {
-        Ok(match self.backend {
-            BackendKind::Flat => Indexer::new(FlatIndex::new(self.metric)),
-        })
+        Ok(Indexer::new(self.shard()?))
     }
 }
 
@@ -75,13 +139,13 @@ impl Config {
 pub fn router(indexer: Arc<Indexer>, readiness: Readiness, max_body_bytes: usize) -> Router {
     let stats = Router::new()
         .route("/stats", get(stats_get))
-        .with_state(Arc::clone(indexer.index()));
+        .with_state(Arc::clone(indexer.shard()));
     executor_router(SERVICE, indexer, readiness, max_body_bytes, stats)
 }
 
-async fn stats_get(State(index): State<Arc<dyn VectorIndex>>) -> Result<Json<Stats>, ApiError> {
+async fn stats_get(State(shard): State<Arc<Shard>>) -> Result<Json<ShardStats>, ApiError> {
     // Reading waits for a writer, which may wait for a long scan: not on the async threads.
-    let stats = tokio::task::spawn_blocking(move || index.stats())
+    let stats = tokio::task::spawn_blocking(move || shard.shard_stats())
         .await
         .map_err(|e| ApiError::Internal(format!("stats task failed: {e}")))?;
     Ok(Json(stats))
@@ -91,7 +155,7 @@ async fn stats_get(State(index): State<Arc<dyn VectorIndex>>) -> Result<Json<Sta
 pub fn app(config: &Config) -> anyhow::Result<Router> {
     let indexer = config.indexer()?;
     tracing::info!(
-        backend = indexer.index().backend(),
+        backend = indexer.shard().backend(),
         metric = config.metric.as_str(),
         "index opened"
     );

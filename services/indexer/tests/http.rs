@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use clap::Parser;
-use flowmesh_indexer::{app, FlatIndex, Indexer, Metric};
+use flowmesh_indexer::{app, Indexer, Metric, Shard, VectorIndex};
 use flowmesh_shared::server::Executor;
 use flowmesh_shared::testing::{post, send};
 use flowmesh_shared::{Document, Envelope};
@@ -117,7 +117,7 @@ async fn wrong_dimension_is_a_400_and_loses_nothing() {
     );
     assert_eq!(
         stats(&app).await,
-        json!({"count": 3, "dimension": 3, "backend": "flat", "metric": "cosine"})
+        json!({"count": 3, "dimension": 3, "backend": "flat", "metric": "cosine", "durable": false})
     );
     // "a" was not overwritten by the refused request.
     let (_, found) = post(
@@ -160,7 +160,7 @@ async fn missing_embeddings_are_400s_naming_the_document() {
 
 #[tokio::test]
 async fn non_finite_values_are_refused() {
-    let indexer = Indexer::new(FlatIndex::new(Metric::Cosine));
+    let indexer = Indexer::new(Shard::flat_in_memory(Metric::Cosine));
     for bad in [f32::NAN, f32::INFINITY] {
         let mut d = Document::text("nan-doc", "x");
         d.embedding = Some(vec![1.0, bad]);
@@ -171,7 +171,7 @@ async fn non_finite_values_are_refused() {
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         assert!(err.to_string().contains("nan-doc"), "{err}");
     }
-    assert_eq!(indexer.index().stats().count, 0);
+    assert_eq!(indexer.shard().stats().count, 0);
 }
 
 #[tokio::test]
@@ -284,6 +284,6 @@ async fn other_endpoints_pass_through_unchanged() {
     assert_eq!(out["parameters"], body["parameters"]);
     assert_eq!(
         stats(&app).await,
-        json!({"count": 0, "dimension": null, "backend": "flat", "metric": "cosine"})
+        json!({"count": 0, "dimension": null, "backend": "flat", "metric": "cosine", "durable": false})
     );
 }
