@@ -134,11 +134,12 @@ impl Shard {
     /// Waits until no snapshot or rebuild runs (tests and benchmarks).
     pub fn wait_idle(&self) {
         loop {
+            let len = self.inner.all.len();
             let building = self
                 .inner
                 .approx
                 .as_ref()
-                .is_some_and(|a| a.build_state().building);
+                .is_some_and(|a| a.build_state().building || a.wants_rebuild(len));
             if !building && !self.inner.snapshotting.load(Ordering::Acquire) {
                 return;
             }
