@@ -135,14 +135,47 @@ impl Config {
     }
 }
 
-/// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `/livez`, `/readyz`, `/metrics`.
-pub fn router(indexer: Arc<Indexer>, readiness: Readiness, max_body_bytes: usize) -> Router {
-    let stats = Router::new()
-        .route("/stats", get(stats_get))
-        .with_state(Arc::clone(indexer.shard()));
-    executor_router(SERVICE, indexer, readiness, max_body_bytes, stats)
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(stats_get),
+    components(schemas(ShardStats, Stats, BuildState, Metric))
+)]
+struct IndexerApi;
+
+/// The indexer's OpenAPI document, as committed in `openapi/indexer.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut api = flowmesh_shared::openapi::executor_api(
+        "flowmesh indexer",
+        "One shard of the vector index. /index and /update store the embedding of each document \
+         (or of its leaf chunks) with its id and parent_id, replacing what was stored of it; \
+         /search sets each query's matches (top_k, scores higher is better); /delete removes \
+         documents and their chunks. Every answered write is on disk.",
+    );
+    api.merge(<IndexerApi as utoipa::OpenApi>::openapi());
+    api
 }
 
+/// The indexer's OpenAPI document as pretty JSON.
+pub fn openapi_json() -> String {
+    openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `/openapi.json`, `/livez`, `/readyz`,
+/// `/metrics`.
+pub fn router(indexer: Arc<Indexer>, readiness: Readiness, max_body_bytes: usize) -> Router {
+    let extra = Router::new()
+        .route("/stats", get(stats_get))
+        .with_state(Arc::clone(indexer.shard()))
+        .route("/openapi.json", get(|| async { Json(openapi()) }));
+    executor_router(SERVICE, indexer, readiness, max_body_bytes, extra)
+}
+
+/// What the shard holds: count, dimension, backend, metric, durability, and for approximate
+/// backends the state of the built structure.
+#[utoipa::path(get, path = "/stats", responses(
+    (status = 200, description = "The shard's statistics", body = ShardStats)))]
 async fn stats_get(State(shard): State<Arc<Shard>>) -> Result<Json<ShardStats>, ApiError> {
     // Reading waits for a writer, which may wait for a long scan: not on the async threads.
     let stats = tokio::task::spawn_blocking(move || shard.shard_stats())

@@ -287,3 +287,32 @@ async fn other_endpoints_pass_through_unchanged() {
         json!({"count": 0, "dimension": null, "backend": "flat", "metric": "cosine", "durable": false})
     );
 }
+
+/// `openapi/indexer.json` is generated from the code; run with `UPDATE_OPENAPI=1` to refresh it.
+#[test]
+fn committed_openapi_matches_the_code() {
+    let generated = flowmesh_indexer::openapi_json();
+    flowmesh_shared::testing::assert_openapi_committed(
+        env!("CARGO_MANIFEST_DIR"),
+        "indexer.json",
+        &generated,
+        "flowmesh-indexer",
+    );
+    for path in ["/{endpoint}", "/stats", "/livez", "/readyz", "/metrics"] {
+        assert!(
+            generated.contains(&format!("\"{path}\"")),
+            "{path} is documented"
+        );
+    }
+}
+
+#[tokio::test]
+async fn openapi_is_served() {
+    let app = indexer(&[]);
+    let request = Request::get("/openapi.json")
+        .body(Body::empty())
+        .expect("request");
+    let (status, body) = send(&app, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["info"]["title"], "flowmesh indexer");
+}
