@@ -81,19 +81,22 @@ impl VectorIndex for FlatIndex {
             return Ok(vec![Vec::new(); queries.len()]);
         };
         check_dimension(queries, dim)?;
-        let mut q = Vec::with_capacity(dim);
-        let answers = queries
-            .iter()
-            .map(|query| {
-                q.clear();
-                q.extend_from_slice(query.vector);
-                let best = match self.metric {
-                    Metric::Cosine => {
-                        l2_normalise(&mut q);
-                        rows.scan(&q, k, Kernel::Dot)
-                    }
-                    Metric::L2 => rows.scan(&q, k, Kernel::NegL2Squared),
-                };
+        let mut flat = Vec::with_capacity(queries.len() * dim);
+        for query in queries {
+            let start = flat.len();
+            flat.extend_from_slice(query.vector);
+            if self.metric == Metric::Cosine {
+                l2_normalise(&mut flat[start..]);
+            }
+        }
+        let kernel = match self.metric {
+            Metric::Cosine => Kernel::Dot,
+            Metric::L2 => Kernel::NegL2Squared,
+        };
+        let answers = rows
+            .scan_many(&flat, k, kernel)
+            .into_iter()
+            .map(|best| {
                 best.into_iter()
                     .map(|c| Hit {
                         id: rows.ids[c.row].clone(),
@@ -289,50 +292,129 @@ impl Rows {
         }
     }
 
-    /// The best `k` rows for the query `q` by `kernel` (higher is better), best first.
-    fn scan(&self, q: &[f32], k: usize, kernel: Kernel) -> Vec<Candidate<'_>> {
-        let Some(dim) = self.dim else {
+    /// The best `k` rows for each query of `queries` (row-major) by `kernel` (higher is
+    /// better), best first.
+    ///
+    /// Rows are scanned a block at a time (a block fits in the L2 cache) and every query is
+    /// scored against the block before the next is read, so a batch of queries reads the matrix
+    /// from memory once rather than once per query. Large scans are split across cores by rows.
+    fn scan_many(&self, queries: &[f32], k: usize, kernel: Kernel) -> Vec<Vec<Candidate<'_>>> {
+        let Some(dim) = self.dim.filter(|&d| d > 0) else {
             return Vec::new();
         };
-        if k == 0 || dim == 0 {
-            return Vec::new();
+        let nq = queries.len() / dim;
+        let n = self.ids.len();
+        if k == 0 || n == 0 {
+            return (0..nq).map(|_| Vec::new()).collect();
         }
-        // Scores are computed a block of rows at a time (a tight SIMD loop), then selected.
-        const BLOCK: usize = 1024;
-        // `k` comes from the request: never reserve more than there is.
-        let mut heap: BinaryHeap<Candidate<'_>> = BinaryHeap::with_capacity(k.min(self.ids.len()));
-        let mut scores = vec![0.0_f32; BLOCK.min(self.ids.len())];
-        for (block, vectors) in self.vectors.chunks(BLOCK * dim).enumerate() {
-            let scores = &mut scores[..vectors.len() / dim];
-            score_rows(kernel, q, vectors, scores);
-            for (i, score) in scores.iter().enumerate() {
-                // `+ 0.0` turns -0.0 into 0.0, so equal scores tie and the id decides.
-                let key = *score + 0.0;
-                if heap.len() == k && heap.peek().is_some_and(|worst| key < worst.key) {
-                    continue;
-                }
-                let row = block * BLOCK + i;
-                let candidate = Candidate {
-                    key,
-                    id: &self.ids[row],
-                    row,
-                };
-                if heap.len() < k {
-                    heap.push(candidate);
-                } else if let Some(mut worst) = heap.peek_mut() {
-                    if candidate < *worst {
-                        *worst = candidate;
+        let block = (BLOCK_BYTES / (4 * dim)).clamp(8, 4096);
+        let work = nq.saturating_mul(n).saturating_mul(dim);
+        let threads = if work >= PARALLEL_WORK {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(MAX_THREADS)
+                .min(n.div_ceil(block))
+        } else {
+            1
+        };
+        let heaps = if threads <= 1 {
+            self.scan_range(queries, dim, 0..n, block, k, kernel)
+        } else {
+            // Contiguous row ranges, whole blocks each.
+            let blocks = n.div_ceil(block);
+            let per = blocks.div_ceil(threads) * block;
+            let parts: Vec<Vec<BinaryHeap<Candidate<'_>>>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..n)
+                    .step_by(per)
+                    .map(|start| {
+                        let range = start..(start + per).min(n);
+                        scope.spawn(move || self.scan_range(queries, dim, range, block, k, kernel))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            });
+            let mut parts = parts.into_iter();
+            let mut merged = parts.next().unwrap_or_default();
+            for part in parts {
+                for (into, from) in merged.iter_mut().zip(part) {
+                    for candidate in from {
+                        offer(into, candidate, k);
                     }
                 }
             }
+            merged
+        };
+        heaps.into_iter().map(BinaryHeap::into_sorted_vec).collect()
+    }
+
+    /// The best `k` of rows `range` for every query, as bounded heaps (worst on top).
+    fn scan_range(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        range: std::ops::Range<usize>,
+        block: usize,
+        k: usize,
+        kernel: Kernel,
+    ) -> Vec<BinaryHeap<Candidate<'_>>> {
+        let nq = queries.len() / dim;
+        // `k` comes from the request: never reserve more than there is.
+        let cap = k.min(range.len());
+        let mut heaps: Vec<BinaryHeap<Candidate<'_>>> =
+            (0..nq).map(|_| BinaryHeap::with_capacity(cap)).collect();
+        let mut scores = vec![0.0_f32; block.min(range.len())];
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + block).min(range.end);
+            let vectors = &self.vectors[start * dim..end * dim];
+            let scores = &mut scores[..end - start];
+            for (q, heap) in queries.chunks_exact(dim).zip(heaps.iter_mut()) {
+                score_rows(kernel, q, vectors, scores);
+                for (i, score) in scores.iter().enumerate() {
+                    // `+ 0.0` turns -0.0 into 0.0, so equal scores tie and the id decides.
+                    let key = *score + 0.0;
+                    if heap.len() == k && heap.peek().is_some_and(|worst| key < worst.key) {
+                        continue;
+                    }
+                    let row = start + i;
+                    let candidate = Candidate {
+                        key,
+                        id: &self.ids[row],
+                        row,
+                    };
+                    offer(heap, candidate, k);
+                }
+            }
+            start = end;
         }
-        heap.into_sorted_vec()
+        heaps
     }
 
     fn debug_check(&self) {
         debug_assert_eq!(self.ids.len(), self.parent_ids.len());
         debug_assert_eq!(self.ids.len(), self.row_of.len());
         debug_assert_eq!(self.vectors.len(), self.ids.len() * self.dim.unwrap_or(0));
+    }
+}
+
+/// Bytes of rows scored against every query before the next block is read: well inside L2.
+const BLOCK_BYTES: usize = 128 << 10;
+/// Multiply-adds above which a scan is split across cores (about a millisecond of work).
+const PARALLEL_WORK: usize = 1 << 24;
+/// Most threads one scan uses.
+const MAX_THREADS: usize = 8;
+
+/// Keeps `candidate` in the bounded heap `heap` of the best `k`.
+fn offer<'a>(heap: &mut BinaryHeap<Candidate<'a>>, candidate: Candidate<'a>, k: usize) {
+    if heap.len() < k {
+        heap.push(candidate);
+    } else if let Some(mut worst) = heap.peek_mut() {
+        if candidate < *worst {
+            *worst = candidate;
+        }
     }
 }
 
