@@ -457,3 +457,33 @@ fn replacing_the_path_does_not_change_an_open_file() {
     });
     assert_eq!(after_delete, on_new_thread);
 }
+
+/// Build time of a file the size of a real shard: `cargo test --release -p flowmesh-indexer
+/// --lib -- --ignored --nocapture annoy_build_time`.
+#[test]
+#[ignore = "a timing, not a check: run it in release mode"]
+fn annoy_build_time_100k_384() {
+    let (n, dim, trees) = (100_000, 384, 10);
+    let mut gen = Gen(77);
+    let rows = clustered(&mut gen, n, dim, 1_000, 0.5);
+    let dir = TempDir::new("build-time");
+    let path = dir.file("index");
+    let started = std::time::Instant::now();
+    write_index(&path, dim, &rows, AnnoyMetric::Angular, trees, 1).unwrap();
+    let built = started.elapsed();
+    let started = std::time::Instant::now();
+    let file = AnnoyFile::open(&path, dim, AnnoyMetric::Angular).unwrap();
+    let opened = started.elapsed();
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        let row = &rows[i * 997 * dim..][..dim];
+        assert_eq!(file.search(row, 10, None).unwrap()[0].0, (i * 997) as u32);
+    }
+    let searched = started.elapsed() / 100;
+    println!(
+        "annoy {n} x {dim}, {trees} trees, {} threads: built in {built:.2?} ({} MB), opened in \
+         {opened:.2?}, {searched:.2?} a search (k 10, default search_k)",
+        std::thread::available_parallelism().map_or(1, |p| p.get()),
+        fs::metadata(&path).unwrap().len() / 1_000_000
+    );
+}
