@@ -20,6 +20,9 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
+# faiss (feature `static`) builds its C++ with cmake and links OpenBLAS (and libgomp/gfortran).
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi

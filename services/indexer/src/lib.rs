@@ -13,6 +13,7 @@
 //! stale chunks behind); the first stored vector fixes the dimension for the life of the shard.
 
 mod annoy;
+mod annoy_index;
 mod approx;
 mod backend;
 mod executor;
@@ -36,6 +37,7 @@ use flowmesh_shared::server::{self, executor_router, ServeArgs};
 use flowmesh_shared::ApiError;
 
 pub use annoy::{write_index, AnnoyFile, AnnoyMetric};
+pub use annoy_index::AnnoyBuilder;
 pub use approx::BuildState;
 pub use backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
 pub use executor::Indexer;
@@ -51,6 +53,8 @@ pub const SERVICE: &str = "indexer";
 pub enum BackendKind {
     /// Exact brute-force search over every stored vector.
     Flat,
+    /// Annoy's random-projection forest (`--num-trees`, `--search-k`), in Annoy's file format.
+    Annoy,
     /// A faiss index built by `index_factory` from `--index-key`.
     Faiss,
 }
@@ -74,6 +78,12 @@ pub struct Config {
     /// `flowmesh up` for each process); with neither, the shard lives in memory only and says so.
     #[arg(long, env = "FLOWMESH_INDEXER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// annoy: number of trees (more: better recall, larger files, slower builds).
+    #[arg(long, env = "FLOWMESH_INDEXER_NUM_TREES", default_value_t = 10)]
+    pub num_trees: usize,
+    /// annoy: nodes a search inspects (Annoy's default, when unset: k x the number of trees).
+    #[arg(long, env = "FLOWMESH_INDEXER_SEARCH_K")]
+    pub search_k: Option<usize>,
     /// faiss: the `index_factory` key (`Flat`, `IVF50,Flat`, `HNSW32`, `IVF256,PQ16`, ...).
     #[arg(long, env = "FLOWMESH_INDEXER_INDEX_KEY", default_value = "IVF50,Flat")]
     pub index_key: String,
@@ -111,14 +121,23 @@ impl Config {
             min_changes: self.rebuild_min,
             fraction: self.rebuild_fraction,
         };
+        let data_dir = self.data_dir();
         let approx = match self.backend {
             BackendKind::Flat => None,
+            BackendKind::Annoy => {
+                let dir = match &data_dir {
+                    Some(dir) => dir.join("annoy"),
+                    None => scratch_dir(),
+                };
+                let builder = AnnoyBuilder::new(&dir, self.num_trees, self.search_k)?;
+                Some(approx::Approx::new(self.metric, Arc::new(builder), policy))
+            }
             BackendKind::Faiss => {
                 let builder = FaissBuilder::new(&self.index_key, self.nprobe, self.ef_search)?;
                 Some(approx::Approx::new(self.metric, Arc::new(builder), policy))
             }
         };
-        match self.data_dir() {
+        match data_dir {
             Some(dir) => Shard::open(&dir, self.metric, approx)
                 .with_context(|| format!("cannot open the shard in {}", dir.display())),
             None => {
@@ -162,6 +181,13 @@ pub fn openapi_json() -> String {
     openapi()
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// A directory of this process's own for the Annoy files of a shard without a data directory.
+fn scratch_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("flowmesh-annoy-{}-{n}", std::process::id()))
 }
 
 /// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `/openapi.json`, `/livez`, `/readyz`,

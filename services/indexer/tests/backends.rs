@@ -197,6 +197,39 @@ fn fresh_writes_are_searchable_before_the_rebuild() {
     assert_eq!(shard.stats().count, half + 100 - 1);
 }
 
+/// Stated threshold: recall@10 >= 0.90 for 20 trees with Annoy's default search_k.
+#[test]
+fn annoy_recall_at_10_against_flat() {
+    for metric in [Metric::Cosine, Metric::L2] {
+        let r = recall_of(&["--backend", "annoy", "--num-trees", "20"], metric);
+        assert!(r >= 0.90, "annoy {metric:?}: {r}");
+    }
+}
+
+#[test]
+fn fresh_writes_are_searchable_before_the_annoy_rebuild() {
+    let (data, _) = data_set();
+    let ids = ids(2_000);
+    let shard = shard(&[
+        "--backend",
+        "annoy",
+        "--rebuild-min",
+        "1000",
+        "--rebuild-fraction",
+        "10",
+    ]);
+    store(&shard, &ids, &data[..2_000 * DIM], DIM);
+    shard.wait_idle();
+    assert_eq!(shard.shard_stats().build.unwrap().built, 2_000);
+    let v = vec![40.0_f32; DIM];
+    store(&shard, &["new".to_owned()], &v, DIM);
+    assert_eq!(search(&shard, &v, DIM, 1)[0][0], "new");
+    shard.delete(&["new", ids[5].as_str()]).unwrap();
+    assert_ne!(search(&shard, &v, DIM, 1)[0][0], "new");
+    let near_5 = search(&shard, &data[5 * DIM..6 * DIM], DIM, 5);
+    assert!(!near_5[0].contains(&ids[5]), "deleted entry returned");
+}
+
 #[test]
 fn a_bad_faiss_key_is_a_start_up_error() {
     let argv = [

@@ -356,3 +356,21 @@ async fn updates_and_deletes_survive_restarts_faiss() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_indexing_loses_no_acknowledged_document_annoy() {
+    kill9_loses_nothing_acknowledged(
+        &["--backend", "annoy", "--rebuild-min", "500"],
+        "kill9-annoy",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_and_deletes_survive_restarts_annoy() {
+    updates_and_deletes_survive_restarts(
+        &["--backend", "annoy", "--rebuild-min", "100"],
+        "update-annoy",
+    )
+    .await;
+}
