@@ -36,7 +36,7 @@ pub(super) struct Items<'a> {
 impl<'a> Items<'a> {
     /// `rows` is row-major, `dim` floats a row; `dim > 0`.
     pub(super) fn new(rows: &'a [f32], dim: usize, metric: AnnoyMetric) -> Self {
-        debug_assert!(dim > 0 && rows.len() % dim == 0);
+        debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
         let sq_norms = match metric {
             AnnoyMetric::Angular => rows.chunks_exact(dim).map(|r| dot(r, r)).collect(),
             AnnoyMetric::Euclidean => Vec::new(),

@@ -62,7 +62,7 @@ fn check_input(layout: Layout, vectors: &[f32], num_trees: usize) -> io::Result<
     if layout.node_size().is_none() || i32::try_from(layout.max_bucket()).is_err() {
         return Err(invalid(format!("dimension {dim} is too large")));
     }
-    if vectors.len() % dim != 0 {
+    if !vectors.len().is_multiple_of(dim) {
         return Err(invalid(format!(
             "{} values are not whole rows of dimension {dim}",
             vectors.len()
