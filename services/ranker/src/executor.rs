@@ -89,11 +89,20 @@ impl<S: DocStore> Ranker<S> {
             // Chunk matches were the ranker's input, not part of the answer.
             clear_chunk_matches(&mut query.chunks);
         }
-        self.matches_fill(&mut request.data).await?;
+        let include_blob = request
+            .parameters
+            .get("include_blob")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
+        self.matches_fill(&mut request.data, include_blob).await?;
         Ok(request)
     }
 
-    async fn matches_fill(&self, queries: &mut [Document]) -> Result<(), ApiError> {
+    async fn matches_fill(
+        &self,
+        queries: &mut [Document],
+        include_blob: bool,
+    ) -> Result<(), ApiError> {
         let mut seen = HashSet::new();
         let ids: Vec<String> = queries
             .iter()
@@ -113,7 +122,7 @@ impl<S: DocStore> Ranker<S> {
             .collect();
         for m in queries.iter_mut().flat_map(|q| &mut q.matches) {
             if let Some(doc) = stored.get(m.id.as_str()) {
-                fill_content(m, doc);
+                fill_content(m, doc, include_blob);
             }
         }
         Ok(())
@@ -152,8 +161,9 @@ fn clear_chunk_matches(chunks: &mut [Document]) {
     }
 }
 
-/// Takes the stored content that the match does not carry already.
-fn fill_content(m: &mut Document, stored: &Document) {
+/// Takes the stored content that the match does not carry already; the blob (image bytes) only
+/// when the request asked for it with `parameters.include_blob`.
+fn fill_content(m: &mut Document, stored: &Document, include_blob: bool) {
     if m.text.is_none() {
         m.text.clone_from(&stored.text);
     }
@@ -163,7 +173,7 @@ fn fill_content(m: &mut Document, stored: &Document) {
     if m.uri.is_none() {
         m.uri.clone_from(&stored.uri);
     }
-    if m.blob.is_none() {
+    if include_blob && m.blob.is_none() {
         m.blob.clone_from(&stored.blob);
     }
 }

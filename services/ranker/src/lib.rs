@@ -5,8 +5,8 @@
 //! each query's chunks by the matched chunk's parent document, aggregates their scores (max,
 //! min, mean or sum, as the seed's `SimpleAggregateRanker`), keeps the best `top_k` documents as
 //! the query's matches, and fills every match with its stored content. Other endpoints pass
-//! through unchanged. The first store is the embedded [`MemoryStore`]; Redis will come behind
-//! the same trait.
+//! through unchanged. Stores: [`EmbeddedStore`] (a redb file in the data directory, the
+//! default), [`RedisStore`] (the seed's choice) and [`MemoryStore`] (nothing kept).
 
 mod aggregate;
 mod executor;
@@ -22,7 +22,7 @@ use flowmesh_shared::server::{self, executor_router, ServeArgs};
 
 pub use aggregate::{aggregate, Aggregation};
 pub use executor::Ranker;
-pub use store::{DocStore, MemoryStore, StoreError};
+pub use store::{DocStore, EmbeddedStore, MemoryStore, RedisStore, StoreError};
 
 /// The service's name in logs, metrics and its `listening on` line.
 pub const SERVICE: &str = "ranker";
@@ -30,6 +30,11 @@ pub const SERVICE: &str = "ranker";
 /// Which document store holds the content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
+    /// A redb file in the data directory (`--data-dir`, else `$FLOWMESH_WORKSPACE`); in memory,
+    /// with a warning, when neither is set.
+    Embedded,
+    /// Redis at `--redis-url`.
+    Redis,
     /// In the ranker's memory; lost when it exits.
     Memory,
 }
@@ -39,8 +44,31 @@ pub enum StoreKind {
 #[command(name = "flowmesh-ranker", version, about = "flowmesh's ranker service")]
 pub struct Config {
     /// Document store.
-    #[arg(long, env = "FLOWMESH_RANKER_STORE", value_enum, default_value_t = StoreKind::Memory)]
+    #[arg(long, env = "FLOWMESH_RANKER_STORE", value_enum, default_value_t = StoreKind::Embedded)]
     pub store: StoreKind,
+    /// The embedded store's directory. Defaults to `$FLOWMESH_WORKSPACE` (set by `flowmesh up`).
+    #[arg(long, env = "FLOWMESH_RANKER_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Redis: where it listens (`redis://host:port/db`).
+    #[arg(
+        long,
+        env = "FLOWMESH_RANKER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis_url: String,
+    /// Redis: the password, if the URL carries none (prefer the environment variable).
+    #[arg(long, env = "FLOWMESH_RANKER_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Redis: prefix of every key, so that several Flows can share one Redis.
+    #[arg(
+        long,
+        env = "FLOWMESH_RANKER_REDIS_PREFIX",
+        default_value = "flowmesh:doc:"
+    )]
+    pub redis_prefix: String,
+    /// Redis: longest wait for a connection or a command before answering 503.
+    #[arg(long, env = "FLOWMESH_RANKER_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: std::time::Duration,
     /// How the scores of a document's matched chunks become the document's score.
     #[arg(long, env = "FLOWMESH_RANKER_AGGREGATION", value_enum, default_value_t = Aggregation::Max)]
     pub aggregation: Aggregation,
@@ -53,30 +81,87 @@ pub struct Config {
     pub serve: ServeArgs,
 }
 
-/// The ranker's routes: `POST /{endpoint}`, `/livez`, `/readyz`, `/metrics`.
+/// The ranker's OpenAPI document, as committed in `openapi/ranker.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    flowmesh_shared::openapi::executor_api(
+        "flowmesh ranker",
+        "Turns chunk matches into document matches and fills them with stored content. \
+         /index and /update store each root document's text, tags, uri and blob; /delete \
+         forgets them; /search groups each query's chunk matches by parent_id, aggregates their \
+         scores (max, min, mean or sum, optionally reversed), keeps top_k documents and fills \
+         them with text, tags and uri (the blob too with parameters.include_blob = true). \
+         503 `unavailable` while the document store (Redis) cannot be reached.",
+    )
+}
+
+/// The ranker's OpenAPI document as pretty JSON.
+pub fn openapi_json() -> String {
+    openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The ranker's routes: `POST /{endpoint}`, `/openapi.json`, `/livez`, `/readyz`, `/metrics`.
 pub fn router<S: DocStore>(
     ranker: Arc<Ranker<S>>,
     readiness: Readiness,
     max_body_bytes: usize,
 ) -> Router {
-    executor_router(SERVICE, ranker, readiness, max_body_bytes, Router::new())
+    let extra = Router::new().route(
+        "/openapi.json",
+        axum::routing::get(|| async { axum::Json(openapi()) }),
+    );
+    executor_router(SERVICE, ranker, readiness, max_body_bytes, extra)
 }
 
 /// The routes of the ranker `config` describes, ready to serve.
 pub fn app(config: &Config) -> anyhow::Result<Router> {
     let readiness = Readiness::ready();
     let max_body_bytes = config.serve.max_body_bytes;
-    let router = match config.store {
-        StoreKind::Memory => {
-            let ranker = Ranker::new(MemoryStore::new(), config.aggregation, config.reverse);
+    let (aggregation, reverse) = (config.aggregation, config.reverse);
+    let data_dir = config
+        .data_dir
+        .clone()
+        .or_else(|| std::env::var_os("FLOWMESH_WORKSPACE").map(std::path::PathBuf::from));
+    let router = match (config.store, data_dir) {
+        (StoreKind::Embedded, Some(dir)) => {
+            let store = EmbeddedStore::open(&dir)?;
+            tracing::info!(dir = %dir.display(), "embedded document store opened");
+            router(
+                Arc::new(Ranker::new(store, aggregation, reverse)),
+                readiness,
+                max_body_bytes,
+            )
+        }
+        (StoreKind::Redis, _) => {
+            let store = RedisStore::new(
+                &config.redis_url,
+                config.redis_password.as_deref(),
+                &config.redis_prefix,
+                config.redis_timeout,
+            )?;
+            tracing::info!(prefix = %config.redis_prefix, "Redis document store configured");
+            router(
+                Arc::new(Ranker::new(store, aggregation, reverse)),
+                readiness,
+                max_body_bytes,
+            )
+        }
+        (StoreKind::Embedded, None) | (StoreKind::Memory, _) => {
+            if config.store == StoreKind::Embedded {
+                tracing::warn!(
+                    "no --data-dir (nor FLOWMESH_WORKSPACE): documents are kept in memory only"
+                );
+            }
+            let ranker = Ranker::new(MemoryStore::new(), aggregation, reverse);
             router(Arc::new(ranker), readiness, max_body_bytes)
         }
     };
     tracing::info!(
         store = ?config.store,
-        aggregation = ?config.aggregation,
-        reverse = config.reverse,
-        "document store opened"
+        aggregation = ?aggregation,
+        reverse,
+        "ranker configured"
     );
     Ok(router)
 }

@@ -154,6 +154,18 @@ async fn matches_are_filled_from_the_store_and_chunk_matches_cleared() {
     );
     let b = matches.iter().find(|m| m["id"] == "b").expect("b");
     assert_eq!(b["uri"], "data:text/plain,beta");
+    assert!(b.get("blob").is_none(), "blobs only on request: {b}");
+    // With `include_blob`, the stored blob comes too.
+    let mut asking = query(10);
+    asking["parameters"]["include_blob"] = json!(true);
+    let (_, with_blob) = post(&app, "search", &asking).await;
+    let b = with_blob["data"][0]["matches"]
+        .as_array()
+        .expect("matches")
+        .iter()
+        .find(|m| m["id"] == "b")
+        .expect("b")
+        .clone();
     assert_eq!(b["blob"], "YmV0YQ==");
     let orphan = matches
         .iter()
@@ -239,4 +251,22 @@ async fn documents_without_ids_are_refused_and_other_endpoints_pass_through() {
     let (status, out) = post(&app, "custom", &body).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(out["data"], body["data"]);
+}
+
+/// `openapi/ranker.json` is generated from the code; run with `UPDATE_OPENAPI=1` to refresh it.
+#[test]
+fn committed_openapi_matches_the_code() {
+    let generated = flowmesh_ranker::openapi_json();
+    flowmesh_shared::testing::assert_openapi_committed(
+        env!("CARGO_MANIFEST_DIR"),
+        "ranker.json",
+        &generated,
+        "flowmesh-ranker",
+    );
+    for path in ["/{endpoint}", "/livez", "/readyz", "/metrics"] {
+        assert!(
+            generated.contains(&format!("\"{path}\"")),
+            "{path} is documented"
+        );
+    }
 }

@@ -1,13 +1,29 @@
 //! Document stores: where the ranker keeps the content that fills matches.
 //!
-//! The [`DocStore`] trait is async so that a networked store (Redis) fits behind it as well as
-//! the embedded [`MemoryStore`].
+//! The [`DocStore`] trait is async so that a networked store ([`RedisStore`]) fits behind it as
+//! well as the embedded ones ([`EmbeddedStore`] on disk, [`MemoryStore`] for throwaway runs).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{PoisonError, RwLock};
 
 use flowmesh_shared::Document;
+
+mod embedded;
+mod redis;
+
+pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
+
+/// A stored document's bytes (MessagePack, field names kept so that later fields can be added).
+fn encode(doc: &Document) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(doc).map_err(|e| StoreError::Unavailable(format!("encoding: {e}")))
+}
+
+fn decode(bytes: &[u8]) -> Result<Document, StoreError> {
+    rmp_serde::from_slice(bytes)
+        .map_err(|e| StoreError::Unavailable(format!("a stored document is unreadable: {e}")))
+}
 
 /// Why a store operation failed. Every variant is a fault of the mesh, not of the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
