@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +12,9 @@ use axum::Router;
 use clap::Parser;
 use flowmesh_ranker::{app, DocStore, EmbeddedStore, MemoryStore, RedisStore, StoreError};
 use flowmesh_shared::testing::post;
+use flowmesh_shared::testing::RedisServer;
 use flowmesh_shared::Document;
 use serde_json::json;
-use support::RedisServer;
 
 fn doc(id: &str, text: &str) -> Document {
     Document {

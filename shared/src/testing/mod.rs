@@ -66,3 +66,7 @@ pub fn assert_openapi_committed(manifest_dir: &str, file: &str, generated: &str,
         "openapi/{file} is out of date; regenerate it with `UPDATE_OPENAPI=1 cargo test -p {package}`"
     );
 }
+
+mod redis;
+
+pub use redis::RedisServer;

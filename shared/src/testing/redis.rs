@@ -1,7 +1,8 @@
-//! A real `redis-server` for tests, on a Unix socket in a directory of the test's own (no TCP
-//! port at all), that can be stopped and started again on the same socket and data.
+//! A real `redis-server` for tests (feature `testing`), on a Unix socket in a directory of the
+//! test's own (no TCP port at all), that can be stopped and started again on the same socket and
+//! data. The binary is `redis-server` on the `PATH`, or `$FLOWMESH_REDIS_SERVER`.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
