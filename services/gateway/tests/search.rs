@@ -1,0 +1,228 @@
+//! Search end to end: `flowmesh up` with the shipped Flows, real models (MiniLM, MobileNetV2 on
+//! ONNX Runtime, from `models/prepare.sh`), real indexer shards and the ranker with each
+//! document store (embedded redb, and Redis through a `redis-server` the test starts).
+//! Needs the service binaries (`cargo build --workspace --bins`) and the prepared models, which
+//! the test command provides.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use flowmesh_shared::testing::RedisServer;
+use serde_json::{json, Value};
+use support::Http;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// A Flow started by `flowmesh up`.
+struct Mesh {
+    child: Child,
+    gateway: String,
+}
+
+impl Mesh {
+    async fn up(flow: &Path, workspace: &Path, env: &[(&str, String)]) -> Self {
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_flowmesh"));
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("up")
+            .arg(flow)
+            .args(["--listen", "127.0.0.1:0", "--workspace"])
+            .arg(workspace)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let gateway = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.strip_prefix("gateway: ") {
+                    return url.to_owned();
+                }
+            }
+            panic!("flowmesh up exited before serving (models prepared? binaries built?)");
+        })
+        .await
+        .expect("flowmesh up serves within two minutes");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, gateway }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.gateway)
+    }
+
+    /// SIGTERM, and wait for every process to stop.
+    async fn down(mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id().unwrap()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("stopped in time")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+
+    async fn post(&self, http: &Http, endpoint: &str, body: &Value) -> Value {
+        let r = http.post(&self.url(endpoint), body).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{endpoint}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json()
+    }
+
+    /// The matches of a one-query search: (id, text).
+    async fn search(&self, http: &Http, text: &str, top_k: usize) -> Vec<(String, Value)> {
+        let answer = self
+            .post(
+                http,
+                "search",
+                &json!({"data": [{"text": text}], "parameters": {"top_k": top_k}}),
+            )
+            .await;
+        let matches = answer["data"][0]["matches"].as_array().unwrap().clone();
+        assert!(
+            matches.len() <= top_k,
+            "more than top_k = {top_k}: {answer}"
+        );
+        matches
+            .into_iter()
+            .map(|m| (m["id"].as_str().unwrap().to_owned(), m["text"].clone()))
+            .collect()
+    }
+}
+
+const CORPUS: &[(&str, &str)] = &[
+    ("horse", "A man is riding a white horse on the beach. The sun sets behind him. Gulls cry over the water."),
+    ("pasta", "She cooks pasta for dinner tonight. The kitchen smells of garlic and basil. Her friends arrive at eight."),
+    ("rain", "Heavy rain falls on the quiet city. The streets shine under the lamps. Nobody is outside."),
+    ("guitar", "The boy plays an old guitar in the park. A small crowd gathers to listen. He sings a folk song."),
+    ("code", "The engineers fixed a bug in the database driver. Queries are fast again. The release ships tomorrow."),
+    ("football", "The team scored a late goal to win the match. Fans celebrated in the stadium. The coach was proud."),
+    ("garden", "Tomatoes and beans grow in the small garden. The old woman waters them every morning. Bees visit the flowers."),
+    ("train", "The night train to Vienna leaves at ten. Passengers sleep in narrow bunks. It arrives at dawn."),
+];
+
+/// Queries phrased differently from any sentence of the corpus, and the document each must find.
+const QUERIES: &[(&str, &str)] = &[
+    ("a person rides a horse", "horse"),
+    ("someone is making an italian meal", "pasta"),
+    ("a storm over the town at night", "rain"),
+    ("a child performing music outdoors", "guitar"),
+    ("software developers repaired a defect", "code"),
+    ("a soccer victory", "football"),
+    ("vegetables growing in a backyard", "garden"),
+    ("travelling by rail overnight", "train"),
+];
+
+async fn text_search_end_to_end(env: &[(&str, String)], name: &str) {
+    let dir = std::env::temp_dir().join(format!("flowmesh-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let flow = repo_file("flows/text.yml");
+    let http = Http::new();
+    let mesh = Mesh::up(&flow, &dir, env).await;
+
+    let data: Vec<Value> = CORPUS
+        .iter()
+        .map(|(id, text)| json!({"id": id, "text": text, "tags": {"topic": id}}))
+        .collect();
+    mesh.post(&http, "index", &json!({ "data": data })).await;
+
+    for (query, expected) in QUERIES {
+        let matches = mesh.search(&http, query, 3).await;
+        assert_eq!(matches[0].0, *expected, "{query:?} -> {matches:?}");
+        let text = CORPUS.iter().find(|(id, _)| id == expected).unwrap().1;
+        assert_eq!(matches[0].1, text, "the match carries its stored text");
+    }
+    for top_k in [1, 2, 5] {
+        let matches = mesh.search(&http, "people outside", top_k).await;
+        assert!(!matches.is_empty() && matches.len() <= top_k);
+    }
+
+    // Delete: the horse document is gone from every answer.
+    mesh.post(&http, "delete", &json!({"data": [{"id": "horse"}]}))
+        .await;
+    let matches = mesh.search(&http, "a person rides a horse", 8).await;
+    assert!(matches.iter().all(|(id, _)| id != "horse"), "{matches:?}");
+    // Update: the train document is now about a cat.
+    let cat = "A grey cat sleeps on the warm windowsill. It purrs in the afternoon sun.";
+    mesh.post(
+        &http,
+        "update",
+        &json!({"data": [{"id": "train", "text": cat}]}),
+    )
+    .await;
+    let matches = mesh
+        .search(&http, "a kitten napping by the window", 3)
+        .await;
+    assert_eq!(matches[0], ("train".to_owned(), json!(cat)), "{matches:?}");
+    let matches = mesh.search(&http, "travelling by rail overnight", 3).await;
+    assert_ne!(
+        matches[0].0, "train",
+        "the old text is not indexed any more"
+    );
+
+    // Stop every process and start them again: everything is still there.
+    mesh.down().await;
+    let mesh = Mesh::up(&flow, &dir, env).await;
+    for (query, expected) in QUERIES
+        .iter()
+        .filter(|(_, id)| *id != "horse" && *id != "train")
+    {
+        let matches = mesh.search(&http, query, 3).await;
+        assert_eq!(
+            matches[0].0, *expected,
+            "after restart: {query:?} -> {matches:?}"
+        );
+    }
+    let matches = mesh.search(&http, "a person rides a horse", 8).await;
+    assert!(
+        matches.iter().all(|(id, _)| id != "horse"),
+        "deleted stays deleted"
+    );
+    let matches = mesh
+        .search(&http, "a kitten napping by the window", 3)
+        .await;
+    assert_eq!(
+        matches[0],
+        ("train".to_owned(), json!(cat)),
+        "updated stays updated"
+    );
+    mesh.down().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_search_with_the_embedded_store() {
+    text_search_end_to_end(&[("FLOWMESH_RANKER_STORE", "embedded".into())], "embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_search_with_the_redis_store() {
+    let redis = RedisServer::start("e2e-text", Some("e2e-pass"));
+    text_search_end_to_end(
+        &[
+            ("FLOWMESH_RANKER_STORE", "redis".into()),
+            ("FLOWMESH_RANKER_REDIS_URL", redis.url()),
+            ("FLOWMESH_RANKER_REDIS_PASSWORD", "e2e-pass".into()),
+        ],
+        "redis",
+    )
+    .await;
+    drop(redis);
+}
