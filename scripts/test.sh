@@ -16,19 +16,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "system packages"
-need=()
-command -v cc >/dev/null 2>&1 || need+=(gcc)
-command -v c++ >/dev/null 2>&1 || need+=(g++)
-python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
-command -v flock >/dev/null 2>&1 || need+=(util-linux)
-# faiss (feature `static`) builds its C++ with cmake and links OpenBLAS (and libgomp/gfortran).
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
-# The ranker's Redis store is tested against a real redis-server (started by the tests).
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+scripts/system-packages.sh --test
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add rustfmt clippy
 fi

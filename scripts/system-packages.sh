@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages flowmesh needs to build and run, when they are missing:
+#   scripts/system-packages.sh          # building and running (compilers, cmake, OpenBLAS, venv)
+#   scripts/system-packages.sh --test   # and what the tests need besides (redis-server)
+# Uses apt-get (as root, or through sudo when it is there).
+set -euo pipefail
+
+need=()
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+command -v flock >/dev/null 2>&1 || need+=(util-linux)
+# faiss (feature `static`) builds its C++ with cmake and links OpenBLAS (and libgomp/gfortran).
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
+if [[ "${1:-}" == "--test" ]]; then
+  # The ranker's Redis store is tested against a real redis-server (started by the tests).
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+fi
+if ((${#need[@]})); then
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  echo "installing: ${need[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}"
+fi
