@@ -32,6 +32,9 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("unknown endpoint {0:?}")]
     UnknownEndpoint(String),
+    /// The request names something that does not exist (updating an unknown document).
+    #[error("{0}")]
+    NotFound(String),
     /// The endpoint exists but not with this method.
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed {
@@ -85,7 +88,7 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            Self::UnknownEndpoint(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Rejected { status, .. } => {
@@ -104,6 +107,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnknownEndpoint(_) => "unknown_endpoint",
+            Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Overloaded(_) => "overloaded",
             Self::Rejected { kind, .. } => kind,

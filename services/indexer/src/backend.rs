@@ -98,6 +98,12 @@ pub enum IndexError {
         /// The embedding's.
         got: usize,
     },
+    /// `update` names a document the shard does not hold; nothing was changed.
+    #[error("document {id:?} is not in the index; use /index to add it")]
+    UnknownId {
+        /// The document's id.
+        id: String,
+    },
     /// The write could not be made durable (the data directory failed); nothing was changed.
     #[error("cannot write to the shard's data directory: {0}")]
     Storage(String),
@@ -127,4 +133,7 @@ pub trait VectorIndex: Send + Sync + 'static {
     /// Removes the entries with these ids, and the stored chunks of these ids (recursively);
     /// unknown ids are ignored. Returns how many entries were removed.
     fn delete(&self, ids: &[&str]) -> Result<usize, IndexError>;
+
+    /// Whether an entry with this id, or a chunk whose parent it is, is stored.
+    fn contains(&self, id: &str) -> bool;
 }

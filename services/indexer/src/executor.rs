@@ -17,6 +17,7 @@ impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
         match e {
             IndexError::Storage(_) => ApiError::Internal(e.to_string()),
+            IndexError::UnknownId { .. } => ApiError::NotFound(e.to_string()),
             _ => ApiError::BadRequest(e.to_string()),
         }
     }
@@ -46,7 +47,8 @@ impl Indexer {
 impl Executor for Indexer {
     async fn call(&self, endpoint: &str, request: Envelope) -> Result<Envelope, ApiError> {
         let operation: Operation = match endpoint {
-            "index" | "update" => documents_upsert,
+            "index" => documents_upsert,
+            "update" => documents_update,
             "search" => matches_search,
             "delete" => documents_delete,
             _ => return Ok(request),
@@ -88,8 +90,18 @@ fn leaf_count(doc: &Document) -> usize {
     }
 }
 
-/// `index` and `update`: stores the leaves of every document, replacing what was stored of it.
+/// `index`: stores the leaves of every document, replacing what was stored of it.
 fn documents_upsert(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, IndexError> {
+    store(index, request, false)
+}
+
+/// Stores the leaves of every document (checked first), replacing what was stored of it; with
+/// `must_exist`, only documents the shard holds.
+fn store(
+    index: &dyn VectorIndex,
+    request: Envelope,
+    must_exist: bool,
+) -> Result<Envelope, IndexError> {
     let mut roots = Vec::with_capacity(request.data.len());
     let mut entries = Vec::with_capacity(request.data.len());
     for (position, doc) in request.data.iter().enumerate() {
@@ -99,6 +111,13 @@ fn documents_upsert(index: &dyn VectorIndex, request: Envelope) -> Result<Envelo
         roots.push(doc.id.as_str());
         leaf_entries(doc, None, &mut entries)?;
     }
+    if must_exist {
+        if let Some(id) = roots.iter().find(|id| !index.contains(id)) {
+            return Err(IndexError::UnknownId {
+                id: (*id).to_owned(),
+            });
+        }
+    }
     index.upsert(&roots, &entries)?;
     tracing::debug!(
         documents = roots.len(),
@@ -106,6 +125,12 @@ fn documents_upsert(index: &dyn VectorIndex, request: Envelope) -> Result<Envelo
         "documents stored"
     );
     Ok(request)
+}
+
+/// `update`: as `index`, for documents the shard holds already (404 naming the first that
+/// it does not; nothing is changed then).
+fn documents_update(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, IndexError> {
+    store(index, request, true)
 }
 
 /// `search`: sets the `matches` of every query document, or of its leaf chunks.

@@ -116,6 +116,11 @@ impl VectorIndex for FlatIndex {
     fn delete(&self, ids: &[&str]) -> Result<usize, IndexError> {
         Ok(self.delete_tracked(ids).len())
     }
+
+    fn contains(&self, id: &str) -> bool {
+        let rows = self.read();
+        rows.row_of.contains_key(id) || rows.children.contains_key(id)
+    }
 }
 
 impl FlatIndex {

@@ -327,6 +327,10 @@ impl VectorIndex for Shard {
         }
     }
 
+    fn contains(&self, id: &str) -> bool {
+        self.inner.all.contains(id)
+    }
+
     fn delete(&self, ids: &[&str]) -> Result<usize, IndexError> {
         let (removed, log_bytes) = {
             let mut writer = self.inner.writer();
@@ -350,6 +354,11 @@ impl VectorIndex for Shard {
 }
 
 impl Shard {
+    /// Whether the shard holds `id` (an entry, or the parent of stored chunks).
+    pub fn holds(&self, id: &str) -> bool {
+        self.inner.all.contains(id)
+    }
+
     /// The metric.
     pub fn metric(&self) -> Metric {
         self.inner.metric

@@ -316,3 +316,26 @@ async fn openapi_is_served() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["info"]["title"], "flowmesh indexer");
 }
+
+#[tokio::test]
+async fn updating_an_unknown_document_is_a_404_naming_it() {
+    let app = indexer(&[]);
+    index_three(&app).await;
+    let body = json!({"data": [doc("a", &[0.0, 0.0, 1.0]), doc("nope", &[1.0, 1.0, 1.0])]});
+    let (status, out) = post(&app, "update", &body).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{out}");
+    assert_eq!(out["kind"], "not_found");
+    assert!(
+        out["error"].as_str().expect("message").contains("\"nope\""),
+        "{out}"
+    );
+    // Nothing changed: "a" still answers for its old vector.
+    let (_, found) = post(
+        &app,
+        "search",
+        &json!({"data": [doc("q", &[1.0, 0.0, 0.0])]}),
+    )
+    .await;
+    assert_eq!(ids(&found["data"][0])[0], "a");
+    assert_eq!(stats(&app).await["count"], 3);
+}
