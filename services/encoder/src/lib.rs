@@ -10,10 +10,13 @@
 //! same trait.
 
 mod batcher;
+pub mod decode;
 mod executor;
 mod http;
 pub mod model;
 mod onnx;
+pub mod preprocess;
+mod resize;
 
 use std::future::Future;
 use std::path::PathBuf;
