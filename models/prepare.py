@@ -353,13 +353,13 @@ def main():
         "input": {"name": "input", "dtype": "float32", "layout": "NHWC", "shape": ["batch", 224, 224, 3]},
         "output": {"name": "embedding", "dtype": "float32", "shape": ["batch", ch]},
         "dim": ch,
+        # What the encoder does before the graph (services/encoder/src/preprocess.rs): stretch to
+        # size x size with `bilinear` (half-pixel centres, no antialiasing, float result: the
+        # reference's bilinear_half_pixel_no_antialias_float), RGB order, then x/127.5-1.
         "size": 224,
         "channels": "RGB",
-        "resize": "stretch to 224x224 (no crop, aspect not kept), bilinear; references exist for two "
-                  "variants, pick one and compare with its reference: bilinear_half_pixel_no_antialias_float "
-                  "(recommended, exactly reproducible) or pil_bilinear (PIL Image.BILINEAR, antialiased)",
+        "resize": "bilinear",
         "preprocess": "x/127.5-1",
-        "preprocess_in_graph": False,
         "normalize": False,
     })
     print(f"wrote {idir}/model.onnx ({os.path.getsize(os.path.join(idir, 'model.onnx')) >> 20} MiB)")

@@ -1,35 +1,50 @@
 //! `flowmesh-bench encoder`: the encoder service's throughput over HTTP against the raw
 //! throughput of its model in-process, on the same machine and the same model settings.
 //!
-//! Raw: one thread embeds batches of `--raw-batch` texts back to back. Service: `flowmesh-encoder`
-//! with the same flags serves `POST /encode` to closed-loop clients at each concurrency, with
-//! requests of each size. Every answer must hold one embedding per text.
+//! Raw: one thread runs the model on batches of `--raw-batch` inputs back to back (texts, or
+//! images already decoded, resized and normalised: the model call alone), for the same duration
+//! just before each service row. Service: `flowmesh-encoder` with the same flags serves
+//! `POST /encode` to closed-loop clients at each concurrency, with requests of each size; for an
+//! image model each image is a JPEG sent as base64, decoded and prepared by the service. Every
+//! answer must hold one embedding per input of the model's dimension.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Parser as _;
+use flowmesh_encoder::{Batch, ImageTensor, Modality, Model};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::launch::Launched;
 use crate::load;
+use crate::workload::Workload;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct EncoderArgs {
     /// Concurrencies, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     concurrency: Vec<usize>,
-    /// Texts per request, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,50")]
-    texts_per_request: Vec<usize>,
-    /// Seconds of each measurement.
+    /// Inputs (texts or images) per request, comma separated.
+    #[arg(
+        long,
+        alias = "texts-per-request",
+        value_delimiter = ',',
+        default_value = "1,50"
+    )]
+    per_request: Vec<usize>,
+    /// Seconds of each measurement (a phase ends when the requests sent by then are answered).
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
-    /// Texts per model call in the raw loop.
+    /// Inputs per model call in the raw loop.
     #[arg(long, default_value_t = 32)]
     raw_batch: usize,
+    /// Side of the generated JPEG images, in pixels (image models).
+    #[arg(long, default_value_t = 224)]
+    image_side: u32,
     /// Where to write the JSON results.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -39,128 +54,79 @@ pub(crate) struct EncoderArgs {
     encoder: Vec<String>,
 }
 
-const WORDS: &[&str] = &[
-    "the",
-    "a",
-    "search",
-    "engine",
-    "finds",
-    "similar",
-    "documents",
-    "quickly",
-    "while",
-    "people",
-    "walk",
-    "along",
-    "quiet",
-    "river",
-    "under",
-    "bright",
-    "summer",
-    "light",
-    "and",
-    "talk",
-    "about",
-    "music",
-    "horses",
-    "mountains",
-    "cities",
-    "with",
-    "old",
-    "stone",
-    "bridges",
-];
-
-/// A sentence of 8 to 24 words, the same for the same `i`.
-fn sentence(i: usize) -> String {
-    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let n = 8 + (next() % 17) as usize;
-    (0..n)
-        .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
     let argv = std::iter::once("flowmesh-encoder".to_owned()).chain(args.encoder.iter().cloned());
     let config = flowmesh_encoder::Config::try_parse_from(argv)?;
     let model = config.model()?;
+    let workload = Arc::new(match model.modality() {
+        Modality::Text => Workload::texts(),
+        Modality::Image(spec) => Workload::images(
+            &spec,
+            args.image_side,
+            config.max_image_pixels,
+            &args.per_request,
+        )?,
+    });
+    let unit = workload.unit();
+    if workload.prepare_seconds() > 0.0 {
+        eprintln!(
+            "preparing one image (base64, decoding, resizing, normalising): {:.2} ms",
+            workload.prepare_seconds() * 1e3
+        );
+    }
     let duration = Duration::from_secs(args.duration_secs);
-
     let raw_batch = args.raw_batch.max(1);
-    eprintln!(
-        "raw model throughput, batches of {raw_batch}, {}s ...",
-        args.duration_secs
-    );
-    let raw = tokio::task::spawn_blocking(move || {
-        let texts: Vec<String> = (0..4096).map(sentence).collect();
-        let start = Instant::now();
-        let mut done = 0usize;
-        let mut i = 0usize;
-        while start.elapsed() < duration {
-            let batch: Vec<&str> = (0..raw_batch)
-                .map(|j| texts[(i + j) % texts.len()].as_str())
-                .collect();
-            let out = model.embed(&batch).expect("the model embeds the batch");
-            assert_eq!(out.len(), batch.len(), "one embedding per text");
-            done += batch.len();
-            i += raw_batch;
-        }
-        done as f64 / start.elapsed().as_secs_f64()
-    })
-    .await?;
-    eprintln!("raw: {raw:.0} texts/s");
-
     let service = Launched::service("flowmesh-encoder", &args.encoder).await?;
     let client = load::http_client();
     let url = format!("{}/encode", service.base);
     let mut rows = Vec::new();
-    for &per_request in &args.texts_per_request {
+    for &per_request in &args.per_request {
+        // One request of the size first: the model's first calls at a new batch size are slow.
+        let warm = load::post(&client, &url, workload.body(0, per_request)).await?;
+        anyhow::ensure!(
+            warm.status == 200,
+            "warm-up: status {}: {}",
+            warm.status,
+            String::from_utf8_lossy(&warm.body)
+        );
         for &c in &args.concurrency {
+            // The raw model just before each row (the service idle meanwhile), so that each ratio
+            // compares phases seconds apart: this machine's speed drifts by tens of percent.
+            let raw = {
+                let (model, workload) = (model.clone(), workload.clone());
+                tokio::task::spawn_blocking(move || {
+                    raw_throughput(model.as_ref(), &workload, raw_batch, duration)
+                })
+                .await??
+            };
+            let bodies = workload.clone();
             let m = load::run(
                 &client,
                 &url,
                 c,
                 usize::MAX,
                 duration,
-                move |i| {
-                    let texts: Vec<String> = (0..per_request)
-                        .map(|j| sentence(i * per_request + j))
-                        .collect();
-                    Bytes::from(json!({ "texts": texts }).to_string())
-                },
+                move |i| bodies.body(i, per_request),
                 move |body| check(body, per_request),
             )
             .await;
-            let mut lat = m.latencies.clone();
-            lat.sort_by(f64::total_cmp);
-            let texts_per_s = (lat.len() * per_request) as f64 / m.elapsed.as_secs_f64();
-            eprintln!("{per_request} texts/request, concurrency {c}: {texts_per_s:.0} texts/s ({:.0}% of raw), errors {}", 100.0 * texts_per_s / raw, m.errors);
-            rows.push(json!({
-                "texts_per_request": per_request,
-                "concurrency": c,
-                "requests": lat.len(),
-                "errors": m.errors,
-                "error_samples": m.error_samples,
-                "texts_per_s": texts_per_s,
-                "of_raw": texts_per_s / raw,
-                "p50_ms": load::quantile(&lat, 0.5) * 1e3,
-                "p99_ms": load::quantile(&lat, 0.99) * 1e3,
-            }));
+            let row = row(per_request, c, raw, &m);
+            eprintln!(
+                "{per_request} {unit}/request, concurrency {c}: {:.1} {unit}/s, raw {raw:.1} ({:.0}%), errors {}",
+                row["per_s"].as_f64().unwrap_or(0.0),
+                100.0 * row["of_raw"].as_f64().unwrap_or(0.0),
+                m.errors
+            );
+            rows.push(row);
         }
     }
     service.stop().await;
     let result = json!({
         "benchmark": "encoder",
         "encoder_flags": args.encoder,
+        "unit": unit,
         "raw_batch": raw_batch,
-        "raw_texts_per_s": raw,
+        "prepare_ms_per_input": workload.prepare_seconds() * 1e3,
         "service": rows,
     });
     println!("{}", table(&result));
@@ -172,36 +138,105 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An answer must hold `n` embeddings of the same length.
+/// One row of results: the service's phase `m` against the raw throughput `raw`.
+fn row(per_request: usize, concurrency: usize, raw: f64, m: &load::Measured) -> Value {
+    let mut lat = m.latencies.clone();
+    lat.sort_by(f64::total_cmp);
+    let per_s = (lat.len() * per_request) as f64 / m.elapsed.as_secs_f64();
+    json!({
+        "per_request": per_request,
+        "concurrency": concurrency,
+        "requests": lat.len(),
+        "seconds": m.elapsed.as_secs_f64(),
+        "errors": m.errors,
+        "error_samples": m.error_samples,
+        "per_s": per_s,
+        "raw_per_s": raw,
+        "of_raw": per_s / raw,
+        "p50_ms": load::quantile(&lat, 0.5) * 1e3,
+        "p99_ms": load::quantile(&lat, 0.99) * 1e3,
+    })
+}
+
+/// Inputs per second of `model` on batches of `batch` back to back for `duration`, after one
+/// untimed call.
+fn raw_throughput(
+    model: &dyn Model,
+    workload: &Workload,
+    batch: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    // One batch of images, made once: the model stacks its tensors into one input each call,
+    // as it does for the service.
+    let images: Vec<ImageTensor> = match workload {
+        Workload::Images { tensors, .. } => (0..batch)
+            .map(|j| tensors[j % tensors.len()].clone())
+            .collect(),
+        Workload::Texts { .. } => Vec::new(),
+    };
+    let call = |i: usize| -> anyhow::Result<()> {
+        let out = match workload {
+            Workload::Texts { texts } => {
+                let batch: Vec<&str> = (0..batch)
+                    .map(|j| texts[(i + j) % texts.len()].as_str())
+                    .collect();
+                model.embed(Batch::Texts(&batch))?
+            }
+            Workload::Images { .. } => model.embed(Batch::Images(&images))?,
+        };
+        anyhow::ensure!(out.len() == batch, "one embedding per input");
+        Ok(())
+    };
+    call(0)?;
+    let start = Instant::now();
+    let mut done = 0usize;
+    while start.elapsed() < duration {
+        call(done)?;
+        done += batch;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+/// What `check` reads of an answer: the embeddings' lengths, without converting the floats.
+#[derive(Deserialize)]
+struct Answer {
+    dim: usize,
+    embeddings: Vec<Vec<IgnoredAny>>,
+}
+
+/// An answer must hold `n` embeddings of `dim` values.
 fn check(body: &[u8], n: usize) -> Result<(), String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
-    let embeddings = v["embeddings"].as_array().ok_or("no embeddings")?;
-    if embeddings.len() != n {
-        return Err(format!("{} embeddings for {n} texts", embeddings.len()));
+    let a: Answer = serde_json::from_slice(body).map_err(|e| format!("bad answer: {e}"))?;
+    if a.embeddings.len() != n {
+        return Err(format!("{} embeddings for {n} inputs", a.embeddings.len()));
+    }
+    if let Some(e) = a.embeddings.iter().find(|e| e.len() != a.dim) {
+        return Err(format!("an embedding of {} values, dim {}", e.len(), a.dim));
     }
     Ok(())
 }
 
 fn table(result: &Value) -> String {
+    let unit = result["unit"].as_str().unwrap_or("inputs");
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "raw model: {:.0} texts/s (batches of {})\n",
-        result["raw_texts_per_s"].as_f64().unwrap_or(0.0),
+        "raw model: batches of {}, measured just before each row\n",
         result["raw_batch"]
     );
     let _ = writeln!(
         s,
-        "| texts/request | concurrency | texts/s | of raw | p50 ms | p99 ms | errors |"
+        "| {unit}/request | concurrency | {unit}/s | raw {unit}/s | of raw | p50 ms | p99 ms | errors |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in result["service"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0}% | {:.2} | {:.2} | {} |",
-            r["texts_per_request"],
+            "| {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} | {} |",
+            r["per_request"],
             r["concurrency"],
-            r["texts_per_s"].as_f64().unwrap_or(0.0),
+            r["per_s"].as_f64().unwrap_or(0.0),
+            r["raw_per_s"].as_f64().unwrap_or(0.0),
             100.0 * r["of_raw"].as_f64().unwrap_or(0.0),
             r["p50_ms"].as_f64().unwrap_or(f64::NAN),
             r["p99_ms"].as_f64().unwrap_or(f64::NAN),

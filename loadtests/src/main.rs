@@ -4,7 +4,8 @@
 //! (hash encoder, in-memory brute-force index, ranker), indexed with short texts and then
 //! searched at several concurrencies, reporting requests/s, latency percentiles and the time
 //! spent in each executor (from the gateway's `Server-Timing` header). `flowmesh-bench encoder`
-//! compares the encoder service's throughput with its model's raw throughput.
+//! compares the encoder service's throughput with its model's raw throughput, for a text or an
+//! image model.
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
@@ -14,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod encoder;
 mod launch;
 mod load;
+mod workload;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

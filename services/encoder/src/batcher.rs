@@ -1,12 +1,14 @@
 //! Batching across callers: requests from many clients are gathered into batches and run on
 //! inference threads of their own, off the async threads.
 //!
-//! Each request's texts are one job in a bounded queue; a full queue refuses the job (the service
-//! answers 429). An inference thread takes the queue, gathers jobs until the batch holds
-//! `max_batch` texts or `max_tokens` tokens or `max_wait` has passed since its first job (with a
-//! zero wait it takes what is already queued, so batches grow by themselves under load), hands the
-//! queue to the next thread and runs the model. A job whose caller has gone is dropped unrun. A job
-//! larger than a batch runs alone.
+//! Each request's texts, or its prepared images, are one job in a bounded queue; a full queue
+//! refuses the job (the service answers 429). An inference thread takes the queue, gathers jobs
+//! until the batch holds `max_batch` inputs or (texts only) `max_tokens` tokens or `max_wait` has
+//! passed since its first job (with a zero wait it takes what is already queued, so batches grow by
+//! themselves under load), hands the queue to the next thread and runs the model. A batch holds
+//! inputs of one kind. A job whose caller has gone is dropped unrun. A text job larger than a batch
+//! runs alone; images are split into jobs of at most `max_batch`, since an image model's memory
+//! grows with the batch (MobileNetV2: several MB of activations per 224x224 image).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,16 +18,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::model::Model;
+use crate::model::{Batch, Inputs, Model};
+use crate::preprocess::ImageTensor;
 
 /// How batches are formed.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
     /// Inference threads.
     pub workers: usize,
-    /// Most texts in one model call.
+    /// Most inputs (texts or images) in one model call.
     pub max_batch: usize,
-    /// Most tokens (as the model counts them) in one model call.
+    /// Most tokens (as the model counts them) in one model call of texts.
     pub max_tokens: usize,
     /// Longest wait for more jobs after the first job of a batch.
     pub max_wait: Duration,
@@ -50,7 +53,8 @@ pub enum BatchError {
 type Reply = Result<Vec<Vec<f32>>, BatchError>;
 
 struct Job {
-    texts: Vec<String>,
+    inputs: Inputs,
+    /// The job's share of the token budget (0 for images).
     tokens: usize,
     reply: oneshot::Sender<Reply>,
 }
@@ -67,6 +71,7 @@ pub(crate) struct Batcher {
     queued: Arc<AtomicUsize>,
     model: Arc<dyn Model>,
     capacity: usize,
+    max_batch: usize,
 }
 
 impl Batcher {
@@ -88,18 +93,51 @@ impl Batcher {
             queued,
             model,
             capacity,
+            max_batch: config.max_batch.max(1),
         })
     }
 
-    /// Embeds `texts` in whatever batch they land in. Dropping the future before the job runs
+    /// Embeds `inputs` in whatever batches they land in. Dropping the future before the job runs
     /// withdraws it.
-    pub(crate) async fn embed(&self, texts: Vec<String>) -> Reply {
-        let tokens = texts.iter().map(|t| self.model.tokens(t)).sum();
+    pub(crate) async fn embed(&self, inputs: Inputs) -> Reply {
+        match inputs {
+            Inputs::Images(images) if images.len() > self.max_batch => {
+                self.embed_images_split(images).await
+            }
+            inputs => self
+                .submit(inputs)?
+                .await
+                .unwrap_or(Err(BatchError::Stopped)),
+        }
+    }
+
+    /// Images in jobs of at most `max_batch`, all queued at once (so they can run back to back)
+    /// and answered in order. If one is refused, the ones already queued are withdrawn.
+    async fn embed_images_split(&self, mut images: Vec<ImageTensor>) -> Reply {
+        let mut answers = Vec::with_capacity(images.len().div_ceil(self.max_batch));
+        while !images.is_empty() {
+            let rest = images.split_off(self.max_batch.min(images.len()));
+            answers.push(self.submit(Inputs::Images(images))?);
+            images = rest;
+        }
+        let mut embeddings = Vec::new();
+        for answer in answers {
+            embeddings.extend(answer.await.unwrap_or(Err(BatchError::Stopped))?);
+        }
+        Ok(embeddings)
+    }
+
+    /// Queues one job; the receiver of its answer.
+    fn submit(&self, inputs: Inputs) -> Result<oneshot::Receiver<Reply>, BatchError> {
+        let tokens = match &inputs {
+            Inputs::Texts(texts) => texts.iter().map(|t| self.model.tokens(t)).sum(),
+            Inputs::Images(_) => 0,
+        };
         let (reply, answer) = oneshot::channel();
         // Counted before it is sent, so that the thread taking it can never count it out first.
         let depth = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
         let refused = match self.tx.try_send(Job {
-            texts,
+            inputs,
             tokens,
             reply,
         }) {
@@ -112,7 +150,7 @@ impl Batcher {
             return Err(error);
         }
         metrics::gauge!("flowmesh_encoder_queue_depth").set(depth as f64);
-        answer.await.unwrap_or(Err(BatchError::Stopped))
+        Ok(answer)
     }
 }
 
@@ -150,9 +188,10 @@ fn gather(q: &mut Queue, queued: &AtomicUsize, config: &BatchConfig) -> Option<V
         }
     };
     let deadline = Instant::now() + config.max_wait;
-    let (mut texts, mut tokens) = (first.texts.len(), first.tokens);
+    let (mut inputs, mut tokens) = (first.inputs.len(), first.tokens);
     let mut batch = vec![first];
-    while texts < config.max_batch && tokens < config.max_tokens {
+    // Image jobs count no tokens: the budget bounds texts only.
+    while inputs < config.max_batch && tokens < config.max_tokens {
         let next = if config.max_wait.is_zero() {
             q.rx.try_recv().ok()
         } else {
@@ -163,11 +202,14 @@ fn gather(q: &mut Queue, queued: &AtomicUsize, config: &BatchConfig) -> Option<V
         if job.reply.is_closed() {
             continue;
         }
-        if texts + job.texts.len() > config.max_batch || tokens + job.tokens > config.max_tokens {
+        if inputs + job.inputs.len() > config.max_batch
+            || tokens + job.tokens > config.max_tokens
+            || !job.inputs.same_kind(&batch[0].inputs)
+        {
             q.carried = Some(job);
             break;
         }
-        texts += job.texts.len();
+        inputs += job.inputs.len();
         tokens += job.tokens;
         batch.push(job);
     }
@@ -175,32 +217,58 @@ fn gather(q: &mut Queue, queued: &AtomicUsize, config: &BatchConfig) -> Option<V
 }
 
 /// Runs one batch and answers each of its jobs with its own embeddings.
-fn run(batch: Vec<Job>, model: &dyn Model) {
+fn run(mut batch: Vec<Job>, model: &dyn Model) {
+    // `gather` puts jobs of one kind in a batch.
+    let sizes: Vec<usize> = batch.iter().map(|j| j.inputs.len()).collect();
+    let total: usize = sizes.iter().sum();
+    let of_images = matches!(batch.first().map(|j| &j.inputs), Some(Inputs::Images(_)));
+    let images: Vec<ImageTensor> = if of_images {
+        // Moved out of the jobs (no copy); the model stacks them into one tensor.
+        batch
+            .iter_mut()
+            .flat_map(|j| match &mut j.inputs {
+                Inputs::Images(i) => std::mem::take(i),
+                Inputs::Texts(_) => Vec::new(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let texts: Vec<&str> = batch
         .iter()
-        .flat_map(|j| j.texts.iter().map(String::as_str))
+        .flat_map(|j| match &j.inputs {
+            Inputs::Texts(t) => t.as_slice(),
+            Inputs::Images(_) => &[],
+        })
+        .map(String::as_str)
         .collect();
-    metrics::histogram!("flowmesh_encoder_batch_size").record(texts.len() as f64);
+    let inputs = if of_images {
+        Batch::Images(&images)
+    } else {
+        Batch::Texts(&texts)
+    };
+    debug_assert_eq!(inputs.len(), total, "one kind per batch");
+    metrics::histogram!("flowmesh_encoder_batch_size").record(total as f64);
     let started = Instant::now();
     // A panicking model must not take the thread, and with it the service, down.
-    let result = catch_unwind(AssertUnwindSafe(|| model.embed(&texts)));
+    let result = catch_unwind(AssertUnwindSafe(|| model.embed(inputs)));
     metrics::histogram!("flowmesh_encoder_inference_seconds")
         .record(started.elapsed().as_secs_f64());
     let failure = match result {
-        Ok(Ok(embeddings)) if embeddings.len() == texts.len() => {
+        Ok(Ok(embeddings)) if embeddings.len() == total => {
             let mut embeddings = embeddings.into_iter();
-            for job in batch {
-                let mine: Vec<Vec<f32>> = embeddings.by_ref().take(job.texts.len()).collect();
+            for (job, size) in batch.into_iter().zip(sizes) {
+                let mine: Vec<Vec<f32>> = embeddings.by_ref().take(size).collect();
                 // The caller may have gone meanwhile; nothing to do then.
                 let _ = job.reply.send(Ok(mine));
             }
             return;
         }
-        Ok(Ok(embeddings)) => format!("{} embeddings for {} texts", embeddings.len(), texts.len()),
+        Ok(Ok(embeddings)) => format!("{} embeddings for {total} inputs", embeddings.len()),
         Ok(Err(e)) => e.to_string(),
         Err(_) => "the model panicked on this batch".to_owned(),
     };
-    tracing::error!(error = %failure, texts = texts.len(), "model failed on a batch");
+    tracing::error!(error = %failure, inputs = total, "model failed on a batch");
     let error = BatchError::Model(failure);
     for job in batch {
         let _ = job.reply.send(Err(error.clone()));

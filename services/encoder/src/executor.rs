@@ -1,12 +1,17 @@
-//! The encoder executor: which documents get embeddings, on which endpoints.
+//! The encoder executor: which documents get embeddings, on which endpoints, from their text or
+//! their image (as the model embeds one or the other).
 
 use flowmesh_shared::server::Executor;
 use flowmesh_shared::{ApiError, Document, Envelope};
 
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use crate::batcher::{BatchConfig, BatchError, Batcher};
-use crate::model::{InferenceError, Model};
+use crate::decode::{self, ImageError, ImageLimits};
+use crate::model::{Batch, InferenceError, Inputs, Modality, Model};
+use crate::preprocess::{self, ImageSpec, ImageTensor};
 
 /// Why a request could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,10 +24,44 @@ pub enum EncodeError {
         /// The model's name.
         model: String,
     },
+    /// A document (or chunk) to embed has no image.
+    #[error("document {id:?} has no image to encode (the {model} model encodes images only, given as blob: base64 PNG or JPEG bytes, or as uri: a base64 data: URI)")]
+    MissingImage {
+        /// The document's id.
+        id: String,
+        /// The model's name.
+        model: String,
+    },
+    /// Inputs of the kind the model does not embed.
+    #[error("the {model} model encodes {accepts}, not {got}")]
+    WrongInputs {
+        /// The model's name.
+        model: String,
+        /// `texts` or `images`: what it embeds.
+        accepts: &'static str,
+        /// What it was given.
+        got: &'static str,
+    },
+    /// An image could not be decoded or is not acceptable.
+    #[error("{item}: {error}")]
+    Image {
+        /// Which input: `document "id"`, or `images[i]`.
+        item: String,
+        /// What is wrong with it.
+        error: ImageError,
+    },
+    /// More images in one request than allowed.
+    #[error("{count} images in one request; the encoder takes at most {max} (split the request)")]
+    TooManyImages {
+        /// Images sent.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The batching queue refused or failed the job.
     #[error(transparent)]
     Batch(#[from] BatchError),
-    /// The model failed (inline backend).
+    /// The model failed (inline backend), or image preparation did.
     #[error("the model failed: {0}")]
     Inference(#[from] InferenceError),
 }
@@ -30,7 +69,11 @@ pub enum EncodeError {
 impl From<EncodeError> for ApiError {
     fn from(e: EncodeError) -> Self {
         match e {
-            EncodeError::MissingText { .. } => ApiError::BadRequest(e.to_string()),
+            EncodeError::MissingText { .. }
+            | EncodeError::MissingImage { .. }
+            | EncodeError::WrongInputs { .. }
+            | EncodeError::Image { .. }
+            | EncodeError::TooManyImages { .. } => ApiError::BadRequest(e.to_string()),
             EncodeError::Batch(BatchError::QueueFull(_)) => ApiError::Overloaded(e.to_string()),
             EncodeError::Batch(BatchError::Stopped) => ApiError::NotReady(e.to_string()),
             EncodeError::Batch(BatchError::Model(_)) | EncodeError::Inference(_) => {
@@ -48,28 +91,91 @@ enum Backend {
     Batched(Batcher),
 }
 
+/// One image to prepare, and how to name it in an error.
+struct ImageSource {
+    item: String,
+    data: String,
+    form: SourceForm,
+}
+
+/// How an image is given.
+enum SourceForm {
+    /// A document's `blob`: base64 bytes.
+    Blob,
+    /// A document's `uri`: a `data:` URI.
+    Uri,
+    /// `POST /encode`'s `images`: either.
+    Either,
+}
+
+impl ImageSource {
+    /// The image of a document: its `blob`, else its `uri`.
+    fn of_document(doc: &Document) -> Option<Self> {
+        let (data, form) = match (&doc.blob, &doc.uri) {
+            (Some(blob), _) => (blob, SourceForm::Blob),
+            (None, Some(uri)) => (uri, SourceForm::Uri),
+            (None, None) => return None,
+        };
+        Some(Self {
+            item: format!("document {:?}", doc.id),
+            data: data.clone(),
+            form,
+        })
+    }
+
+    fn prepare(&self, spec: &ImageSpec, max_pixels: u64) -> Result<ImageTensor, EncodeError> {
+        let bytes = match self.form {
+            SourceForm::Blob => decode::blob_bytes(&self.data),
+            SourceForm::Uri => decode::data_uri_bytes(&self.data),
+            SourceForm::Either => decode::image_bytes(&self.data),
+        };
+        bytes
+            .and_then(|b| preprocess::prepare(&b, spec, max_pixels))
+            .map_err(|error| EncodeError::Image {
+                item: self.item.clone(),
+                error,
+            })
+    }
+}
+
 /// The encoder executor: embeds documents on `index`, `search` and `update`, and passes every
 /// other endpoint through unchanged.
 pub struct Encoder {
     model: Arc<dyn Model>,
     backend: Backend,
+    limits: ImageLimits,
+    /// Requests whose images are being prepared at once: one per core, so that a burst of large
+    /// images queues here instead of holding every blocking thread and its decoded pixels.
+    preparing: Arc<Semaphore>,
 }
 
 impl Encoder {
     /// An encoder running `model` on the caller's thread.
     pub fn new(model: Arc<dyn Model>) -> Self {
-        Self {
-            backend: Backend::Inline(model.clone()),
-            model,
-        }
+        Self::with_backend(model.clone(), Backend::Inline(model))
     }
 
     /// An encoder running `model` on `config.workers` inference threads, batched across callers.
     pub fn batched(model: Arc<dyn Model>, config: &BatchConfig) -> std::io::Result<Self> {
-        Ok(Self {
-            backend: Backend::Batched(Batcher::start(model.clone(), config)?),
+        let batcher = Batcher::start(model.clone(), config)?;
+        Ok(Self::with_backend(model, Backend::Batched(batcher)))
+    }
+
+    fn with_backend(model: Arc<dyn Model>, backend: Backend) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
             model,
-        })
+            backend,
+            limits: ImageLimits::default(),
+            preparing: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
+    /// The same encoder with other bounds on the images it decodes.
+    #[must_use]
+    pub fn with_image_limits(mut self, limits: ImageLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The model's embedding dimension.
@@ -82,62 +188,161 @@ impl Encoder {
         self.model.name()
     }
 
-    /// One embedding per text, in order, from the model's backend (inline or batched).
-    pub async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
+    /// What the model embeds.
+    pub fn modality(&self) -> Modality {
+        self.model.modality()
+    }
+
+    /// One embedding per input, in order, from the model's backend (inline or batched).
+    pub async fn embed(&self, inputs: Inputs) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let (accepts, got) = (self.modality().inputs_name(), inputs.inputs_name());
+        if accepts != got {
+            return Err(EncodeError::WrongInputs {
+                model: self.model_name().to_owned(),
+                accepts,
+                got,
+            });
+        }
         match &self.backend {
-            Backend::Inline(model) => {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                Ok(model.embed(&refs)?)
-            }
-            Backend::Batched(batcher) => Ok(batcher.embed(texts).await?),
+            Backend::Inline(model) => Ok(match &inputs {
+                Inputs::Texts(texts) => {
+                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                    model.embed(Batch::Texts(&refs))?
+                }
+                Inputs::Images(images) => model.embed(Batch::Images(images))?,
+            }),
+            Backend::Batched(batcher) => Ok(batcher.embed(inputs).await?),
         }
     }
 
-    /// Sets the `embedding` of every document of `docs`, or of its leaf chunks when it has
-    /// chunks (a document with chunks keeps no embedding of its own from this call). Nothing is
-    /// changed when a document to embed has no text, or when the job is refused.
-    pub async fn encode(&self, docs: &mut [Document]) -> Result<(), EncodeError> {
-        let mut texts = Vec::new();
-        for doc in docs.iter() {
-            self.leaf_texts(doc, &mut texts)?;
+    /// One embedding per text, in order.
+    pub async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
+        self.embed(Inputs::Texts(texts)).await
+    }
+
+    /// One embedding per image, in order; each image is base64 PNG or JPEG bytes, or a base64
+    /// `data:` URI. Errors name the image as `images[i]`.
+    pub async fn embed_images(&self, images: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
+        let spec = self.image_spec()?;
+        let sources = images
+            .into_iter()
+            .enumerate()
+            .map(|(i, data)| ImageSource {
+                item: format!("images[{i}]"),
+                data,
+                form: SourceForm::Either,
+            })
+            .collect();
+        let tensors = self.prepare(spec, sources).await?;
+        self.embed(Inputs::Images(tensors)).await
+    }
+
+    /// The model's image spec; a [`EncodeError::WrongInputs`] for a text model.
+    fn image_spec(&self) -> Result<ImageSpec, EncodeError> {
+        match self.modality() {
+            Modality::Image(spec) => Ok(spec),
+            Modality::Text => Err(EncodeError::WrongInputs {
+                model: self.model_name().to_owned(),
+                accepts: "texts",
+                got: "images",
+            }),
         }
-        if texts.is_empty() {
+    }
+
+    /// Decodes, resizes and normalises `sources` off the async threads.
+    async fn prepare(
+        &self,
+        spec: ImageSpec,
+        sources: Vec<ImageSource>,
+    ) -> Result<Vec<ImageTensor>, EncodeError> {
+        if sources.len() > self.limits.max_images {
+            return Err(EncodeError::TooManyImages {
+                count: sources.len(),
+                max: self.limits.max_images,
+            });
+        }
+        let max_pixels = self.limits.max_pixels;
+        // The semaphore is never closed; if it were, preparing without a permit is still right.
+        let permit = self.preparing.clone().acquire_owned().await.ok();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            sources
+                .iter()
+                .map(|s| s.prepare(&spec, max_pixels))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+        prepared.unwrap_or_else(|e| {
+            Err(EncodeError::Inference(InferenceError(format!(
+                "image preparation failed: {e}"
+            ))))
+        })
+    }
+
+    /// Sets the `embedding` of every document of `docs`, or of its leaf chunks when it has
+    /// chunks (a document with chunks keeps no embedding of its own from this call). A text
+    /// model embeds each leaf's `text`; an image model its `blob` or else its `uri`. Nothing is
+    /// changed when a leaf lacks what the model embeds, when an image cannot be decoded, or when
+    /// the job is refused.
+    pub async fn encode(&self, docs: &mut [Document]) -> Result<(), EncodeError> {
+        let mut leaves = Vec::new();
+        for doc in docs.iter() {
+            collect_leaves(doc, &mut leaves);
+        }
+        if leaves.is_empty() {
             return Ok(());
         }
-        let owned = texts.iter().map(|t| (*t).to_owned()).collect();
-        let embeddings = self.embed_texts(owned).await?;
-        let leaves = embeddings.len();
+        let inputs = match self.modality() {
+            Modality::Text => Inputs::Texts(
+                leaves
+                    .iter()
+                    .map(|d| {
+                        d.text.clone().ok_or_else(|| EncodeError::MissingText {
+                            id: d.id.clone(),
+                            model: self.model_name().to_owned(),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Modality::Image(spec) => {
+                let sources = leaves
+                    .iter()
+                    .map(|d| {
+                        ImageSource::of_document(d).ok_or_else(|| EncodeError::MissingImage {
+                            id: d.id.clone(),
+                            model: self.model_name().to_owned(),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Inputs::Images(self.prepare(spec, sources).await?)
+            }
+        };
+        let embeddings = self.embed(inputs).await?;
+        let count = embeddings.len();
         let mut embeddings = embeddings.into_iter();
         for doc in docs.iter_mut() {
             set_leaf_embeddings(doc, &mut embeddings);
         }
         debug_assert!(
             embeddings.next().is_none(),
-            "one embedding per leaf ({leaves})"
+            "one embedding per leaf ({count})"
         );
-        Ok(())
-    }
-
-    fn leaf_texts<'a>(&self, doc: &'a Document, out: &mut Vec<&'a str>) -> Result<(), EncodeError> {
-        if doc.chunks.is_empty() {
-            let text = doc
-                .text
-                .as_deref()
-                .ok_or_else(|| EncodeError::MissingText {
-                    id: doc.id.clone(),
-                    model: self.model.name().to_owned(),
-                })?;
-            out.push(text);
-        } else {
-            for chunk in &doc.chunks {
-                self.leaf_texts(chunk, out)?;
-            }
-        }
         Ok(())
     }
 }
 
-/// Hands out `embeddings` to the leaves of `doc` in the order [`Encoder::leaf_texts`] read them.
+/// The leaves of `doc` (itself when it has no chunks), depth first.
+fn collect_leaves<'a>(doc: &'a Document, out: &mut Vec<&'a Document>) {
+    if doc.chunks.is_empty() {
+        out.push(doc);
+    } else {
+        for chunk in &doc.chunks {
+            collect_leaves(chunk, out);
+        }
+    }
+}
+
+/// Hands out `embeddings` to the leaves of `doc` in the order [`collect_leaves`] lists them.
 fn set_leaf_embeddings(doc: &mut Document, embeddings: &mut impl Iterator<Item = Vec<f32>>) {
     if doc.chunks.is_empty() {
         doc.embedding = embeddings.next();

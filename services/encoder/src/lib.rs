@@ -1,19 +1,26 @@
-//! flowmesh's encoder service: turns the text of documents into embeddings.
+//! flowmesh's encoder service: turns the text or the image of documents into embeddings.
 //!
 //! On `index`, `search` and `update` every document gets an `embedding`, or, when it has chunks,
 //! every leaf chunk does (the document itself is left as it is); every other endpoint passes
-//! through unchanged, as Jina's executors do. The model sits behind the [`Model`] trait; the
-//! first one is `hash` ([`HashModel`]), a deterministic feature-hashing encoder that needs no
-//! files. With `--workers N` the model runs on N inference threads that batch requests across
-//! callers (see `batcher.rs`: bounded queue, 429 when full, batches bounded by texts and tokens);
-//! with the default 0 it runs on the request's own thread. ONNX Runtime models come behind the
-//! same trait.
+//! through unchanged, as Jina's executors do. One encoder serves one model, of texts or of
+//! images, behind the [`Model`] trait: `hash` ([`HashModel`]), a deterministic feature-hashing
+//! text encoder that needs no files, or an ONNX model described by a config file (a text model
+//! such as all-MiniLM-L6-v2, or an image model such as MobileNetV2). Images come as a document's
+//! `blob` (base64 PNG or JPEG) or a base64 `data:` URI in its `uri`; they are decoded, resized and
+//! normalised per request off the async threads (`preprocess.rs`), before the batch queue. With
+//! `--workers N` the model runs on N inference threads that batch requests across callers (see
+//! `batcher.rs`: bounded queue, 429 when full, batches bounded by inputs and, for texts, tokens);
+//! with the default 0 the `hash` model runs on the request's own thread and ONNX models on one
+//! inference thread.
 
 mod batcher;
+pub mod decode;
 mod executor;
 mod http;
 pub mod model;
 mod onnx;
+pub mod preprocess;
+mod resize;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -25,10 +32,12 @@ use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{self, executor_router, ServeArgs};
 
 pub use batcher::{BatchConfig, BatchError};
+pub use decode::{ImageError, ImageLimits};
 pub use executor::{EncodeError, Encoder};
 pub use http::{openapi, openapi_json, EncodeRequest, EncodeResponse};
-pub use model::{HashModel, InferenceError, Model, ModelError};
-pub use onnx::OnnxTextModel;
+pub use model::{Batch, HashModel, InferenceError, Inputs, Modality, Model, ModelError};
+pub use onnx::{load_model, OnnxImageModel, OnnxTextModel};
+pub use preprocess::{ImageSpec, ImageTensor};
 
 /// Where `models/prepare.sh` writes: `$FLOWMESH_CACHE/models`, `FLOWMESH_CACHE` defaulting to
 /// `~/.cache/flowmesh`.
@@ -52,8 +61,8 @@ pub const SERVICE: &str = "encoder";
 pub enum ModelKind {
     /// Feature hashing of words and character trigrams; needs no files.
     Hash,
-    /// An ONNX text model described by `--model-config` (default: all-MiniLM-L6-v2 as prepared by
-    /// `models/prepare.sh`), on ONNX Runtime loaded from `--onnxruntime`.
+    /// An ONNX text or image model described by `--model-config` (default: all-MiniLM-L6-v2 as
+    /// prepared by `models/prepare.sh`), on ONNX Runtime loaded from `--onnxruntime`.
     Onnx,
 }
 
@@ -68,8 +77,9 @@ pub struct Config {
     /// Model that computes the embeddings.
     #[arg(long, env = "FLOWMESH_ENCODER_MODEL", value_enum, default_value_t = ModelKind::Hash)]
     pub model: ModelKind,
-    /// The ONNX model's config file; default `$FLOWMESH_CACHE/models/minilm/config.json`
-    /// (`FLOWMESH_CACHE` defaults to `~/.cache/flowmesh`).
+    /// The ONNX model's config file (its `kind` says text or image); default
+    /// `$FLOWMESH_CACHE/models/minilm/config.json` (`FLOWMESH_CACHE` defaults to
+    /// `~/.cache/flowmesh`); MobileNetV2 is `$FLOWMESH_CACHE/models/mobilenetv2/config.json`.
     #[arg(long, env = "FLOWMESH_ENCODER_MODEL_CONFIG")]
     pub model_config: Option<PathBuf>,
     /// The ONNX Runtime library; default `$FLOWMESH_CACHE/models/lib/libonnxruntime.so.1.31.1`.
@@ -85,10 +95,10 @@ pub struct Config {
     /// request's own thread (it takes microseconds) and ONNX models on one inference thread.
     #[arg(long, env = "FLOWMESH_ENCODER_WORKERS", default_value_t = 0)]
     pub workers: usize,
-    /// Most texts in one model call.
+    /// Most inputs (texts or images) in one model call; a request with more images is split.
     #[arg(long, env = "FLOWMESH_ENCODER_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
-    /// Most tokens in one model call.
+    /// Most tokens in one model call of texts.
     #[arg(
         long,
         env = "FLOWMESH_ENCODER_MAX_BATCH_TOKENS",
@@ -102,6 +112,14 @@ pub struct Config {
     /// Most requests waiting for the model; more are answered 429.
     #[arg(long, env = "FLOWMESH_ENCODER_QUEUE_SIZE", default_value_t = 1024)]
     pub queue_size: usize,
+    /// Most pixels (width x height) of one decoded image; larger images are refused with a 400
+    /// before they are decoded (a small compressed file can hold a huge image).
+    #[arg(long, env = "FLOWMESH_ENCODER_MAX_IMAGE_PIXELS", default_value_t = ImageLimits::default().max_pixels)]
+    pub max_image_pixels: u64,
+    /// Most images in one request (each becomes the model's input tensor before it is queued:
+    /// 0.6 MB for MobileNetV2's 224x224x3 floats).
+    #[arg(long, env = "FLOWMESH_ENCODER_MAX_IMAGES", default_value_t = ImageLimits::default().max_images)]
+    pub max_images: usize,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -126,7 +144,7 @@ impl Config {
                 let threads = self
                     .threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-                Arc::new(OnnxTextModel::load(&config, &library, threads)?)
+                load_model(&config, &library, threads)?
             }
         })
     }
@@ -134,8 +152,16 @@ impl Config {
     /// The encoder this configuration describes; fails on an invalid configuration.
     pub fn encoder(&self) -> anyhow::Result<Encoder> {
         let model = self.model()?;
+        anyhow::ensure!(
+            self.max_image_pixels > 0 && self.max_images > 0,
+            "--max-image-pixels and --max-images must be at least 1"
+        );
+        let limits = ImageLimits {
+            max_pixels: self.max_image_pixels,
+            max_images: self.max_images,
+        };
         if self.workers == 0 && self.model == ModelKind::Hash {
-            return Ok(Encoder::new(model));
+            return Ok(Encoder::new(model).with_image_limits(limits));
         }
         anyhow::ensure!(self.max_batch > 0, "--max-batch must be at least 1");
         anyhow::ensure!(
@@ -150,7 +176,7 @@ impl Config {
             max_wait: std::time::Duration::from_millis(self.max_wait_ms),
             queue_capacity: self.queue_size,
         };
-        Ok(Encoder::batched(model, &batching)?)
+        Ok(Encoder::batched(model, &batching)?.with_image_limits(limits))
     }
 }
 
@@ -165,7 +191,12 @@ pub fn router(encoder: Arc<Encoder>, readiness: Readiness, max_body_bytes: usize
 /// configuration.
 pub fn app(config: &Config) -> anyhow::Result<Router> {
     let encoder = config.encoder()?;
-    tracing::info!(model = ?config.model, dim = encoder.dim(), "model loaded");
+    tracing::info!(
+        model = encoder.model_name(),
+        inputs = encoder.modality().inputs_name(),
+        dim = encoder.dim(),
+        "model loaded"
+    );
     Ok(router(
         Arc::new(encoder),
         Readiness::ready(),

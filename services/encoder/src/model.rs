@@ -1,10 +1,16 @@
 //! Embedding models: the [`Model`] trait and the `hash` model.
 //!
-//! A model turns a batch of texts into one vector each, all of [`Model::dim`] dimensions. The
-//! `hash` model needs no files and is deterministic across processes and platforms, which makes it
-//! the default for tests and for trying a Flow out; ONNX models will come behind the same trait.
+//! A model turns a batch of inputs into one vector each, all of [`Model::dim`] dimensions. A model
+//! embeds either texts or images ([`Model::modality`]); a batch holds inputs of one kind only
+//! ([`Batch`]), because a model call is one tensor. Images reach a model already decoded, resized
+//! and normalised ([`ImageTensor`]): that work is done per request before the batch queue, so that
+//! an undecodable image is the caller's error and inference threads only stack tensors. The `hash`
+//! model needs no files and is deterministic across processes and platforms, which makes it the
+//! default for tests and for trying a Flow out; ONNX models come behind the same trait.
 
 use flowmesh_shared::vector::l2_normalise;
+
+use crate::preprocess::{ImageSpec, ImageTensor};
 
 /// Largest dimension the `hash` model accepts; more would only spend memory on empty buckets.
 pub const MAX_HASH_DIM: usize = 1 << 16;
@@ -12,18 +18,128 @@ pub const MAX_HASH_DIM: usize = 1 << 16;
 /// Weight of a character trigram relative to a whole token.
 const TRIGRAM_WEIGHT: f32 = 0.5;
 
-/// A text embedding model.
+/// What a model embeds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Modality {
+    /// Texts.
+    Text,
+    /// Images, prepared as the spec says before they reach the model.
+    Image(ImageSpec),
+}
+
+impl Modality {
+    /// `texts` or `images`, for messages.
+    pub fn inputs_name(&self) -> &'static str {
+        match self {
+            Self::Text => "texts",
+            Self::Image(_) => "images",
+        }
+    }
+}
+
+/// One model call's inputs, all of one kind.
+#[derive(Debug, Clone, Copy)]
+pub enum Batch<'a> {
+    /// Texts.
+    Texts(&'a [&'a str]),
+    /// Images, each already the tensor of one image as the model's [`ImageSpec`] describes.
+    Images(&'a [ImageTensor]),
+}
+
+impl Batch<'_> {
+    /// Number of inputs.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.len(),
+            Self::Images(i) => i.len(),
+        }
+    }
+
+    /// Whether the batch holds no input.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `texts` or `images`, for messages.
+    pub fn inputs_name(&self) -> &'static str {
+        match self {
+            Self::Texts(_) => "texts",
+            Self::Images(_) => "images",
+        }
+    }
+}
+
+/// What to embed: texts, or images prepared for the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inputs {
+    /// Texts.
+    Texts(Vec<String>),
+    /// Images, each already its model input tensor.
+    Images(Vec<ImageTensor>),
+}
+
+impl Inputs {
+    /// Number of inputs.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Texts(t) => t.len(),
+            Self::Images(i) => i.len(),
+        }
+    }
+
+    /// Whether there is no input.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `texts` or `images`, for messages.
+    pub fn inputs_name(&self) -> &'static str {
+        match self {
+            Self::Texts(_) => "texts",
+            Self::Images(_) => "images",
+        }
+    }
+
+    /// Whether both hold inputs of the same kind.
+    pub(crate) fn same_kind(&self, other: &Self) -> bool {
+        matches!(
+            (self, other),
+            (Self::Texts(_), Self::Texts(_)) | (Self::Images(_), Self::Images(_))
+        )
+    }
+}
+
+/// An embedding model, of texts or of images.
 pub trait Model: Send + Sync + 'static {
     /// The model's name, for logs (`hash`, ...).
     fn name(&self) -> &str;
     /// Number of dimensions of every embedding.
     fn dim(&self) -> usize;
-    /// One embedding of [`Model::dim`] values per text, in order.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError>;
+    /// What the model embeds; texts unless it says otherwise.
+    fn modality(&self) -> Modality {
+        Modality::Text
+    }
+    /// One embedding of [`Model::dim`] values per input, in order. A batch of the other
+    /// modality is an error (callers check [`Model::modality`] first).
+    fn embed(&self, batch: Batch<'_>) -> Result<Vec<Vec<f32>>, InferenceError>;
     /// What `text` costs in a batch's token budget; by default its whitespace-separated words.
     fn tokens(&self, text: &str) -> usize {
         text.split_whitespace().count().max(1)
     }
+    /// [`Model::embed`] of texts.
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.embed(Batch::Texts(texts))
+    }
+}
+
+/// The error of a model given a batch of the modality it does not embed.
+pub fn wrong_modality(model: &dyn Model, batch: &Batch<'_>) -> InferenceError {
+    InferenceError(format!(
+        "the {} model embeds {}, not {}",
+        model.name(),
+        model.modality().inputs_name(),
+        batch.inputs_name()
+    ))
 }
 
 /// Why a model could not embed a batch (a fault of the model or its runtime, not of the input).
@@ -102,8 +218,11 @@ impl Model for HashModel {
         self.dim
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
-        Ok(texts.iter().map(|t| self.embed_one(t)).collect())
+    fn embed(&self, batch: Batch<'_>) -> Result<Vec<Vec<f32>>, InferenceError> {
+        match batch {
+            Batch::Texts(texts) => Ok(texts.iter().map(|t| self.embed_one(t)).collect()),
+            Batch::Images(_) => Err(wrong_modality(self, &batch)),
+        }
     }
 }
 

@@ -28,7 +28,7 @@ async fn encode_embeds_raw_texts_in_order() {
             let got: Vec<f32> = serde_json::from_value(body["embeddings"][i].clone()).unwrap();
             assert_eq!(
                 got,
-                reference.embed(&[text]).unwrap()[0],
+                reference.embed_texts(&[text]).unwrap()[0],
                 "workers {workers}"
             );
         }

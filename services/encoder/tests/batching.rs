@@ -7,7 +7,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowmesh_encoder::{router, BatchConfig, Encoder, HashModel, InferenceError, Model};
+use flowmesh_encoder::{router, Batch, BatchConfig, Encoder, HashModel, InferenceError, Model};
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::testing::post;
 use flowmesh_shared::Document;
@@ -36,7 +36,10 @@ impl Model for Probe {
     fn dim(&self) -> usize {
         self.inner.dim()
     }
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+    fn embed(&self, batch: Batch<'_>) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let Batch::Texts(texts) = batch else {
+            return Err(InferenceError("texts only".into()));
+        };
         self.state
             .batches
             .lock()
@@ -48,7 +51,7 @@ impl Model for Probe {
         if let Some(gate) = self.state.gate.lock().unwrap().as_ref() {
             let _ = gate.recv_timeout(Duration::from_secs(20));
         }
-        self.inner.embed(texts)
+        self.inner.embed(batch)
     }
 }
 
@@ -130,7 +133,7 @@ async fn concurrent_requests_share_model_calls_and_get_their_own_embeddings() {
         let d = handle.await.unwrap().unwrap();
         assert_eq!(
             d.embedding.unwrap(),
-            reference.embed(&[t.as_str()]).unwrap()[0],
+            reference.embed_texts(&[t.as_str()]).unwrap()[0],
             "{t} got its own embedding"
         );
     }

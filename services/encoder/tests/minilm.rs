@@ -63,10 +63,10 @@ fn embeddings_match_sentence_transformers() {
     }
 
     // All in one batch (padded to the longest), and each alone: the padding must not matter.
-    let batch = model.embed(&sentences).unwrap();
+    let batch = model.embed_texts(&sentences).unwrap();
     let mut worst = f64::MAX;
     for (i, s) in sentences.iter().enumerate() {
-        let alone = model.embed(&[s]).unwrap().remove(0);
+        let alone = model.embed_texts(&[s]).unwrap().remove(0);
         for got in [&batch[i], &alone] {
             let c = cosine(got, &expected[i]);
             worst = worst.min(c);
@@ -105,7 +105,7 @@ async fn the_service_embeds_chunks_with_the_onnx_model() {
     let norm: f32 = e0.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "normalised: {norm}");
     let similar = model()
-        .embed(&["Someone rides a horse."])
+        .embed_texts(&["Someone rides a horse."])
         .unwrap()
         .remove(0);
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();

@@ -1,33 +1,28 @@
-//! Text models on ONNX Runtime, described by a small config file (`models/prepare.sh` writes the
-//! one of the default, all-MiniLM-L6-v2): the ONNX file, the `tokenizer.json`, the input and
-//! output names, the maximum sequence length, the pooling and whether to normalise.
+//! Text models on ONNX Runtime (the default: all-MiniLM-L6-v2): the config names the ONNX file,
+//! the `tokenizer.json`, the input and output names, the maximum sequence length, the pooling and
+//! whether to normalise.
 //!
 //! Texts are tokenized with truncation at the maximum sequence length and padding to the longest
 //! text of the batch (not to a fixed length), run through the model, mean-pooled under the
 //! attention mask, and L2-normalised, as sentence-transformers does.
-//!
-//! ONNX Runtime itself is loaded at run time from the shared library named by `--onnxruntime`
-//! (the PyPI wheel's `libonnxruntime.so.1.31.1`); a missing or wrong library or model is a clear
-//! start-up error.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
-use anyhow::{anyhow, bail, Context as _};
-use ort::environment::Environment;
+use anyhow::{anyhow, bail};
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::model::{InferenceError, Model};
+use super::{model_path, read_config, session, ModelConfig, Named};
+use crate::model::{wrong_modality, Batch, InferenceError, Model};
 
-/// A model config file.
+/// The config of a text model (`"kind": "text"`).
 #[derive(Debug, Deserialize)]
-struct ModelConfig {
+pub(super) struct TextConfig {
     name: String,
-    kind: String,
     /// The ONNX file, relative to the config file.
     model: PathBuf,
     /// The tokenizer file, relative to the config file.
@@ -40,40 +35,12 @@ struct ModelConfig {
     normalize: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Named {
-    name: String,
-}
-
 /// What a text model's input carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TextInput {
     Ids,
     Mask,
     TypeIds,
-}
-
-/// The process's ONNX Runtime, loaded from `library` the first time it loads successfully; a
-/// failed load is not remembered, and later calls use the runtime already loaded.
-fn environment(library: &Path) -> anyhow::Result<&'static Environment> {
-    static ENV: OnceLock<Environment> = OnceLock::new();
-    static LOADING: Mutex<()> = Mutex::new(());
-    if !library.is_file() {
-        bail!(
-            "the ONNX Runtime library {} does not exist (run models/prepare.sh, or pass --onnxruntime)",
-            library.display()
-        );
-    }
-    let _loading = LOADING.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(env) = ENV.get() {
-        return Ok(env);
-    }
-    let env = ort::init_from(library)
-        .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", library.display()))?
-        .with_name("flowmesh-encoder")
-        .build()
-        .map_err(|e| anyhow!("cannot start ONNX Runtime from {}: {e}", library.display()))?;
-    Ok(ENV.get_or_init(|| env))
 }
 
 /// A text embedding model on ONNX Runtime.
@@ -90,24 +57,24 @@ pub struct OnnxTextModel {
 }
 
 impl OnnxTextModel {
-    /// Loads the model that the config file `config` describes, with ONNX Runtime from `library`
-    /// and `threads` intra-op threads.
+    /// Loads the text model that the config file `config` describes, with ONNX Runtime from
+    /// `library` and `threads` intra-op threads.
     pub fn load(config: &Path, library: &Path, threads: usize) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(config).with_context(|| {
-            format!(
-                "cannot read the model config {} (run models/prepare.sh, or pass --model-config)",
+        match read_config(config)? {
+            ModelConfig::Text(cfg) => Self::from_config(cfg, config, library, threads),
+            ModelConfig::Image(_) => bail!(
+                "model config {}: an image model, not a text model",
                 config.display()
-            )
-        })?;
-        let cfg: ModelConfig = serde_json::from_str(&text)
-            .with_context(|| format!("invalid model config {}", config.display()))?;
-        if cfg.kind != "text" {
-            bail!(
-                "model config {}: kind {:?} is not served yet (text only)",
-                config.display(),
-                cfg.kind
-            );
+            ),
         }
+    }
+
+    pub(super) fn from_config(
+        cfg: TextConfig,
+        config: &Path,
+        library: &Path,
+        threads: usize,
+    ) -> anyhow::Result<Self> {
         if cfg.pooling.as_deref().is_some_and(|p| p != "mean") {
             bail!(
                 "model config {}: pooling {:?} is not supported (mean only)",
@@ -115,9 +82,9 @@ impl OnnxTextModel {
                 cfg.pooling
             );
         }
-        let dir = config.parent().unwrap_or_else(|| Path::new("."));
         let max_seq_len = cfg.max_seq_len.unwrap_or(512);
-        let tokenizer_path = dir.join(
+        let tokenizer_path = model_path(
+            config,
             cfg.tokenizer
                 .as_deref()
                 .unwrap_or_else(|| Path::new("tokenizer.json")),
@@ -136,31 +103,14 @@ impl OnnxTextModel {
                 Ok((i.name.clone(), role))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let env = environment(library)?;
-        let model_path = dir.join(&cfg.model);
-        let session = Session::builder(env)
-            .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
-            .and_then(|mut b| b.commit_from_file(&model_path))
-            .map_err(|e| anyhow!("cannot load the ONNX model {}: {e}", model_path.display()))?;
-        for (name, _) in &inputs {
-            if !session.inputs().iter().any(|i| i.name() == name) {
-                bail!(
-                    "the ONNX model {} has no input {name:?}",
-                    model_path.display()
-                );
-            }
-        }
-        if !session
-            .outputs()
-            .iter()
-            .any(|o| o.name() == cfg.output.name)
-        {
-            bail!(
-                "the ONNX model {} has no output {:?}",
-                model_path.display(),
-                cfg.output.name
-            );
-        }
+        let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+        let session = session(
+            library,
+            &model_path(config, &cfg.model),
+            threads,
+            &names,
+            &cfg.output.name,
+        )?;
         Ok(Self {
             name: cfg.name,
             dim: cfg.dim,
@@ -222,7 +172,10 @@ impl Model for OnnxTextModel {
         (text.len() / 3 + 2).min(self.max_seq_len)
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, InferenceError> {
+    fn embed(&self, batch: Batch<'_>) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let Batch::Texts(texts) = batch else {
+            return Err(wrong_modality(self, &batch));
+        };
         let fail = |what: &str, e: &dyn std::fmt::Display| InferenceError(format!("{what}: {e}"));
         let encodings = self
             .tokenizer
