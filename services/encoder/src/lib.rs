@@ -66,6 +66,17 @@ pub enum ModelKind {
     Onnx,
 }
 
+/// A `--model-config` that is a bare name (`mobilenetv2`, no such file here) names a prepared
+/// model: `MODELS/<name>/config.json`; anything else is a path.
+fn resolve_model_config(given: &std::path::Path, models: &std::path::Path) -> PathBuf {
+    let bare = given.components().count() == 1 && given.extension().is_none();
+    if bare && !given.exists() {
+        models.join(given).join("config.json")
+    } else {
+        given.to_owned()
+    }
+}
+
 /// The encoder's configuration: command-line flags, or `FLOWMESH_ENCODER_*` environment variables.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -79,7 +90,8 @@ pub struct Config {
     pub model: ModelKind,
     /// The ONNX model's config file (its `kind` says text or image); default
     /// `$FLOWMESH_CACHE/models/minilm/config.json` (`FLOWMESH_CACHE` defaults to
-    /// `~/.cache/flowmesh`); MobileNetV2 is `$FLOWMESH_CACHE/models/mobilenetv2/config.json`.
+    /// `~/.cache/flowmesh`). A bare name names a prepared model: `mobilenetv2` is
+    /// `$FLOWMESH_CACHE/models/mobilenetv2/config.json`.
     #[arg(long, env = "FLOWMESH_ENCODER_MODEL_CONFIG")]
     pub model_config: Option<PathBuf>,
     /// The ONNX Runtime library; default `$FLOWMESH_CACHE/models/lib/libonnxruntime.so.1.31.1`.
@@ -133,10 +145,10 @@ impl Config {
             ModelKind::Hash => Arc::new(HashModel::new(self.dim)?),
             ModelKind::Onnx => {
                 let models = models_dir();
-                let config = self
-                    .model_config
-                    .clone()
-                    .unwrap_or_else(|| models.join("minilm/config.json"));
+                let config = match &self.model_config {
+                    None => models.join("minilm/config.json"),
+                    Some(named) => resolve_model_config(named, &models),
+                };
                 let library = self
                     .onnxruntime
                     .clone()

@@ -226,3 +226,120 @@ async fn text_search_with_the_redis_store() {
     .await;
     drop(redis);
 }
+
+/// A deterministic picture: a background and a few rectangles of random colours, as PNG bytes.
+fn picture(seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move |n: u32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        u32::try_from(state % u64::from(n)).unwrap()
+    };
+    let (w, h) = (96, 80);
+    let byte = |n: u32| u8::try_from(n).unwrap();
+    let background = image::Rgb([byte(next(256)), byte(next(256)), byte(next(256))]);
+    let mut img = image::RgbImage::from_pixel(w, h, background);
+    for _ in 0..4 {
+        let c = image::Rgb([byte(next(256)), byte(next(256)), byte(next(256))]);
+        let (x0, y0) = (next(w), next(h));
+        let (x1, y1) = ((x0 + 10 + next(40)).min(w), (y0 + 10 + next(40)).min(h));
+        for y in y0..y1 {
+            for x in x0..x1 {
+                img.put_pixel(x, y, c);
+            }
+        }
+    }
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    png.into_inner()
+}
+
+/// A few hundred generated images through flows/image.yml (MobileNetV2): each, searched with,
+/// comes back first, with its stored image on request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_search_end_to_end() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = std::env::temp_dir().join(format!("flowmesh-e2e-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let http = Http::new();
+    let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, &[]).await;
+
+    let blobs: Vec<String> = (0..240).map(|i| b64.encode(picture(i))).collect();
+    let data: Vec<Value> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, blob)| {
+            if i % 2 == 0 {
+                json!({"id": format!("img-{i:03}"), "blob": blob, "tags": {"n": i}})
+            } else {
+                json!({"id": format!("img-{i:03}"), "uri": format!("data:image/png;base64,{blob}")})
+            }
+        })
+        .collect();
+    for batch in data.chunks(60) {
+        mesh.post(&http, "index", &json!({ "data": batch })).await;
+    }
+
+    let probes = [0_usize, 1, 7, 42, 99, 150, 201, 239];
+    let queries: Vec<Value> = probes
+        .iter()
+        .map(|&i| json!({"id": format!("q{i}"), "blob": blobs[i]}))
+        .collect();
+    let answer = mesh
+        .post(
+            &http,
+            "search",
+            &json!({"data": queries, "parameters": {"top_k": 5, "include_blob": true}}),
+        )
+        .await;
+    for (query, &i) in answer["data"].as_array().unwrap().iter().zip(&probes) {
+        let matches = query["matches"].as_array().unwrap();
+        assert!(!matches.is_empty() && matches.len() <= 5, "{query}");
+        assert_eq!(matches[0]["id"], format!("img-{i:03}"), "probe {i}");
+        if i % 2 == 0 {
+            assert_eq!(
+                matches[0]["blob"], blobs[i],
+                "the stored image comes back on request"
+            );
+            assert_eq!(matches[0]["tags"]["n"], i);
+        } else {
+            assert_eq!(
+                matches[0]["uri"],
+                format!("data:image/png;base64,{}", blobs[i])
+            );
+        }
+    }
+    // An image that cannot be decoded is a 400 naming the document.
+    let r = http
+        .post(
+            &mesh.url("index"),
+            &json!({"data": [{"id": "broken", "blob": b64.encode(b"not an image")}]}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("broken"));
+
+    // Delete one, restart everything, and the rest is still found, the deleted one not.
+    mesh.post(&http, "delete", &json!({"data": [{"id": "img-042"}]}))
+        .await;
+    mesh.down().await;
+    let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, &[]).await;
+    let queries: Vec<Value> = [42_usize, 150]
+        .iter()
+        .map(|&i| json!({"id": format!("q{i}"), "blob": blobs[i]}))
+        .collect();
+    let answer = mesh
+        .post(
+            &http,
+            "search",
+            &json!({"data": queries, "parameters": {"top_k": 3}}),
+        )
+        .await;
+    let first = |q: usize| answer["data"][q]["matches"][0]["id"].clone();
+    assert_ne!(first(0), "img-042", "deleted before the restart");
+    assert_eq!(first(1), "img-150", "found after the restart");
+    mesh.down().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
