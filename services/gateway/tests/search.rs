@@ -257,14 +257,14 @@ fn picture(seed: u64) -> Vec<u8> {
 
 /// A few hundred generated images through flows/image.yml (MobileNetV2): each, searched with,
 /// comes back first, with its stored image on request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn image_search_end_to_end() {
+async fn image_search_end_to_end(env: &[(&str, String)], name: &str) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let dir = std::env::temp_dir().join(format!("flowmesh-e2e-image-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("flowmesh-e2e-image-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let http = Http::new();
-    let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, &[]).await;
+    let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, env).await;
 
     let blobs: Vec<String> = (0..240).map(|i| b64.encode(picture(i))).collect();
     let data: Vec<Value> = blobs
@@ -325,7 +325,7 @@ async fn image_search_end_to_end() {
     mesh.post(&http, "delete", &json!({"data": [{"id": "img-042"}]}))
         .await;
     mesh.down().await;
-    let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, &[]).await;
+    let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, env).await;
     let queries: Vec<Value> = [42_usize, 150]
         .iter()
         .map(|&i| json!({"id": format!("q{i}"), "blob": blobs[i]}))
@@ -342,4 +342,23 @@ async fn image_search_end_to_end() {
     assert_eq!(first(1), "img-150", "found after the restart");
     mesh.down().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_search_with_the_embedded_store() {
+    image_search_end_to_end(&[("FLOWMESH_RANKER_STORE", "embedded".into())], "embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_search_with_the_redis_store() {
+    let redis = RedisServer::start("e2e-image", None);
+    image_search_end_to_end(
+        &[
+            ("FLOWMESH_RANKER_STORE", "redis".into()),
+            ("FLOWMESH_RANKER_REDIS_URL", redis.url()),
+        ],
+        "redis",
+    )
+    .await;
+    drop(redis);
 }
