@@ -4,7 +4,9 @@
 //! (hash encoder, in-memory brute-force index, ranker), indexed with short texts and then
 //! searched at several concurrencies, reporting requests/s, latency percentiles and the time
 //! spent in each executor (from the gateway's `Server-Timing` header). `flowmesh-bench encoder`
-//! compares the encoder service's throughput with its model's raw throughput.
+//! compares the encoder service's throughput with its model's raw throughput. `flowmesh-bench
+//! indexer` measures each index backend's queries/s and recall@k, in-process and through the
+//! indexer service over HTTP.
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
@@ -12,6 +14,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod encoder;
+mod indexer;
 mod launch;
 mod load;
 
@@ -36,6 +39,8 @@ enum Cmd {
     Overhead(OverheadArgs),
     /// The encoder service's throughput against its model's raw throughput.
     Encoder(encoder::EncoderArgs),
+    /// Queries/s and recall of each index backend, in-process and over HTTP.
+    Indexer(indexer::IndexerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Overhead(args) => overhead(args).await,
         Cmd::Encoder(args) => encoder::run(args).await,
+        Cmd::Indexer(args) => indexer::run(args).await,
     }
 }
 
