@@ -64,6 +64,19 @@ impl Launched {
         Self::start(command, "listening on ").await
     }
 
+    /// Runs the service `binary` with `args` like [`Self::service`]; `workspace`, a directory
+    /// the caller named in `args`, is removed when the service is dropped.
+    pub(crate) async fn service_in(
+        binary: &str,
+        args: &[String],
+        workspace: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let workspace = TempDir(workspace);
+        let mut launched = Self::service(binary, args).await?;
+        launched._workspace = Some(workspace);
+        Ok(launched)
+    }
+
     /// Starts `command` and reads its stdout until a line holding `marker`, followed by the URL.
     async fn start(mut command: Command, marker: &str) -> anyhow::Result<Self> {
         let mut child = command

@@ -5,7 +5,8 @@
 //! searched at several concurrencies, reporting requests/s, latency percentiles and the time
 //! spent in each executor (from the gateway's `Server-Timing` header). `flowmesh-bench encoder`
 //! compares the encoder service's throughput with its model's raw throughput, for a text or an
-//! image model.
+//! image model. `flowmesh-bench indexer` measures each index backend's queries/s and recall@k,
+//! in-process and through the indexer service over HTTP.
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
@@ -13,6 +14,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod encoder;
+mod indexer;
 mod launch;
 mod load;
 mod workload;
@@ -38,6 +40,8 @@ enum Cmd {
     Overhead(OverheadArgs),
     /// The encoder service's throughput against its model's raw throughput.
     Encoder(encoder::EncoderArgs),
+    /// Queries/s and recall of each index backend, in-process and over HTTP.
+    Indexer(indexer::IndexerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Overhead(args) => overhead(args).await,
         Cmd::Encoder(args) => encoder::run(args).await,
+        Cmd::Indexer(args) => indexer::run(args).await,
     }
 }
 

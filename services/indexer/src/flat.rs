@@ -11,7 +11,7 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
 use flowmesh_shared::vector::l2_normalise;
 
-use crate::kernel::{score_rows, Kernel};
+use crate::kernel::{score_rows_many, Kernel};
 use crate::wal::Rows as ExportedRows;
 
 /// An exact in-memory index.
@@ -370,27 +370,34 @@ impl Rows {
         let cap = k.min(range.len());
         let mut heaps: Vec<BinaryHeap<Candidate<'_>>> =
             (0..nq).map(|_| BinaryHeap::with_capacity(cap)).collect();
-        let mut scores = vec![0.0_f32; block.min(range.len())];
+        // Scores of a tile of queries against a block, query by query.
+        let mut scores = vec![0.0_f32; QUERY_TILE.min(nq) * block.min(range.len())];
         let mut start = range.start;
         while start < range.end {
             let end = (start + block).min(range.end);
+            let len = end - start;
             let vectors = &self.vectors[start * dim..end * dim];
-            let scores = &mut scores[..end - start];
-            for (q, heap) in queries.chunks_exact(dim).zip(heaps.iter_mut()) {
-                score_rows(kernel, q, vectors, scores);
-                for (i, score) in scores.iter().enumerate() {
-                    // `+ 0.0` turns -0.0 into 0.0, so equal scores tie and the id decides.
-                    let key = *score + 0.0;
-                    if heap.len() == k && heap.peek().is_some_and(|worst| key < worst.key) {
-                        continue;
+            let tiles = queries
+                .chunks(QUERY_TILE * dim)
+                .zip(heaps.chunks_mut(QUERY_TILE));
+            for (tile, heaps) in tiles {
+                let scores = &mut scores[..heaps.len() * len];
+                score_rows_many(kernel, tile, dim, vectors, scores);
+                for (scores, heap) in scores.chunks_exact(len).zip(heaps.iter_mut()) {
+                    for (i, score) in scores.iter().enumerate() {
+                        // `+ 0.0` turns -0.0 into 0.0, so equal scores tie and the id decides.
+                        let key = *score + 0.0;
+                        if heap.len() == k && heap.peek().is_some_and(|worst| key < worst.key) {
+                            continue;
+                        }
+                        let row = start + i;
+                        let candidate = Candidate {
+                            key,
+                            id: &self.ids[row],
+                            row,
+                        };
+                        offer(heap, candidate, k);
                     }
-                    let row = start + i;
-                    let candidate = Candidate {
-                        key,
-                        id: &self.ids[row],
-                        row,
-                    };
-                    offer(heap, candidate, k);
                 }
             }
             start = end;
@@ -409,6 +416,9 @@ impl Rows {
 const BLOCK_BYTES: usize = 128 << 10;
 /// Multiply-adds above which a scan is split across cores (about a millisecond of work).
 const PARALLEL_WORK: usize = 1 << 24;
+/// Queries scored together against a block: the kernel's tiles share each row it loads, and
+/// the scores of a tile against a block stay small (at most 12 x 4096 floats).
+const QUERY_TILE: usize = 12;
 /// Most threads one scan uses.
 const MAX_THREADS: usize = 8;
 
@@ -458,6 +468,7 @@ impl Eq for Candidate<'_> {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::score_rows;
 
     /// A tiny deterministic generator (Knuth's MMIX LCG), enough for test data.
     struct Lcg(u64);
@@ -572,6 +583,50 @@ mod tests {
                         assert_eq!(got, naive(&index, &q, k), "{metric:?} round {round} k {k}");
                     }
                 }
+            }
+        }
+    }
+
+    /// A batch is scored in tiles of queries, and large scans are split across threads: each
+    /// query's answer must still be exactly what it gets alone.
+    #[test]
+    fn a_batch_answers_each_query_as_it_would_alone() {
+        let mut rng = Lcg(7);
+        // The last case is over `PARALLEL_WORK`, so it is split across threads where there are
+        // several cores.
+        for (metric, dim, n, nq) in [
+            (Metric::Cosine, 3, 50, 30),
+            (Metric::L2, 17, 301, 29),
+            (Metric::Cosine, 40, 600, 13),
+            (Metric::L2, 32, 20_000, 27),
+        ] {
+            let index = FlatIndex::new(metric);
+            let vectors: Vec<f32> = (0..n * dim).map(|_| rng.next_f32()).collect();
+            let ids: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+            let entries: Vec<Entry<'_>> = ids
+                .iter()
+                .zip(vectors.chunks_exact(dim))
+                .map(|(id, v)| entry(id, None, v))
+                .collect();
+            index.upsert(&[], &entries).expect("stored");
+            let queries: Vec<f32> = (0..nq * dim).map(|_| rng.next_f32()).collect();
+            let batch: Vec<Entry<'_>> = queries
+                .chunks_exact(dim)
+                .map(|q| entry("q", None, q))
+                .collect();
+            let together = index.search(&batch, 7).expect("searched");
+            for (q, answer) in batch.iter().zip(&together) {
+                let alone = index.search(std::slice::from_ref(q), 7).expect("searched");
+                let pairs = |hits: &[Hit]| -> Vec<(String, u32)> {
+                    hits.iter()
+                        .map(|h| (h.id.clone(), h.score.to_bits()))
+                        .collect()
+                };
+                assert_eq!(
+                    pairs(answer),
+                    pairs(&alone[0]),
+                    "{metric:?} dim {dim} n {n}"
+                );
             }
         }
     }
