@@ -3,9 +3,10 @@
 //! It stores `(id, parent_id, embedding)` of every document on `index` and `update` (of its leaf
 //! chunks when it has chunks), answers `search` with each query's top-k stored entries as
 //! `matches`, and forgets documents and their chunks on `delete`; other endpoints pass through
-//! unchanged. `GET /stats` reports what is stored. Backends implement [`VectorIndex`]; the first
-//! is `flat` ([`FlatIndex`], exact brute force), with the cosine or the L2 [`Metric`]. Annoy,
-//! faiss and persistence will come behind the same trait.
+//! unchanged. `GET /stats` reports what is stored. A [`Shard`] holds every entry exactly in
+//! memory (`flat`: [`FlatIndex`], exact brute force, cosine or L2 [`Metric`]), optionally an
+//! approximate structure over them rebuilt in the background (`annoy`, `faiss`), and a log on
+//! disk that every acknowledged write reaches before its answer (`wal`).
 //!
 //! Decisions the design leaves open: a leaf chunk without a `parent_id` is stored with the id of
 //! the document that holds it; indexing or updating a document replaces everything stored of it
