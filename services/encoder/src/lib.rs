@@ -36,7 +36,7 @@ pub use decode::{ImageError, ImageLimits};
 pub use executor::{EncodeError, Encoder};
 pub use http::{openapi, openapi_json, EncodeRequest, EncodeResponse};
 pub use model::{Batch, HashModel, InferenceError, Inputs, Modality, Model, ModelError};
-pub use onnx::{load_model, OnnxImageModel, OnnxTextModel};
+pub use onnx::{load_model, OnnxImageModel, OnnxTextModel, SessionOptions};
 pub use preprocess::{ImageSpec, ImageTensor};
 
 /// Where `models/prepare.sh` writes: `$FLOWMESH_CACHE/models`, `FLOWMESH_CACHE` defaulting to
@@ -88,6 +88,17 @@ pub struct Config {
     /// ONNX Runtime's threads per inference; default: one per core.
     #[arg(long, env = "FLOWMESH_ENCODER_THREADS")]
     pub threads: Option<usize>,
+    /// Let ONNX Runtime's idle threads spin (busy-wait) between operators, as it does by default.
+    /// Off by default here: spinning threads take the cores that request handling, image
+    /// decoding and, on one host, the rest of the mesh need (MobileNetV2 and MiniLM each used
+    /// 20-40% more CPU per input with it on a shared 2-core machine; see docs/benchmarks.md).
+    #[arg(
+        long,
+        env = "FLOWMESH_ENCODER_INTRA_OP_SPINNING",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub intra_op_spinning: bool,
     /// Number of dimensions of the `hash` model's embeddings (1 to 65536).
     #[arg(long, env = "FLOWMESH_ENCODER_DIM", default_value_t = 64)]
     pub dim: usize,
@@ -144,7 +155,11 @@ impl Config {
                 let threads = self
                     .threads
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-                load_model(&config, &library, threads)?
+                let options = SessionOptions {
+                    spinning: self.intra_op_spinning,
+                    ..SessionOptions::new(library, threads)
+                };
+                load_model(&config, &options)?
             }
         })
     }

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
 use clap::Parser;
-use flowmesh_encoder::{app, models_dir, Config, Model, OnnxTextModel};
+use flowmesh_encoder::{app, models_dir, Config, Model, OnnxTextModel, SessionOptions};
 use flowmesh_shared::testing::post;
 use serde_json::{json, Value};
 
@@ -24,8 +24,7 @@ fn model() -> OnnxTextModel {
     let dir = models_dir();
     OnnxTextModel::load(
         &dir.join("minilm/config.json"),
-        &dir.join("lib/libonnxruntime.so.1.31.1"),
-        2,
+        &SessionOptions::new(dir.join("lib/libonnxruntime.so.1.31.1"), 2),
     )
     .unwrap_or_else(|e| panic!("{e:#}\nrun models/prepare.sh first (the test command does)"))
 }
@@ -123,8 +122,7 @@ fn a_missing_library_or_model_is_a_clear_error() {
     let err = |r: anyhow::Result<OnnxTextModel>| format!("{:#}", r.err().expect("an error"));
     let e = err(OnnxTextModel::load(
         &config,
-        std::path::Path::new("/nonexistent/libonnxruntime.so"),
-        1,
+        &SessionOptions::new("/nonexistent/libonnxruntime.so", 1),
     ));
     assert!(
         e.contains("the ONNX Runtime library /nonexistent/libonnxruntime.so does not exist"),
@@ -132,8 +130,7 @@ fn a_missing_library_or_model_is_a_clear_error() {
     );
     let e = err(OnnxTextModel::load(
         std::path::Path::new("/nonexistent/config.json"),
-        &library,
-        1,
+        &SessionOptions::new(library.clone(), 1),
     ));
     assert!(
         e.contains("cannot read the model config /nonexistent/config.json"),
@@ -141,7 +138,9 @@ fn a_missing_library_or_model_is_a_clear_error() {
     );
     // A failed attempt leaves nothing behind: the real library still loads afterwards.
     assert_eq!(
-        OnnxTextModel::load(&config, &library, 1).unwrap().dim(),
+        OnnxTextModel::load(&config, &SessionOptions::new(library, 1))
+            .unwrap()
+            .dim(),
         384
     );
 }

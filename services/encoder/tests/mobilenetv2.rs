@@ -17,7 +17,7 @@ use clap::Parser;
 use flowmesh_encoder::decode::decode_rgb8;
 use flowmesh_encoder::{
     app, models_dir, Batch, BatchConfig, Config, Encoder, InferenceError, Modality, Model,
-    OnnxImageModel, OnnxTextModel,
+    OnnxImageModel, OnnxTextModel, SessionOptions,
 };
 use flowmesh_shared::testing::post;
 use flowmesh_shared::Document;
@@ -113,8 +113,8 @@ fn config_path() -> PathBuf {
     models_dir().join("mobilenetv2/config.json")
 }
 
-fn library() -> PathBuf {
-    models_dir().join("lib/libonnxruntime.so.1.31.1")
+fn options(threads: usize) -> SessionOptions {
+    SessionOptions::new(models_dir().join("lib/libonnxruntime.so.1.31.1"), threads)
 }
 
 fn missing(e: &anyhow::Error) -> String {
@@ -122,8 +122,7 @@ fn missing(e: &anyhow::Error) -> String {
 }
 
 fn model() -> OnnxImageModel {
-    OnnxImageModel::load(&config_path(), &library(), 2)
-        .unwrap_or_else(|e| panic!("{}", missing(&e)))
+    OnnxImageModel::load(&config_path(), &options(2)).unwrap_or_else(|e| panic!("{}", missing(&e)))
 }
 
 /// The encoder's routes with MobileNetV2 and `extra` flags.
@@ -470,10 +469,10 @@ async fn a_request_of_more_images_than_a_batch_is_split() {
 #[test]
 fn configs_are_checked_against_their_kind_and_the_model() {
     let err = |r: anyhow::Result<()>| format!("{:#}", r.unwrap_err());
-    let e = err(OnnxTextModel::load(&config_path(), &library(), 1).map(drop));
+    let e = err(OnnxTextModel::load(&config_path(), &options(1)).map(drop));
     assert!(e.contains("an image model, not a text model"), "{e}");
     let minilm = models_dir().join("minilm/config.json");
-    let e = err(OnnxImageModel::load(&minilm, &library(), 1).map(drop));
+    let e = err(OnnxImageModel::load(&minilm, &options(1)).map(drop));
     assert!(e.contains("a text model, not an image model"), "{e}");
     assert_eq!(model().dim(), DIM);
 
@@ -518,9 +517,22 @@ fn configs_are_checked_against_their_kind_and_the_model() {
         }
         let path = dir.join("config.json");
         std::fs::write(&path, config.to_string()).unwrap();
-        let e = err(flowmesh_encoder::load_model(&path, &library(), 1).map(drop));
+        let e = err(flowmesh_encoder::load_model(&path, &options(1)).map(drop));
         assert!(e.contains(message), "{edit}: {e}");
     }
+    // ONNX Runtime's own spinning can be asked for.
+    let spinning = Config::parse_from([
+        "e",
+        "--model",
+        "onnx",
+        "--model-config",
+        config_path().to_str().unwrap(),
+        "--intra-op-spinning",
+        "true",
+    ]);
+    assert!(spinning.intra_op_spinning);
+    assert_eq!(spinning.model().unwrap().dim(), DIM);
+
     // The ImageNet mean/std form loads (the graph does not care what the numbers mean).
     let mut config = shipped;
     config["model"] = json!(onnx);
@@ -528,7 +540,7 @@ fn configs_are_checked_against_their_kind_and_the_model() {
     let path = dir.join("config.json");
     std::fs::write(&path, config.to_string()).unwrap();
     assert_eq!(
-        flowmesh_encoder::load_model(&path, &library(), 1)
+        flowmesh_encoder::load_model(&path, &options(1))
             .unwrap()
             .dim(),
         DIM

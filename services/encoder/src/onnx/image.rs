@@ -14,7 +14,7 @@ use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use serde::Deserialize;
 
-use super::{model_path, read_config, session, ModelConfig, Named};
+use super::{model_path, read_config, session, ModelConfig, Named, SessionOptions};
 use crate::model::{wrong_modality, Batch, InferenceError, Modality, Model};
 use crate::preprocess::{ChannelOrder, ImageSpec, Layout, Normalisation, Resize};
 
@@ -77,11 +77,10 @@ pub struct OnnxImageModel {
 }
 
 impl OnnxImageModel {
-    /// Loads the image model that the config file `config` describes, with ONNX Runtime from
-    /// `library` and `threads` intra-op threads.
-    pub fn load(config: &Path, library: &Path, threads: usize) -> anyhow::Result<Self> {
+    /// Loads the image model that the config file `config` describes.
+    pub fn load(config: &Path, options: &SessionOptions) -> anyhow::Result<Self> {
         match read_config(config)? {
-            ModelConfig::Image(cfg) => Self::from_config(cfg, config, library, threads),
+            ModelConfig::Image(cfg) => Self::from_config(cfg, config, options),
             ModelConfig::Text(_) => bail!(
                 "model config {}: a text model, not an image model",
                 config.display()
@@ -92,19 +91,12 @@ impl OnnxImageModel {
     pub(super) fn from_config(
         cfg: ImageConfig,
         config: &Path,
-        library: &Path,
-        threads: usize,
+        options: &SessionOptions,
     ) -> anyhow::Result<Self> {
         let spec =
             spec(&cfg).map_err(|e| e.context(format!("model config {}", config.display())))?;
         let path = model_path(config, &cfg.model);
-        let session = session(
-            library,
-            &path,
-            threads,
-            &[&cfg.input.name],
-            &cfg.output.name,
-        )?;
+        let session = session(options, &path, &[&cfg.input.name], &cfg.output.name)?;
         check_input(&session, &cfg.input.name, &spec).map_err(|e| {
             e.context(format!(
                 "the ONNX model {} against its config",

@@ -23,6 +23,31 @@ use crate::model::Model;
 pub use self::image::OnnxImageModel;
 pub use self::text::OnnxTextModel;
 
+/// How ONNX Runtime runs a model's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// The ONNX Runtime shared library (loaded once per process).
+    pub library: PathBuf,
+    /// Intra-op threads per inference (at least 1).
+    pub threads: usize,
+    /// Whether idle intra-op threads spin (busy-wait) for the next piece of work, as ONNX
+    /// Runtime does by default. Spinning threads keep cores busy between operators, which the
+    /// encoder's own request handling and image decoding (and, on one host, the rest of the mesh)
+    /// then lack; see `--intra-op-spinning`.
+    pub spinning: bool,
+}
+
+impl SessionOptions {
+    /// `threads` intra-op threads without spinning, with ONNX Runtime from `library`.
+    pub fn new(library: impl Into<PathBuf>, threads: usize) -> Self {
+        Self {
+            library: library.into(),
+            threads,
+            spinning: false,
+        }
+    }
+}
+
 /// A model config file: a text or an image model, by its `kind`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -48,16 +73,11 @@ fn read_config(path: &Path) -> anyhow::Result<ModelConfig> {
     serde_json::from_str(&text).with_context(|| format!("invalid model config {}", path.display()))
 }
 
-/// Loads the text or image model the config file `config` describes, with ONNX Runtime from
-/// `library` and `threads` intra-op threads.
-pub fn load_model(config: &Path, library: &Path, threads: usize) -> anyhow::Result<Arc<dyn Model>> {
+/// Loads the text or image model the config file `config` describes.
+pub fn load_model(config: &Path, options: &SessionOptions) -> anyhow::Result<Arc<dyn Model>> {
     Ok(match read_config(config)? {
-        ModelConfig::Text(cfg) => {
-            Arc::new(OnnxTextModel::from_config(cfg, config, library, threads)?)
-        }
-        ModelConfig::Image(cfg) => {
-            Arc::new(OnnxImageModel::from_config(cfg, config, library, threads)?)
-        }
+        ModelConfig::Text(cfg) => Arc::new(OnnxTextModel::from_config(cfg, config, options)?),
+        ModelConfig::Image(cfg) => Arc::new(OnnxImageModel::from_config(cfg, config, options)?),
     })
 }
 
@@ -92,18 +112,24 @@ fn model_path(config: &Path, model: &Path) -> PathBuf {
         .join(model)
 }
 
-/// A session of the ONNX file `path` with `threads` intra-op threads, checked to have the
-/// `inputs` and `output` the config names.
+/// A session of the ONNX file `path`, checked to have the `inputs` and `output` the config
+/// names.
 fn session(
-    library: &Path,
+    options: &SessionOptions,
     path: &Path,
-    threads: usize,
     inputs: &[&str],
     output: &str,
 ) -> anyhow::Result<Session> {
-    let env = environment(library)?;
+    let env = environment(&options.library)?;
     let session = Session::builder(env)
-        .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(Into::into))
+        .and_then(|b| {
+            b.with_intra_threads(options.threads.max(1))
+                .map_err(Into::into)
+        })
+        .and_then(|b| {
+            b.with_intra_op_spinning(options.spinning)
+                .map_err(Into::into)
+        })
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e| anyhow!("cannot load the ONNX model {}: {e}", path.display()))?;
     for name in inputs {

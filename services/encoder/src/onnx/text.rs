@@ -16,7 +16,7 @@ use ort::value::Tensor;
 use serde::Deserialize;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::{model_path, read_config, session, ModelConfig, Named};
+use super::{model_path, read_config, session, ModelConfig, Named, SessionOptions};
 use crate::model::{wrong_modality, Batch, InferenceError, Model};
 
 /// The config of a text model (`"kind": "text"`).
@@ -57,11 +57,10 @@ pub struct OnnxTextModel {
 }
 
 impl OnnxTextModel {
-    /// Loads the text model that the config file `config` describes, with ONNX Runtime from
-    /// `library` and `threads` intra-op threads.
-    pub fn load(config: &Path, library: &Path, threads: usize) -> anyhow::Result<Self> {
+    /// Loads the text model that the config file `config` describes.
+    pub fn load(config: &Path, options: &SessionOptions) -> anyhow::Result<Self> {
         match read_config(config)? {
-            ModelConfig::Text(cfg) => Self::from_config(cfg, config, library, threads),
+            ModelConfig::Text(cfg) => Self::from_config(cfg, config, options),
             ModelConfig::Image(_) => bail!(
                 "model config {}: an image model, not a text model",
                 config.display()
@@ -72,8 +71,7 @@ impl OnnxTextModel {
     pub(super) fn from_config(
         cfg: TextConfig,
         config: &Path,
-        library: &Path,
-        threads: usize,
+        options: &SessionOptions,
     ) -> anyhow::Result<Self> {
         if cfg.pooling.as_deref().is_some_and(|p| p != "mean") {
             bail!(
@@ -105,9 +103,8 @@ impl OnnxTextModel {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
         let session = session(
-            library,
+            options,
             &model_path(config, &cfg.model),
-            threads,
             &names,
             &cfg.output.name,
         )?;
