@@ -19,6 +19,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::cpu;
 use crate::launch::Launched;
 use crate::load;
 use crate::workload::Workload;
@@ -100,6 +101,8 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
                 .await??
             };
             let bodies = workload.clone();
+            let cpu_before = (service.pid().and_then(cpu::seconds), cpu::own_seconds());
+            let batches_before = batches(&client, &service.base).await;
             let m = load::run(
                 &client,
                 &url,
@@ -110,11 +113,28 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
                 move |body| check(body, per_request),
             )
             .await;
-            let row = row(per_request, c, raw, &m);
+            let mean_batch = batches(&client, &service.base)
+                .await
+                .zip(batches_before)
+                .and_then(|((sum, n), (sum0, n0))| (n > n0).then(|| (sum - sum0) / (n - n0)));
+            let inputs = (m.latencies.len() * per_request) as f64;
+            let cpu_ms =
+                |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1e3 / inputs);
+            let cpu = ServiceCpu {
+                service_ms: cpu_ms(cpu_before.0, service.pid().and_then(cpu::seconds)),
+                client_ms: cpu_ms(cpu_before.1, cpu::own_seconds()),
+                mean_batch,
+            };
+            let row = row(per_request, c, &raw, &cpu, &m);
             eprintln!(
-                "{per_request} {unit}/request, concurrency {c}: {:.1} {unit}/s, raw {raw:.1} ({:.0}%), errors {}",
+                "{per_request} {unit}/request, concurrency {c}: {:.1} {unit}/s, raw {:.1} ({:.0}%); CPU ms/{unit}: raw {:.2}, service {:.2}, client {:.2}; mean batch {:.1}; errors {}",
                 row["per_s"].as_f64().unwrap_or(0.0),
+                raw.per_s,
                 100.0 * row["of_raw"].as_f64().unwrap_or(0.0),
+                raw.cpu_ms.unwrap_or(f64::NAN),
+                cpu.service_ms.unwrap_or(f64::NAN),
+                cpu.client_ms.unwrap_or(f64::NAN),
+                cpu.mean_batch.unwrap_or(f64::NAN),
                 m.errors
             );
             rows.push(row);
@@ -138,8 +158,42 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One row of results: the service's phase `m` against the raw throughput `raw`.
-fn row(per_request: usize, concurrency: usize, raw: f64, m: &load::Measured) -> Value {
+/// The raw loop's inputs per second and CPU milliseconds per input.
+struct Raw {
+    per_s: f64,
+    cpu_ms: Option<f64>,
+}
+
+/// CPU milliseconds per input of the service and of this load generator during a service phase,
+/// and the mean size of the model calls the service made.
+struct ServiceCpu {
+    service_ms: Option<f64>,
+    client_ms: Option<f64>,
+    mean_batch: Option<f64>,
+}
+
+/// The sum and count of the service's batch sizes so far, from its `/metrics`.
+async fn batches(client: &load::HttpClient, base: &str) -> Option<(f64, f64)> {
+    let answer = load::get(client, &format!("{base}/metrics")).await.ok()?;
+    let text = String::from_utf8_lossy(&answer.body);
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    Some((
+        value("flowmesh_encoder_batch_size_sum ")?,
+        value("flowmesh_encoder_batch_size_count ")?,
+    ))
+}
+
+/// One row of results: the service's phase `m` against the raw loop's `raw`.
+fn row(
+    per_request: usize,
+    concurrency: usize,
+    raw: &Raw,
+    cpu: &ServiceCpu,
+    m: &load::Measured,
+) -> Value {
     let mut lat = m.latencies.clone();
     lat.sort_by(f64::total_cmp);
     let per_s = (lat.len() * per_request) as f64 / m.elapsed.as_secs_f64();
@@ -151,10 +205,14 @@ fn row(per_request: usize, concurrency: usize, raw: f64, m: &load::Measured) -> 
         "errors": m.errors,
         "error_samples": m.error_samples,
         "per_s": per_s,
-        "raw_per_s": raw,
-        "of_raw": per_s / raw,
+        "raw_per_s": raw.per_s,
+        "of_raw": per_s / raw.per_s,
         "p50_ms": load::quantile(&lat, 0.5) * 1e3,
         "p99_ms": load::quantile(&lat, 0.99) * 1e3,
+        "raw_cpu_ms_per_input": raw.cpu_ms,
+        "service_cpu_ms_per_input": cpu.service_ms,
+        "client_cpu_ms_per_input": cpu.client_ms,
+        "mean_batch": cpu.mean_batch,
     })
 }
 
@@ -165,7 +223,7 @@ fn raw_throughput(
     workload: &Workload,
     batch: usize,
     duration: Duration,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Raw> {
     // One batch of images, made once: the model stacks its tensors into one input each call,
     // as it does for the service.
     let images: Vec<ImageTensor> = match workload {
@@ -188,13 +246,22 @@ fn raw_throughput(
         Ok(())
     };
     call(0)?;
+    // This process does nothing else meanwhile: its CPU time is the model's.
+    let cpu_before = cpu::own_seconds();
     let start = Instant::now();
     let mut done = 0usize;
     while start.elapsed() < duration {
         call(done)?;
         done += batch;
     }
-    Ok(done as f64 / start.elapsed().as_secs_f64())
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu_ms = cpu::own_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before) * 1e3 / done as f64);
+    Ok(Raw {
+        per_s: done as f64 / seconds,
+        cpu_ms,
+    })
 }
 
 /// What `check` reads of an answer: the embeddings' lengths, without converting the floats.
@@ -218,21 +285,29 @@ fn check(body: &[u8], n: usize) -> Result<(), String> {
 
 fn table(result: &Value) -> String {
     let unit = result["unit"].as_str().unwrap_or("inputs");
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
+    };
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "raw model: batches of {}, measured just before each row\n",
-        result["raw_batch"]
+        "raw model: batches of {}, measured just before each row; CPU: ms per {} of the raw loop, the service and the load generator\n",
+        result["raw_batch"],
+        unit.trim_end_matches('s')
     );
     let _ = writeln!(
         s,
-        "| {unit}/request | concurrency | {unit}/s | raw {unit}/s | of raw | p50 ms | p99 ms | errors |"
+        "| {unit}/request | concurrency | {unit}/s | raw {unit}/s | of raw | p50 ms | p99 ms | CPU raw | CPU service | CPU client | errors |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in result["service"].as_array().into_iter().flatten() {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} | {} | {} | {} | {:.1} | {} |",
             r["per_request"],
             r["concurrency"],
             r["per_s"].as_f64().unwrap_or(0.0),
@@ -240,6 +315,10 @@ fn table(result: &Value) -> String {
             100.0 * r["of_raw"].as_f64().unwrap_or(0.0),
             r["p50_ms"].as_f64().unwrap_or(f64::NAN),
             r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            ms(&r["raw_cpu_ms_per_input"]),
+            ms(&r["service_cpu_ms_per_input"]),
+            ms(&r["client_cpu_ms_per_input"]),
+            r["mean_batch"].as_f64().unwrap_or(f64::NAN),
             r["errors"],
         );
     }

@@ -92,6 +92,11 @@ impl Launched {
         })
     }
 
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGTERM (so that `flowmesh up` stops its executors too), then waits for the exit.
     pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {

@@ -49,6 +49,19 @@ pub(crate) async fn post(client: &HttpClient, url: &str, body: Bytes) -> anyhow:
     })
 }
 
+/// GETs `url`.
+pub(crate) async fn get(client: &HttpClient, url: &str) -> anyhow::Result<Answer> {
+    let req = http::Request::get(url).body(Full::new(Bytes::new()))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        body,
+        server_timing: None,
+    })
+}
+
 /// What one load phase measured.
 #[derive(Debug, Default)]
 pub(crate) struct Measured {

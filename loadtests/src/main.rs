@@ -12,6 +12,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod cpu;
 mod encoder;
 mod launch;
 mod load;
