@@ -102,8 +102,9 @@ pub struct Config {
     pub threads: Option<usize>,
     /// Let ONNX Runtime's idle threads spin (busy-wait) between operators, as it does by default.
     /// Off by default here: spinning threads take the cores that request handling, image
-    /// decoding and, on one host, the rest of the mesh need (MobileNetV2 and MiniLM each used
-    /// 20-40% more CPU per input with it on a shared 2-core machine; see docs/benchmarks.md).
+    /// decoding and, on one host, the rest of the mesh need (on a shared 2-core machine
+    /// MobileNetV2 used 20-90% more CPU per image with it, MiniLM 20-40% more per text; see
+    /// docs/benchmarks.md).
     #[arg(
         long,
         env = "FLOWMESH_ENCODER_INTRA_OP_SPINNING",
