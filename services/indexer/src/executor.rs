@@ -26,16 +26,32 @@ impl From<IndexError> for ApiError {
 /// The indexer executor over one [`VectorIndex`].
 pub struct Indexer {
     index: Arc<Shard>,
+    options: Options,
 }
 
-type Operation = fn(&dyn VectorIndex, Envelope) -> Result<Envelope, IndexError>;
+/// How the operations behave, from the indexer's flags.
+#[derive(Debug, Clone, Copy, Default)]
+struct Options {
+    /// Search: one match per parent document (see `--distinct-parents`).
+    distinct_parents: bool,
+}
+
+type Operation = fn(&dyn VectorIndex, Envelope, Options) -> Result<Envelope, IndexError>;
 
 impl Indexer {
     /// An executor over `shard`.
     pub fn new(shard: Shard) -> Self {
         Self {
             index: Arc::new(shard),
+            options: Options::default(),
         }
+    }
+
+    /// With `true`, each query's matches have distinct parents (`--distinct-parents`).
+    #[must_use]
+    pub fn with_distinct_parents(mut self, distinct: bool) -> Self {
+        self.options.distinct_parents = distinct;
+        self
     }
 
     /// The shard, for `/stats` and for tests.
@@ -57,12 +73,14 @@ impl Executor for Indexer {
         // work runs right here, because handing it to the blocking pool costs two thread
         // switches, more than the work itself.
         if work(self.index.as_ref(), endpoint, &request) <= INLINE_WORK {
-            return Ok(operation(self.index.as_ref(), request)?);
+            return Ok(operation(self.index.as_ref(), request, self.options)?);
         }
         let index = Arc::clone(&self.index);
-        let response = tokio::task::spawn_blocking(move || operation(index.as_ref(), request))
-            .await
-            .map_err(|e| ApiError::Internal(format!("index task failed: {e}")))??;
+        let options = self.options;
+        let response =
+            tokio::task::spawn_blocking(move || operation(index.as_ref(), request, options))
+                .await
+                .map_err(|e| ApiError::Internal(format!("index task failed: {e}")))??;
         Ok(response)
     }
 }
@@ -91,7 +109,11 @@ fn leaf_count(doc: &Document) -> usize {
 }
 
 /// `index`: stores the leaves of every document, replacing what was stored of it.
-fn documents_upsert(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, IndexError> {
+fn documents_upsert(
+    index: &dyn VectorIndex,
+    request: Envelope,
+    _: Options,
+) -> Result<Envelope, IndexError> {
     store(index, request, false)
 }
 
@@ -129,19 +151,31 @@ fn store(
 
 /// `update`: as `index`, for documents the shard holds already (404 naming the first that
 /// it does not; nothing is changed then).
-fn documents_update(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, IndexError> {
+fn documents_update(
+    index: &dyn VectorIndex,
+    request: Envelope,
+    _: Options,
+) -> Result<Envelope, IndexError> {
     store(index, request, true)
 }
 
 /// `search`: sets the `matches` of every query document, or of its leaf chunks.
-fn matches_search(index: &dyn VectorIndex, mut request: Envelope) -> Result<Envelope, IndexError> {
+fn matches_search(
+    index: &dyn VectorIndex,
+    mut request: Envelope,
+    options: Options,
+) -> Result<Envelope, IndexError> {
     let k = top_k(&request.parameters);
     let hits = {
         let mut queries = Vec::with_capacity(request.data.len());
         for doc in &request.data {
             leaf_entries(doc, None, &mut queries)?;
         }
-        index.search(&queries, k)?
+        if options.distinct_parents {
+            search_distinct_parents(index, &queries, k)?
+        } else {
+            index.search(&queries, k)?
+        }
     };
     let mut hits = hits.into_iter();
     for doc in &mut request.data {
@@ -151,8 +185,60 @@ fn matches_search(index: &dyn VectorIndex, mut request: Envelope) -> Result<Enve
     Ok(request)
 }
 
+/// The best `k` hits of each query with distinct parents (an entry without a parent is its
+/// own): the best chunk of each of the `k` best documents. Fetches 4k candidates, and for the
+/// queries that found too few parents among a full page of them, fetches four times more,
+/// until every query has `k` parents or has seen every stored entry.
+fn search_distinct_parents(
+    index: &dyn VectorIndex,
+    queries: &[Entry<'_>],
+    k: usize,
+) -> Result<Vec<Vec<Hit>>, IndexError> {
+    let stored = index.stats().count;
+    let mut answers: Vec<Vec<Hit>> = vec![Vec::new(); queries.len()];
+    let mut pending: Vec<usize> = (0..queries.len()).collect();
+    let mut fetch = k.saturating_mul(4).min(stored.max(k));
+    while !pending.is_empty() {
+        let batch: Vec<Entry<'_>> = pending.iter().map(|&i| queries[i]).collect();
+        let found = index.search(&batch, fetch)?;
+        let mut still = Vec::new();
+        for (&i, hits) in pending.iter().zip(found) {
+            let full_page = hits.len() >= fetch;
+            let distinct = distinct_by_parent(hits, k);
+            if distinct.len() < k && full_page && fetch < stored {
+                still.push(i);
+            } else {
+                answers[i] = distinct;
+            }
+        }
+        pending = still;
+        fetch = fetch.saturating_mul(4).min(stored);
+    }
+    Ok(answers)
+}
+
+/// The first hit of each parent, in order, at most `k`.
+fn distinct_by_parent(hits: Vec<Hit>, k: usize) -> Vec<Hit> {
+    let mut seen = std::collections::HashSet::with_capacity(k);
+    let mut out = Vec::with_capacity(k.min(hits.len()));
+    for hit in hits {
+        if out.len() == k {
+            break;
+        }
+        let parent = hit.parent_id.clone().unwrap_or_else(|| hit.id.clone());
+        if seen.insert(parent) {
+            out.push(hit);
+        }
+    }
+    out
+}
+
 /// `delete`: removes the documents, their chunks named in the request, and their stored chunks.
-fn documents_delete(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, IndexError> {
+fn documents_delete(
+    index: &dyn VectorIndex,
+    request: Envelope,
+    _: Options,
+) -> Result<Envelope, IndexError> {
     let mut ids = Vec::new();
     for doc in &request.data {
         all_ids(doc, &mut ids);

@@ -100,6 +100,12 @@ pub struct Config {
     /// Approximate backends: or this fraction of the built entries, when larger.
     #[arg(long, env = "FLOWMESH_INDEXER_REBUILD_FRACTION", default_value_t = 0.2)]
     pub rebuild_fraction: f64,
+    /// Search: each query's `top_k` matches come from `top_k` different parent documents
+    /// (the best chunk of each), so that a ranker aggregating chunk matches by parent finds
+    /// `top_k` documents whenever the index holds that many. Searches fetch more candidates
+    /// until they have enough distinct parents.
+    #[arg(long, env = "FLOWMESH_INDEXER_DISTINCT_PARENTS")]
+    pub distinct_parents: bool,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -153,7 +159,7 @@ impl Config {
 
     /// The indexer this configuration describes.
     pub fn indexer(&self) -> anyhow::Result<Indexer> {
-        Ok(Indexer::new(self.shard()?))
+        Ok(Indexer::new(self.shard()?).with_distinct_parents(self.distinct_parents))
     }
 }
 

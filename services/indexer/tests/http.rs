@@ -339,3 +339,83 @@ async fn updating_an_unknown_document_is_a_404_naming_it() {
     assert_eq!(ids(&found["data"][0])[0], "a");
     assert_eq!(stats(&app).await["count"], 3);
 }
+
+/// Three documents with ten chunks each close to the query, and ten single-chunk documents
+/// further away; a one-chunk query with `top_k` 5.
+async fn index_crowded(app: &Router) -> Value {
+    let mut data = Vec::new();
+    for d in 0..3 {
+        let chunks: Vec<Value> = (0..10)
+            .map(|c| {
+                let wobble = 0.001 * (d * 10 + c) as f32;
+                json!({"id": format!("near{d}-{c}"), "embedding": [1.0, wobble, 0.0]})
+            })
+            .collect();
+        data.push(json!({"id": format!("near{d}"), "chunks": chunks}));
+    }
+    for d in 0..10 {
+        let y = 0.5 + 0.01 * d as f32;
+        data.push(json!({"id": format!("far{d}"), "chunks": [
+            {"id": format!("far{d}-0"), "embedding": [1.0, y, 0.0]}]}));
+    }
+    let (status, out) = post(app, "index", &json!({ "data": data })).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let query = json!({"data": [{"id": "q", "chunks": [{"id": "q-0", "embedding": [1.0, 0.0, 0.0]}]}],
+        "parameters": {"top_k": 5}});
+    let (status, out) = post(app, "search", &query).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    out
+}
+
+fn match_parents(out: &Value) -> Vec<String> {
+    out["data"][0]["chunks"][0]["matches"]
+        .as_array()
+        .expect("matches")
+        .iter()
+        .map(|m| m["parent_id"].as_str().expect("parent").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn distinct_parents_gives_top_k_documents_when_chunks_crowd_the_top() {
+    let plain = indexer(&[]);
+    let parents = match_parents(&index_crowded(&plain).await);
+    assert_eq!(
+        parents, ["near0"; 5],
+        "without the flag the best chunks win"
+    );
+
+    let app = indexer(&["--distinct-parents"]);
+    let out = index_crowded(&app).await;
+    let parents = match_parents(&out);
+    // The best chunk of each document, best first: the 30 near chunks fill more than the first
+    // page of candidates (4 x 5), so the search has to fetch again to find the far ones.
+    assert_eq!(
+        parents,
+        ["near0", "near1", "near2", "far0", "far1"],
+        "{out}"
+    );
+    let ids: Vec<&str> = out["data"][0]["chunks"][0]["matches"]
+        .as_array()
+        .expect("matches")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["near0-0", "near1-0", "near2-0", "far0-0", "far1-0"]);
+}
+
+#[tokio::test]
+async fn distinct_parents_with_fewer_documents_than_top_k_returns_them_all() {
+    let app = indexer(&["--distinct-parents"]);
+    let body = json!({"data": [
+        {"id": "a", "chunks": [{"id": "a-0", "embedding": [1.0, 0.0]}, {"id": "a-1", "embedding": [0.9, 0.1]}]},
+        {"id": "b", "embedding": [0.0, 1.0]},
+    ]});
+    let (status, out) = post(&app, "index", &body).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let query =
+        json!({"data": [{"id": "q", "embedding": [1.0, 0.0]}], "parameters": {"top_k": 10}});
+    let (status, out) = post(&app, "search", &query).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(ids(&out["data"][0]), ["a-0", "b"]);
+}
