@@ -1,0 +1,525 @@
+//! compose.yaml on this machine's Docker engine, with the real image, models and Redis.
+//!
+//! It builds the image (docker/Dockerfile over target/dist, on the local base image), brings
+//! the text stack up under a project name of its own with the gateway on a free host port,
+//! indexes documents and finds them with paraphrased queries (real MiniLM), then: stops one
+//! encoder replica in the middle of a load of searches (no search may fail), starts it again,
+//! restarts an index shard (every document is found again), and takes the whole stack down and
+//! up again keeping its volumes (the index shards' logs and Redis's AOF keep everything). The
+//! project is taken down with its volumes however the test ends.
+//!
+//! Needs what `scripts/docker-base.sh` (the base image) and `scripts/dist.sh` (target/dist)
+//! make; `scripts/test.sh` runs both first.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
+mod compose_support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use compose_support::{repo_root, run_cmd, Compose, Http, ProjectGuard};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+/// The image the test builds and runs: a tag of its own, so that a user's `flowmesh:local` is
+/// never replaced; kept after the test so that the next build finds its layers in the cache.
+const TEST_IMAGE: &str = "flowmesh:compose-test";
+const EXECUTORS: &[&str] = &[
+    "redis",
+    "ranker",
+    "indexer-0",
+    "indexer-1",
+    "encoder-1",
+    "encoder-2",
+];
+
+const CORPUS: &[(&str, &str)] = &[
+    ("horse", "A man is riding a white horse on the beach. The sun sets behind him. Gulls cry over the water."),
+    ("pasta", "She cooks pasta for dinner tonight. The kitchen smells of garlic and basil. Her friends arrive at eight."),
+    ("rain", "Heavy rain falls on the quiet city. The streets shine under the lamps. Nobody is outside."),
+    ("guitar", "The boy plays an old guitar in the park. A small crowd gathers to listen. He sings a folk song."),
+    ("code", "The engineers fixed a bug in the database driver. Queries are fast again. The release ships tomorrow."),
+    ("football", "The team scored a late goal to win the match. Fans celebrated in the stadium. The coach was proud."),
+    ("garden", "Tomatoes and beans grow in the small garden. The old woman waters them every morning. Bees visit the flowers."),
+    ("train", "The night train to Vienna leaves at ten. Passengers sleep in narrow bunks. It arrives at dawn."),
+];
+
+/// Queries phrased differently from any sentence of the corpus, and the document each must find.
+const QUERIES: &[(&str, &str)] = &[
+    ("a person rides a horse", "horse"),
+    ("someone is making an italian meal", "pasta"),
+    ("a storm over the town at night", "rain"),
+    ("a child performing music outdoors", "guitar"),
+    ("software developers repaired a defect", "code"),
+    ("a soccer victory", "football"),
+    ("vegetables growing in a backyard", "garden"),
+    ("travelling by rail overnight", "train"),
+];
+
+const TOP_K: usize = 3;
+
+/// Fails with the script to run when the base image or the staged folder is missing.
+async fn preflight(base_image: &str) {
+    let dist = repo_root().join("target/dist");
+    for needed in [
+        "bin/flowmesh-gateway",
+        "cache/models/minilm/config.json",
+        "flows/compose-text.yml",
+    ] {
+        assert!(
+            dist.join(needed).exists(),
+            "{} is missing: run scripts/dist.sh first (it stages binaries, models and Flows in target/dist)",
+            dist.join(needed).display()
+        );
+    }
+    let inspect = run_cmd(
+        "docker",
+        &["image", "inspect", "-f", "{{.Id}}", base_image],
+        &[],
+        &repo_root(),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        inspect.is_ok(),
+        "the base image {base_image} is missing: run scripts/docker-base.sh first ({})",
+        inspect.unwrap_err()
+    );
+}
+
+/// The gateway's base URL once it is published and ready.
+async fn gateway_ready(compose: &Compose, http: &Http) -> String {
+    let addr = compose.published("gateway", 8080).await.unwrap();
+    let gateway = format!("http://{addr}");
+    http.wait_ok(&format!("{gateway}/readyz"), Duration::from_secs(120))
+        .await
+        .unwrap();
+    gateway
+}
+
+async fn post_ok(http: &Http, gateway: &str, endpoint: &str, body: &Value) -> Value {
+    let answer = http
+        .post(
+            &format!("{gateway}/{endpoint}"),
+            body,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "/{endpoint}: {}", answer.text());
+    answer.json()
+}
+
+/// One search: `Ok` with the matches' (id, text), or why the answer is not a full one.
+async fn search(http: &Http, gateway: &str, query: &str) -> anyhow::Result<Vec<(String, Value)>> {
+    let body = json!({"data": [{"text": query}], "parameters": {"top_k": TOP_K}});
+    let answer = http
+        .post(&format!("{gateway}/search"), &body, Duration::from_secs(30))
+        .await?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "status {}: {}",
+        answer.status,
+        answer.text()
+    );
+    let json = answer.json();
+    let matches = json["data"][0]["matches"]
+        .as_array()
+        .with_context(|| format!("no matches: {}", answer.text()))?;
+    anyhow::ensure!(
+        matches.len() == TOP_K,
+        "{} matches, not {TOP_K}: {}",
+        matches.len(),
+        answer.text()
+    );
+    Ok(matches
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap_or_default().to_owned(),
+                m["text"].clone(),
+            )
+        })
+        .collect())
+}
+
+/// Every query finds its document first, with the document's stored text.
+async fn every_document_found(http: &Http, gateway: &str, when: &str) {
+    for (query, expected) in QUERIES {
+        let matches = search(http, gateway, query).await.unwrap();
+        assert_eq!(matches[0].0, *expected, "{when}: {query:?} -> {matches:?}");
+        let text = CORPUS.iter().find(|(id, _)| id == expected).unwrap().1;
+        assert_eq!(
+            matches[0].1,
+            json!(text),
+            "{when}: the match carries its stored text"
+        );
+    }
+}
+
+/// The number of vectors each index shard holds (`GET /stats` inside its container).
+async fn shard_counts(compose: &Compose) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for shard in ["indexer-0", "indexer-1"] {
+        let out = compose
+            .run(
+                &[
+                    "exec",
+                    "-T",
+                    shard,
+                    "curl",
+                    "-fsS",
+                    "http://127.0.0.1:8080/stats",
+                ],
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        let stats: Value = serde_json::from_str(&out).unwrap();
+        counts.push(stats["count"].as_u64().unwrap());
+    }
+    counts
+}
+
+/// `(up, calls)` of each encoder replica, from the gateway's `/status`.
+async fn encoder_replicas(http: &Http, gateway: &str) -> Vec<(bool, u64)> {
+    let status = http
+        .get(&format!("{gateway}/status"), Duration::from_secs(10))
+        .await
+        .unwrap()
+        .json();
+    let encoder = status["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "encoder")
+        .unwrap();
+    encoder["shards"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["up"].as_bool().unwrap(), r["calls"].as_u64().unwrap()))
+        .collect()
+}
+
+/// What a bounded search load saw.
+#[derive(Debug, Default)]
+struct Load {
+    sent: AtomicUsize,
+    after_stop: AtomicUsize,
+    stopped: AtomicBool,
+    failures: Mutex<Vec<String>>,
+}
+
+const CLIENTS: usize = 4;
+/// Searches sent at most, and how long the load may last.
+const LOAD_MAX: usize = 1000;
+const LOAD_LIMIT: Duration = Duration::from_secs(120);
+/// The encoder is stopped once this many searches were sent...
+const STOP_AFTER: usize = 40;
+/// ...and the load ends once this many more were sent after it stopped.
+const AFTER_STOP: usize = 80;
+
+/// One client: searches until the load has what it needs, its bound, or its time.
+async fn client(load: Arc<Load>, http: Http, gateway: String, threshold: Arc<Notify>, id: usize) {
+    let deadline = Instant::now() + LOAD_LIMIT;
+    loop {
+        let stopped = load.stopped.load(Ordering::Acquire);
+        if stopped && load.after_stop.load(Ordering::Acquire) >= AFTER_STOP {
+            return;
+        }
+        let n = load.sent.fetch_add(1, Ordering::AcqRel);
+        if n >= LOAD_MAX || Instant::now() >= deadline {
+            return;
+        }
+        if n + 1 == STOP_AFTER {
+            threshold.notify_one();
+        }
+        let (query, expected) = QUERIES[(n + id) % QUERIES.len()];
+        let outcome = search(&http, &gateway, query).await.and_then(|m| {
+            anyhow::ensure!(
+                m[0].0 == expected,
+                "{query:?} found {:?} first, not {expected}",
+                m[0].0
+            );
+            Ok(())
+        });
+        if let Err(e) = outcome {
+            load.failures
+                .lock()
+                .unwrap()
+                .push(format!("search #{n} ({query:?}): {e:#}"));
+        }
+        if stopped {
+            load.after_stop.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Runs the search load and, once it is under way, stops encoder-2 (`compose stop`: SIGTERM,
+/// graceful shutdown); every search must still get a full, correct answer.
+async fn load_while_stopping_encoder(compose: &Compose, http: &Http, gateway: &str) {
+    let load = Arc::new(Load::default());
+    let threshold = Arc::new(Notify::new());
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(client(
+                load.clone(),
+                http.clone(),
+                gateway.to_owned(),
+                threshold.clone(),
+                id,
+            ))
+        })
+        .collect();
+    tokio::time::timeout(LOAD_LIMIT, threshold.notified())
+        .await
+        .expect("the load reaches its first searches");
+    let calls = encoder_replicas(http, gateway).await;
+    assert!(
+        calls.iter().all(|&(up, calls)| up && calls > 0),
+        "both encoder replicas serve before one is stopped: {calls:?}"
+    );
+    let stopping = Instant::now();
+    compose
+        .run(
+            &["stop", "--timeout", "20", "encoder-2"],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let stop_took = stopping.elapsed();
+    let sent_during_stop = load.sent.load(Ordering::Acquire);
+    load.stopped.store(true, Ordering::Release);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let sent = load.sent.load(Ordering::Acquire).min(LOAD_MAX);
+    let failures = std::mem::take(&mut *load.failures.lock().unwrap());
+    eprintln!(
+        "load: {sent} searches from {CLIENTS} clients in {:.1}s; encoder-2 stopped in {:.1}s, \
+         {} searches after; {} failed",
+        started.elapsed().as_secs_f64(),
+        stop_took.as_secs_f64(),
+        load.after_stop.load(Ordering::Acquire),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "searches failed while an encoder stopped:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        load.after_stop.load(Ordering::Acquire) >= AFTER_STOP,
+        "the load ended before {AFTER_STOP} searches ran on one encoder (sent {sent}, {sent_during_stop} before the stop ended)"
+    );
+    let replicas = encoder_replicas(http, gateway).await;
+    assert!(
+        !replicas[1].0,
+        "the gateway sees encoder-2 down: {replicas:?}"
+    );
+}
+
+/// Starts encoder-2 again and waits until the gateway has it back in its pool.
+async fn encoder_rejoins(compose: &Compose, http: &Http, gateway: &str) {
+    compose
+        .run(&["start", "encoder-2"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    compose
+        .wait_healthy(&["encoder-2"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replicas = encoder_replicas(http, gateway).await;
+        if replicas.iter().all(|&(up, _)| up) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "encoder-2 is not back in the gateway's pool: {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    every_document_found(http, gateway, "with encoder-2 back").await;
+}
+
+/// Restarts index shard 0; once it is healthy, every document is found again.
+async fn indexer_restart_keeps_data(compose: &Compose, http: &Http, gateway: &str, counts: &[u64]) {
+    let before = compose.container("indexer-0").await.unwrap();
+    compose
+        .run(
+            &["restart", "--timeout", "20", "indexer-0"],
+            Duration::from_secs(90),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        compose.container("indexer-0").await.unwrap(),
+        before,
+        "the same container restarted"
+    );
+    compose
+        .wait_healthy(&["indexer-0"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    http.wait_ok(&format!("{gateway}/readyz"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        shard_counts(compose).await,
+        counts,
+        "index shards after restarting indexer-0"
+    );
+    every_document_found(http, gateway, "after restarting indexer-0").await;
+}
+
+/// Takes every container down (volumes kept) and brings the stack up again: same data.
+async fn stack_restart_keeps_data(compose: &Compose, http: &Http, counts: &[u64]) -> String {
+    compose
+        .run(&["down", "--timeout", "20"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    let ps = compose
+        .run(&["ps", "-q"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        ps.trim().is_empty(),
+        "no container is left after down: {ps}"
+    );
+    compose
+        .run(&["up", "-d"], Duration::from_secs(400))
+        .await
+        .unwrap();
+    let gateway = gateway_ready(compose, http).await;
+    assert_eq!(
+        shard_counts(compose).await,
+        counts,
+        "index shards after the stack's restart"
+    );
+    every_document_found(http, &gateway, "after the stack's restart").await;
+    gateway
+}
+
+/// Both Compose files parse with this machine's Compose tool, and the image override swaps the
+/// Flow, the model and the shards' volumes.
+async fn image_override_parses(compose: &Compose) {
+    let text = compose
+        .run(&["config"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(text.contains("compose-text.yml"), "{text}");
+    let image = Compose::detect(
+        compose.project(),
+        &["compose.yaml", "compose.image.yaml"],
+        vec![("FLOWMESH_IMAGE".into(), TEST_IMAGE.into())],
+    )
+    .await
+    .unwrap();
+    let config = image
+        .run(&["config"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    for needed in [
+        "compose-image.yml",
+        "FLOWMESH_ENCODER_MODEL_CONFIG: mobilenetv2",
+        "indexer-image-0:/data",
+        "flowmesh:image:",
+    ] {
+        assert!(
+            config.contains(needed),
+            "the image override lacks {needed:?}:\n{config}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Docker; run by scripts/test.sh"]
+async fn compose_stack_searches_through_replica_loss_and_restarts() {
+    let base_image =
+        std::env::var("FLOWMESH_BASE_IMAGE").unwrap_or_else(|_| "flowmesh-base:bookworm".into());
+    preflight(&base_image).await;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let project = format!("flowmesh-compose-test-{}-{stamp}", std::process::id());
+    let envs = vec![
+        ("FLOWMESH_IMAGE".to_owned(), TEST_IMAGE.to_owned()),
+        ("FLOWMESH_BASE_IMAGE".to_owned(), base_image.clone()),
+        ("FLOWMESH_GATEWAY_ADDR".to_owned(), "127.0.0.1".to_owned()),
+        // Empty: Docker picks a free host port (127.0.0.1::8080).
+        ("FLOWMESH_GATEWAY_PORT".to_owned(), String::new()),
+    ];
+    let compose = Compose::detect(&project, &["compose.yaml"], envs)
+        .await
+        .unwrap();
+    eprintln!(
+        "compose: {} project {project}, base {base_image}",
+        compose.tool()
+    );
+    image_override_parses(&compose).await;
+
+    let building = Instant::now();
+    compose
+        .run(&["build"], Duration::from_secs(900))
+        .await
+        .unwrap();
+    eprintln!(
+        "compose: image built in {:.1}s",
+        building.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let _guard = ProjectGuard(compose.clone());
+    compose
+        .run(&["up", "-d"], Duration::from_secs(400))
+        .await
+        .unwrap();
+    let http = Http::new();
+    let gateway = gateway_ready(&compose, &http).await;
+    compose
+        .wait_healthy(EXECUTORS, Duration::from_secs(60))
+        .await
+        .unwrap();
+    compose
+        .wait_healthy(&["gateway"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    eprintln!(
+        "compose: stack ready in {:.1}s at {gateway}",
+        started.elapsed().as_secs_f64()
+    );
+
+    let data: Vec<Value> = CORPUS
+        .iter()
+        .map(|(id, text)| json!({"id": id, "text": text, "tags": {"topic": id}}))
+        .collect();
+    post_ok(&http, &gateway, "index", &json!({ "data": data })).await;
+    every_document_found(&http, &gateway, "after indexing").await;
+    let counts = shard_counts(&compose).await;
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        24,
+        "three sentences of each of the eight documents: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "both shards hold documents: {counts:?}"
+    );
+
+    load_while_stopping_encoder(&compose, &http, &gateway).await;
+    encoder_rejoins(&compose, &http, &gateway).await;
+    indexer_restart_keeps_data(&compose, &http, &gateway, &counts).await;
+    stack_restart_keeps_data(&compose, &http, &counts).await;
+    eprintln!(
+        "compose: scenario done in {:.1}s after the build",
+        started.elapsed().as_secs_f64()
+    );
+}
