@@ -129,13 +129,15 @@ async fn search(http: &Http, gateway: &str, query: &str) -> anyhow::Result<Vec<(
     let matches = json["data"][0]["matches"]
         .as_array()
         .with_context(|| format!("no matches: {}", answer.text()))?;
+    // `top_k` chunks come from the index; the ranker groups them by document, so an answer may
+    // hold fewer documents than `top_k` (two chunks of one document), never none and never more.
     anyhow::ensure!(
-        matches.len() == TOP_K,
-        "{} matches, not {TOP_K}: {}",
+        (1..=TOP_K).contains(&matches.len()),
+        "{} matches, not 1 to {TOP_K}: {}",
         matches.len(),
         answer.text()
     );
-    Ok(matches
+    let found: Vec<(String, Value)> = matches
         .iter()
         .map(|m| {
             (
@@ -143,7 +145,26 @@ async fn search(http: &Http, gateway: &str, query: &str) -> anyhow::Result<Vec<(
                 m["text"].clone(),
             )
         })
-        .collect())
+        .collect();
+    let mut ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    anyhow::ensure!(
+        ids.len() == found.len(),
+        "a document matched twice: {}",
+        answer.text()
+    );
+    Ok(found)
+}
+
+/// The ids each query of [`QUERIES`] finds now: what every later answer must repeat.
+async fn reference_answers(http: &Http, gateway: &str) -> Vec<Vec<String>> {
+    let mut answers = Vec::new();
+    for (query, _) in QUERIES {
+        let matches = search(http, gateway, query).await.unwrap();
+        answers.push(matches.into_iter().map(|(id, _)| id).collect());
+    }
+    answers
 }
 
 /// Every query finds its document first, with the document's stored text.
@@ -206,8 +227,10 @@ async fn encoder_replicas(http: &Http, gateway: &str) -> Vec<(bool, u64)> {
 }
 
 /// What a bounded search load saw.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Load {
+    /// The ids each query found before the load: every answer must be the same.
+    reference: Vec<Vec<String>>,
     sent: AtomicUsize,
     after_stop: AtomicUsize,
     stopped: AtomicBool,
@@ -238,12 +261,14 @@ async fn client(load: Arc<Load>, http: Http, gateway: String, threshold: Arc<Not
         if n + 1 == STOP_AFTER {
             threshold.notify_one();
         }
-        let (query, expected) = QUERIES[(n + id) % QUERIES.len()];
+        let q = (n + id) % QUERIES.len();
+        let query = QUERIES[q].0;
         let outcome = search(&http, &gateway, query).await.and_then(|m| {
+            let ids: Vec<&str> = m.iter().map(|(id, _)| id.as_str()).collect();
             anyhow::ensure!(
-                m[0].0 == expected,
-                "{query:?} found {:?} first, not {expected}",
-                m[0].0
+                ids == load.reference[q],
+                "{query:?} found {ids:?}, not {:?}",
+                load.reference[q]
             );
             Ok(())
         });
@@ -262,7 +287,13 @@ async fn client(load: Arc<Load>, http: Http, gateway: String, threshold: Arc<Not
 /// Runs the search load and, once it is under way, stops encoder-2 (`compose stop`: SIGTERM,
 /// graceful shutdown); every search must still get a full, correct answer.
 async fn load_while_stopping_encoder(compose: &Compose, http: &Http, gateway: &str) {
-    let load = Arc::new(Load::default());
+    let load = Arc::new(Load {
+        reference: reference_answers(http, gateway).await,
+        sent: AtomicUsize::new(0),
+        after_stop: AtomicUsize::new(0),
+        stopped: AtomicBool::new(false),
+        failures: Mutex::new(Vec::new()),
+    });
     let threshold = Arc::new(Notify::new());
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
@@ -317,6 +348,14 @@ async fn load_while_stopping_encoder(compose: &Compose, http: &Http, gateway: &s
         load.after_stop.load(Ordering::Acquire) >= AFTER_STOP,
         "the load ended before {AFTER_STOP} searches ran on one encoder (sent {sent}, {sent_during_stop} before the stop ended)"
     );
+    // What the gateway saw of it: the replica marked down, or taken out by its health check.
+    let logs = compose
+        .run(&["logs", "--no-color", "gateway"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    for line in logs.lines().filter(|l| l.contains("encoder-2")) {
+        eprintln!("load: {line}");
+    }
     let replicas = encoder_replicas(http, gateway).await;
     assert!(
         !replicas[1].0,
