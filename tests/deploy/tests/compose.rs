@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use compose_support::{repo_root, run_cmd, Compose, Http, ProjectGuard};
+use compose_support::{base64, repo_root, run_cmd, Compose, Http, ProjectGuard};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -181,28 +181,27 @@ async fn every_document_found(http: &Http, gateway: &str, when: &str) {
     }
 }
 
-/// The number of vectors each index shard holds (`GET /stats` inside its container).
-async fn shard_counts(compose: &Compose) -> Vec<u64> {
-    let mut counts = Vec::new();
+/// Each index shard's `GET /stats` (count, dimension, ...), asked inside its container.
+async fn shard_stats(compose: &Compose) -> Vec<Value> {
+    let mut stats = Vec::new();
     for shard in ["indexer-0", "indexer-1"] {
+        let url = "http://127.0.0.1:8080/stats";
         let out = compose
             .run(
-                &[
-                    "exec",
-                    "-T",
-                    shard,
-                    "curl",
-                    "-fsS",
-                    "http://127.0.0.1:8080/stats",
-                ],
+                &["exec", "-T", shard, "curl", "-fsS", url],
                 Duration::from_secs(30),
             )
             .await
             .unwrap();
-        let stats: Value = serde_json::from_str(&out).unwrap();
-        counts.push(stats["count"].as_u64().unwrap());
+        stats.push(serde_json::from_str(&out).unwrap());
     }
-    counts
+    stats
+}
+
+/// The number of vectors each index shard holds.
+async fn shard_counts(compose: &Compose) -> Vec<u64> {
+    let stats = shard_stats(compose).await;
+    stats.iter().map(|s| s["count"].as_u64().unwrap()).collect()
 }
 
 /// `(up, calls)` of each encoder replica, from the gateway's `/status`.
@@ -446,36 +445,67 @@ async fn stack_restart_keeps_data(compose: &Compose, http: &Http, counts: &[u64]
     gateway
 }
 
-/// Both Compose files parse with this machine's Compose tool, and the image override swaps the
-/// Flow, the model and the shards' volumes.
-async fn image_override_parses(compose: &Compose) {
-    let text = compose
-        .run(&["config"], Duration::from_secs(30))
+/// The images of models/testdata, the image stack's corpus.
+const IMAGES: &[&str] = &[
+    "img_checker_300x200.png",
+    "img_gradient_224.png",
+    "img_photo_320x240.jpg",
+    "img_shapes_224.jpg",
+];
+
+/// The image Flow (compose.image.yaml) on the same project: the encoders switch to MobileNetV2,
+/// the index shards to volumes of their own; every image, indexed, finds itself first.
+async fn image_stack_serves(image: &Compose, http: &Http) {
+    let started = Instant::now();
+    image
+        .run(&["up", "-d"], Duration::from_secs(400))
         .await
         .unwrap();
-    assert!(text.contains("compose-text.yml"), "{text}");
-    let image = Compose::detect(
-        compose.project(),
-        &["compose.yaml", "compose.image.yaml"],
-        vec![("FLOWMESH_IMAGE".into(), TEST_IMAGE.into())],
-    )
-    .await
-    .unwrap();
-    let config = image
-        .run(&["config"], Duration::from_secs(30))
+    let gateway = gateway_ready(image, http).await;
+    let status = http
+        .get(&format!("{gateway}/status"), Duration::from_secs(10))
         .await
         .unwrap();
-    for needed in [
-        "compose-image.yml",
-        "FLOWMESH_ENCODER_MODEL_CONFIG: mobilenetv2",
-        "indexer-image-0:/data",
-        "flowmesh:image:",
-    ] {
-        assert!(
-            config.contains(needed),
-            "the image override lacks {needed:?}:\n{config}"
+    assert_eq!(status.json()["flow"], "image", "{}", status.text());
+    let dir = repo_root().join("models/testdata");
+    let blobs: Vec<(&str, String)> = IMAGES
+        .iter()
+        .map(|name| (*name, base64(&std::fs::read(dir.join(name)).unwrap())))
+        .collect();
+    let data: Vec<Value> = blobs
+        .iter()
+        .map(|(name, blob)| json!({"id": name, "blob": blob, "tags": {"file": name}}))
+        .collect();
+    post_ok(http, &gateway, "index", &json!({ "data": data })).await;
+    for (name, blob) in &blobs {
+        let body = json!({"data": [{"blob": blob}], "parameters": {"top_k": 2}});
+        let answer = post_ok(http, &gateway, "search", &body).await;
+        let first = &answer["data"][0]["matches"][0];
+        assert_eq!(first["id"], *name, "{name} finds itself first: {answer}");
+        assert_eq!(
+            first["tags"]["file"], *name,
+            "with its stored tags: {answer}"
         );
     }
+    let stats = shard_stats(image).await;
+    let count: u64 = stats.iter().map(|s| s["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        count, 4,
+        "only the images are in the image stack's shards: {stats:?}"
+    );
+    let dims: Vec<&Value> = stats
+        .iter()
+        .map(|s| &s["dimension"])
+        .filter(|d| !d.is_null())
+        .collect();
+    assert!(
+        dims.iter().all(|d| **d == 1280),
+        "MobileNetV2's features: {stats:?}"
+    );
+    eprintln!(
+        "compose: image stack served in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -496,14 +526,16 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
         // Empty: Docker picks a free host port (127.0.0.1::8080).
         ("FLOWMESH_GATEWAY_PORT".to_owned(), String::new()),
     ];
-    let compose = Compose::detect(&project, &["compose.yaml"], envs)
+    let compose = Compose::detect(&project, &["compose.yaml"], envs.clone())
+        .await
+        .unwrap();
+    let image = Compose::detect(&project, &["compose.yaml", "compose.image.yaml"], envs)
         .await
         .unwrap();
     eprintln!(
         "compose: {} project {project}, base {base_image}",
         compose.tool()
     );
-    image_override_parses(&compose).await;
 
     let building = Instant::now();
     compose
@@ -516,7 +548,8 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
     );
 
     let started = Instant::now();
-    let _guard = ProjectGuard(compose.clone());
+    // Both files: `down --volumes` then also removes the image stack's volumes.
+    let _guard = ProjectGuard(image.clone());
     compose
         .run(&["up", "-d"], Duration::from_secs(400))
         .await
@@ -557,8 +590,18 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
     encoder_rejoins(&compose, &http, &gateway).await;
     indexer_restart_keeps_data(&compose, &http, &gateway, &counts).await;
     stack_restart_keeps_data(&compose, &http, &counts).await;
+    image_stack_serves(&image, &http).await;
     eprintln!(
         "compose: scenario done in {:.1}s after the build",
         started.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn base64_matches_the_standard_encoding() {
+    assert_eq!(base64(b""), "");
+    assert_eq!(base64(b"a"), "YQ==");
+    assert_eq!(base64(b"ab"), "YWI=");
+    assert_eq!(base64(b"hi!?"), "aGkhPw==");
+    assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
 }
