@@ -15,14 +15,12 @@
 
 mod compose_support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use compose_support::{base64, repo_root, run_cmd, Compose, Http, ProjectGuard};
+use compose_support::{base64, load, repo_root, run_cmd, Compose, Http, ProjectGuard};
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
 /// The image the test builds and runs: a tag of its own, so that a user's `flowmesh:local` is
 /// never replaced; kept after the test so that the next build finds its layers in the cache.
@@ -225,117 +223,67 @@ async fn encoder_replicas(http: &Http, gateway: &str) -> Vec<(bool, u64)> {
         .collect()
 }
 
-/// What a bounded search load saw.
-#[derive(Debug)]
-struct Load {
-    /// The ids each query found before the load: every answer must be the same.
-    reference: Vec<Vec<String>>,
-    sent: AtomicUsize,
-    after_stop: AtomicUsize,
-    stopped: AtomicBool,
-    failures: Mutex<Vec<String>>,
-}
-
-const CLIENTS: usize = 4;
-/// Searches sent at most, and how long the load may last.
-const LOAD_MAX: usize = 1000;
-const LOAD_LIMIT: Duration = Duration::from_secs(120);
-/// The encoder is stopped once this many searches were sent...
-const STOP_AFTER: usize = 40;
-/// ...and the load ends once this many more were sent after it stopped.
-const AFTER_STOP: usize = 80;
-
-/// One client: searches until the load has what it needs, its bound, or its time.
-async fn client(load: Arc<Load>, http: Http, gateway: String, threshold: Arc<Notify>, id: usize) {
-    let deadline = Instant::now() + LOAD_LIMIT;
-    loop {
-        let stopped = load.stopped.load(Ordering::Acquire);
-        if stopped && load.after_stop.load(Ordering::Acquire) >= AFTER_STOP {
-            return;
-        }
-        let n = load.sent.fetch_add(1, Ordering::AcqRel);
-        if n >= LOAD_MAX || Instant::now() >= deadline {
-            return;
-        }
-        if n + 1 == STOP_AFTER {
-            threshold.notify_one();
-        }
-        let q = (n + id) % QUERIES.len();
-        let query = QUERIES[q].0;
-        let outcome = search(&http, &gateway, query).await.and_then(|m| {
-            let ids: Vec<&str> = m.iter().map(|(id, _)| id.as_str()).collect();
-            anyhow::ensure!(
-                ids == load.reference[q],
-                "{query:?} found {ids:?}, not {:?}",
-                load.reference[q]
-            );
-            Ok(())
-        });
-        if let Err(e) = outcome {
-            load.failures
-                .lock()
-                .unwrap()
-                .push(format!("search #{n} ({query:?}): {e:#}"));
-        }
-        if stopped {
-            load.after_stop.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-}
+/// The search load around the stop of an encoder: a few clients, bounded in count and time.
+const LOAD: load::Plan = load::Plan {
+    clients: 4,
+    max: 1000,
+    limit: Duration::from_secs(120),
+    act_after: 40,
+    after_act: 80,
+};
 
 /// Runs the search load and, once it is under way, stops encoder-2 (`compose stop`: SIGTERM,
-/// graceful shutdown); every search must still get a full, correct answer.
+/// graceful shutdown); every search must still get the answer it got before.
 async fn load_while_stopping_encoder(compose: &Compose, http: &Http, gateway: &str) {
-    let load = Arc::new(Load {
-        reference: reference_answers(http, gateway).await,
-        sent: AtomicUsize::new(0),
-        after_stop: AtomicUsize::new(0),
-        stopped: AtomicBool::new(false),
-        failures: Mutex::new(Vec::new()),
-    });
-    let threshold = Arc::new(Notify::new());
-    let started = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| {
-            tokio::spawn(client(
-                load.clone(),
-                http.clone(),
-                gateway.to_owned(),
-                threshold.clone(),
-                id,
-            ))
-        })
-        .collect();
-    tokio::time::timeout(LOAD_LIMIT, threshold.notified())
-        .await
-        .expect("the load reaches its first searches");
-    let calls = encoder_replicas(http, gateway).await;
-    assert!(
-        calls.iter().all(|&(up, calls)| up && calls > 0),
-        "both encoder replicas serve before one is stopped: {calls:?}"
-    );
-    let stopping = Instant::now();
-    compose
-        .run(
-            &["stop", "--timeout", "20", "encoder-2"],
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
-    let stop_took = stopping.elapsed();
-    let sent_during_stop = load.sent.load(Ordering::Acquire);
-    load.stopped.store(true, Ordering::Release);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let sent = load.sent.load(Ordering::Acquire).min(LOAD_MAX);
-    let failures = std::mem::take(&mut *load.failures.lock().unwrap());
+    let reference = Arc::new(reference_answers(http, gateway).await);
+    let search_http = http.clone();
+    let search_gateway = gateway.to_owned();
+    let request = move |n: usize| {
+        let (http, gateway, reference) = (
+            search_http.clone(),
+            search_gateway.clone(),
+            reference.clone(),
+        );
+        async move {
+            let q = n % QUERIES.len();
+            let matches = search(&http, &gateway, QUERIES[q].0)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let ids: Vec<&str> = matches.iter().map(|(id, _)| id.as_str()).collect();
+            if ids == reference[q] {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?} found {ids:?}, not {:?}",
+                    QUERIES[q].0, reference[q]
+                ))
+            }
+        }
+    };
+    let stop = || async {
+        let calls = encoder_replicas(http, gateway).await;
+        assert!(
+            calls.iter().all(|&(up, calls)| up && calls > 0),
+            "both encoder replicas serve before one is stopped: {calls:?}"
+        );
+        compose
+            .run(
+                &["stop", "--timeout", "20", "encoder-2"],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+    };
+    let report = load::run(LOAD, request, stop).await;
+    let failures = report.failures;
     eprintln!(
-        "load: {sent} searches from {CLIENTS} clients in {:.1}s; encoder-2 stopped in {:.1}s, \
+        "load: {} searches from {} clients in {:.1}s; encoder-2 stopped in {:.1}s, \
          {} searches after; {} failed",
-        started.elapsed().as_secs_f64(),
-        stop_took.as_secs_f64(),
-        load.after_stop.load(Ordering::Acquire),
+        report.sent,
+        LOAD.clients,
+        report.elapsed.as_secs_f64(),
+        report.act_took.as_secs_f64(),
+        report.after_act,
         failures.len()
     );
     assert!(
@@ -344,8 +292,11 @@ async fn load_while_stopping_encoder(compose: &Compose, http: &Http, gateway: &s
         failures.join("\n")
     );
     assert!(
-        load.after_stop.load(Ordering::Acquire) >= AFTER_STOP,
-        "the load ended before {AFTER_STOP} searches ran on one encoder (sent {sent}, {sent_during_stop} before the stop ended)"
+        report.after_act >= LOAD.after_act,
+        "the load ended after {} searches, {} of them on one encoder, before the {} wanted",
+        report.sent,
+        report.after_act,
+        LOAD.after_act
     );
     // What the gateway saw of it: the replica marked down, or taken out by its health check.
     let logs = compose
