@@ -5,8 +5,10 @@
 //! indexes documents and finds them with paraphrased queries (real MiniLM), then: stops one
 //! encoder replica in the middle of a load of searches (no search may fail), starts it again,
 //! restarts an index shard (every document is found again), and takes the whole stack down and
-//! up again keeping its volumes (the index shards' logs and Redis's AOF keep everything). The
-//! project is taken down with its volumes however the test ends.
+//! up again keeping its volumes (the index shards' logs and Redis's AOF keep everything);
+//! finally it switches the project to the image Flow (compose.image.yaml: MobileNetV2, the
+//! shards on volumes of their own) and every test image finds itself. The project is taken down
+//! with its volumes however the test ends.
 //!
 //! Needs what `scripts/docker-base.sh` (the base image) and `scripts/dist.sh` (target/dist)
 //! make; `scripts/test.sh` runs both first.
