@@ -1,0 +1,560 @@
+//! compose.yaml on this machine's Docker engine, with the real image, models and Redis.
+//!
+//! It builds the image (docker/Dockerfile over target/dist, on the local base image), brings
+//! the text stack up under a project name of its own with the gateway on a free host port,
+//! indexes documents and finds them with paraphrased queries (real MiniLM), then: stops one
+//! encoder replica in the middle of a load of searches (no search may fail), starts it again,
+//! restarts an index shard (every document is found again), and takes the whole stack down and
+//! up again keeping its volumes (the index shards' logs and Redis's AOF keep everything);
+//! finally it switches the project to the image Flow (compose.image.yaml: MobileNetV2, the
+//! shards on volumes of their own) and every test image finds itself. The project is taken down
+//! with its volumes however the test ends.
+//!
+//! Needs what `scripts/docker-base.sh` (the base image) and `scripts/dist.sh` (target/dist)
+//! make; `scripts/test.sh` runs both first.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
+mod compose_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use compose_support::{base64, load, repo_root, run_cmd, Compose, Http, ProjectGuard};
+use serde_json::{json, Value};
+
+/// The image the test builds and runs: a tag of its own, so that a user's `flowmesh:local` is
+/// never replaced; kept after the test so that the next build finds its layers in the cache.
+const TEST_IMAGE: &str = "flowmesh:compose-test";
+const EXECUTORS: &[&str] = &[
+    "redis",
+    "ranker",
+    "indexer-0",
+    "indexer-1",
+    "encoder-1",
+    "encoder-2",
+];
+
+const CORPUS: &[(&str, &str)] = &[
+    ("horse", "A man is riding a white horse on the beach. The sun sets behind him. Gulls cry over the water."),
+    ("pasta", "She cooks pasta for dinner tonight. The kitchen smells of garlic and basil. Her friends arrive at eight."),
+    ("rain", "Heavy rain falls on the quiet city. The streets shine under the lamps. Nobody is outside."),
+    ("guitar", "The boy plays an old guitar in the park. A small crowd gathers to listen. He sings a folk song."),
+    ("code", "The engineers fixed a bug in the database driver. Queries are fast again. The release ships tomorrow."),
+    ("football", "The team scored a late goal to win the match. Fans celebrated in the stadium. The coach was proud."),
+    ("garden", "Tomatoes and beans grow in the small garden. The old woman waters them every morning. Bees visit the flowers."),
+    ("train", "The night train to Vienna leaves at ten. Passengers sleep in narrow bunks. It arrives at dawn."),
+];
+
+/// Queries phrased differently from any sentence of the corpus, and the document each must find.
+const QUERIES: &[(&str, &str)] = &[
+    ("a person rides a horse", "horse"),
+    ("someone is making an italian meal", "pasta"),
+    ("a storm over the town at night", "rain"),
+    ("a child performing music outdoors", "guitar"),
+    ("software developers repaired a defect", "code"),
+    ("a soccer victory", "football"),
+    ("vegetables growing in a backyard", "garden"),
+    ("travelling by rail overnight", "train"),
+];
+
+const TOP_K: usize = 3;
+
+/// Fails with the script to run when the base image or the staged folder is missing.
+async fn preflight(base_image: &str) {
+    let dist = repo_root().join("target/dist");
+    for needed in [
+        "bin/flowmesh-gateway",
+        "cache/models/minilm/config.json",
+        "flows/compose-text.yml",
+    ] {
+        assert!(
+            dist.join(needed).exists(),
+            "{} is missing: run scripts/dist.sh first (it stages binaries, models and Flows in target/dist)",
+            dist.join(needed).display()
+        );
+    }
+    let inspect = run_cmd(
+        "docker",
+        &["image", "inspect", "-f", "{{.Id}}", base_image],
+        &[],
+        &repo_root(),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        inspect.is_ok(),
+        "the base image {base_image} is missing: run scripts/docker-base.sh first ({})",
+        inspect.unwrap_err()
+    );
+}
+
+/// The gateway's base URL once it is published and ready.
+async fn gateway_ready(compose: &Compose, http: &Http) -> String {
+    let addr = compose.published("gateway", 8080).await.unwrap();
+    let gateway = format!("http://{addr}");
+    http.wait_ok(&format!("{gateway}/readyz"), Duration::from_secs(120))
+        .await
+        .unwrap();
+    gateway
+}
+
+async fn post_ok(http: &Http, gateway: &str, endpoint: &str, body: &Value) -> Value {
+    let answer = http
+        .post(
+            &format!("{gateway}/{endpoint}"),
+            body,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "/{endpoint}: {}", answer.text());
+    answer.json()
+}
+
+/// One search: `Ok` with the matches' (id, text), or why the answer is not a full one.
+async fn search(http: &Http, gateway: &str, query: &str) -> anyhow::Result<Vec<(String, Value)>> {
+    let body = json!({"data": [{"text": query}], "parameters": {"top_k": TOP_K}});
+    let answer = http
+        .post(&format!("{gateway}/search"), &body, Duration::from_secs(30))
+        .await?;
+    anyhow::ensure!(
+        answer.status == 200,
+        "status {}: {}",
+        answer.status,
+        answer.text()
+    );
+    let json = answer.json();
+    let matches = json["data"][0]["matches"]
+        .as_array()
+        .with_context(|| format!("no matches: {}", answer.text()))?;
+    // `top_k` chunks come from the index; the ranker groups them by document, so an answer may
+    // hold fewer documents than `top_k` (two chunks of one document), never none and never more.
+    anyhow::ensure!(
+        (1..=TOP_K).contains(&matches.len()),
+        "{} matches, not 1 to {TOP_K}: {}",
+        matches.len(),
+        answer.text()
+    );
+    let found: Vec<(String, Value)> = matches
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap_or_default().to_owned(),
+                m["text"].clone(),
+            )
+        })
+        .collect();
+    let mut ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    anyhow::ensure!(
+        ids.len() == found.len(),
+        "a document matched twice: {}",
+        answer.text()
+    );
+    Ok(found)
+}
+
+/// The ids each query of [`QUERIES`] finds now: what every later answer must repeat.
+async fn reference_answers(http: &Http, gateway: &str) -> Vec<Vec<String>> {
+    let mut answers = Vec::new();
+    for (query, _) in QUERIES {
+        let matches = search(http, gateway, query).await.unwrap();
+        answers.push(matches.into_iter().map(|(id, _)| id).collect());
+    }
+    answers
+}
+
+/// Every query finds its document first, with the document's stored text.
+async fn every_document_found(http: &Http, gateway: &str, when: &str) {
+    for (query, expected) in QUERIES {
+        let matches = search(http, gateway, query).await.unwrap();
+        assert_eq!(matches[0].0, *expected, "{when}: {query:?} -> {matches:?}");
+        let text = CORPUS.iter().find(|(id, _)| id == expected).unwrap().1;
+        assert_eq!(
+            matches[0].1,
+            json!(text),
+            "{when}: the match carries its stored text"
+        );
+    }
+}
+
+/// Each index shard's `GET /stats` (count, dimension, ...), asked inside its container.
+async fn shard_stats(compose: &Compose) -> Vec<Value> {
+    let mut stats = Vec::new();
+    for shard in ["indexer-0", "indexer-1"] {
+        let url = "http://127.0.0.1:8080/stats";
+        let out = compose
+            .run(
+                &["exec", "-T", shard, "curl", "-fsS", url],
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        stats.push(serde_json::from_str(&out).unwrap());
+    }
+    stats
+}
+
+/// The number of vectors each index shard holds.
+async fn shard_counts(compose: &Compose) -> Vec<u64> {
+    let stats = shard_stats(compose).await;
+    stats.iter().map(|s| s["count"].as_u64().unwrap()).collect()
+}
+
+/// `(up, calls)` of each encoder replica, from the gateway's `/status`.
+async fn encoder_replicas(http: &Http, gateway: &str) -> Vec<(bool, u64)> {
+    let status = http
+        .get(&format!("{gateway}/status"), Duration::from_secs(10))
+        .await
+        .unwrap()
+        .json();
+    let encoder = status["executors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "encoder")
+        .unwrap();
+    encoder["shards"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["up"].as_bool().unwrap(), r["calls"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The search load around the stop of an encoder: a few clients, bounded in count and time.
+const LOAD: load::Plan = load::Plan {
+    clients: 4,
+    max: 1000,
+    limit: Duration::from_secs(120),
+    act_after: 40,
+    after_act: 80,
+};
+
+/// Runs the search load and, once it is under way, stops encoder-2 (`compose stop`: SIGTERM,
+/// graceful shutdown); every search must still get the answer it got before.
+async fn load_while_stopping_encoder(compose: &Compose, http: &Http, gateway: &str) {
+    let reference = Arc::new(reference_answers(http, gateway).await);
+    let search_http = http.clone();
+    let search_gateway = gateway.to_owned();
+    let request = move |n: usize| {
+        let (http, gateway, reference) = (
+            search_http.clone(),
+            search_gateway.clone(),
+            reference.clone(),
+        );
+        async move {
+            let q = n % QUERIES.len();
+            let matches = search(&http, &gateway, QUERIES[q].0)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let ids: Vec<&str> = matches.iter().map(|(id, _)| id.as_str()).collect();
+            if ids == reference[q] {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?} found {ids:?}, not {:?}",
+                    QUERIES[q].0, reference[q]
+                ))
+            }
+        }
+    };
+    let stop = || async {
+        let calls = encoder_replicas(http, gateway).await;
+        assert!(
+            calls.iter().all(|&(up, calls)| up && calls > 0),
+            "both encoder replicas serve before one is stopped: {calls:?}"
+        );
+        compose
+            .run(
+                &["stop", "--timeout", "20", "encoder-2"],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+    };
+    let report = load::run(LOAD, request, stop).await;
+    let failures = report.failures;
+    eprintln!(
+        "load: {} searches from {} clients in {:.1}s; encoder-2 stopped in {:.1}s, \
+         {} searches after; {} failed",
+        report.sent,
+        LOAD.clients,
+        report.elapsed.as_secs_f64(),
+        report.act_took.as_secs_f64(),
+        report.after_act,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "searches failed while an encoder stopped:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        report.after_act >= LOAD.after_act,
+        "the load ended after {} searches, {} of them on one encoder, before the {} wanted",
+        report.sent,
+        report.after_act,
+        LOAD.after_act
+    );
+    // What the gateway saw of it: the replica marked down, or taken out by its health check.
+    let logs = compose
+        .run(&["logs", "--no-color", "gateway"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    for line in logs.lines().filter(|l| l.contains("encoder-2")) {
+        eprintln!("load: {line}");
+    }
+    let replicas = encoder_replicas(http, gateway).await;
+    assert!(
+        !replicas[1].0,
+        "the gateway sees encoder-2 down: {replicas:?}"
+    );
+}
+
+/// Starts encoder-2 again and waits until the gateway has it back in its pool.
+async fn encoder_rejoins(compose: &Compose, http: &Http, gateway: &str) {
+    compose
+        .run(&["start", "encoder-2"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    compose
+        .wait_healthy(&["encoder-2"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replicas = encoder_replicas(http, gateway).await;
+        if replicas.iter().all(|&(up, _)| up) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "encoder-2 is not back in the gateway's pool: {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    every_document_found(http, gateway, "with encoder-2 back").await;
+}
+
+/// Restarts index shard 0; once it is healthy, every document is found again.
+async fn indexer_restart_keeps_data(compose: &Compose, http: &Http, gateway: &str, counts: &[u64]) {
+    let before = compose.container("indexer-0").await.unwrap();
+    compose
+        .run(
+            &["restart", "--timeout", "20", "indexer-0"],
+            Duration::from_secs(90),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        compose.container("indexer-0").await.unwrap(),
+        before,
+        "the same container restarted"
+    );
+    compose
+        .wait_healthy(&["indexer-0"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    http.wait_ok(&format!("{gateway}/readyz"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        shard_counts(compose).await,
+        counts,
+        "index shards after restarting indexer-0"
+    );
+    every_document_found(http, gateway, "after restarting indexer-0").await;
+}
+
+/// Takes every container down (volumes kept) and brings the stack up again: same data.
+async fn stack_restart_keeps_data(compose: &Compose, http: &Http, counts: &[u64]) -> String {
+    compose
+        .run(&["down", "--timeout", "20"], Duration::from_secs(120))
+        .await
+        .unwrap();
+    let ps = compose
+        .run(&["ps", "-q"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        ps.trim().is_empty(),
+        "no container is left after down: {ps}"
+    );
+    compose
+        .run(&["up", "-d"], Duration::from_secs(400))
+        .await
+        .unwrap();
+    let gateway = gateway_ready(compose, http).await;
+    assert_eq!(
+        shard_counts(compose).await,
+        counts,
+        "index shards after the stack's restart"
+    );
+    every_document_found(http, &gateway, "after the stack's restart").await;
+    gateway
+}
+
+/// The images of models/testdata, the image stack's corpus.
+const IMAGES: &[&str] = &[
+    "img_checker_300x200.png",
+    "img_gradient_224.png",
+    "img_photo_320x240.jpg",
+    "img_shapes_224.jpg",
+];
+
+/// The image Flow (compose.image.yaml) on the same project: the encoders switch to MobileNetV2,
+/// the index shards to volumes of their own; every image, indexed, finds itself first.
+async fn image_stack_serves(image: &Compose, http: &Http) {
+    let started = Instant::now();
+    image
+        .run(&["up", "-d"], Duration::from_secs(400))
+        .await
+        .unwrap();
+    let gateway = gateway_ready(image, http).await;
+    let status = http
+        .get(&format!("{gateway}/status"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(status.json()["flow"], "image", "{}", status.text());
+    let dir = repo_root().join("models/testdata");
+    let blobs: Vec<(&str, String)> = IMAGES
+        .iter()
+        .map(|name| (*name, base64(&std::fs::read(dir.join(name)).unwrap())))
+        .collect();
+    let data: Vec<Value> = blobs
+        .iter()
+        .map(|(name, blob)| json!({"id": name, "blob": blob, "tags": {"file": name}}))
+        .collect();
+    post_ok(http, &gateway, "index", &json!({ "data": data })).await;
+    for (name, blob) in &blobs {
+        let body = json!({"data": [{"blob": blob}], "parameters": {"top_k": 2}});
+        let answer = post_ok(http, &gateway, "search", &body).await;
+        let first = &answer["data"][0]["matches"][0];
+        assert_eq!(first["id"], *name, "{name} finds itself first: {answer}");
+        assert_eq!(
+            first["tags"]["file"], *name,
+            "with its stored tags: {answer}"
+        );
+    }
+    let stats = shard_stats(image).await;
+    let count: u64 = stats.iter().map(|s| s["count"].as_u64().unwrap()).sum();
+    assert_eq!(
+        count, 4,
+        "only the images are in the image stack's shards: {stats:?}"
+    );
+    let dims: Vec<&Value> = stats
+        .iter()
+        .map(|s| &s["dimension"])
+        .filter(|d| !d.is_null())
+        .collect();
+    assert!(
+        dims.iter().all(|d| **d == 1280),
+        "MobileNetV2's features: {stats:?}"
+    );
+    eprintln!(
+        "compose: image stack served in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs Docker; run by scripts/test.sh"]
+async fn compose_stack_searches_through_replica_loss_and_restarts() {
+    let base_image =
+        std::env::var("FLOWMESH_BASE_IMAGE").unwrap_or_else(|_| "flowmesh-base:bookworm".into());
+    preflight(&base_image).await;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let project = format!("flowmesh-compose-test-{}-{stamp}", std::process::id());
+    let envs = vec![
+        ("FLOWMESH_IMAGE".to_owned(), TEST_IMAGE.to_owned()),
+        ("FLOWMESH_BASE_IMAGE".to_owned(), base_image.clone()),
+        ("FLOWMESH_GATEWAY_ADDR".to_owned(), "127.0.0.1".to_owned()),
+        // Empty: Docker picks a free host port (127.0.0.1::8080).
+        ("FLOWMESH_GATEWAY_PORT".to_owned(), String::new()),
+    ];
+    let compose = Compose::detect(&project, &["compose.yaml"], envs.clone())
+        .await
+        .unwrap();
+    let image = Compose::detect(&project, &["compose.yaml", "compose.image.yaml"], envs)
+        .await
+        .unwrap();
+    eprintln!(
+        "compose: {} project {project}, base {base_image}",
+        compose.tool()
+    );
+
+    let building = Instant::now();
+    compose
+        .run(&["build"], Duration::from_secs(900))
+        .await
+        .unwrap();
+    eprintln!(
+        "compose: image built in {:.1}s",
+        building.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    // Both files: `down --volumes` then also removes the image stack's volumes.
+    let _guard = ProjectGuard(image.clone());
+    compose
+        .run(&["up", "-d"], Duration::from_secs(400))
+        .await
+        .unwrap();
+    let http = Http::new();
+    let gateway = gateway_ready(&compose, &http).await;
+    compose
+        .wait_healthy(EXECUTORS, Duration::from_secs(60))
+        .await
+        .unwrap();
+    compose
+        .wait_healthy(&["gateway"], Duration::from_secs(60))
+        .await
+        .unwrap();
+    eprintln!(
+        "compose: stack ready in {:.1}s at {gateway}",
+        started.elapsed().as_secs_f64()
+    );
+
+    let data: Vec<Value> = CORPUS
+        .iter()
+        .map(|(id, text)| json!({"id": id, "text": text, "tags": {"topic": id}}))
+        .collect();
+    post_ok(&http, &gateway, "index", &json!({ "data": data })).await;
+    every_document_found(&http, &gateway, "after indexing").await;
+    let counts = shard_counts(&compose).await;
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        24,
+        "three sentences of each of the eight documents: {counts:?}"
+    );
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "both shards hold documents: {counts:?}"
+    );
+
+    load_while_stopping_encoder(&compose, &http, &gateway).await;
+    encoder_rejoins(&compose, &http, &gateway).await;
+    indexer_restart_keeps_data(&compose, &http, &gateway, &counts).await;
+    stack_restart_keeps_data(&compose, &http, &counts).await;
+    image_stack_serves(&image, &http).await;
+    eprintln!(
+        "compose: scenario done in {:.1}s after the build",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn base64_matches_the_standard_encoding() {
+    assert_eq!(base64(b""), "");
+    assert_eq!(base64(b"a"), "YQ==");
+    assert_eq!(base64(b"ab"), "YWI=");
+    assert_eq!(base64(b"hi!?"), "aGkhPw==");
+    assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
+}
