@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages flowmesh needs to build and run, when they are missing:
 #   scripts/system-packages.sh          # building and running (compilers, cmake, OpenBLAS, venv)
-#   scripts/system-packages.sh --test   # and what the tests need besides (redis-server)
+#   scripts/system-packages.sh --test   # and what the tests need besides (redis-server,
+#                                       # debootstrap, docker-compose; the Docker engine itself
+#                                       # must be installed and running)
 # Uses apt-get (as root, or through sudo when it is there).
 set -euo pipefail
 
@@ -16,6 +18,13 @@ dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
 if [[ "${1:-}" == "--test" ]]; then
   # The ranker's Redis store is tested against a real redis-server (started by the tests).
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # The deployment tests: the local base image (debootstrap), the compose stack (Compose v1 from
+  # Debian when no `docker compose` v2 plugin is there), objcopy (dist.sh strips dev binaries).
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+  if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+    need+=(docker-compose)
+  fi
+  command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 fi
 if ((${#need[@]})); then
   sudo=()

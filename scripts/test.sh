@@ -8,7 +8,7 @@
 # client (for the Jina compatibility test), and the Python venv with Spotify's annoy (for the
 # indexer's Annoy interoperability test; annoy compiles C++ on install, hence g++), cmake and
 # OpenBLAS (faiss is built from source), and redis-server (the ranker's tests start their own).
-# Later parts of the mesh add their own installs here (the Docker base image).
+# The deployment tests need a running Docker engine; they build their own base image.
 # Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +43,15 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 cargo test --workspace --locked
+
+# The deployments, on this machine's Docker engine (the tests are #[ignore]d in a plain
+# `cargo test`): a base image made from Debian's packages, since no registry can be reached
+# here, and the binaries built above with the models, staged as the image and the hosts get them.
+step "Docker base image (scripts/docker-base.sh)"
+scripts/docker-base.sh | tail -n 1
+
+step "staged binaries and models (scripts/dist.sh, dev profile: built above)"
+FLOWMESH_DIST_PROFILE=dev scripts/dist.sh | tail -n 1
+
+step "docker compose: the stack, an encoder stopped under load, an indexer restarted"
+cargo test -p flowmesh-deploy-tests --test compose --locked -- --ignored --nocapture
