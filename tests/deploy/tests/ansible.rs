@@ -58,7 +58,11 @@ impl Setup {
         );
         let dist = std::env::var_os("FLOWMESH_DIST")
             .map_or_else(|| root.join("target/dist"), PathBuf::from);
-        for needed in ["bin/flowmesh-gateway", "bin/flowmesh-bench", "cache/models/minilm"] {
+        for needed in [
+            "bin/flowmesh-gateway",
+            "bin/flowmesh-bench",
+            "cache/models/minilm",
+        ] {
             ensure!(
                 dist.join(needed).exists(),
                 "{} is missing (run scripts/dist.sh, or set FLOWMESH_DIST)",
@@ -96,8 +100,14 @@ impl Setup {
         );
         let envs = [
             ("PATH", path),
-            ("ANSIBLE_CONFIG", dir.join("ansible.cfg").display().to_string()),
-            ("ANSIBLE_HOME", work.join("ansible-home").display().to_string()),
+            (
+                "ANSIBLE_CONFIG",
+                dir.join("ansible.cfg").display().to_string(),
+            ),
+            (
+                "ANSIBLE_HOME",
+                work.join("ansible-home").display().to_string(),
+            ),
             ("ANSIBLE_NOCOLOR", "1".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v));
@@ -215,18 +225,25 @@ async fn search_load(
     stop: Arc<AtomicBool>,
 ) -> LoadReport {
     let loops = (0..concurrency).map(|worker| {
-        let (http, url, reference, stop) = (http.clone(), url.clone(), reference.clone(), stop.clone());
+        let (http, url, reference, stop) =
+            (http.clone(), url.clone(), reference.clone(), stop.clone());
         tokio::spawn(async move {
             let mut report = LoadReport::default();
             let mut i = worker;
             while !stop.load(Ordering::Relaxed) {
                 let q = i % QUERIES.len();
                 i += concurrency;
-                let outcome = match http.post(&url, &search_body(QUERIES[q]), Duration::from_secs(30)).await {
+                let outcome = match http
+                    .post(&url, &search_body(QUERIES[q]), Duration::from_secs(30))
+                    .await
+                {
                     Err(e) => Err(format!("{e:#}")),
                     Ok((200, answer)) => match match_ids(&answer) {
                         Ok(ids) if ids == reference[q] => Ok(()),
-                        Ok(ids) => Err(format!("query {q}: ids {ids:?} instead of {:?}", reference[q])),
+                        Ok(ids) => Err(format!(
+                            "query {q}: ids {ids:?} instead of {:?}",
+                            reference[q]
+                        )),
                         Err(e) => Err(format!("query {q}: {e}")),
                     },
                     Ok((status, answer)) => Err(format!("status {status}: {answer}")),
@@ -272,7 +289,10 @@ fn assert_restarted(
     after: &std::collections::BTreeMap<String, String>,
     expected_units: usize,
 ) -> anyhow::Result<()> {
-    let units: Vec<&String> = before.keys().filter(|u| u.starts_with("flowmesh-")).collect();
+    let units: Vec<&String> = before
+        .keys()
+        .filter(|u| u.starts_with("flowmesh-"))
+        .collect();
     ensure!(
         units.len() == expected_units,
         "{role}: expected {expected_units} flowmesh services, found {units:?}"
@@ -294,12 +314,23 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
     let setup = Setup::find().await?;
     host_image(&setup.base_image).await?;
 
-    let work = std::env::temp_dir().join(format!("fmans-{}-{}", std::process::id(), random_hex(3)?));
+    let work =
+        std::env::temp_dir().join(format!("fmans-{}-{}", std::process::id(), random_hex(3)?));
     std::fs::create_dir_all(&work)?;
     let key = work.join("id_ed25519");
     run_cmd(
         "ssh-keygen",
-        &["-q", "-t", "ed25519", "-N", "", "-C", "flowmesh-ansible-test", "-f", key.to_str().context("utf-8 path")?],
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "flowmesh-ansible-test",
+            "-f",
+            key.to_str().context("utf-8 path")?,
+        ],
         &[],
         &work,
         None,
@@ -308,17 +339,27 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
     .await?;
     let public_key = std::fs::read_to_string(work.join("id_ed25519.pub"))?;
 
-    let prefix = work.file_name().and_then(|n| n.to_str()).context("name")?.to_owned();
+    let prefix = work
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("name")?
+        .to_owned();
     let hosts = Hosts::start(&prefix, &public_key).await?;
     hosts.wait_for_ssh(Duration::from_secs(60)).await?;
     std::fs::write(
         work.join("hosts.yml"),
         serde_json::to_string_pretty(&inventory(&hosts, &key, &setup.dist)?)?,
     )?;
-    eprintln!("hosts up after {:.0}s: {:?}", t0.elapsed().as_secs_f64(), hosts.hosts);
+    eprintln!(
+        "hosts up after {:.0}s: {:?}",
+        t0.elapsed().as_secs_f64(),
+        hosts.hosts
+    );
 
     // 1. Install and start everything.
-    setup.playbook(&work, "site.yml", &[], Duration::from_secs(300)).await?;
+    setup
+        .playbook(&work, "site.yml", &[], Duration::from_secs(300))
+        .await?;
 
     // 2. A short benchmark from the client host against the flow host's gateway: indexes 200
     //    documents, then searches at two concurrencies; every answer must have TOP_K matches.
@@ -335,21 +376,30 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         .await
         .context("flowmesh-bench on the client host")?;
     let json_start = bench.find('{').context("no JSON from flowmesh-bench")?;
-    let result: Value = serde_json::from_str(&bench[json_start..]).context("flowmesh-bench's JSON")?;
+    let result: Value =
+        serde_json::from_str(&bench[json_start..]).context("flowmesh-bench's JSON")?;
     let rows = result["search"].as_array().context("no search rows")?;
     ensure!(rows.len() == 2, "expected 2 search phases: {result}");
     for row in rows {
         ensure!(row["errors"] == 0, "benchmark errors: {row}");
-        ensure!(row["requests"].as_u64().unwrap_or(0) > 0, "no benchmark requests: {row}");
+        ensure!(
+            row["requests"].as_u64().unwrap_or(0) > 0,
+            "no benchmark requests: {row}"
+        );
     }
-    eprintln!("benchmark from the client host:\n{}", tail(&bench[..json_start], 8));
+    eprintln!(
+        "benchmark from the client host:\n{}",
+        tail(&bench[..json_start], 8)
+    );
 
     // 3. The reference answers, then the rolling update of a new release under search load.
     let http = Http::default();
     let url = format!("http://{}:8080/search", hosts.ip("flow"));
     let mut reference = Vec::new();
     for q in QUERIES {
-        let (status, answer) = http.post(&url, &search_body(q), Duration::from_secs(30)).await?;
+        let (status, answer) = http
+            .post(&url, &search_body(q), Duration::from_secs(30))
+            .await?;
         ensure!(status == 200, "search {q:?}: status {status}: {answer}");
         reference.push(match_ids(&answer).map_err(anyhow::Error::msg)?);
     }
@@ -359,12 +409,23 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         before.push(hosts.processes(role).await?);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(search_load(http.clone(), url.clone(), Arc::new(reference), 2, stop.clone()));
+    let load = tokio::spawn(search_load(
+        http.clone(),
+        url.clone(),
+        Arc::new(reference),
+        2,
+        stop.clone(),
+    ));
     let rollout = setup
         .playbook(
             &work,
             "rolling-update.yml",
-            &["-e", "flowmesh_release=2", "-e", "flowmesh_rolling_gateway=false"],
+            &[
+                "-e",
+                "flowmesh_release=2",
+                "-e",
+                "flowmesh_rolling_gateway=false",
+            ],
             Duration::from_secs(240),
         )
         .await;
@@ -375,8 +436,17 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         "searches during the rolling update: {} answered, {} failed {:?}",
         report.ok, report.failed, report.samples
     );
-    ensure!(report.failed == 0, "{} searches failed during the rolling update: {:?}", report.failed, report.samples);
-    ensure!(report.ok >= 20, "only {} searches ran during the rolling update", report.ok);
+    ensure!(
+        report.failed == 0,
+        "{} searches failed during the rolling update: {:?}",
+        report.failed,
+        report.samples
+    );
+    ensure!(
+        report.ok >= 20,
+        "only {} searches ran during the rolling update",
+        report.ok
+    );
 
     let mut after = Vec::new();
     for role in roles {
@@ -386,20 +456,36 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
     assert_restarted("indexer", &before[1], &after[1], 4)?;
     assert_restarted("ranker", &before[2], &after[2], 2)?;
     ensure!(
-        before[2].get("redis-server").is_some() && before[2].get("redis-server") == after[2].get("redis-server"),
+        before[2].contains_key("redis-server")
+            && before[2].get("redis-server") == after[2].get("redis-server"),
         "Redis must keep running through the rolling update: before {:?}, after {:?}",
         before[2].get("redis-server"),
         after[2].get("redis-server")
     );
-    ensure!(before[3] == after[3], "the gateway was restarted although skipped: {:?} -> {:?}", before[3], after[3]);
+    ensure!(
+        before[3] == after[3],
+        "the gateway was restarted although skipped: {:?} -> {:?}",
+        before[3],
+        after[3]
+    );
 
     // 4. The gateway last, on its own (clients see a short outage with one flow host).
     setup
-        .playbook(&work, "rolling-update.yml", &["-e", "flowmesh_release=2", "--limit", "flow"], Duration::from_secs(120))
+        .playbook(
+            &work,
+            "rolling-update.yml",
+            &["-e", "flowmesh_release=2", "--limit", "flow"],
+            Duration::from_secs(120),
+        )
         .await?;
     assert_restarted("flow", &after[3], &hosts.processes("flow").await?, 1)?;
-    let (status, answer) = http.post(&url, &search_body(QUERIES[0]), Duration::from_secs(30)).await?;
-    ensure!(status == 200, "search after the gateway's restart: status {status}: {answer}");
+    let (status, answer) = http
+        .post(&url, &search_body(QUERIES[0]), Duration::from_secs(30))
+        .await?;
+    ensure!(
+        status == 200,
+        "search after the gateway's restart: status {status}: {answer}"
+    );
     match_ids(&answer).map_err(anyhow::Error::msg)?;
 
     // 5. Nothing changed since: a second site.yml run changes nothing and restarts nothing.
@@ -408,14 +494,27 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         settled.push(hosts.processes(role).await?);
     }
     let again = setup
-        .playbook(&work, "site.yml", &["-e", "flowmesh_release=2"], Duration::from_secs(240))
+        .playbook(
+            &work,
+            "site.yml",
+            &["-e", "flowmesh_release=2"],
+            Duration::from_secs(240),
+        )
         .await?;
-    let changed: Vec<&str> = recap_lines(&again).filter(|l| !l.contains(" changed=0 ")).collect();
+    let changed: Vec<&str> = recap_lines(&again)
+        .filter(|l| !l.contains(" changed=0 "))
+        .collect();
     if !changed.is_empty() {
-        bail!("a second site.yml run changed something: {changed:?}\n{}", tail(&again, 80));
+        bail!(
+            "a second site.yml run changed something: {changed:?}\n{}",
+            tail(&again, 80)
+        );
     }
     for (i, role) in roles.iter().enumerate() {
-        ensure!(settled[i] == hosts.processes(role).await?, "{role}: a second site.yml run restarted services");
+        ensure!(
+            settled[i] == hosts.processes(role).await?,
+            "{role}: a second site.yml run restarted services"
+        );
     }
 
     eprintln!("ansible test passed in {:.0}s", t0.elapsed().as_secs_f64());
@@ -425,5 +524,9 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
 }
 
 fn recap_lines(out: &str) -> impl Iterator<Item = &str> {
-    out.split("PLAY RECAP").last().unwrap_or_default().lines().filter(|l| l.contains("ok="))
+    out.split("PLAY RECAP")
+        .last()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("ok="))
 }

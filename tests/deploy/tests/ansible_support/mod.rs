@@ -63,7 +63,9 @@ pub async fn run_cmd(
         cmd.env(k, v);
     }
     let line = format!("{program} {}", args.join(" "));
-    let mut child = cmd.spawn().with_context(|| format!("cannot run `{line}`"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run `{line}`"))?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes()).await?;
     }
@@ -145,9 +147,15 @@ impl Hosts {
     /// Creates the network `prefix` and one container per role, named `prefix-ROLE` with the
     /// network alias ROLE, each running sshd that accepts `public_key` for `deploy`.
     pub async fn start(prefix: &str, public_key: &str) -> anyhow::Result<Self> {
-        docker(&["network", "create", "--label", "org.flowmesh.test=ansible", prefix])
-            .await
-            .context("creating the test network")?;
+        docker(&[
+            "network",
+            "create",
+            "--label",
+            "org.flowmesh.test=ansible",
+            prefix,
+        ])
+        .await
+        .context("creating the test network")?;
         let mut this = Self {
             network: prefix.to_owned(),
             hosts: BTreeMap::new(),
@@ -304,7 +312,12 @@ impl Default for Http {
 impl Http {
     /// POSTs `body` as JSON to `url` within `limit`: the status and the JSON answer (or the raw
     /// text as a JSON string when it is not JSON).
-    pub async fn post(&self, url: &str, body: &Value, limit: Duration) -> anyhow::Result<(u16, Value)> {
+    pub async fn post(
+        &self,
+        url: &str,
+        body: &Value,
+        limit: Duration,
+    ) -> anyhow::Result<(u16, Value)> {
         let request = Request::builder()
             .method(Method::POST)
             .uri(url)
