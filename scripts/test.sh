@@ -55,3 +55,10 @@ FLOWMESH_DIST_PROFILE=dev scripts/dist.sh | tail -n 1
 
 step "docker compose: the stack, an encoder stopped under load, an indexer restarted"
 cargo test -p flowmesh-deploy-tests --test compose --locked -- --ignored --nocapture
+
+step "Ansible: lint, then the playbook on five containers and a rolling update under load"
+ANSIBLE_BIN="$(scripts/ansible-venv.sh | tail -n 1)"
+export ANSIBLE_BIN
+(cd ansible && "$ANSIBLE_BIN/ansible-playbook" --syntax-check -i inventories/static site.yml rolling-update.yml >/dev/null)
+(cd ansible && "$ANSIBLE_BIN/ansible-lint" --offline)
+cargo test -p flowmesh-deploy-tests --test ansible --locked -- --ignored --nocapture
