@@ -102,9 +102,10 @@ pub(crate) struct RunArgs {
     /// Encoder replicas.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
-    /// The index backend (one indexer; see `--indexers` for a comparison).
-    #[arg(long, value_enum, default_value = "flat")]
-    indexer: IndexerKind,
+    /// The index backend (one indexer; see `--indexers` for a comparison). Default `flat`;
+    /// with `--gateway` it only labels the results.
+    #[arg(long, value_enum)]
+    indexer: Option<IndexerKind>,
     /// annoy: trees.
     #[arg(long, default_value_t = 100)]
     num_trees: usize,
@@ -279,7 +280,7 @@ impl RunArgs {
     /// The indexers to measure: `--indexers`, or the one of `--indexer` and its knobs.
     fn specs(&self) -> anyhow::Result<Vec<BackendSpec>> {
         let Some(list) = &self.indexers else {
-            let spec = match self.indexer {
+            let spec = match self.indexer.unwrap_or(IndexerKind::Flat) {
                 IndexerKind::Flat => "flat".to_owned(),
                 IndexerKind::Annoy => {
                     let mut s = format!("annoy:trees={}", self.num_trees);
@@ -460,7 +461,10 @@ async fn against_gateway(
         indexed_before: if args.skip_index { args.docs } else { 0 },
     };
     let results = run_phases(&target, workload, &opts).await;
-    let indexer = format!("{} (as deployed)", specs[0]);
+    let indexer = match (&args.indexer, &args.indexers) {
+        (None, None) => "as deployed".to_owned(),
+        _ => specs[0].to_string(),
+    };
     let mut rows = Vec::new();
     if let Some(index) = results.index {
         rows.push(args.row(Operation::Index, &indexer, index));
