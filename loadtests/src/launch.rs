@@ -59,7 +59,8 @@ impl Launched {
 
     /// Runs `flowmesh up FLOW` on a free port in `workspace`, which the caller owns (and may
     /// hand to the next Flow: a Flow of the same name finds its executors' data there again).
-    /// Executors log warnings only, unless `RUST_LOG` says otherwise.
+    /// Its processes log errors only, unless `RUST_LOG` says otherwise (the warnings of its
+    /// health checks while it stops would cut through the progress display).
     pub(crate) async fn flow_at(flow: &Path, workspace: &Path) -> anyhow::Result<Self> {
         let mut command = Command::new(sibling("flowmesh")?);
         command
@@ -68,7 +69,7 @@ impl Launched {
             .args(["--listen", "127.0.0.1:0", "--workspace"])
             .arg(workspace);
         if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "warn");
+            command.env("RUST_LOG", "error");
         }
         Self::start(command, "gateway: ").await
     }

@@ -30,7 +30,7 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 
 pub(crate) use flow::{Encoder, Store};
-pub(crate) use phase::{recall, run_phase, Limits, Phase, PhaseOptions, PhaseResult};
+pub(crate) use phase::{recall, run_phase, Limits, Phase, PhaseOptions, PhaseResult, NO_LIMIT};
 pub(crate) use progress::Display;
 pub(crate) use report::{Report, Row};
 pub(crate) use target::{Operation, Protocol, Target};
@@ -40,9 +40,6 @@ use crate::indexer::spec::BackendSpec;
 use crate::launch::{Launched, TempDir};
 use crate::load::{http_client, HttpClient};
 use flow::{Build, FlowPlan};
-
-/// The longest a phase runs when no duration is given.
-const NO_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum IndexerKind {

@@ -18,6 +18,9 @@ use crate::load::{post, HttpClient};
 /// Sample messages kept per kind of error.
 const SAMPLES: usize = 3;
 
+/// The duration of a phase bounded by its count only: a week.
+pub(crate) const NO_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The bounds of a phase: it ends at whichever comes first.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub(crate) struct Limits {
@@ -233,6 +236,7 @@ pub(crate) async fn run_phase(
         live,
         limits.max_requests as u64,
         limits.duration,
+        limits.duration < NO_LIMIT,
         opts.report_every,
         opts.display,
     );

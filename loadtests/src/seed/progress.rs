@@ -59,23 +59,27 @@ const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
 impl Progress {
     /// Starts showing `live` for a phase called `label` of at most `max_requests` requests
-    /// and `duration`.
+    /// and `duration`; the bar counts seconds when `by_time`, requests otherwise.
     pub(crate) fn start(
         label: &str,
         live: Arc<Live>,
         max_requests: u64,
         duration: Duration,
+        by_time: bool,
         report_every: Duration,
         display: Display,
     ) -> Self {
         let bar = (display == Display::Auto && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(
-                Some(max_requests),
-                ProgressDrawTarget::stderr_with_hz(4),
-            );
-            let style = ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} requests {msg}",
-            )
+            let (len, unit) = if by_time {
+                (duration.as_secs(), "s")
+            } else {
+                (max_requests, " requests")
+            };
+            let bar =
+                ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(4));
+            let style = ProgressStyle::with_template(&format!(
+                "{{prefix}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}}{unit} {{msg}}"
+            ))
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_prefix(label.to_owned());
@@ -94,21 +98,22 @@ impl Progress {
                 let docs = live.documents.load(Ordering::Relaxed);
                 let errors = live.errors.load(Ordering::Relaxed);
                 let msg = format!(
-                    "{:.1} docs/s, {:.2} requests/s, {errors} errors",
+                    "{requests} requests, {:.1} docs/s, {:.2} requests/s, {errors} errors",
                     docs as f64 / elapsed,
                     requests as f64 / elapsed
                 );
                 match &shown {
                     Some(bar) => {
-                        bar.set_position(requests);
+                        bar.set_position(if by_time {
+                            started.elapsed().as_secs()
+                        } else {
+                            requests
+                        });
                         bar.set_message(msg.clone());
                     }
                     None if display == Display::Auto && last_plain.elapsed() >= PLAIN_EVERY => {
                         last_plain = Instant::now();
-                        eprintln!(
-                            "{label}: {elapsed:.0}s of at most {:.0}s, {requests}/{max_requests} requests, {msg}",
-                            duration.as_secs_f64()
-                        );
+                        eprintln!("{label}: {elapsed:.0}s, {msg}",);
                     }
                     None => {}
                 }
