@@ -15,6 +15,8 @@ command -v flock >/dev/null 2>&1 || need+=(util-linux)
 # faiss (feature `static`) builds its C++ with cmake and links OpenBLAS (and libgomp/gfortran).
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
+# flowmesh-bench run draws its plots' text with this TrueType font (no fontconfig needed).
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need+=(fonts-dejavu-core)
 if [[ "${1:-}" == "--test" ]]; then
   # The ranker's Redis store is tested against a real redis-server (started by the tests).
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

@@ -14,7 +14,7 @@
 mod http_side;
 mod measure;
 mod report;
-mod spec;
+pub(crate) mod spec;
 
 use std::path::PathBuf;
 use std::sync::Arc;

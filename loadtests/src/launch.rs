@@ -17,7 +17,7 @@ pub(crate) struct Launched {
 }
 
 /// A directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -55,6 +55,23 @@ impl Launched {
         let mut launched = Self::start(command, "gateway: ").await?;
         launched._workspace = Some(workspace);
         Ok(launched)
+    }
+
+    /// Runs `flowmesh up FLOW` on a free port in `workspace`, which the caller owns (and may
+    /// hand to the next Flow: a Flow of the same name finds its executors' data there again).
+    /// Its processes log errors only, unless `RUST_LOG` says otherwise (the warnings of its
+    /// health checks while it stops would cut through the progress display).
+    pub(crate) async fn flow_at(flow: &Path, workspace: &Path) -> anyhow::Result<Self> {
+        let mut command = Command::new(sibling("flowmesh")?);
+        command
+            .arg("up")
+            .arg(flow)
+            .args(["--listen", "127.0.0.1:0", "--workspace"])
+            .arg(workspace);
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "error");
+        }
+        Self::start(command, "gateway: ").await
     }
 
     /// Runs the service `binary` with `args` on a free port, until its `listening on` line.

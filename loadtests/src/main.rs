@@ -6,7 +6,8 @@
 //! spent in each executor (from the gateway's `Server-Timing` header). `flowmesh-bench encoder`
 //! compares the encoder service's throughput with its model's raw throughput, for a text or an
 //! image model. `flowmesh-bench indexer` measures each index backend's queries/s and recall@k,
-//! in-process and through the indexer service over HTTP.
+//! in-process and through the indexer service over HTTP. `flowmesh-bench run` is the seed's
+//! cloud benchmark (text or image Flow, index then query phases, the indexer comparison).
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
@@ -18,6 +19,7 @@ mod encoder;
 mod indexer;
 mod launch;
 mod load;
+mod seed;
 mod workload;
 
 use std::fmt::Write as _;
@@ -43,6 +45,9 @@ enum Cmd {
     Encoder(encoder::EncoderArgs),
     /// Queries/s and recall of each index backend, in-process and over HTTP.
     Indexer(indexer::IndexerArgs),
+    /// The seed's cloud benchmark: index then query a text or image Flow, with validation,
+    /// a results table, plots and the indexer comparison.
+    Run(seed::RunArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Overhead(args) => overhead(args).await,
         Cmd::Encoder(args) => encoder::run(args).await,
         Cmd::Indexer(args) => indexer::run(args).await,
+        Cmd::Run(args) => seed::run(args).await,
     }
 }
 

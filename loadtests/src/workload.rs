@@ -182,7 +182,7 @@ fn sentence(i: usize) -> String {
 
 /// A photo-like picture, the same for the same `i`: smooth colour waves, a few discs, and grain,
 /// so that it compresses like a photo (about 15-20 KB as a 224x224 JPEG of quality 90).
-fn picture(i: usize, side: u32) -> RgbImage {
+pub(crate) fn picture(i: usize, side: u32) -> RgbImage {
     let mut next = numbers(i + 1);
     let mut unit = move || (next() % 10_000) as f32 / 10_000.0;
     let waves: Vec<[f32; 3]> = (0..3)

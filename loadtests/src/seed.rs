@@ -1,0 +1,610 @@
+//! `flowmesh-bench run`: the seed's cloud benchmark. Index `--docs` generated documents (texts
+//! through sentencizer, encoder, indexer shards and ranker; or images through encoder and
+//! indexer shards), then query, from `--concurrency` closed-loop clients sending
+//! `--request-size` documents a request, validating every answer, and report documents/s,
+//! requests/s, latency percentiles and errors per phase (`results.json`, `results.md`, plots).
+//!
+//! Without `--gateway`, the Flows are started here with `flowmesh up`, in one workspace: an
+//! index Flow (vectors stored, no approximate structure built), then, for each indexer of
+//! `--indexers`, a query Flow of the same name whose shards open the same data with that
+//! backend and build it once before queries start; recall@k is measured against the exact
+//! (flat) answers to the same queries. With `--gateway`, a running Flow (compose, Ansible) is
+//! measured as it is and the topology knobs are informational (`GET /status` tells the truth).
+//!
+//! For other engines (the Jina side-by-side), [`run_phases`] runs both phases against any
+//! [`Target`] with a [`Workload`], and [`Report`] writes the same outputs.
+
+mod flow;
+mod phase;
+mod plot;
+mod progress;
+mod report;
+mod target;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+
+pub(crate) use flow::{Encoder, Store};
+pub(crate) use phase::{recall, run_phase, Limits, Phase, PhaseOptions, PhaseResult, NO_LIMIT};
+pub(crate) use progress::Display;
+pub(crate) use report::{Report, Row};
+pub(crate) use target::{Operation, Protocol, Target};
+pub(crate) use workload::{ImageField, ImageFormat, Scenario, Workload, WorkloadSpec};
+
+use crate::indexer::spec::BackendSpec;
+use crate::launch::{Launched, TempDir};
+use crate::load::{http_client, HttpClient};
+use flow::{Build, FlowPlan};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum IndexerKind {
+    Flat,
+    Annoy,
+    Faiss,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
+    /// shards).
+    #[arg(long, value_enum, default_value = "text")]
+    scenario: Scenario,
+    /// A running gateway (`http://host:port`) to measure as it is; without it the Flows are
+    /// started here with `flowmesh up` (release binaries next to this one).
+    #[arg(long)]
+    gateway: Option<String>,
+    /// How requests are sent: `native` (`POST /index`, `/search`) or `jina` (`POST /post`).
+    #[arg(long, value_enum, default_value = "native")]
+    protocol: Protocol,
+    /// Concurrent clients, each sending its next request when answered.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Documents per index request.
+    #[arg(long, default_value_t = 50)]
+    request_size: usize,
+    /// Query documents per search request (default: `--request-size`).
+    #[arg(long)]
+    query_request_size: Option<usize>,
+    /// Documents to index.
+    #[arg(long, default_value_t = 2000)]
+    docs: usize,
+    /// Distinct query documents; each is searched once, or they repeat for the query duration.
+    #[arg(long, default_value_t = 500)]
+    queries: usize,
+    /// Limit of both phases ("30s", "2h"); the queries repeat until it has passed.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Limit of the index phase (default: `--duration`, else none).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    index_duration: Option<Duration>,
+    /// Duration of the query phase, queries repeating (default: `--duration`, else each query
+    /// once).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    query_duration: Option<Duration>,
+    /// Most requests of one phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_requests: usize,
+    /// Matches per query; every query must get exactly this many (fewer only when the index
+    /// holds fewer documents).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Indexer shards.
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Encoder replicas.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// The index backend (one indexer; see `--indexers` for a comparison). Default `flat`;
+    /// with `--gateway` it only labels the results.
+    #[arg(long, value_enum)]
+    indexer: Option<IndexerKind>,
+    /// annoy: trees.
+    #[arg(long, default_value_t = 100)]
+    num_trees: usize,
+    /// annoy: nodes inspected per search (Annoy's default when unset).
+    #[arg(long)]
+    search_k: Option<usize>,
+    /// faiss: the `index_factory` key.
+    #[arg(long, default_value = "IVF50,Flat")]
+    index_key: String,
+    /// faiss IVF: lists visited per search (faiss's default, 1, when unset).
+    #[arg(long)]
+    nprobe: Option<usize>,
+    /// Indexers to compare on the same data and queries, comma separated (faiss keys keep
+    /// their commas): `flat,annoy:trees=100,faiss:IVF50,Flat:nprobe=8`. Recall@k is measured
+    /// against the first `flat` (added first when missing).
+    #[arg(long)]
+    indexers: Option<String>,
+    /// The ranker's document store (texts).
+    #[arg(long, value_enum, default_value = "embedded")]
+    store: Store,
+    /// Redis for `--store redis`: `redis://host:port/db`.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Seed of the generated documents and queries.
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
+    /// The encoder: `onnx` (MiniLM or MobileNetV2) or `hash` (texts; cheap, for tests).
+    #[arg(long, value_enum, default_value = "onnx")]
+    encoder: Encoder,
+    /// Dimensions of the hash encoder.
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// ONNX Runtime threads per encoder replica.
+    #[arg(long, default_value_t = 1)]
+    encoder_threads: usize,
+    /// Batches of one request in flight in the Flow.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+    /// Interval of the summary lines of long phases.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    report_every: Duration,
+    /// Longest wait for one answer (also the Flow's executor timeout).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Longest wait for the indexers' builds before a query phase.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    build_timeout: Duration,
+    /// Side of the generated images, in pixels.
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    /// Encoding of the generated images.
+    #[arg(long, value_enum, default_value = "jpeg")]
+    image_format: ImageFormat,
+    /// Most distinct images generated; further documents reuse them under their own ids.
+    #[arg(long, default_value_t = 2000)]
+    image_pool: usize,
+    /// With `--gateway`: query what the Flow holds (`--docs` documents) without indexing.
+    #[arg(long)]
+    skip_index: bool,
+    /// No progress bar, progress lines nor interval summaries.
+    #[arg(long)]
+    quiet: bool,
+    /// Where to write results.json, results.md and the plots.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Both phases against one target.
+#[derive(Debug, Clone)]
+pub(crate) struct RunOptions {
+    pub(crate) phase: PhaseOptions,
+    /// The index phase's limits; `None` skips it.
+    pub(crate) index: Option<Limits>,
+    pub(crate) query: Limits,
+    /// Documents the index holds before the index phase (0 for a fresh Flow).
+    pub(crate) indexed_before: usize,
+}
+
+/// What [`run_phases`] measured.
+#[derive(Debug)]
+pub(crate) struct PhaseResults {
+    pub(crate) index: Option<PhaseResult>,
+    pub(crate) query: PhaseResult,
+}
+
+/// Indexes `workload`'s documents into `target` (unless `opts.index` is `None`), then runs its
+/// queries, each answer checked to hold `min(top_k, documents indexed)` matches per query.
+/// Any engine that speaks [`Protocol::Native`] or [`Protocol::Jina`] can be measured so.
+pub(crate) async fn run_phases(
+    target: &Target,
+    workload: &Arc<Workload>,
+    opts: &RunOptions,
+) -> PhaseResults {
+    let http = http_client();
+    let index = match opts.index {
+        Some(limits) => {
+            let phase = Phase {
+                label: "index".into(),
+                op: Operation::Index,
+                limits,
+                expected_matches: 0,
+            };
+            Some(run_phase(&http, target, workload, &phase, &opts.phase).await)
+        }
+        None => None,
+    };
+    let indexed = opts.indexed_before + index.as_ref().map_or(0, |r| r.documents);
+    let phase = Phase {
+        label: "query".into(),
+        op: Operation::Search,
+        limits: opts.query,
+        expected_matches: workload.spec.top_k.min(indexed),
+    };
+    let query = run_phase(&http, target, workload, &phase, &opts.phase).await;
+    PhaseResults { index, query }
+}
+
+impl RunArgs {
+    fn workload_spec(&self) -> WorkloadSpec {
+        WorkloadSpec {
+            scenario: self.scenario,
+            docs: self.docs,
+            queries: self.queries,
+            request_size: self.request_size,
+            query_request_size: self.query_request_size.unwrap_or(self.request_size),
+            top_k: self.top_k,
+            seed: self.seed,
+            image_size: self.image_size,
+            image_format: self.image_format,
+            // Jina's DocArray reads images from data URIs; flowmesh takes either.
+            image_field: match self.protocol {
+                Protocol::Native => ImageField::Blob,
+                Protocol::Jina => ImageField::DataUri,
+            },
+            image_pool: self.image_pool,
+        }
+    }
+
+    fn index_limits(&self, workload: &Workload) -> Limits {
+        Limits {
+            max_requests: workload.index_batches().min(self.max_requests),
+            duration: self.index_duration.or(self.duration).unwrap_or(NO_LIMIT),
+        }
+    }
+
+    fn query_limits(&self, workload: &Workload) -> Limits {
+        match self.query_duration.or(self.duration) {
+            Some(duration) => Limits {
+                max_requests: self.max_requests,
+                duration,
+            },
+            None => Limits {
+                max_requests: workload.query_batches().min(self.max_requests),
+                duration: NO_LIMIT,
+            },
+        }
+    }
+
+    fn phase_options(&self) -> PhaseOptions {
+        PhaseOptions {
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+            report_every: self.report_every,
+            display: if self.quiet {
+                Display::Quiet
+            } else {
+                Display::Auto
+            },
+        }
+    }
+
+    /// The indexers to measure: `--indexers`, or the one of `--indexer` and its knobs.
+    fn specs(&self) -> anyhow::Result<Vec<BackendSpec>> {
+        let Some(list) = &self.indexers else {
+            let spec = match self.indexer.unwrap_or(IndexerKind::Flat) {
+                IndexerKind::Flat => "flat".to_owned(),
+                IndexerKind::Annoy => {
+                    let mut s = format!("annoy:trees={}", self.num_trees);
+                    if let Some(k) = self.search_k {
+                        s.push_str(&format!(":search_k={k}"));
+                    }
+                    s
+                }
+                IndexerKind::Faiss => {
+                    let mut s = format!("faiss:{}", self.index_key);
+                    if let Some(n) = self.nprobe {
+                        s.push_str(&format!(":nprobe={n}"));
+                    }
+                    s
+                }
+            };
+            return Ok(vec![spec.parse().map_err(anyhow::Error::msg)?]);
+        };
+        let mut specs = split_specs(list)
+            .iter()
+            .map(|s| s.parse::<BackendSpec>().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        anyhow::ensure!(!specs.is_empty(), "--indexers names no indexer");
+        if !specs.iter().any(|s| s.name == "flat") {
+            specs.insert(0, "flat".parse().map_err(anyhow::Error::msg)?);
+        }
+        Ok(specs)
+    }
+
+    fn store_label(&self) -> String {
+        match self.scenario {
+            Scenario::Text => self.store.as_str().to_owned(),
+            Scenario::Image => "none".to_owned(),
+        }
+    }
+
+    fn settings(&self, specs: &[BackendSpec], workload: &Workload) -> Value {
+        json!({
+            "scenario": self.scenario,
+            "gateway": self.gateway,
+            "protocol": self.protocol,
+            "concurrency": self.concurrency,
+            "request_size": self.request_size,
+            "query_request_size": workload.spec.query_request_size,
+            "docs": self.docs,
+            "queries": self.queries,
+            "index_limits": self.index_limits(workload),
+            "query_limits": self.query_limits(workload),
+            "top_k": self.top_k,
+            "shards": self.shards,
+            "replicas": self.replicas,
+            "indexers": specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "store": self.store_label(),
+            "redis_url": self.redis_url,
+            "seed": self.seed,
+            "encoder": self.encoder,
+            "dim": self.dim,
+            "encoder_threads": self.encoder_threads,
+            "prefetch": self.prefetch,
+            "timeout_s": self.timeout.as_secs_f64(),
+            "image_size": self.image_size,
+            "image_format": self.image_format,
+            "image_pool": self.image_pool,
+            "skip_index": self.skip_index,
+            "started_unix_s": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })
+    }
+
+    fn flow_plan(&self) -> FlowPlan {
+        FlowPlan {
+            scenario: self.scenario,
+            encoder: self.encoder,
+            dim: self.dim,
+            encoder_threads: self.encoder_threads,
+            replicas: self.replicas,
+            shards: self.shards,
+            request_size: self.request_size,
+            prefetch: self.prefetch,
+            timeout: self.timeout,
+            store: self.store,
+            redis_url: self.redis_url.clone(),
+        }
+    }
+
+    fn row(&self, op: Operation, indexer: &str, result: PhaseResult) -> Row {
+        Row {
+            engine: "flowmesh".into(),
+            operation: op,
+            indexer: indexer.to_owned(),
+            store: self.store_label(),
+            result,
+            build_seconds: None,
+            recall: None,
+        }
+    }
+}
+
+/// `flat,faiss:IVF50,Flat:nprobe=8` as `["flat", "faiss:IVF50,Flat:nprobe=8"]`: a part that
+/// does not start a backend (`flat`, `annoy`, `faiss`, alone or before `:`) continues the one
+/// before, as the commas of a faiss key do.
+fn split_specs(list: &str) -> Vec<String> {
+    let starts_spec = |part: &str| {
+        let kind = part.trim().split(':').next().unwrap_or_default();
+        matches!(kind, "flat" | "annoy" | "faiss")
+    };
+    let mut specs: Vec<String> = Vec::new();
+    for part in list.split(',') {
+        match specs.last_mut() {
+            Some(last) if !starts_spec(part) => {
+                last.push(',');
+                last.push_str(part.trim());
+            }
+            _ => specs.push(part.trim().to_owned()),
+        }
+    }
+    specs.retain(|s| !s.is_empty());
+    specs
+}
+
+/// `flowmesh-bench run`.
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be positive");
+    anyhow::ensure!(
+        args.shards > 0 && args.replicas > 0,
+        "--shards and --replicas must be positive"
+    );
+    anyhow::ensure!(
+        !args.skip_index || args.gateway.is_some(),
+        "--skip-index needs --gateway (a Flow started here is empty)"
+    );
+    let specs = args.specs()?;
+    eprintln!("generating the workload ...");
+    let workload = Arc::new(Workload::new(args.workload_spec())?);
+    let settings = args.settings(&specs, &workload);
+    let report = match &args.gateway {
+        Some(gateway) => against_gateway(&args, gateway, &specs, &workload, settings).await?,
+        None => launched(&args, &specs, &workload, settings).await?,
+    };
+    println!("{}", report.markdown());
+    if let Some(out) = &args.out {
+        let plots = report.write(out)?;
+        eprintln!("results in {} ({} plots)", out.display(), plots.len());
+    }
+    let errors: usize = report.rows.iter().map(|r| r.result.error_count()).sum();
+    anyhow::ensure!(
+        errors == 0,
+        "{errors} requests failed (errors by kind in results.json)"
+    );
+    Ok(())
+}
+
+/// Both phases against a running gateway; the topology is what its `/status` says.
+async fn against_gateway(
+    args: &RunArgs,
+    gateway: &str,
+    specs: &[BackendSpec],
+    workload: &Arc<Workload>,
+    settings: Value,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        specs.len() == 1,
+        "--indexers needs Flows started here (no --gateway): a running Flow has one indexer"
+    );
+    let target = Target::new(gateway, args.protocol);
+    let http = http_client();
+    let topology = flow::status(&http, &target.base).await;
+    eprintln!(
+        "measuring {}: {}",
+        target.base,
+        flow::topology_line(&topology)
+    );
+    let opts = RunOptions {
+        phase: args.phase_options(),
+        index: (!args.skip_index).then(|| args.index_limits(workload)),
+        query: args.query_limits(workload),
+        indexed_before: if args.skip_index { args.docs } else { 0 },
+    };
+    let results = run_phases(&target, workload, &opts).await;
+    let indexer = match (&args.indexer, &args.indexers) {
+        (None, None) => "as deployed".to_owned(),
+        _ => specs[0].to_string(),
+    };
+    let mut rows = Vec::new();
+    if let Some(index) = results.index {
+        rows.push(args.row(Operation::Index, &indexer, index));
+    }
+    rows.push(args.row(Operation::Search, &indexer, results.query));
+    Ok(Report {
+        settings,
+        topology,
+        rows,
+    })
+}
+
+/// Starts the index Flow, indexes, then one query Flow per indexer on the same data.
+async fn launched(
+    args: &RunArgs,
+    specs: &[BackendSpec],
+    workload: &Arc<Workload>,
+    settings: Value,
+) -> anyhow::Result<Report> {
+    // A memory store does not outlive its Flow: index and query in one.
+    let one_flow = args.scenario == Scenario::Text && args.store == Store::Memory;
+    anyhow::ensure!(
+        !one_flow || specs.len() == 1,
+        "--store memory loses the documents between Flows: compare indexers with embedded or redis"
+    );
+    let workspace =
+        TempDir(std::env::temp_dir().join(format!("flowmesh-bench-run-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&workspace.0);
+    std::fs::create_dir_all(&workspace.0)
+        .with_context(|| format!("cannot create {}", workspace.0.display()))?;
+    let plan = args.flow_plan();
+    let http = http_client();
+    let flat: BackendSpec = "flat".parse().map_err(anyhow::Error::msg)?;
+    let (index_spec, index_build) = if one_flow {
+        (&specs[0], Build::Always)
+    } else {
+        (&flat, Build::Never)
+    };
+    let flow_file = plan.write(&workspace.0, index_spec, index_build, 0)?;
+    eprintln!("starting the index Flow ({})", flow_file.display());
+    let mut running = Some(Launched::flow_at(&flow_file, &workspace.0).await?);
+    let gateway = running.as_ref().map(|l| l.base.clone()).unwrap_or_default();
+    let topology = flow::status(&http, &gateway).await;
+    eprintln!("{gateway}: {}", flow::topology_line(&topology));
+    let phase = Phase {
+        label: "index".into(),
+        op: Operation::Index,
+        limits: args.index_limits(workload),
+        expected_matches: 0,
+    };
+    let target = Target::new(&gateway, args.protocol);
+    let index = run_phase(&http, &target, workload, &phase, &args.phase_options()).await;
+    eprintln!(
+        "indexed {} documents at {:.1} documents/s, {} errors",
+        index.documents,
+        index.docs_per_s(),
+        index.error_count()
+    );
+    let indexed = index.documents;
+    let mut rows = vec![args.row(Operation::Index, &index_spec.to_string(), index)];
+    let mut truth: Option<std::collections::BTreeMap<usize, Vec<String>>> = None;
+    for (n, spec) in specs.iter().enumerate() {
+        if !one_flow {
+            if let Some(l) = running.take() {
+                l.stop().await;
+            }
+            let file = plan.write(&workspace.0, spec, Build::Always, n + 1)?;
+            eprintln!("starting the query Flow for {spec}");
+            running = Some(Launched::flow_at(&file, &workspace.0).await?);
+        }
+        let gateway = running.as_ref().map(|l| l.base.clone()).unwrap_or_default();
+        let built = flow::wait_built(&http, &gateway, args.build_timeout).await?;
+        let query = query_phase(args, &http, &gateway, workload, spec, indexed).await;
+        let mut row = args.row(Operation::Search, &spec.to_string(), query);
+        row.build_seconds = Some(built);
+        match &truth {
+            // The first flat answers are exact: the others' ground truth.
+            None if spec.name == "flat" && specs.len() > 1 => {
+                truth = Some(row.result.answers.clone());
+            }
+            Some(t) => {
+                let (r, compared) = recall(&row.result.answers, t);
+                row.recall = r.map(|r| (r, compared));
+            }
+            None => {}
+        }
+        rows.push(row);
+    }
+    if let Some(l) = running.take() {
+        l.stop().await;
+    }
+    Ok(Report {
+        settings,
+        topology,
+        rows,
+    })
+}
+
+/// One query phase on a started Flow.
+async fn query_phase(
+    args: &RunArgs,
+    http: &HttpClient,
+    gateway: &str,
+    workload: &Arc<Workload>,
+    spec: &BackendSpec,
+    indexed: usize,
+) -> PhaseResult {
+    let phase = Phase {
+        label: format!("query {spec}"),
+        op: Operation::Search,
+        limits: args.query_limits(workload),
+        expected_matches: args.top_k.min(indexed),
+    };
+    let target = Target::new(gateway, args.protocol);
+    let result = run_phase(http, &target, workload, &phase, &args.phase_options()).await;
+    eprintln!(
+        "query {spec}: {:.1} documents/s, p50 {:.0} ms, {} errors",
+        result.docs_per_s(),
+        result.latency_ms(0.5),
+        result.error_count()
+    );
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexer_lists_keep_faiss_commas() {
+        assert_eq!(
+            split_specs("flat,annoy:trees=100,faiss:IVF50,Flat:nprobe=8, faiss:HNSW32"),
+            [
+                "flat",
+                "annoy:trees=100",
+                "faiss:IVF50,Flat:nprobe=8",
+                "faiss:HNSW32"
+            ]
+        );
+        assert_eq!(
+            split_specs("faiss:IVF256,PQ16,flat"),
+            ["faiss:IVF256,PQ16", "flat"]
+        );
+        assert!(split_specs("").is_empty());
+    }
+}

@@ -1,0 +1,342 @@
+//! The Flows `flowmesh-bench run` starts itself: a Flow YAML written from the knobs (the
+//! seed's topologies: sentencizer, encoder replicas, indexer shards, ranker for texts; encoder,
+//! indexer shards for images), the wait for the indexers' approximate structures, and the
+//! topology a gateway reports on `GET /status`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Map, Value};
+
+use super::workload::Scenario;
+use crate::indexer::spec::BackendSpec;
+use crate::load::{get, HttpClient};
+
+/// The ranker's document store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Store {
+    /// A redb file in the ranker's workspace.
+    Embedded,
+    /// Redis at `--redis-url`.
+    Redis,
+    /// The ranker's memory (lost when the Flow stops).
+    Memory,
+}
+
+impl Store {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Redis => "redis",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// The encoder's model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Encoder {
+    /// MiniLM for texts, MobileNetV2 for images, on ONNX Runtime (`models/prepare.sh`).
+    Onnx,
+    /// Feature hashing (texts only; needs no model files): for tests and the mesh's own cost.
+    Hash,
+}
+
+/// When the indexers build their approximate structures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Build {
+    /// Never: the index Flow only stores vectors (every backend stores them alike).
+    Never,
+    /// On every change, so that the structure holds every vector once writes stop (a query
+    /// Flow opening an indexed workspace builds once, from everything).
+    Always,
+}
+
+/// Everything a Flow is written from.
+#[derive(Debug, Clone)]
+pub(crate) struct FlowPlan {
+    pub(crate) scenario: Scenario,
+    pub(crate) encoder: Encoder,
+    /// The hash encoder's dimensions.
+    pub(crate) dim: usize,
+    pub(crate) encoder_threads: usize,
+    pub(crate) replicas: usize,
+    pub(crate) shards: usize,
+    pub(crate) request_size: usize,
+    pub(crate) prefetch: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) store: Store,
+    pub(crate) redis_url: Option<String>,
+}
+
+/// Every Flow of a run has this name, so that each finds the data of the one before in the
+/// shared workspace (`<workspace>/<flow>/<executor>/shard-S/replica-R`).
+pub(crate) const FLOW_NAME: &str = "bench";
+
+/// The `with:` settings of a backend spec: its flags, `--index-key X` as `index_key: X`.
+fn indexer_with(spec: &BackendSpec, build: Build) -> Map<String, Value> {
+    let mut with = Map::new();
+    for pair in spec.flags.chunks(2) {
+        if let [flag, value] = pair {
+            let key = flag.trim_start_matches("--").replace('-', "_");
+            let value = value
+                .parse::<u64>()
+                .map_or_else(|_| json!(value), |n| json!(n));
+            with.insert(key, value);
+        }
+    }
+    if spec.name != "flat" {
+        let min: u64 = match build {
+            Build::Never => 1 << 40,
+            Build::Always => 1,
+        };
+        with.insert("rebuild_min".into(), json!(min));
+        with.insert("rebuild_fraction".into(), json!(0.0));
+    }
+    with
+}
+
+impl FlowPlan {
+    /// The Flow as YAML, with `spec` as its indexer.
+    pub(crate) fn yaml(&self, spec: &BackendSpec, build: Build) -> anyhow::Result<String> {
+        let encoder_with = match (self.encoder, self.scenario) {
+            (Encoder::Hash, Scenario::Image) => bail!("the hash encoder reads texts only"),
+            (Encoder::Hash, Scenario::Text) => json!({"model": "hash", "dim": self.dim}),
+            (Encoder::Onnx, Scenario::Text) => {
+                json!({"model": "onnx", "threads": self.encoder_threads})
+            }
+            (Encoder::Onnx, Scenario::Image) => json!({
+                "model": "onnx", "model_config": "mobilenetv2", "threads": self.encoder_threads,
+            }),
+        };
+        let mut executors = Vec::new();
+        if self.scenario == Scenario::Text {
+            executors.push(json!({
+                "name": "segmenter", "uses": "sentencizer",
+                "with": {"min_sent_len": 2, "max_sent_len": 512},
+            }));
+        }
+        executors.push(json!({
+            "name": "encoder", "uses": "encoder", "replicas": self.replicas, "with": encoder_with,
+        }));
+        executors.push(json!({
+            "name": "indexer", "uses": "indexer", "shards": self.shards,
+            "polling": {"/index": "any", "/update": "any", "/search": "all", "/delete": "all"},
+            "uses_after": "topk",
+            "with": indexer_with(spec, build),
+        }));
+        if self.scenario == Scenario::Text {
+            let mut with = json!({"store": self.store.as_str()});
+            if self.store == Store::Redis {
+                let url = self
+                    .redis_url
+                    .as_deref()
+                    .context("--store redis needs --redis-url")?;
+                with["redis_url"] = json!(url);
+                with["redis_prefix"] = json!("flowmesh-bench:doc:");
+            }
+            executors.push(json!({"name": "ranker", "uses": "ranker", "with": with}));
+        }
+        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        let flow = json!({
+            "name": FLOW_NAME,
+            "with": {"request_size": self.request_size, "prefetch": self.prefetch, "timeout_ms": timeout_ms},
+            "executors": executors,
+        });
+        Ok(serde_yaml::to_string(&flow)?)
+    }
+
+    /// Writes the Flow for `spec` into `dir` and returns its path.
+    pub(crate) fn write(
+        &self,
+        dir: &Path,
+        spec: &BackendSpec,
+        build: Build,
+        n: usize,
+    ) -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("flow-{n}.yml"));
+        std::fs::write(&path, self.yaml(spec, build)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// `GET /status` of a gateway, or `Value::Null` where it has none (Jina).
+pub(crate) async fn status(http: &HttpClient, gateway: &str) -> Value {
+    match get(http, &format!("{gateway}/status")).await {
+        Ok(a) if a.status == 200 => serde_json::from_slice(&a.body).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+/// The topology in a few words: `encoder x2 replicas, indexer x2 shards`.
+pub(crate) fn topology_line(status: &Value) -> String {
+    let executors = status["executors"].as_array().into_iter().flatten();
+    let parts: Vec<String> = executors
+        .map(|e| {
+            let shards = e["shards"].as_array().map_or(0, Vec::len);
+            let replicas = e["replicas"].as_u64().unwrap_or(1);
+            let mut s = format!(
+                "{} ({})",
+                e["name"].as_str().unwrap_or("?"),
+                e["uses"].as_str().unwrap_or("?")
+            );
+            if shards > 1 {
+                s.push_str(&format!(" x{shards} shards"));
+            }
+            if replicas > 1 {
+                s.push_str(&format!(" x{replicas} replicas"));
+            }
+            s
+        })
+        .collect();
+    if parts.is_empty() {
+        "unknown (no GET /status)".to_owned()
+    } else {
+        parts.join(" -> ")
+    }
+}
+
+/// The addresses of every replica of the executor `name`.
+fn addresses(status: &Value, name: &str) -> Vec<String> {
+    status["executors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["name"] == name)
+        .flat_map(|e| e["shards"].as_array().into_iter().flatten())
+        .flat_map(|shard| shard.as_array().into_iter().flatten())
+        .filter_map(|r| r["address"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Waits until every indexer replica's approximate structure holds every vector (flat ones
+/// at once); returns the seconds waited. Fails on a failed build or after `limit`.
+pub(crate) async fn wait_built(
+    http: &HttpClient,
+    gateway: &str,
+    limit: Duration,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let replicas = addresses(&status(http, gateway).await, "indexer");
+    anyhow::ensure!(
+        !replicas.is_empty(),
+        "the gateway's /status names no indexer replica"
+    );
+    for address in replicas {
+        loop {
+            let answer = get(http, &format!("{address}/stats")).await?;
+            let stats: Value = serde_json::from_slice(&answer.body)
+                .with_context(|| format!("{address}/stats is not JSON"))?;
+            let build = &stats["build"];
+            if build.is_null() {
+                break;
+            }
+            let idle = build["building"] == false;
+            if idle
+                && build["fresh"] == 0
+                && build["stale"] == 0
+                && build["generation"].as_u64() > Some(0)
+            {
+                break;
+            }
+            if idle {
+                if let Some(e) = build["last_error"].as_str() {
+                    bail!("the index build of {address} failed: {e}");
+                }
+            }
+            if started.elapsed() > limit {
+                bail!("{address} had not built its index after {limit:?}: {build}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(scenario: Scenario) -> FlowPlan {
+        FlowPlan {
+            scenario,
+            encoder: Encoder::Onnx,
+            dim: 64,
+            encoder_threads: 1,
+            replicas: 2,
+            shards: 3,
+            request_size: 50,
+            prefetch: 4,
+            timeout: Duration::from_secs(60),
+            store: Store::Redis,
+            redis_url: Some("redis://r:6379/0".into()),
+        }
+    }
+
+    #[test]
+    fn text_flows_have_the_seeds_topology() {
+        let spec: BackendSpec = "faiss:IVF50,Flat:nprobe=8".parse().expect("valid");
+        let yaml = plan(Scenario::Text)
+            .yaml(&spec, Build::Always)
+            .expect("a flow");
+        let flow: Value = serde_yaml::from_str(&yaml).expect("YAML");
+        let names: Vec<&str> = flow["executors"]
+            .as_array()
+            .expect("executors")
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert_eq!(names, ["segmenter", "encoder", "indexer", "ranker"]);
+        let indexer = &flow["executors"][2];
+        assert_eq!(indexer["shards"], 3);
+        assert_eq!(indexer["with"]["index_key"], "IVF50,Flat");
+        assert_eq!(indexer["with"]["nprobe"], 8);
+        assert_eq!(indexer["with"]["rebuild_min"], 1);
+        assert_eq!(flow["executors"][1]["replicas"], 2);
+        assert_eq!(
+            flow["executors"][3]["with"]["redis_url"],
+            "redis://r:6379/0"
+        );
+        assert_eq!(flow["with"]["timeout_ms"], 60_000);
+    }
+
+    #[test]
+    fn image_flows_have_no_segmenter_nor_ranker() {
+        let yaml = plan(Scenario::Image)
+            .yaml(&"flat".parse().expect("valid"), Build::Never)
+            .expect("a flow");
+        let flow: Value = serde_yaml::from_str(&yaml).expect("YAML");
+        let names: Vec<&str> = flow["executors"]
+            .as_array()
+            .expect("executors")
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert_eq!(names, ["encoder", "indexer"]);
+        assert_eq!(flow["executors"][0]["with"]["model_config"], "mobilenetv2");
+        assert!(flow["executors"][1]["with"].get("rebuild_min").is_none());
+        let mut hash = plan(Scenario::Image);
+        hash.encoder = Encoder::Hash;
+        assert!(hash
+            .yaml(&"flat".parse().expect("valid"), Build::Never)
+            .is_err());
+    }
+
+    #[test]
+    fn status_gives_addresses_and_a_topology_line() {
+        let status = json!({"executors": [
+            {"name": "encoder", "uses": "encoder", "replicas": 2, "shards": [[{"address": "http://e1"}, {"address": "http://e2"}]]},
+            {"name": "indexer", "uses": "indexer", "replicas": 1, "shards": [[{"address": "http://i0"}], [{"address": "http://i1"}]]},
+        ]});
+        assert_eq!(addresses(&status, "indexer"), ["http://i0", "http://i1"]);
+        assert_eq!(
+            topology_line(&status),
+            "encoder (encoder) x2 replicas -> indexer (indexer) x2 shards"
+        );
+        assert_eq!(topology_line(&Value::Null), "unknown (no GET /status)");
+    }
+}
