@@ -6,7 +6,8 @@
 //! spent in each executor (from the gateway's `Server-Timing` header). `flowmesh-bench encoder`
 //! compares the encoder service's throughput with its model's raw throughput, for a text or an
 //! image model. `flowmesh-bench indexer` measures each index backend's queries/s and recall@k,
-//! in-process and through the indexer service over HTTP.
+//! in-process and through the indexer service over HTTP. `flowmesh-bench compare` runs the same
+//! workloads and topology on flowmesh and on Jina 3.34 and reports their ratios.
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
@@ -16,6 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cpu;
 mod encoder;
 mod indexer;
+mod jina;
 mod launch;
 mod load;
 mod workload;
@@ -43,6 +45,8 @@ enum Cmd {
     Encoder(encoder::EncoderArgs),
     /// Queries/s and recall of each index backend, in-process and over HTTP.
     Indexer(indexer::IndexerArgs),
+    /// The same workloads on flowmesh and on Jina 3.34, side by side, with their ratios.
+    Compare(jina::CompareArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Overhead(args) => overhead(args).await,
         Cmd::Encoder(args) => encoder::run(args).await,
         Cmd::Indexer(args) => indexer::run(args).await,
+        Cmd::Compare(args) => jina::run(args).await,
     }
 }
 
