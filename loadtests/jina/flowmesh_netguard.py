@@ -436,7 +436,7 @@ def _self_test():
     # A process that multiprocessing spawns (a fresh interpreter, as Jina's executors may be)
     # gets the guard from sitecustomize.py when this folder is on PYTHONPATH.
     here = os.path.dirname(os.path.abspath(__file__))
-    if here in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    if here in [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
