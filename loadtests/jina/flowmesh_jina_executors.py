@@ -66,7 +66,7 @@ def label_process(executor):
     """Names this process after the executor (`j:indexer/s0/r0`) in /proc, so that the harness
     can tell where the Flow's CPU time goes."""
     name = getattr(getattr(executor, "runtime_args", None), "name", None) or type(executor).__name__
-    short = str(name).replace("/shard-", "/s").replace("/rep-", "/r").replace("/uses-after", "/after")
+    short = str(name).replace("/shard-", "/s").replace("/rep-", "/r").replace("/uses_after", "/after").replace("/uses-after", "/after")
     try:
         with open("/proc/self/comm", "w", encoding="utf-8") as f:
             f.write(("j:" + short)[:15])

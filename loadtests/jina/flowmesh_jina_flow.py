@@ -92,6 +92,13 @@ def run_flow(args):
             stop.set()
 
     with flow:
+        # This process only waits from here on; the harness tells it from the gateway and the
+        # shards' head (both unnamed Python processes) by this name.
+        try:
+            with open("/proc/self/comm", "w", encoding="utf-8") as f:
+                f.write("j:flow")
+        except OSError:
+            pass
         print(f"jina gateway: http://{HOST}:{flow.port}", flush=True)
         threading.Thread(target=watch_stdin, daemon=True).start()
         stop.wait()
