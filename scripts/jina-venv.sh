@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the Python virtual environment with the Jina 3.x client
-# that the gateway's "Jina client can talk to the flowmesh gateway" test uses.
+# Creates (or reuses) the Python virtual environment with Jina 3.34 that the gateway's
+# "Jina client can talk to the flowmesh gateway" test uses, and that `flowmesh-bench compare`
+# runs Jina's Flow in (with ONNX Runtime and Hugging Face's tokenizers for the real model, and
+# py-spy to profile it).
 #
 #   scripts/jina-venv.sh            -> last stdout line: path of the venv's python
 #
@@ -29,6 +31,11 @@ REQUIREMENTS=(
   'jina==3.34.*'
   'pydantic<2.11.4'
   'prometheus_client<0.21'
+  # flowmesh-bench compare: the Jina side's encoder runs the same model.onnx as flowmesh, on
+  # the same ONNX Runtime release, with the same tokenizer.json.
+  'onnxruntime==1.31.1'
+  'tokenizers==0.23.3'
+  'py-spy==0.4.3'
 )
 
 # Every package of the resolved set, pinned exactly, so that an upstream release
@@ -51,12 +58,18 @@ docker==7.2.0
 ecdsa==0.19.2
 fastapi==0.165.0
 filelock==4.2.11
+flatbuffers==25.12.19
 frozenlist==1.8.0
+fsspec==2026.9.0
 googleapis-common-protos==1.75.0
 grpcio==1.68.0
 grpcio-health-checking==1.68.0
 grpcio-reflection==1.68.0
 h11==0.16.0
+hf-xet==1.8.0
+httpcore2==2.16.2
+httpx2==2.16.2
+huggingface_hub==2.4.0
 idna==3.20
 importlib_metadata==10.2.0
 jcloud==0.3
@@ -68,6 +81,7 @@ mdurl==0.1.2
 multidict==7.2.1
 mypy_extensions==1.2.0
 numpy==2.4.6
+onnxruntime==1.31.1
 opentelemetry-api==1.45.1
 opentelemetry-exporter-http-transport==0.66b1
 opentelemetry-exporter-otlp==1.45.1
@@ -99,12 +113,16 @@ python-dateutil==4.0.0
 python-dotenv==1.2.4
 python-jose==3.5.0
 python-multipart==0.0.34
+py-spy==0.4.3
 PyYAML==6.0.3
 requests==2.34.2
 rich==15.0.0
 rsa==4.9.1
 six==1.17.0
 starlette==1.10.0
+tokenizers==0.23.3
+tqdm==4.70.1
+truststore==0.10.5
 types-requests==2.31.0.6
 types-urllib3==1.26.25.14
 typing-inspect==0.9.0
@@ -136,7 +154,7 @@ PYTHON="$(pick_python)" || die "no python 3.8-3.12 found (tried ${FLOWMESH_PYTHO
 PY_ID="$("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
 # Marker content: changes whenever the pins or the base interpreter change.
-STAMP="$(printf '%s\n' "v1" "$PY_ID" "${REQUIREMENTS[@]}" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
+STAMP="$(printf '%s\n' "v2" "$PY_ID" "${REQUIREMENTS[@]}" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
 
 venv_ready() {
   [[ -f "$MARKER" && -x "$VENV/bin/python" ]] &&
@@ -183,10 +201,10 @@ PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install \
 log "checking the install"
 JINA_OPTOUT_TELEMETRY=1 JINA_DISABLE_UVLOOP=1 "$VENV/bin/python" - >&2 <<'PYCHECK' || die "import check failed"
 import importlib.metadata as md
-import jina, docarray, pydantic
+import jina, docarray, pydantic, onnxruntime, tokenizers
 from jina import Client
 from docarray import BaseDoc, DocList
-v = {p: md.version(p) for p in ("jina", "docarray", "pydantic", "prometheus_client", "protobuf", "aiohttp")}
+v = {p: md.version(p) for p in ("jina", "docarray", "pydantic", "prometheus_client", "protobuf", "aiohttp", "onnxruntime", "tokenizers")}
 assert v["jina"].startswith("3.34."), v
 assert tuple(int(x) for x in v["pydantic"].split(".")[:3]) < (2, 11, 4), v
 assert tuple(int(x) for x in v["prometheus_client"].split(".")[:2]) < (0, 21), v

@@ -24,7 +24,7 @@ fi
 step "ONNX Runtime and the default models (models/prepare.sh)"
 models/prepare.sh | tail -n 1
 
-step "python venv with jina (for the Jina client test)"
+step "python venv with jina (the Jina client test; flowmesh-bench compare and its tests)"
 FLOWMESH_JINA_PYTHON="$(scripts/jina-venv.sh | tail -n 1)"
 export FLOWMESH_JINA_PYTHON
 

@@ -159,9 +159,9 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
 }
 
 /// The raw loop's inputs per second and CPU milliseconds per input.
-struct Raw {
-    per_s: f64,
-    cpu_ms: Option<f64>,
+pub(crate) struct Raw {
+    pub(crate) per_s: f64,
+    pub(crate) cpu_ms: Option<f64>,
 }
 
 /// CPU milliseconds per input of the service and of this load generator during a service phase,
@@ -218,7 +218,7 @@ fn row(
 
 /// Inputs per second of `model` on batches of `batch` back to back for `duration`, after one
 /// untimed call.
-fn raw_throughput(
+pub(crate) fn raw_throughput(
     model: &dyn Model,
     workload: &Workload,
     batch: usize,

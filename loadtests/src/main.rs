@@ -8,6 +8,8 @@
 //! image model. `flowmesh-bench indexer` measures each index backend's queries/s and recall@k,
 //! in-process and through the indexer service over HTTP. `flowmesh-bench run` is the seed's
 //! cloud benchmark (text or image Flow, index then query phases, the indexer comparison).
+//! `flowmesh-bench compare` runs the same workloads and topology on flowmesh and on Jina 3.34
+//! and reports their ratios.
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
@@ -17,6 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod cpu;
 mod encoder;
 mod indexer;
+mod jina;
 mod launch;
 mod load;
 mod seed;
@@ -48,6 +51,8 @@ enum Cmd {
     /// The seed's cloud benchmark: index then query a text or image Flow, with validation,
     /// a results table, plots and the indexer comparison.
     Run(seed::RunArgs),
+    /// The same workloads on flowmesh and on Jina 3.34, side by side, with their ratios.
+    Compare(jina::CompareArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Encoder(args) => encoder::run(args).await,
         Cmd::Indexer(args) => indexer::run(args).await,
         Cmd::Run(args) => seed::run(args).await,
+        Cmd::Compare(args) => jina::run(args).await,
     }
 }
 

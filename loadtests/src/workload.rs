@@ -171,7 +171,7 @@ fn numbers(i: usize) -> impl FnMut() -> u64 {
 }
 
 /// A sentence of 8 to 24 words, the same for the same `i`.
-fn sentence(i: usize) -> String {
+pub(crate) fn sentence(i: usize) -> String {
     let mut next = numbers(i);
     let n = 8 + (next() % 17) as usize;
     (0..n)
