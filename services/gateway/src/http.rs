@@ -15,7 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use flowmesh_shared::codec::{Negotiated, Reply};
 use flowmesh_shared::server::{method_not_allowed, unknown_route};
-use flowmesh_shared::telemetry::{metrics_handle, track_requests};
+use flowmesh_shared::telemetry::{render, track_requests};
 use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
 
 use crate::flow::spec::ENDPOINTS;
@@ -250,5 +250,5 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 /// Prometheus metrics in the text format.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", body = String)))]
 async fn metrics_text() -> String {
-    metrics_handle().render()
+    render().await
 }
