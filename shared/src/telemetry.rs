@@ -92,8 +92,9 @@ pub async fn render() -> String {
     handle.render()
 }
 
-/// Routes `GET /metrics`.
+/// Routes `GET /metrics`, installing the recorder now: what is recorded before it exists is lost.
 pub fn metrics_router() -> Router {
+    let _ = metrics_handle();
     Router::new().route("/metrics", get(render))
 }
 

@@ -11,12 +11,11 @@ use std::time::Duration;
 use serde_json::json;
 use support::launch::{self, flowmesh, metric, temp_dir};
 use support::Http;
-use tokio::io::AsyncBufReadExt;
 
 const FLOW: &str = "name: launched
 executors:
   - {name: segmenter, uses: sentencizer}
-  - {name: encoder, uses: encoder, replicas: 2, with: {model: hash, dim: 128}}
+  - {name: encoder, uses: encoder, replicas: 2, with: {model: hash, dim: 128, workers: 1}}
   - {name: indexer, uses: indexer, shards: 2}
   - {name: ranker, uses: ranker}
 ";
