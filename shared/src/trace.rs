@@ -130,7 +130,9 @@ fn export_timeout() -> Duration {
         .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
-fn build_provider(service: &str) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+fn build_provider(
+    service: &str,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     let timeout = export_timeout();
     let client = ExportClient {
         http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -193,7 +195,10 @@ impl HttpClient for ExportClient {
         let exchange = async move {
             let response = http.request(request).await?;
             let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_ANSWER_BYTES).collect().await?.to_bytes();
+            let body = Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await?
+                .to_bytes();
             Ok::<_, HttpError>(Response::from_parts(parts, body))
         };
         let timeout = self.timeout;
@@ -237,7 +242,10 @@ impl SpanGuard {
     pub fn set_http_status(&self, status: u16, client: bool) {
         if let Some(cx) = &self.0 {
             let span = cx.span();
-            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
             if status >= 500 || (client && status >= 400) {
                 span.set_status(Status::error(String::new()));
             }
@@ -255,7 +263,12 @@ impl Drop for SpanGuard {
 
 /// Opens the server span of an incoming request named `METHOD route`, continuing the trace of
 /// its `traceparent`/`tracestate` headers when they are valid. Empty without traces.
-pub fn server_span(service: &'static str, method: &str, route: &str, headers: &HeaderMap) -> SpanGuard {
+pub fn server_span(
+    service: &'static str,
+    method: &str,
+    route: &str,
+    headers: &HeaderMap,
+) -> SpanGuard {
     let Some(tracer) = TRACER.get() else {
         return SpanGuard(None);
     };
@@ -291,7 +304,12 @@ pub fn internal_span(parent: &Context, name: &str, attributes: Vec<KeyValue>) ->
 }
 
 /// Opens the client span of one call to one replica: `POST /search` to `base`.
-pub fn client_span(parent: &Context, path: &str, base: &str, attributes: Vec<KeyValue>) -> SpanGuard {
+pub fn client_span(
+    parent: &Context,
+    path: &str,
+    base: &str,
+    attributes: Vec<KeyValue>,
+) -> SpanGuard {
     let Some(tracer) = TRACER.get() else {
         return SpanGuard(None);
     };
@@ -376,18 +394,28 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(*k, v.parse().unwrap_or_else(|_| http::HeaderValue::from_static("")));
+            h.insert(
+                *k,
+                v.parse()
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+            );
         }
         h
     }
 
     #[test]
     fn a_traceparent_is_read_and_written_back_unchanged() {
-        let cx = extract(&headers(&[("traceparent", PARENT), ("tracestate", "vendor=x")]));
+        let cx = extract(&headers(&[
+            ("traceparent", PARENT),
+            ("tracestate", "vendor=x"),
+        ]));
         let span = cx.span();
         let sc = span.span_context();
         assert!(sc.is_valid() && sc.is_remote() && sc.is_sampled());
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         let mut out = HeaderMap::new();
         inject(&cx, &mut out);
@@ -435,9 +463,19 @@ mod tests {
     fn without_an_endpoint_spans_are_free_and_empty() {
         // No test in this crate sets an OTLP endpoint, so traces are off.
         assert!(!enabled());
-        let guard = server_span("test", "POST", "/search", &headers(&[("traceparent", PARENT)]));
+        let guard = server_span(
+            "test",
+            "POST",
+            "/search",
+            &headers(&[("traceparent", PARENT)]),
+        );
         assert!(!guard.context().has_active_span());
-        let child = client_span(&guard.context(), "/search", "http://127.0.0.1:1", Vec::new());
+        let child = client_span(
+            &guard.context(),
+            "/search",
+            "http://127.0.0.1:1",
+            Vec::new(),
+        );
         child.set_http_status(500, true);
         assert!(!child.context().has_active_span());
     }

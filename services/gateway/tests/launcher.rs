@@ -116,7 +116,11 @@ async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
             "{text}"
         );
         assert_eq!(
-            metric(&text, "flowmesh_http_request_duration_seconds_count", &labels),
+            metric(
+                &text,
+                "flowmesh_http_request_duration_seconds_count",
+                &labels
+            ),
             Some(1.0),
             "{text}"
         );
@@ -133,7 +137,12 @@ async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
         );
     }
     assert!(
-        metric(&text, "flowmesh_http_requests_in_flight", &[("service", "gateway")]).is_some(),
+        metric(
+            &text,
+            "flowmesh_http_requests_in_flight",
+            &[("service", "gateway")]
+        )
+        .is_some(),
         "{text}"
     );
     assert_eq!(
@@ -159,12 +168,19 @@ async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
                     "{name} at {address}: {text}"
                 );
                 assert_eq!(
-                    metric(&text, "flowmesh_http_request_duration_seconds_count", &labels)
-                        .unwrap_or(0.0),
+                    metric(
+                        &text,
+                        "flowmesh_http_request_duration_seconds_count",
+                        &labels
+                    )
+                    .unwrap_or(0.0),
                     calls,
                     "{name} at {address}: {text}"
                 );
-                texts.entry(name.to_owned()).or_insert_with(Vec::new).push(text);
+                texts
+                    .entry(name.to_owned())
+                    .or_insert_with(Vec::new)
+                    .push(text);
             }
         }
     }
@@ -191,8 +207,12 @@ async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
     assert_eq!(sum("indexer", "flowmesh_index_documents", &[]), 3.0);
     for (shard, t) in texts["indexer"].iter().enumerate() {
         assert!(
-            metric(t, "flowmesh_index_vectors", &[("executor", "indexer"), ("shard", &shard.to_string())])
-                .is_some(),
+            metric(
+                t,
+                "flowmesh_index_vectors",
+                &[("executor", "indexer"), ("shard", &shard.to_string())]
+            )
+            .is_some(),
             "shard {shard}: {t}"
         );
     }

@@ -171,7 +171,10 @@ async fn one_search_is_one_trace_through_every_service() {
         "{context}"
     );
 
-    let search: Vec<&Received> = spans.iter().filter(|s| s.trace_id == SEARCH_TRACE).collect();
+    let search: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.trace_id == SEARCH_TRACE)
+        .collect();
     let services: HashSet<&str> = search.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(
         services,
@@ -233,11 +236,13 @@ async fn one_search_is_one_trace_through_every_service() {
                 ("flowmesh-gateway", SpanKind::Client as i32),
                 "{service}'s parent: {context}"
             );
-            assert_eq!(client.attributes["flowmesh.executor"], executor, "{context}");
+            assert_eq!(
+                client.attributes["flowmesh.executor"], executor,
+                "{context}"
+            );
             assert_eq!(client.attributes["flowmesh.retry"], "0", "{context}");
             assert_eq!(
-                client.attributes["http.response.status_code"],
-                "200",
+                client.attributes["http.response.status_code"], "200",
                 "{context}"
             );
             assert!(
@@ -245,8 +250,7 @@ async fn one_search_is_one_trace_through_every_service() {
                 "{context}"
             );
             assert_eq!(
-                server.attributes["flowmesh.request_id"],
-                root.attributes["flowmesh.request_id"],
+                server.attributes["flowmesh.request_id"], root.attributes["flowmesh.request_id"],
                 "{context}"
             );
             if executor == "indexer" {

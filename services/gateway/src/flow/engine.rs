@@ -426,44 +426,44 @@ async fn call_remote(
     merger: Merger,
     docs: Vec<Document>,
 ) -> NodeOutput {
-        if shards.len() == 1 {
-            return call_shard(ctx, trace, &shards[0], encode(ctx, &docs)?).await;
-        }
-        match polling {
-            Polling::Any => {
-                let total = docs.len();
-                // Futures are built in a loop, not a closure: a closure's higher-ranked lifetimes
-                // keep rustc from proving the request future `Send`.
-                let mut calls = Vec::with_capacity(shards.len());
-                for ((positions, part), shard) in
-                    split_by_shard(docs, shards.len()).into_iter().zip(shards)
-                {
-                    if part.is_empty() {
-                        continue;
-                    }
-                    calls.push(async move {
-                        let body = encode(ctx, &part)?;
-                        let answer = call_shard(ctx, trace, shard, body).await?;
-                        Ok::<_, ApiError>((positions, answer))
-                    });
+    if shards.len() == 1 {
+        return call_shard(ctx, trace, &shards[0], encode(ctx, &docs)?).await;
+    }
+    match polling {
+        Polling::Any => {
+            let total = docs.len();
+            // Futures are built in a loop, not a closure: a closure's higher-ranked lifetimes
+            // keep rustc from proving the request future `Send`.
+            let mut calls = Vec::with_capacity(shards.len());
+            for ((positions, part), shard) in
+                split_by_shard(docs, shards.len()).into_iter().zip(shards)
+            {
+                if part.is_empty() {
+                    continue;
                 }
-                let answers = try_join_all(calls).await?;
-                Ok(reassemble(&node.name, total, answers))
+                calls.push(async move {
+                    let body = encode(ctx, &part)?;
+                    let answer = call_shard(ctx, trace, shard, body).await?;
+                    Ok::<_, ApiError>((positions, answer))
+                });
             }
-            Polling::All => {
-                let body = encode(ctx, &docs)?;
-                let mut calls = Vec::with_capacity(shards.len());
-                for shard in shards {
-                    calls.push(call_shard(ctx, trace, shard, body.clone()));
-                }
-                let answers = try_join_all(calls).await?;
-                let how = match merger {
-                    Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters)),
-                    Merger::Concat => MatchMerge::Concat,
-                };
-                Ok(merge_shard_answers(answers, how))
-            }
+            let answers = try_join_all(calls).await?;
+            Ok(reassemble(&node.name, total, answers))
         }
+        Polling::All => {
+            let body = encode(ctx, &docs)?;
+            let mut calls = Vec::with_capacity(shards.len());
+            for shard in shards {
+                calls.push(call_shard(ctx, trace, shard, body.clone()));
+            }
+            let answers = try_join_all(calls).await?;
+            let how = match merger {
+                Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters)),
+                Merger::Concat => MatchMerge::Concat,
+            };
+            Ok(merge_shard_answers(answers, how))
+        }
+    }
 }
 
 fn encode(ctx: &RequestCtx, docs: &[Document]) -> Result<bytes::Bytes, ApiError> {
