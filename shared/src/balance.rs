@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
+use opentelemetry::KeyValue;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tower::balance::p2c::Balance;
@@ -29,6 +30,7 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::api::Envelope;
 use crate::client::{CallError, ExecutorClient};
 use crate::error::ApiError;
+use crate::trace;
 
 /// One call to an executor: the endpoint path and the MessagePack envelope.
 #[derive(Clone, Debug)]
@@ -39,6 +41,9 @@ pub struct Call {
     pub body: Bytes,
     /// Logged by the executor.
     pub request_id: Arc<str>,
+    /// The trace the call belongs to (the gateway's span for the executor); each attempt opens
+    /// a client span under it. Empty when traces are off.
+    pub trace: opentelemetry::Context,
 }
 
 /// How a [`ReplicaSet`] calls and checks its replicas.
@@ -96,15 +101,31 @@ impl Replica {
     }
 }
 
+/// Which executor shard a [`ReplicaSet`] serves, for spans and logs.
+#[derive(Debug)]
+struct ShardId {
+    executor: Arc<str>,
+    shard: usize,
+}
+
+/// One attempt of a [`Call`]: the balancer's request type.
+#[derive(Clone, Debug)]
+struct Attempt {
+    call: Call,
+    /// 0 for the first try, then 1, 2, ... for retries on other replicas.
+    retry: u32,
+}
+
 /// The balancer's endpoint for one replica.
 #[derive(Clone)]
 struct Endpoint {
     replica: Arc<Replica>,
+    shard: Arc<ShardId>,
     client: ExecutorClient,
     down_tx: Arc<Notify>,
 }
 
-impl Service<Call> for Endpoint {
+impl Service<Attempt> for Endpoint {
     type Response = Envelope;
     type Error = CallError;
     type Future = Pin<Box<dyn Future<Output = Result<Envelope, CallError>> + Send>>;
@@ -119,12 +140,36 @@ impl Service<Call> for Endpoint {
         }
     }
 
-    fn call(&mut self, call: Call) -> Self::Future {
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let Attempt { call, retry } = attempt;
             this.replica.calls.fetch_add(1, Ordering::Relaxed);
+            let span = if trace::enabled() {
+                trace::client_span(
+                    &call.trace,
+                    &call.endpoint,
+                    &this.replica.base,
+                    vec![
+                        KeyValue::new("flowmesh.executor", this.shard.executor.to_string()),
+                        KeyValue::new("flowmesh.shard", this.shard.shard as i64),
+                        KeyValue::new("flowmesh.retry", i64::from(retry)),
+                        KeyValue::new("flowmesh.request_id", call.request_id.to_string()),
+                    ],
+                )
+            } else {
+                trace::SpanGuard::default()
+            };
             let uri = this.replica.uri(&call.endpoint)?;
-            let result = this.client.post(uri, call.body, &call.request_id).await;
+            let result = this
+                .client
+                .post_traced(uri, call.body, &call.request_id, &span.context())
+                .await;
+            match &result {
+                Ok(_) => span.set_http_status(200, true),
+                Err(CallError::Status { status, .. }) => span.set_http_status(*status, true),
+                Err(e) => span.set_error(e),
+            }
             if let Err(CallError::Transport(e)) = &result {
                 tracing::warn!(replica = %this.replica.base, error = %e, "replica marked down");
                 this.replica.up.store(false, Ordering::Release);
@@ -152,7 +197,7 @@ fn into_call_error(e: BoxError) -> CallError {
 pub struct ReplicaSet {
     executor: Arc<str>,
     replicas: Arc<[Arc<Replica>]>,
-    service: Buffer<Call, BalancedFuture>,
+    service: Buffer<Attempt, BalancedFuture>,
     config: BalanceConfig,
 }
 
@@ -166,10 +211,12 @@ impl std::fmt::Debug for ReplicaSet {
 }
 
 impl ReplicaSet {
-    /// Balances over `bases` (`http://host:port`) and starts their health monitor, which ends
-    /// when the last clone of this set is dropped. Must be called inside a Tokio runtime.
+    /// Balances over `bases` (`http://host:port`), the replicas of shard `shard` of `executor`,
+    /// and starts their health monitor, which ends when the last clone of this set is dropped.
+    /// Must be called inside a Tokio runtime.
     pub fn new(
         executor: &str,
+        shard: usize,
         bases: &[String],
         client: ExecutorClient,
         config: BalanceConfig,
@@ -186,13 +233,19 @@ impl ReplicaSet {
                 })
             })
             .collect();
+        let shard_id = Arc::new(ShardId {
+            executor: executor.into(),
+            shard,
+        });
         let endpoint = {
+            let shard = shard_id.clone();
             let client = client.clone();
             let down = down.clone();
             move |replica: &Arc<Replica>| {
                 PeakEwma::new(
                     Endpoint {
                         replica: replica.clone(),
+                        shard: shard.clone(),
                         client: client.clone(),
                         down_tx: down.clone(),
                     },
@@ -212,6 +265,7 @@ impl ReplicaSet {
             .map_future(|f| Box::pin(f) as BalancedFuture);
         let service = Buffer::new(balance, 1024);
         let monitor = Monitor {
+            shard: shard_id,
             replicas: replicas.clone(),
             client,
             changes_tx,
@@ -249,7 +303,10 @@ impl ReplicaSet {
                 });
             }
             let mut service = self.service.clone();
-            let request = call.clone();
+            let request = Attempt {
+                call: call.clone(),
+                retry: attempt,
+            };
             let once = async move {
                 std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
                 service.call(request).await
@@ -267,6 +324,8 @@ impl ReplicaSet {
             };
             if err.is_retryable() && attempt < self.config.retries {
                 attempt += 1;
+                metrics::counter!("flowmesh_executor_retries_total", "executor" => self.executor.to_string())
+                    .increment(1);
                 tracing::debug!(executor = %self.executor, error = %err, attempt, "retrying on another replica");
                 continue;
             }
@@ -297,6 +356,7 @@ impl ReplicaSet {
 }
 
 struct Monitor {
+    shard: Arc<ShardId>,
     replicas: Arc<[Arc<Replica>]>,
     client: ExecutorClient,
     changes_tx: mpsc::UnboundedSender<Discovered>,
@@ -311,6 +371,13 @@ impl Monitor {
             let probes = self.replicas.iter().map(|r| self.probe(r));
             let healthy = futures::future::join_all(probes).await;
             for (i, (replica, ok)) in self.replicas.iter().zip(healthy).enumerate() {
+                metrics::gauge!(
+                    "flowmesh_replica_up",
+                    "executor" => self.shard.executor.to_string(),
+                    "shard" => self.shard.shard.to_string(),
+                    "replica" => replica.base.clone(),
+                )
+                .set(if ok { 1.0 } else { 0.0 });
                 if !ok && in_pool[i] {
                     tracing::warn!(replica = %replica.base, "replica failed its health check");
                     replica.up.store(false, Ordering::Release);

@@ -80,7 +80,20 @@ impl ExecutorClient {
         body: Bytes,
         request_id: &str,
     ) -> Result<Envelope, CallError> {
-        let req = Request::builder()
+        self.post_traced(uri, body, request_id, &opentelemetry::Context::new())
+            .await
+    }
+
+    /// [`post`](Self::post) as part of the trace of `trace` (the call's client span), whose
+    /// context goes along in the `traceparent` header.
+    pub async fn post_traced(
+        &self,
+        uri: Uri,
+        body: Bytes,
+        request_id: &str,
+        trace: &opentelemetry::Context,
+    ) -> Result<Envelope, CallError> {
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(uri)
             .header(header::CONTENT_TYPE, Format::MsgPack.mime())
@@ -88,6 +101,7 @@ impl ExecutorClient {
             .header("x-request-id", request_id)
             .body(Full::new(body))
             .map_err(|e| CallError::Transport(e.to_string()))?;
+        crate::trace::inject(trace, req.headers_mut());
         let (status, headers, bytes) = self.send(req).await?;
         if status != StatusCode::OK {
             return Err(status_error(status, &bytes));

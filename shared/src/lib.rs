@@ -6,7 +6,8 @@
 //! - [`balance`]: replica balancing (tower p2c over PeakEwma) with health checks;
 //! - [`fanout`]: shard routing and the top-k / concat mergers;
 //! - [`error`]: the error type and its JSON body;
-//! - [`health`], [`telemetry`], [`server`]: readiness, logs and metrics, and serving;
+//! - [`health`], [`telemetry`], [`trace`], [`server`]: readiness, logs and metrics, distributed
+//!   traces (OpenTelemetry), and serving;
 //! - [`vector`]: vector math (L2 normalisation).
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod vector;
 
 pub use api::{Document, Envelope, Header, Parameters, Route};

@@ -74,6 +74,9 @@ async fn executor_call<E: Executor>(
     request: Negotiated<Envelope>,
 ) -> Result<Reply<Envelope>, ApiError> {
     let reply = request.reply;
+    crate::trace::set_current_attribute(|| {
+        opentelemetry::KeyValue::new("flowmesh.documents", request.body.data.len() as i64)
+    });
     let response = executor.call(&endpoint, request.body).await?;
     Ok(Reply(reply, response))
 }

@@ -1,9 +1,10 @@
 //! Logging and Prometheus metrics, set up the same way by every service.
 //!
 //! Metrics go to one process-wide recorder, rendered at `/metrics` in Prometheus' text format.
-//! Every HTTP request is counted and timed by [`track_requests`], labelled with the service name.
+//! Every HTTP request is counted and timed by [`track_requests`], labelled with the service name,
+//! and, when traces are on, gets a server span (see [`crate::trace`]).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -12,6 +13,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::context::FutureExt as _;
 use tracing_subscriber::EnvFilter;
 
 /// Latency buckets in seconds, from 50 µs to 30 s.
@@ -50,13 +52,61 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Routes `GET /metrics`.
-pub fn metrics_router() -> Router {
-    let handle = metrics_handle();
-    Router::new().route("/metrics", get(move || async move { handle.render() }))
+/// Something that sets gauges from state it reads when `/metrics` is scraped.
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
+
+static SCRAPE_HOOKS: Mutex<Vec<ScrapeHook>> = Mutex::new(Vec::new());
+
+/// Runs `hook` before every render of `/metrics`: for gauges that are cheap to read at scrape
+/// time but not worth updating on every request (index and store sizes). Hooks run on a
+/// blocking thread, so they may take locks that a long operation holds.
+pub fn on_scrape(hook: impl Fn() + Send + Sync + 'static) {
+    SCRAPE_HOOKS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Box::new(hook));
 }
 
-/// Middleware that counts requests, times them and tracks those in flight, per service and route.
+/// The metrics in Prometheus' text format, after running the [`on_scrape`] hooks.
+pub async fn render() -> String {
+    let handle = metrics_handle();
+    let has_hooks = !SCRAPE_HOOKS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_empty();
+    if has_hooks {
+        let ran = tokio::task::spawn_blocking(|| {
+            for hook in SCRAPE_HOOKS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                hook();
+            }
+        })
+        .await;
+        if let Err(e) = ran {
+            tracing::warn!(error = %e, "a metrics scrape hook failed");
+        }
+    }
+    handle.render()
+}
+
+/// Routes `GET /metrics`, installing the recorder now: what is recorded before it exists is lost.
+pub fn metrics_router() -> Router {
+    let _ = metrics_handle();
+    Router::new().route("/metrics", get(render))
+}
+
+/// Paths that are not traced: probes and scrapes arrive every few hundred milliseconds and would
+/// bury the requests' traces.
+fn is_traced(path: &str) -> bool {
+    !matches!(path, "/livez" | "/readyz" | "/metrics")
+}
+
+/// Middleware that counts requests, times them and tracks those in flight, per service and route;
+/// with traces on, it also opens the request's server span and makes it current while the
+/// handler runs.
 pub async fn track_requests(service: &'static str, req: Request, next: Next) -> Response {
     let path = req
         .extensions()
@@ -65,7 +115,14 @@ pub async fn track_requests(service: &'static str, req: Request, next: Next) -> 
     let start = Instant::now();
     let in_flight = metrics::gauge!("flowmesh_http_requests_in_flight", "service" => service);
     in_flight.increment(1.0);
-    let response = next.run(req).await;
+    let response = if crate::trace::enabled() && is_traced(&path) {
+        let span = crate::trace::server_span(service, req.method().as_str(), &path, req.headers());
+        let response = next.run(req).with_context(span.context()).await;
+        span.set_http_status(response.status().as_u16(), false);
+        response
+    } else {
+        next.run(req).await
+    };
     in_flight.decrement(1.0);
     let status = response.status().as_u16().to_string();
     let labels = [

@@ -15,7 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use flowmesh_shared::codec::{Negotiated, Reply};
 use flowmesh_shared::server::{method_not_allowed, unknown_route};
-use flowmesh_shared::telemetry::{metrics_handle, track_requests};
+use flowmesh_shared::telemetry::{metrics_handle, render, track_requests};
 use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
 
 use crate::flow::spec::ENDPOINTS;
@@ -30,6 +30,9 @@ pub struct AppState {
 
 /// The gateway's routes. `max_body_bytes` bounds request bodies (413 beyond it).
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    // Install the recorder now: what is recorded before it exists is lost (the first scrape used
+    // to install it, so a gateway's first requests were never counted).
+    let _ = metrics_handle();
     Router::new()
         .route("/index", post(documents_index))
         .route("/search", post(matches_search))
@@ -250,5 +253,5 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
 /// Prometheus metrics in the text format.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", body = String)))]
 async fn metrics_text() -> String {
-    metrics_handle().render()
+    render().await
 }

@@ -6,6 +6,10 @@
 //! port is ever guessed. Its `with:` settings become `--key value` flags, and it learns its place
 //! from `FLOWMESH_EXECUTOR`, `FLOWMESH_SHARD`, `FLOWMESH_SHARDS`, `FLOWMESH_REPLICA` and its own
 //! data directory from `FLOWMESH_WORKSPACE`. The gateway runs inside this process.
+//!
+//! Children inherit this process's environment, so the `OTEL_*` variables that turn on trace
+//! export reach every executor; a service name set with `OTEL_SERVICE_NAME` becomes
+//! `NAME-encoder`, `NAME-indexer`, ... for them, so that each service keeps its own name.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -204,7 +208,14 @@ async fn spawn(
     let label = format!("{}/{shard}/{replica}", executor.name);
     std::fs::create_dir_all(workspace)
         .with_context(|| format!("cannot create {}", workspace.display()))?;
-    let mut child: Child = Command::new(binary)
+    let mut command = Command::new(binary);
+    if let Some(name) = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+    {
+        command.env("OTEL_SERVICE_NAME", format!("{name}-{}", executor.uses));
+    }
+    let mut child: Child = command
         .args(settings_to_flags(&executor.settings))
         .args(["--listen", "127.0.0.1:0"])
         .env("FLOWMESH_EXECUTOR", &executor.name)

@@ -9,12 +9,16 @@ use clap::Parser;
 use flowmesh_gateway::{run, Config};
 use flowmesh_shared::server::shutdown_signal;
 use flowmesh_shared::telemetry::init_tracing;
+use flowmesh_shared::trace::init_traces;
 
 #[tokio::main]
 async fn main() {
     init_tracing();
     let config = Config::parse();
-    if let Err(e) = run(config, shutdown_signal()).await {
+    let traces = init_traces("gateway");
+    let result = run(config, shutdown_signal()).await;
+    traces.shutdown().await;
+    if let Err(e) = result {
         eprintln!("flowmesh-gateway: {e:#}");
         std::process::exit(1);
     }

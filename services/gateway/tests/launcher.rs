@@ -6,38 +6,16 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
+use support::launch::{self, flowmesh, metric, temp_dir};
 use support::Http;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn flowmesh() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_flowmesh"));
-    for service in ["flowmesh-encoder", "flowmesh-indexer", "flowmesh-ranker"] {
-        let bin = exe.with_file_name(service);
-        assert!(
-            bin.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` first",
-            bin.display()
-        );
-    }
-    exe
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowmesh-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 const FLOW: &str = "name: launched
 executors:
   - {name: segmenter, uses: sentencizer}
-  - {name: encoder, uses: encoder, replicas: 2, with: {model: hash, dim: 128}}
+  - {name: encoder, uses: encoder, replicas: 2, with: {model: hash, dim: 128, workers: 1}}
   - {name: indexer, uses: indexer, shards: 2}
   - {name: ranker, uses: ranker}
 ";
@@ -47,29 +25,9 @@ async fn up_starts_the_flow_serves_it_and_stops_everything() {
     let dir = temp_dir("up");
     let flow = dir.join("flow.yml");
     std::fs::write(&flow, FLOW).unwrap();
-    let mut child = tokio::process::Command::new(flowmesh())
-        .arg("up")
-        .arg(&flow)
-        .args(["--listen", "127.0.0.1:0", "--workspace"])
-        .arg(dir.join("ws"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    let gateway = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            printed.push(line.clone());
-            if let Some(url) = line.strip_prefix("gateway: ") {
-                return url.to_owned();
-            }
-        }
-        panic!("flowmesh up exited early: {printed:?}");
-    })
-    .await
-    .expect("flowmesh up did not print its gateway address in 60 s");
+    let mut launched = launch::up(&flow, &dir, &[], None).await;
+    let gateway = launched.gateway.clone();
+    let lines = &mut launched.lines;
     let swagger = lines.next_line().await.unwrap().unwrap();
     assert_eq!(swagger, format!("swagger ui: {gateway}/docs"));
 
@@ -126,14 +84,10 @@ async fn up_starts_the_flow_serves_it_and_stops_everything() {
         "A man is riding a white horse. The horse runs."
     );
 
+    metrics_reflect_the_traffic(&http, &gateway).await;
+
     // SIGTERM stops the gateway and every executor process.
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("stopped in time")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    launched.stop().await;
     for address in executor_addresses {
         let addr = address.trim_start_matches("http://");
         assert!(
@@ -142,6 +96,127 @@ async fn up_starts_the_flow_serves_it_and_stops_everything() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every service's `/metrics` counts what the one index and the one search above did: the
+/// gateway's requests, each executor's requests (as many as the gateway says it sent that
+/// replica), the encoder's batches, and the sizes of the index shards and the document store.
+async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
+    let scrape = |base: String| async move {
+        let r = http.get(&format!("{base}/metrics")).await;
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body.to_vec()).unwrap()
+    };
+    let text = scrape(gateway.to_owned()).await;
+    for path in ["/index", "/search"] {
+        let labels = [("service", "gateway"), ("path", path), ("status", "200")];
+        assert_eq!(
+            metric(&text, "flowmesh_http_requests_total", &labels),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            metric(
+                &text,
+                "flowmesh_http_request_duration_seconds_count",
+                &labels
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    for executor in ["segmenter", "encoder", "indexer", "ranker"] {
+        assert_eq!(
+            metric(
+                &text,
+                "flowmesh_executor_duration_seconds_count",
+                &[("executor", executor)]
+            ),
+            Some(2.0),
+            "{executor}: {text}"
+        );
+    }
+    assert!(
+        metric(
+            &text,
+            "flowmesh_http_requests_in_flight",
+            &[("service", "gateway")]
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "flowmesh_replica_up", &[("executor", "indexer")]),
+        Some(2.0),
+        "{text}"
+    );
+
+    // Each replica counted exactly the calls the gateway made to it.
+    let status = http.get(&format!("{gateway}/status")).await.json();
+    let mut texts = std::collections::HashMap::new();
+    for e in status["executors"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        for shard in e["shards"].as_array().unwrap() {
+            for r in shard.as_array().unwrap() {
+                let address = r["address"].as_str().unwrap().to_owned();
+                let text = scrape(address.clone()).await;
+                let calls = r["calls"].as_f64().unwrap();
+                let labels = [("path", "/{endpoint}"), ("status", "200")];
+                assert_eq!(
+                    metric(&text, "flowmesh_http_requests_total", &labels).unwrap_or(0.0),
+                    calls,
+                    "{name} at {address}: {text}"
+                );
+                assert_eq!(
+                    metric(
+                        &text,
+                        "flowmesh_http_request_duration_seconds_count",
+                        &labels
+                    )
+                    .unwrap_or(0.0),
+                    calls,
+                    "{name} at {address}: {text}"
+                );
+                texts
+                    .entry(name.to_owned())
+                    .or_insert_with(Vec::new)
+                    .push(text);
+            }
+        }
+    }
+    let sum = |executor: &str, name: &str, labels: &[(&str, &str)]| -> f64 {
+        texts[executor]
+            .iter()
+            .map(|t| metric(t, name, labels).unwrap_or(0.0))
+            .sum()
+    };
+    // Both requests went through the encoder and the ranker; the search reached both shards.
+    let calls = [("path", "/{endpoint}")];
+    assert_eq!(sum("encoder", "flowmesh_http_requests_total", &calls), 2.0);
+    assert_eq!(sum("ranker", "flowmesh_http_requests_total", &calls), 2.0);
+    assert!(sum("indexer", "flowmesh_http_requests_total", &calls) >= 3.0);
+    assert!(sum("encoder", "flowmesh_encoder_batch_size_count", &[]) >= 2.0);
+    for t in &texts["encoder"] {
+        assert!(
+            metric(t, "flowmesh_encoder_queue_depth", &[]).is_some(),
+            "{t}"
+        );
+    }
+    // Three documents of two sentences each: six chunk vectors over the two shards.
+    assert_eq!(sum("indexer", "flowmesh_index_vectors", &[]), 6.0);
+    assert_eq!(sum("indexer", "flowmesh_index_documents", &[]), 3.0);
+    for (shard, t) in texts["indexer"].iter().enumerate() {
+        assert!(
+            metric(
+                t,
+                "flowmesh_index_vectors",
+                &[("executor", "indexer"), ("shard", &shard.to_string())]
+            )
+            .is_some(),
+            "shard {shard}: {t}"
+        );
+    }
+    assert_eq!(sum("ranker", "flowmesh_store_documents", &[]), 3.0);
 }
 
 #[tokio::test]

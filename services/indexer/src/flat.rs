@@ -124,6 +124,20 @@ impl VectorIndex for FlatIndex {
 }
 
 impl FlatIndex {
+    /// How many documents the stored vectors belong to: the parents of stored chunks, plus the
+    /// stored entries that have no parent and are not a parent themselves. O(entries): for
+    /// metrics scrapes, not for requests.
+    pub fn documents(&self) -> usize {
+        let rows = self.read();
+        let roots = rows
+            .ids
+            .iter()
+            .zip(&rows.parent_ids)
+            .filter(|(id, parent)| parent.is_none() && !rows.children.contains_key(id.as_str()))
+            .count();
+        rows.children.len() + roots
+    }
+
     /// Checks that `entries` can be stored (their dimension), without storing them.
     pub(crate) fn check(&self, entries: &[Entry<'_>]) -> Result<(), IndexError> {
         let rows = self.read();

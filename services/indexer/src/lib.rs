@@ -200,11 +200,43 @@ fn scratch_dir() -> PathBuf {
 /// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `/openapi.json`, `/livez`, `/readyz`,
 /// `/metrics`.
 pub fn router(indexer: Arc<Indexer>, readiness: Readiness, max_body_bytes: usize) -> Router {
+    size_metrics_on_scrape(indexer.shard());
     let extra = Router::new()
         .route("/stats", get(stats_get))
         .with_state(Arc::clone(indexer.shard()))
         .route("/openapi.json", get(|| async { Json(openapi()) }));
     executor_router(SERVICE, indexer, readiness, max_body_bytes, extra)
+}
+
+/// Sets the shard's size gauges whenever `/metrics` is scraped, labelled with the executor and
+/// shard `flowmesh up` names in `FLOWMESH_EXECUTOR` and `FLOWMESH_SHARD`:
+/// `flowmesh_index_vectors`, `flowmesh_index_documents`, and for approximate backends
+/// `flowmesh_index_built_vectors` and `flowmesh_index_fresh_vectors`. Once the shard is
+/// dropped the hook does nothing.
+fn size_metrics_on_scrape(shard: &Arc<Shard>) {
+    let shard = Arc::downgrade(shard);
+    let labels = [
+        (
+            "executor",
+            std::env::var("FLOWMESH_EXECUTOR").unwrap_or_else(|_| SERVICE.to_owned()),
+        ),
+        (
+            "shard",
+            std::env::var("FLOWMESH_SHARD").unwrap_or_else(|_| "0".to_owned()),
+        ),
+    ];
+    flowmesh_shared::telemetry::on_scrape(move || {
+        let Some(shard) = shard.upgrade() else {
+            return;
+        };
+        let stats = shard.shard_stats();
+        metrics::gauge!("flowmesh_index_vectors", &labels).set(stats.index.count as f64);
+        metrics::gauge!("flowmesh_index_documents", &labels).set(shard.documents() as f64);
+        if let Some(build) = stats.build {
+            metrics::gauge!("flowmesh_index_built_vectors", &labels).set(build.built as f64);
+            metrics::gauge!("flowmesh_index_fresh_vectors", &labels).set(build.fresh as f64);
+        }
+    });
 }
 
 /// What the shard holds: count, dimension, backend, metric, durability, and for approximate

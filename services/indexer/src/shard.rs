@@ -131,6 +131,11 @@ impl Shard {
         }
     }
 
+    /// How many documents the stored vectors belong to (see [`FlatIndex::documents`]).
+    pub fn documents(&self) -> usize {
+        self.inner.all.documents()
+    }
+
     /// Waits until no snapshot or rebuild runs (tests and benchmarks).
     pub fn wait_idle(&self) {
         loop {

@@ -107,11 +107,25 @@ pub fn router<S: DocStore>(
     readiness: Readiness,
     max_body_bytes: usize,
 ) -> Router {
+    store_metrics_on_scrape(&ranker);
     let extra = Router::new().route(
         "/openapi.json",
         axum::routing::get(|| async { axum::Json(openapi()) }),
     );
     executor_router(SERVICE, ranker, readiness, max_body_bytes, extra)
+}
+
+/// Sets `flowmesh_store_documents` whenever `/metrics` is scraped, for stores that can count
+/// cheaply (the embedded and memory stores; not Redis, where it would cost a round trip).
+fn store_metrics_on_scrape<S: DocStore>(ranker: &Arc<Ranker<S>>) {
+    let ranker = Arc::downgrade(ranker);
+    let executor = std::env::var("FLOWMESH_EXECUTOR").unwrap_or_else(|_| SERVICE.to_owned());
+    flowmesh_shared::telemetry::on_scrape(move || {
+        if let Some(count) = ranker.upgrade().and_then(|r| r.store().count_cheaply()) {
+            metrics::gauge!("flowmesh_store_documents", "executor" => executor.clone())
+                .set(count as f64);
+        }
+    });
 }
 
 /// The routes of the ranker `config` describes, ready to serve.

@@ -11,12 +11,16 @@ use clap::Parser;
 use flowmesh_ranker::{run, Config};
 use flowmesh_shared::server::shutdown_signal;
 use flowmesh_shared::telemetry::init_tracing;
+use flowmesh_shared::trace::init_traces;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     init_tracing();
     let config = Config::parse();
-    match run(config, shutdown_signal()).await {
+    let traces = init_traces("ranker");
+    let result = run(config, shutdown_signal()).await;
+    traces.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flowmesh-ranker: {e:#}");

@@ -12,6 +12,7 @@ use flowmesh_gateway::launcher::{up, UpArgs};
 use flowmesh_gateway::{load_flow, openapi_json};
 use flowmesh_shared::server::shutdown_signal;
 use flowmesh_shared::telemetry::init_tracing;
+use flowmesh_shared::trace::init_traces;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,7 +42,13 @@ enum Cmd {
 async fn main() {
     init_tracing();
     let result = match Cli::parse().command {
-        Cmd::Up(args) => up(args, shutdown_signal()).await,
+        Cmd::Up(args) => {
+            // The gateway runs in this process; each executor process sets up its own traces.
+            let traces = init_traces("gateway");
+            let result = up(args, shutdown_signal()).await;
+            traces.shutdown().await;
+            result
+        }
         Cmd::Validate { flow } => load_flow(&flow).map(|spec| {
             println!("flow {:?} is valid:", spec.name);
             for e in &spec.executors {

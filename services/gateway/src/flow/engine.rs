@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::{try_join_all, BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
+use opentelemetry::KeyValue;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -21,6 +22,7 @@ use flowmesh_shared::balance::{BalanceConfig, Call, ReplicaSet};
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::codec::Format;
 use flowmesh_shared::fanout::{merge_shard_answers, split_by_shard, MatchMerge};
+use flowmesh_shared::trace;
 use flowmesh_shared::{ApiError, Document, Envelope, Header, Parameters, Route};
 
 use super::sentencizer::Sentencizer;
@@ -83,6 +85,8 @@ struct RequestCtx {
     endpoint_path: Arc<str>,
     /// Time spent in each executor on this request.
     spent: Vec<Mutex<Spent>>,
+    /// The request's server span, parent of the executors' spans; empty when traces are off.
+    trace: opentelemetry::Context,
 }
 
 /// Time one executor spent on one request.
@@ -132,8 +136,9 @@ impl Flow {
                 };
                 let shards = addresses
                     .iter()
-                    .map(|replicas| {
-                        ReplicaSet::new(&e.name, replicas, client.clone(), config.clone())
+                    .enumerate()
+                    .map(|(shard, replicas)| {
+                        ReplicaSet::new(&e.name, shard, replicas, client.clone(), config.clone())
                     })
                     .collect();
                 let merger = match e.uses_after.as_deref() {
@@ -248,6 +253,10 @@ impl Flow {
             header.request_id = uuid::Uuid::new_v4().simple().to_string();
         }
         header.exec_endpoint = format!("/{endpoint}");
+        trace::set_current_attribute(|| {
+            KeyValue::new("flowmesh.request_id", header.request_id.clone())
+        });
+        trace::set_current_attribute(|| KeyValue::new("flowmesh.documents", data.len() as i64));
         for doc in &mut data {
             if doc.id.is_empty() {
                 doc.id = uuid::Uuid::new_v4().simple().to_string();
@@ -260,6 +269,7 @@ impl Flow {
             header,
             parameters,
             spent: (0..self.nodes.len()).map(|_| Mutex::default()).collect(),
+            trace: trace::current(),
         };
         let size = self.spec.settings.request_size;
         let batches: Vec<Vec<Document>> = if data.len() <= size {
@@ -345,6 +355,7 @@ impl Flow {
         }
         let t0 = Instant::now();
         let started = SystemTime::now();
+        let span = node_span(ctx, node, docs.len());
         let out = match &node.kind {
             Kind::Sentencizer(s) => {
                 if ctx.endpoint != "delete" {
@@ -357,10 +368,14 @@ impl Flow {
                     .iter()
                     .position(|e| *e == ctx.endpoint)
                     .unwrap_or(0);
-                self.call_remote(ctx, node, shards, node.polling[slot], *merger, docs)
-                    .await
+                let trace = span.context();
+                call_remote(ctx, &trace, node, shards, node.polling[slot], *merger, docs).await
             }
         };
+        if let Err(e) = &out {
+            span.set_error(e);
+        }
+        drop(span);
         let elapsed = t0.elapsed();
         {
             let ended = started + elapsed;
@@ -375,53 +390,78 @@ impl Flow {
             .record(elapsed.as_secs_f64());
         out
     }
+}
 
-    async fn call_remote(
-        &self,
-        ctx: &RequestCtx,
-        node: &Node,
-        shards: &[ReplicaSet],
-        polling: Polling,
-        merger: Merger,
-        docs: Vec<Document>,
-    ) -> NodeOutput {
-        if shards.len() == 1 {
-            return call_shard(ctx, &shards[0], encode(ctx, &docs)?).await;
+/// The span of one executor's part of one batch of a request: the parent of its calls' client
+/// spans (or, for a built-in executor, the only record of it).
+fn node_span(ctx: &RequestCtx, node: &Node, docs: usize) -> trace::SpanGuard {
+    if !trace::enabled() {
+        return trace::SpanGuard::default();
+    }
+    let kind = match node.kind {
+        Kind::Sentencizer(_) => "builtin",
+        Kind::Remote { .. } => "remote",
+    };
+    trace::internal_span(
+        &ctx.trace,
+        &node.name,
+        vec![
+            KeyValue::new("flowmesh.executor", node.name.to_string()),
+            KeyValue::new("flowmesh.executor.kind", kind),
+            KeyValue::new("flowmesh.endpoint", ctx.endpoint),
+            KeyValue::new("flowmesh.documents", docs as i64),
+            KeyValue::new("flowmesh.request_id", ctx.request_id.to_string()),
+        ],
+    )
+}
+
+/// Sends `docs` to the shards of a remote executor as its polling says, under the executor's
+/// span `trace`.
+async fn call_remote(
+    ctx: &RequestCtx,
+    trace: &opentelemetry::Context,
+    node: &Node,
+    shards: &[ReplicaSet],
+    polling: Polling,
+    merger: Merger,
+    docs: Vec<Document>,
+) -> NodeOutput {
+    if shards.len() == 1 {
+        return call_shard(ctx, trace, &shards[0], encode(ctx, &docs)?).await;
+    }
+    match polling {
+        Polling::Any => {
+            let total = docs.len();
+            // Futures are built in a loop, not a closure: a closure's higher-ranked lifetimes
+            // keep rustc from proving the request future `Send`.
+            let mut calls = Vec::with_capacity(shards.len());
+            for ((positions, part), shard) in
+                split_by_shard(docs, shards.len()).into_iter().zip(shards)
+            {
+                if part.is_empty() {
+                    continue;
+                }
+                calls.push(async move {
+                    let body = encode(ctx, &part)?;
+                    let answer = call_shard(ctx, trace, shard, body).await?;
+                    Ok::<_, ApiError>((positions, answer))
+                });
+            }
+            let answers = try_join_all(calls).await?;
+            Ok(reassemble(&node.name, total, answers))
         }
-        match polling {
-            Polling::Any => {
-                let total = docs.len();
-                // Futures are built in a loop, not a closure: a closure's higher-ranked lifetimes
-                // keep rustc from proving the request future `Send`.
-                let mut calls = Vec::with_capacity(shards.len());
-                for ((positions, part), shard) in
-                    split_by_shard(docs, shards.len()).into_iter().zip(shards)
-                {
-                    if part.is_empty() {
-                        continue;
-                    }
-                    calls.push(async move {
-                        let body = encode(ctx, &part)?;
-                        let answer = call_shard(ctx, shard, body).await?;
-                        Ok::<_, ApiError>((positions, answer))
-                    });
-                }
-                let answers = try_join_all(calls).await?;
-                Ok(reassemble(&node.name, total, answers))
+        Polling::All => {
+            let body = encode(ctx, &docs)?;
+            let mut calls = Vec::with_capacity(shards.len());
+            for shard in shards {
+                calls.push(call_shard(ctx, trace, shard, body.clone()));
             }
-            Polling::All => {
-                let body = encode(ctx, &docs)?;
-                let mut calls = Vec::with_capacity(shards.len());
-                for shard in shards {
-                    calls.push(call_shard(ctx, shard, body.clone()));
-                }
-                let answers = try_join_all(calls).await?;
-                let how = match merger {
-                    Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters)),
-                    Merger::Concat => MatchMerge::Concat,
-                };
-                Ok(merge_shard_answers(answers, how))
-            }
+            let answers = try_join_all(calls).await?;
+            let how = match merger {
+                Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters)),
+                Merger::Concat => MatchMerge::Concat,
+            };
+            Ok(merge_shard_answers(answers, how))
         }
     }
 }
@@ -434,11 +474,17 @@ fn encode(ctx: &RequestCtx, docs: &[Document]) -> Result<bytes::Bytes, ApiError>
     })
 }
 
-async fn call_shard(ctx: &RequestCtx, shard: &ReplicaSet, body: bytes::Bytes) -> NodeOutput {
+async fn call_shard(
+    ctx: &RequestCtx,
+    trace: &opentelemetry::Context,
+    shard: &ReplicaSet,
+    body: bytes::Bytes,
+) -> NodeOutput {
     let call = Call {
         endpoint: ctx.endpoint_path.clone(),
         body,
         request_id: ctx.request_id.clone(),
+        trace: trace.clone(),
     };
     Ok(shard.call(call).await?.data)
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod launch;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,12 +172,26 @@ impl Http {
         content_type: &str,
         body: impl Into<Bytes>,
     ) -> HttpResponse {
-        let req = http::Request::builder()
+        self.send_with(method, url, content_type, &[], body).await
+    }
+
+    /// [`send`](Self::send) with extra `headers`.
+    pub async fn send_with(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> HttpResponse {
+        let mut req = http::Request::builder()
             .method(method)
             .uri(url)
-            .header("content-type", content_type)
-            .body(Full::new(body.into()))
-            .unwrap();
+            .header("content-type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
         let resp = self
             .0
             .request(req)

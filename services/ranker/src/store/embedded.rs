@@ -64,6 +64,11 @@ fn failed(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl DocStore for EmbeddedStore {
+    fn count_cheaply(&self) -> Option<u64> {
+        // redb keeps each table's length in its header: no scan.
+        self.count().ok()
+    }
+
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Document>>, StoreError> {
         let ids = ids.to_vec();
         self.blocking(move |db| {

@@ -49,6 +49,13 @@ pub trait DocStore: Send + Sync + 'static {
     /// removed.
     fn delete_many(&self, ids: &[String])
         -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// How many documents are stored, when the store can tell cheaply and without a network
+    /// round trip (for the `flowmesh_store_documents` gauge); `None` otherwise (Redis). May
+    /// block briefly: it is called from a blocking thread.
+    fn count_cheaply(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The embedded store: a map in memory, lost when the process exits.
@@ -84,6 +91,10 @@ impl DocStore for MemoryStore {
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Document>>, StoreError> {
         let docs = self.docs.read().unwrap_or_else(PoisonError::into_inner);
         Ok(ids.iter().map(|id| docs.get(id).cloned()).collect())
+    }
+
+    fn count_cheaply(&self) -> Option<u64> {
+        Some(self.len() as u64)
     }
 
     async fn put_many(&self, new: Vec<Document>) -> Result<(), StoreError> {
