@@ -221,6 +221,8 @@ impl ReplicaSet {
         client: ExecutorClient,
         config: BalanceConfig,
     ) -> Self {
+        // The monitor sets gauges at once: the recorder must exist before them, or they are lost.
+        let _ = crate::telemetry::metrics_handle();
         let (changes_tx, changes_rx) = mpsc::unbounded_channel::<Discovered>();
         let down = Arc::new(Notify::new());
         let replicas: Arc<[Arc<Replica>]> = bases
@@ -367,17 +369,15 @@ struct Monitor {
 impl Monitor {
     async fn run(self, endpoint: impl Fn(&Arc<Replica>) -> PeakEwma<Endpoint>) {
         let mut in_pool = vec![true; self.replicas.len()];
+        // Replicas start in the pool; say so before the first probes answer.
+        for replica in self.replicas.iter() {
+            self.report(replica, true);
+        }
         loop {
             let probes = self.replicas.iter().map(|r| self.probe(r));
             let healthy = futures::future::join_all(probes).await;
             for (i, (replica, ok)) in self.replicas.iter().zip(healthy).enumerate() {
-                metrics::gauge!(
-                    "flowmesh_replica_up",
-                    "executor" => self.shard.executor.to_string(),
-                    "shard" => self.shard.shard.to_string(),
-                    "replica" => replica.base.clone(),
-                )
-                .set(if ok { 1.0 } else { 0.0 });
+                self.report(replica, ok);
                 if !ok && in_pool[i] {
                     tracing::warn!(replica = %replica.base, "replica failed its health check");
                     replica.up.store(false, Ordering::Release);
@@ -404,6 +404,17 @@ impl Monitor {
                 () = self.down.notified() => self.evict_down(&mut in_pool),
             }
         }
+    }
+
+    /// Sets `flowmesh_replica_up` for `replica`.
+    fn report(&self, replica: &Replica, up: bool) {
+        metrics::gauge!(
+            "flowmesh_replica_up",
+            "executor" => self.shard.executor.to_string(),
+            "shard" => self.shard.shard.to_string(),
+            "replica" => replica.base.clone(),
+        )
+        .set(if up { 1.0 } else { 0.0 });
     }
 
     /// Removes replicas marked down from the balancer, so that they are re-inserted fresh.
