@@ -80,6 +80,7 @@ async fn preflight(base_image: &str) {
         &["image", "inspect", "-f", "{{.Id}}", base_image],
         &[],
         &repo_root(),
+        None,
         Duration::from_secs(30),
     )
     .await;

@@ -4,11 +4,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{header, Method, Request};
@@ -23,67 +22,7 @@ pub const ROLES: [&str; 5] = ["client", "flow", "encoder", "indexer", "ranker"];
 /// The image the hosts run: the base with a login user and sshd (built by [`host_image`]).
 pub const HOST_IMAGE: &str = "flowmesh-ansible-host:bookworm";
 
-/// The repository's root (ansible/, target/dist).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the repository root exists")
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Runs `program args` (with `stdin`, if any) to completion within `limit`; its stdout, or an
-/// error with the tails of its stdout and stderr.
-pub async fn run_cmd(
-    program: &str,
-    args: &[&str],
-    envs: &[(String, String)],
-    dir: &Path,
-    stdin: Option<&str>,
-    limit: Duration,
-) -> anyhow::Result<String> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let line = format!("{program} {}", args.join(" "));
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run `{line}`"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await?;
-    }
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("`{line}` took more than {}s", limit.as_secs()))?
-        .with_context(|| format!("`{line}` failed to finish"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}):\n--- stdout (tail)\n{}\n--- stderr (tail)\n{}",
-            out.status,
-            tail(&stdout, 80),
-            tail(&String::from_utf8_lossy(&out.stderr), 40)
-        );
-    }
-    Ok(stdout)
-}
+pub use flowmesh_deploy_tests::{repo_root, run_cmd, tail};
 
 /// `docker ARGS` within a minute; its trimmed stdout.
 pub async fn docker(args: &[&str]) -> anyhow::Result<String> {

@@ -9,60 +9,13 @@ pub mod load;
 
 pub use http::{base64, Http};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{bail, ensure};
 
-/// The repository's root (compose.yaml, target/dist).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("the repository root exists")
-}
-
-/// Runs `program args` to completion within `limit`; its stdout, or an error with its stderr.
-pub async fn run_cmd(
-    program: &str,
-    args: &[&str],
-    envs: &[(String, String)],
-    dir: &Path,
-    limit: Duration,
-) -> anyhow::Result<String> {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let line = format!("{program} {}", args.join(" "));
-    let out = tokio::time::timeout(limit, cmd.output())
-        .await
-        .with_context(|| format!("`{line}` took more than {}s", limit.as_secs()))?
-        .with_context(|| format!("cannot run `{line}`"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}):\n{}\n{}",
-            out.status,
-            tail(&stdout, 40),
-            tail(&String::from_utf8_lossy(&out.stderr), 60)
-        );
-    }
-    Ok(stdout)
-}
-
-/// The last `n` lines of `text`.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub use flowmesh_deploy_tests::{repo_root, run_cmd};
 
 /// The Compose command line bound to one project: its files, name and variables.
 #[derive(Clone, Debug)]
@@ -85,19 +38,20 @@ impl Compose {
     ) -> anyhow::Result<Self> {
         let dir = repo_root();
         let limit = Duration::from_secs(30);
-        let tool: Vec<String> = if run_cmd("docker", &["compose", "version"], &[], &dir, limit)
-            .await
-            .is_ok()
-        {
-            vec!["docker".into(), "compose".into()]
-        } else if run_cmd("docker-compose", &["version"], &[], &dir, limit)
-            .await
-            .is_ok()
-        {
-            vec!["docker-compose".into()]
-        } else {
-            bail!("neither `docker compose` (v2) nor `docker-compose` (v1) runs here");
-        };
+        let tool: Vec<String> =
+            if run_cmd("docker", &["compose", "version"], &[], &dir, None, limit)
+                .await
+                .is_ok()
+            {
+                vec!["docker".into(), "compose".into()]
+            } else if run_cmd("docker-compose", &["version"], &[], &dir, None, limit)
+                .await
+                .is_ok()
+            {
+                vec!["docker-compose".into()]
+            } else {
+                bail!("neither `docker compose` (v2) nor `docker-compose` (v1) runs here");
+            };
         Ok(Self {
             tool,
             project: project.to_owned(),
@@ -134,7 +88,7 @@ impl Compose {
     pub async fn run(&self, args: &[&str], limit: Duration) -> anyhow::Result<String> {
         let argv = self.argv(args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        run_cmd(&self.tool[0], &argv, &self.envs, &self.dir, limit).await
+        run_cmd(&self.tool[0], &argv, &self.envs, &self.dir, None, limit).await
     }
 
     /// The same, blocking: for `Drop`.
@@ -189,6 +143,7 @@ impl Compose {
             ],
             &[],
             &self.dir,
+            None,
             Duration::from_secs(30),
         )
         .await?;
