@@ -67,7 +67,7 @@ pub async fn run_cmd(
             "`{line}` failed ({}):\n--- stdout (tail)\n{}\n--- stderr (tail)\n{}",
             out.status,
             tail(&stdout, 80),
-            tail(&String::from_utf8_lossy(&out.stderr), 40)
+            tail(&String::from_utf8_lossy(&out.stderr), 60)
         );
     }
     Ok(stdout)
