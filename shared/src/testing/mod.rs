@@ -67,6 +67,7 @@ pub fn assert_openapi_committed(manifest_dir: &str, file: &str, generated: &str,
     );
 }
 
+pub mod corpus;
 mod redis;
 
 pub use redis::RedisServer;
