@@ -10,8 +10,7 @@ use utoipa::ToSchema;
 /// Free-form key/value parameters of a request (`top_k`, executor-specific knobs).
 pub type Parameters = Map<String, Value>;
 
-/// The default number of matches a search returns when `parameters.top_k` is absent.
-pub const DEFAULT_TOP_K: usize = 10;
+pub use crate::limits::{top_k, DEFAULT_TOP_K};
 
 /// One document: a text, an image, or a chunk of either, with its embedding and matches.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -188,25 +187,6 @@ impl Envelope {
             ..Self::default()
         }
     }
-
-    /// `parameters.top_k` when it is a positive integer, otherwise [`DEFAULT_TOP_K`].
-    pub fn top_k(&self) -> usize {
-        top_k(&self.parameters)
-    }
-}
-
-/// `top_k` read from `parameters`, or [`DEFAULT_TOP_K`] when absent or not a positive integer.
-pub fn top_k(parameters: &Parameters) -> usize {
-    // Jina clients send every number as a float (`3.0`), through protobuf's Struct.
-    let k = parameters.get("top_k").and_then(|v| {
-        v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= 1e9)
-                .map(|f| f as u64)
-        })
-    });
-    k.filter(|k| *k > 0)
-        .map_or(DEFAULT_TOP_K, |k| usize::try_from(k).unwrap_or(usize::MAX))
 }
 
 /// `null` reads as an empty list: Jina clients send `"matches": null` for unset fields.
@@ -229,6 +209,9 @@ fn embedding_ser<S: Serializer>(v: &Option<Vec<f32>>, s: S) -> Result<S::Ok, S::
         }
     }
 }
+
+/// The most floats reserved up front for an embedding whose length the sender announces.
+const MAX_PREALLOCATED_FLOATS: usize = 4096;
 
 struct RawBytes<'a>(&'a [u8]);
 
@@ -268,7 +251,10 @@ fn embedding_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::
             self,
             mut a: A,
         ) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0));
+            // The length a MessagePack array header claims is the client's word: reserve no
+            // more than a model's embedding before the floats are really there.
+            let mut out =
+                Vec::with_capacity(a.size_hint().unwrap_or(0).min(MAX_PREALLOCATED_FLOATS));
             while let Some(x) = a.next_element::<f32>()? {
                 out.push(x);
             }
@@ -345,16 +331,14 @@ mod tests {
     }
 
     #[test]
-    fn top_k_defaults_and_rejects_zero() {
-        let mut p = Parameters::new();
-        assert_eq!(top_k(&p), DEFAULT_TOP_K);
-        p.insert("top_k".into(), 0.into());
-        assert_eq!(top_k(&p), DEFAULT_TOP_K);
-        p.insert("top_k".into(), 3.into());
-        assert_eq!(top_k(&p), 3);
-        p.insert("top_k".into(), serde_json::json!(4.0));
-        assert_eq!(top_k(&p), 4);
-        p.insert("top_k".into(), serde_json::json!(4.5));
-        assert_eq!(top_k(&p), DEFAULT_TOP_K);
+    fn a_lying_msgpack_array_header_reserves_nothing_large() {
+        // {"embedding": <array of 2^32-1 floats>} with no floats after the header.
+        let mut body = vec![0x81, 0xa9];
+        body.extend_from_slice(b"embedding");
+        body.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        let err = crate::codec::Format::MsgPack
+            .decode::<Document>(&body)
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
     }
 }

@@ -67,7 +67,9 @@ impl ExecutorClient {
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Shorter than the services' header timeout (20 s by default), after which they close an
+            // idle connection: a pooled connection is never reused just as its server closes it.
+            .pool_idle_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(256)
             .build(conn);
         Self { http }
@@ -146,13 +148,15 @@ impl ExecutorClient {
 }
 
 fn status_error(status: StatusCode, bytes: &[u8]) -> CallError {
-    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
-        error: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
-        kind: if status.is_client_error() {
-            "bad_request".into()
-        } else {
-            "executor_error".into()
-        },
+    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| {
+        ErrorBody::new(
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)]),
+            if status.is_client_error() {
+                "bad_request"
+            } else {
+                "executor_error"
+            },
+        )
     });
     CallError::Status {
         status: status.as_u16(),

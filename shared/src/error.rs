@@ -13,9 +13,28 @@ use utoipa::ToSchema;
 pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
-    /// A stable machine-readable category (`invalid_json`, `bad_request`, `timeout`, ...).
+    /// A stable machine-readable category (`invalid_body`, `invalid_parameter`,
+    /// `limit_exceeded`, `deadline_exceeded`, `partial_write`, ...).
     pub kind: String,
+    /// With `partial_write`: the ids of the documents that were not written. Sending the same
+    /// request again writes them (writes are idempotent upserts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_written: Option<Vec<String>>,
 }
+
+impl ErrorBody {
+    /// A body with `error` and `kind` only.
+    pub fn new(error: impl Into<String>, kind: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            kind: kind.into(),
+            not_written: None,
+        }
+    }
+}
+
+/// Seconds a shed or overloaded caller is asked to wait (`Retry-After`).
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// Errors that a service answers with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,9 +45,21 @@ pub enum ApiError {
     /// The request is well-formed but not acceptable (empty `data`, bad parameter, ...).
     #[error("{0}")]
     BadRequest(String),
+    /// A known parameter has a wrong value (`top_k` of 0, a string, over its limit, ...).
+    #[error("invalid parameter {name}: {message}")]
+    InvalidParameter {
+        /// The parameter (or header) name.
+        name: String,
+        /// What is wrong, naming the limit and its flag where one was exceeded.
+        message: String,
+    },
     /// The body is larger than the configured limit.
     #[error("request body is too large: {0}")]
     PayloadTooLarge(String),
+    /// The request asks for more work than a limit allows; the message names the limit and
+    /// its flag.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// No such endpoint.
     #[error("unknown endpoint {0:?}")]
     UnknownEndpoint(String),
@@ -74,6 +105,18 @@ pub enum ApiError {
         /// The timeout that ran out.
         timeout_ms: u64,
     },
+    /// The request's deadline passed before it was answered; its work was stopped.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A write reached some shards or stores and not others: the listed documents were not
+    /// written (the others were, and are searchable with their content).
+    #[error("{message}")]
+    PartialWrite {
+        /// What failed, naming the executor, shard and replica.
+        message: String,
+        /// The ids of the documents that were not written.
+        not_written: Vec<String>,
+    },
     /// The service is not ready yet (model loading, store disconnected, ...).
     #[error("{0}")]
     NotReady(String),
@@ -86,16 +129,20 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidBody(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidBody(_) | Self::BadRequest(_) | Self::InvalidParameter { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PayloadTooLarge(_) | Self::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownEndpoint(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Rejected { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            Self::Unavailable { .. } | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Unavailable { .. } | Self::NotReady(_) | Self::PartialWrite { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Timeout { .. } | Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,7 +152,9 @@ impl ApiError {
         match self {
             Self::InvalidBody(_) => "invalid_body",
             Self::BadRequest(_) => "bad_request",
+            Self::InvalidParameter { .. } => "invalid_parameter",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::LimitExceeded(_) => "limit_exceeded",
             Self::UnknownEndpoint(_) => "unknown_endpoint",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -113,6 +162,8 @@ impl ApiError {
             Self::Rejected { kind, .. } => kind,
             Self::Unavailable { .. } => "unavailable",
             Self::Timeout { .. } => "timeout",
+            Self::DeadlineExceeded(_) => "deadline_exceeded",
+            Self::PartialWrite { .. } => "partial_write",
             Self::NotReady(_) => "not_ready",
             Self::Internal(_) => "internal",
         }
@@ -127,6 +178,10 @@ impl ApiError {
         ErrorBody {
             error,
             kind: self.kind().to_owned(),
+            not_written: match self {
+                Self::PartialWrite { not_written, .. } => Some(not_written.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -139,7 +194,14 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %self, kind = self.kind(), "request rejected");
         }
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if matches!(self, Self::Overloaded(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 
@@ -152,6 +214,27 @@ mod tests {
         let body = ApiError::Internal("secret path /x".into()).body();
         assert!(!body.error.contains("secret"));
         assert_eq!(body.kind, "internal");
+    }
+
+    #[test]
+    fn overloaded_says_when_to_retry() {
+        let r = ApiError::Overloaded("busy".into()).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn partial_write_lists_what_was_not_written() {
+        let e = ApiError::PartialWrite {
+            message: "executor indexer shard 1 is unavailable".into(),
+            not_written: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["kind"], "partial_write");
+        assert_eq!(body["not_written"], serde_json::json!(["a", "b"]));
+        let plain = serde_json::to_value(ApiError::BadRequest("x".into()).body()).unwrap();
+        assert!(plain.get("not_written").is_none());
     }
 
     #[test]

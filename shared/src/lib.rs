@@ -6,6 +6,7 @@
 //! - [`balance`]: replica balancing (tower p2c over PeakEwma) with health checks;
 //! - [`fanout`]: shard routing and the top-k / concat mergers;
 //! - [`error`]: the error type and its JSON body;
+//! - [`limits`], [`deadline`]: what one request may ask of a service, and when it must be done;
 //! - [`health`], [`telemetry`], [`trace`], [`server`]: readiness, logs and metrics, distributed
 //!   traces (OpenTelemetry), and serving;
 //! - [`vector`]: vector math (L2 normalisation).
@@ -14,9 +15,11 @@ pub mod api;
 pub mod balance;
 pub mod client;
 pub mod codec;
+pub mod deadline;
 pub mod error;
 pub mod fanout;
 pub mod health;
+pub mod limits;
 pub mod openapi;
 pub mod server;
 pub mod telemetry;
@@ -26,4 +29,6 @@ pub mod trace;
 pub mod vector;
 
 pub use api::{Document, Envelope, Header, Parameters, Route};
+pub use deadline::Deadline;
 pub use error::{ApiError, ErrorBody};
+pub use limits::Limits;

@@ -2,7 +2,7 @@
 //! their image (as the model embeds one or the other).
 
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::{ApiError, Document, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
 
 use std::sync::Arc;
 
@@ -357,7 +357,12 @@ fn set_leaf_embeddings(doc: &mut Document, embeddings: &mut impl Iterator<Item =
 }
 
 impl Executor for Encoder {
-    async fn call(&self, endpoint: &str, mut request: Envelope) -> Result<Envelope, ApiError> {
+    async fn call(
+        &self,
+        endpoint: &str,
+        mut request: Envelope,
+        _deadline: Deadline,
+    ) -> Result<Envelope, ApiError> {
         match endpoint {
             "index" | "search" | "update" => {
                 self.encode(&mut request.data).await?;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::server::{self, executor_router, ServeArgs};
+use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
 
 pub use batcher::{BatchConfig, BatchError};
 pub use decode::{ImageError, ImageLimits};
@@ -210,9 +210,9 @@ impl Config {
 
 /// The encoder's routes: `POST /{endpoint}`, `POST /encode`, `/openapi.json`, `/livez`,
 /// `/readyz`, `/metrics`.
-pub fn router(encoder: Arc<Encoder>, readiness: Readiness, max_body_bytes: usize) -> Router {
+pub fn router(encoder: Arc<Encoder>, readiness: Readiness, limits: &Limits) -> Router {
     let own = http::routes(encoder.clone());
-    executor_router(SERVICE, encoder, readiness, max_body_bytes, own)
+    executor_router(SERVICE, encoder, readiness, limits, own)
 }
 
 /// The routes of the encoder `config` describes, ready to serve; fails on an invalid
@@ -228,7 +228,7 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
     Ok(router(
         Arc::new(encoder),
         Readiness::ready(),
-        config.serve.max_body_bytes,
+        &config.serve.limits,
     ))
 }
 
@@ -240,6 +240,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Build before binding, so that a bad configuration never prints a `listening on` line.
     let app = app(&config).context("invalid configuration")?;
-    server::bind_and_serve(SERVICE, config.serve.listen, app, shutdown).await?;
+    server::bind_and_serve(SERVICE, &config.serve, app, shutdown).await?;
     Ok(())
 }

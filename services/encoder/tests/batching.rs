@@ -153,7 +153,11 @@ async fn concurrent_requests_share_model_calls_and_get_their_own_embeddings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_and_the_queued_requests_still_finish() {
     let h = gated(&config(64, 10_000, 2));
-    let app = router(h.encoder.clone(), Readiness::ready(), 1 << 20);
+    let app = router(
+        h.encoder.clone(),
+        Readiness::ready(),
+        &flowmesh_shared::Limits::with_max_body_bytes(1 << 20),
+    );
     let first = spawn_encode(&h.encoder, "running");
     entered(&h).await;
     let queued = [

@@ -14,22 +14,58 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
 use flowmesh_shared::codec::{Negotiated, Reply};
-use flowmesh_shared::server::{method_not_allowed, unknown_route};
+use flowmesh_shared::server::{method_not_allowed, shed_beyond, unknown_route, Limits};
 use flowmesh_shared::telemetry::{metrics_handle, render, track_requests};
 use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
 
 use crate::flow::spec::ENDPOINTS;
 use crate::flow::Flow;
 
+/// What `flowmesh up` reports of the executor processes it supervises, for `GET /status`.
+pub type ProcessStatus = Arc<dyn Fn() -> Value + Send + Sync>;
+
 /// What every handler shares.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     /// The running Flow.
     pub flow: Arc<Flow>,
+    /// The gateway's request and connection limits.
+    pub limits: Limits,
+    /// The launcher's view of its processes, when the gateway runs inside `flowmesh up`.
+    pub processes: Option<ProcessStatus>,
 }
 
-/// The gateway's routes. `max_body_bytes` bounds request bodies (413 beyond it).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("flow", &self.flow)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state of a gateway serving `flow` under `limits`.
+    pub fn new(flow: Arc<Flow>, limits: Limits) -> Self {
+        Self {
+            flow,
+            limits,
+            processes: None,
+        }
+    }
+
+    /// Adds the launcher's process status to `GET /status` (under `processes`).
+    #[must_use]
+    pub fn with_processes(mut self, status: ProcessStatus) -> Self {
+        self.processes = Some(status);
+        self
+    }
+}
+
+/// The gateway's routes. The state's limits bound request bodies (413 beyond them) and the
+/// requests worked on at once (429 beyond them).
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits.clone();
     // Install the recorder now: what is recorded before it exists is lost (the first scrape used
     // to install it, so a gateway's first requests were never counted).
     let _ = metrics_handle();
@@ -39,6 +75,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/update", post(documents_update))
         .route("/delete", post(documents_delete))
         .route("/post", post(jina_post))
+        .route_layer(shed_beyond(limits.max_concurrent_requests))
         .route("/status", get(flow_status))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -47,7 +84,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(|req, next| {
             track_requests("gateway", req, next)
         }))
@@ -227,6 +264,9 @@ async fn jina_post(
 async fn flow_status(State(s): State<AppState>) -> Json<Value> {
     let mut status = s.flow.status();
     status["version"] = json!(env!("CARGO_PKG_VERSION"));
+    if let Some(processes) = &s.processes {
+        status["processes"] = processes();
+    }
     Json(status)
 }
 

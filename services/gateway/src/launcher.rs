@@ -25,7 +25,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use flowmesh_shared::client::ExecutorClient;
-use flowmesh_shared::server::{bind, serve};
+use flowmesh_shared::server::{bind, serve, Limits};
 
 use crate::flow::spec::{AddressesSpec, ExecutorSpec, SERVICES};
 use crate::flow::{Flow, FlowSpec};
@@ -48,9 +48,9 @@ pub struct UpArgs {
     /// How long to wait for every executor to become ready, in seconds.
     #[arg(long, default_value_t = 300)]
     pub ready_timeout_secs: u64,
-    /// Largest accepted request body of the gateway, in bytes.
-    #[arg(long, env = "FLOWMESH_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// The gateway's request and connection limits.
+    #[command(flatten)]
+    pub limits: Limits,
 }
 
 /// One started executor process.
@@ -131,12 +131,7 @@ async fn serve_gateway(
             )
         })?;
     let local = listener.local_addr()?;
-    let app = router(
-        AppState {
-            flow: Arc::new(flow),
-        },
-        args.max_body_bytes,
-    );
+    let app = router(AppState::new(Arc::new(flow), args.limits.clone()));
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -149,7 +144,7 @@ async fn serve_gateway(
         writeln!(out, "swagger ui: http://{local}/docs")?;
         out.flush()?;
     }
-    serve(listener, app, shutdown).await?;
+    serve(listener, app, &args.limits, shutdown).await?;
     Ok(())
 }
 

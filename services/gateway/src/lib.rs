@@ -48,12 +48,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let spec = load_flow(&config.flow)?;
     let flow = Flow::build(spec, &ExecutorClient::new())?;
-    let app = router(
-        AppState {
-            flow: Arc::new(flow),
-        },
-        config.serve.max_body_bytes,
-    );
-    bind_and_serve("flowmesh-gateway", config.serve.listen, app, shutdown).await?;
+    let app = router(AppState::new(Arc::new(flow), config.serve.limits.clone()));
+    bind_and_serve("flowmesh-gateway", &config.serve, app, shutdown).await?;
     Ok(())
 }

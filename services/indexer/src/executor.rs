@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use flowmesh_shared::api::top_k;
+use flowmesh_shared::api::{top_k, DEFAULT_TOP_K};
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::{ApiError, Document, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
 
 use crate::backend::{Entry, Hit, IndexError, VectorIndex};
 use crate::shard::Shard;
@@ -61,7 +61,12 @@ impl Indexer {
 }
 
 impl Executor for Indexer {
-    async fn call(&self, endpoint: &str, request: Envelope) -> Result<Envelope, ApiError> {
+    async fn call(
+        &self,
+        endpoint: &str,
+        request: Envelope,
+        _deadline: Deadline,
+    ) -> Result<Envelope, ApiError> {
         let operation: Operation = match endpoint {
             "index" => documents_upsert,
             "update" => documents_update,
@@ -165,7 +170,8 @@ fn matches_search(
     mut request: Envelope,
     options: Options,
 ) -> Result<Envelope, IndexError> {
-    let k = top_k(&request.parameters);
+    // Checked against --max-top-k by the executor route before the call.
+    let k = top_k(&request.parameters, usize::MAX).unwrap_or(DEFAULT_TOP_K);
     let hits = {
         let mut queries = Vec::with_capacity(request.data.len());
         for doc in &request.data {

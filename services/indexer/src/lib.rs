@@ -34,7 +34,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::server::{self, executor_router, ServeArgs};
+use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
 use flowmesh_shared::ApiError;
 
 pub use annoy::{write_index, AnnoyFile, AnnoyMetric};
@@ -199,13 +199,13 @@ fn scratch_dir() -> PathBuf {
 
 /// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `/openapi.json`, `/livez`, `/readyz`,
 /// `/metrics`.
-pub fn router(indexer: Arc<Indexer>, readiness: Readiness, max_body_bytes: usize) -> Router {
+pub fn router(indexer: Arc<Indexer>, readiness: Readiness, limits: &Limits) -> Router {
     size_metrics_on_scrape(indexer.shard());
     let extra = Router::new()
         .route("/stats", get(stats_get))
         .with_state(Arc::clone(indexer.shard()))
         .route("/openapi.json", get(|| async { Json(openapi()) }));
-    executor_router(SERVICE, indexer, readiness, max_body_bytes, extra)
+    executor_router(SERVICE, indexer, readiness, limits, extra)
 }
 
 /// Sets the shard's size gauges whenever `/metrics` is scraped, labelled with the executor and
@@ -262,7 +262,7 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
     Ok(router(
         Arc::new(indexer),
         Readiness::ready(),
-        config.serve.max_body_bytes,
+        &config.serve.limits,
     ))
 }
 
@@ -274,6 +274,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Build before binding, so that a bad configuration never prints a `listening on` line.
     let app = app(&config).context("invalid configuration")?;
-    server::bind_and_serve(SERVICE, config.serve.listen, app, shutdown).await?;
+    server::bind_and_serve(SERVICE, &config.serve, app, shutdown).await?;
     Ok(())
 }

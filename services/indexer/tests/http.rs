@@ -165,7 +165,11 @@ async fn non_finite_values_are_refused() {
         let mut d = Document::text("nan-doc", "x");
         d.embedding = Some(vec![1.0, bad]);
         let err = indexer
-            .call("index", Envelope::new(vec![d]))
+            .call(
+                "index",
+                Envelope::new(vec![d]),
+                flowmesh_shared::Deadline::NONE,
+            )
             .await
             .expect_err("refused");
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);

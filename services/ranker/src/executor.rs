@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use flowmesh_shared::api::top_k;
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::{ApiError, Document, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
 
 use crate::aggregate::{aggregate, Aggregation};
 use crate::store::{DocStore, StoreError};
@@ -79,7 +79,8 @@ impl<S: DocStore> Ranker<S> {
     /// `search`: ranks each query's documents from its chunks' matches (or keeps its own
     /// matches when its chunks have none), then fills every match from the store with one call.
     async fn matches_rank(&self, mut request: Envelope) -> Result<Envelope, ApiError> {
-        let k = top_k(&request.parameters);
+        // Checked against --max-top-k by the executor route before the call.
+        let k = top_k(&request.parameters, usize::MAX)?;
         for query in &mut request.data {
             let mut chunk_matches = Vec::new();
             collect_chunk_matches(&query.chunks, &mut chunk_matches);
@@ -130,7 +131,12 @@ impl<S: DocStore> Ranker<S> {
 }
 
 impl<S: DocStore> Executor for Ranker<S> {
-    async fn call(&self, endpoint: &str, request: Envelope) -> Result<Envelope, ApiError> {
+    async fn call(
+        &self,
+        endpoint: &str,
+        request: Envelope,
+        _deadline: Deadline,
+    ) -> Result<Envelope, ApiError> {
         match endpoint {
             "index" | "update" => {
                 self.documents_store(&request).await?;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::server::{self, executor_router, ServeArgs};
+use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
 
 pub use aggregate::{aggregate, Aggregation};
 pub use executor::Ranker;
@@ -105,14 +105,14 @@ pub fn openapi_json() -> String {
 pub fn router<S: DocStore>(
     ranker: Arc<Ranker<S>>,
     readiness: Readiness,
-    max_body_bytes: usize,
+    limits: &Limits,
 ) -> Router {
     store_metrics_on_scrape(&ranker);
     let extra = Router::new().route(
         "/openapi.json",
         axum::routing::get(|| async { axum::Json(openapi()) }),
     );
-    executor_router(SERVICE, ranker, readiness, max_body_bytes, extra)
+    executor_router(SERVICE, ranker, readiness, limits, extra)
 }
 
 /// Sets `flowmesh_store_documents` whenever `/metrics` is scraped, for stores that can count
@@ -131,7 +131,7 @@ fn store_metrics_on_scrape<S: DocStore>(ranker: &Arc<Ranker<S>>) {
 /// The routes of the ranker `config` describes, ready to serve.
 pub fn app(config: &Config) -> anyhow::Result<Router> {
     let readiness = Readiness::ready();
-    let max_body_bytes = config.serve.max_body_bytes;
+    let limits = &config.serve.limits;
     let (aggregation, reverse) = (config.aggregation, config.reverse);
     let data_dir = config
         .data_dir
@@ -144,7 +144,7 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
             router(
                 Arc::new(Ranker::new(store, aggregation, reverse)),
                 readiness,
-                max_body_bytes,
+                limits,
             )
         }
         (StoreKind::Redis, _) => {
@@ -158,7 +158,7 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
             router(
                 Arc::new(Ranker::new(store, aggregation, reverse)),
                 readiness,
-                max_body_bytes,
+                limits,
             )
         }
         (StoreKind::Embedded, None) | (StoreKind::Memory, _) => {
@@ -168,7 +168,7 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
                 );
             }
             let ranker = Ranker::new(MemoryStore::new(), aggregation, reverse);
-            router(Arc::new(ranker), readiness, max_body_bytes)
+            router(Arc::new(ranker), readiness, limits)
         }
     };
     tracing::info!(
@@ -188,6 +188,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Build before binding, so that a bad configuration never prints a `listening on` line.
     let app = app(&config).context("invalid configuration")?;
-    server::bind_and_serve(SERVICE, config.serve.listen, app, shutdown).await?;
+    server::bind_and_serve(SERVICE, &config.serve, app, shutdown).await?;
     Ok(())
 }

@@ -458,7 +458,7 @@ async fn call_remote(
             }
             let answers = try_join_all(calls).await?;
             let how = match merger {
-                Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters)),
+                Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters, usize::MAX)?),
                 Merger::Concat => MatchMerge::Concat,
             };
             Ok(merge_shard_answers(answers, how))

@@ -25,7 +25,7 @@ use flowmesh_gateway::{router, AppState, Flow, FlowSpec};
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{executor_router, Executor};
-use flowmesh_shared::{ApiError, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Envelope, Limits};
 
 type Handler =
     dyn Fn(String, Envelope) -> BoxFuture<'static, Result<Envelope, ApiError>> + Send + Sync;
@@ -38,6 +38,7 @@ impl Executor for FnExecutor {
         &self,
         endpoint: &str,
         request: Envelope,
+        _deadline: Deadline,
     ) -> impl Future<Output = Result<Envelope, ApiError>> + Send {
         (self.0)(endpoint.to_owned(), request)
     }
@@ -54,7 +55,7 @@ where
         "test-executor",
         Arc::new(FnExecutor(handler)),
         Readiness::ready(),
-        1 << 20,
+        &Limits::with_max_body_bytes(1 << 20),
         Router::new(),
     )
 }
@@ -131,7 +132,10 @@ impl TestGateway {
     pub async fn start_with_limit(yaml: &str, max_body_bytes: usize) -> Self {
         let spec = FlowSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let flow = Arc::new(Flow::build(spec, &ExecutorClient::new()).unwrap());
-        let app = router(AppState { flow: flow.clone() }, max_body_bytes);
+        let app = router(AppState::new(
+            flow.clone(),
+            Limits::with_max_body_bytes(max_body_bytes),
+        ));
         Self {
             server: TestServer::start(app).await,
             flow,
