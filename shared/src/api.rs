@@ -49,7 +49,7 @@ pub struct Document {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "null_as_empty"
     )]
-    #[schema(no_recursion)]
+    #[schema(no_recursion, nullable)]
     pub chunks: Vec<Document>,
     /// Search results for this document, best first.
     #[serde(
@@ -57,7 +57,7 @@ pub struct Document {
         skip_serializing_if = "Vec::is_empty",
         deserialize_with = "null_as_empty"
     )]
-    #[schema(no_recursion)]
+    #[schema(no_recursion, nullable)]
     pub matches: Vec<Document>,
     /// Relevance of a match: higher is better (cosine similarity, or minus the L2 distance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,6 +161,21 @@ pub struct Route {
     pub end_time: String,
 }
 
+/// The parameters every service understands; others are passed on to the executors as they
+/// are. Only for the OpenAPI documents: parameters are kept as a JSON object.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct KnownParameters {
+    /// How many matches a search returns per query: a whole number from 1 to the service's
+    /// `--max-top-k` (default 1000); 10 when absent. Jina clients send it as a float (`3.0`).
+    #[schema(minimum = 1, maximum = 1000, multiple_of = 1.0, value_type = Option<f64>)]
+    top_k: Option<f64>,
+    /// Keep the embeddings in the gateway's answer (default false).
+    return_embeddings: Option<bool>,
+    /// The ranker puts each match's stored `blob` in it (default false).
+    include_blob: Option<bool>,
+}
+
 /// The envelope of every request and response between the client, the gateway and executors.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Envelope {
@@ -169,10 +184,11 @@ pub struct Envelope {
     pub header: Header,
     /// Request parameters such as `top_k`.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = KnownParameters)]
     pub parameters: Parameters,
-    /// The documents.
+    /// The documents: at least one.
     #[serde(default)]
+    #[schema(required = true, min_items = 1)]
     pub data: Vec<Document>,
     /// Per-executor timings; set on gateway responses only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

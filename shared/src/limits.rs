@@ -76,11 +76,28 @@ impl Limits {
         Duration::from_secs(self.header_timeout_secs.max(1))
     }
 
-    /// Checks what every endpoint of every service must bound: the number of documents and
-    /// `top_k`. Executor- and model-specific limits are checked by the services themselves.
+    /// Checks what every endpoint of every service must bound or understand: at least one and at
+    /// most `--max-documents` documents, `top_k`, and the switches `return_embeddings` and
+    /// `include_blob`. Executor- and model-specific limits are checked by the services themselves.
     pub fn check(&self, envelope: &Envelope) -> Result<(), ApiError> {
+        if envelope.data.is_empty() {
+            return Err(ApiError::BadRequest(
+                "data is empty: send at least one document".into(),
+            ));
+        }
         self.check_documents(envelope.data.len())?;
         top_k(&envelope.parameters, self.max_top_k)?;
+        for flag in BOOLEAN_PARAMETERS {
+            match envelope.parameters.get(*flag) {
+                None | Some(serde_json::Value::Null | serde_json::Value::Bool(_)) => {}
+                Some(other) => {
+                    return Err(ApiError::InvalidParameter {
+                        name: (*flag).into(),
+                        message: format!("must be true or false, not {other}"),
+                    })
+                }
+            }
+        }
         Ok(())
     }
 
@@ -95,6 +112,9 @@ impl Limits {
         Ok(())
     }
 }
+
+/// The parameters that are switches: `true` or `false` (or absent).
+const BOOLEAN_PARAMETERS: &[&str] = &["return_embeddings", "include_blob"];
 
 /// The default number of matches a search returns when `parameters.top_k` is absent.
 pub const DEFAULT_TOP_K: usize = 10;
@@ -201,5 +221,19 @@ mod tests {
         limits
             .check(&Envelope::new(vec![crate::Document::default(); 2]))
             .unwrap();
+        let empty = limits.check(&Envelope::new(Vec::new())).unwrap_err();
+        assert_eq!(empty.status(), 400);
+    }
+
+    #[test]
+    fn switches_must_be_booleans() {
+        let mut env = Envelope::new(vec![crate::Document::default()]);
+        env.parameters
+            .insert("return_embeddings".into(), json!(true));
+        Limits::default().check(&env).unwrap();
+        env.parameters.insert("include_blob".into(), json!("yes"));
+        let err = Limits::default().check(&env).unwrap_err();
+        assert_eq!(err.kind(), "invalid_parameter");
+        assert!(err.to_string().contains("include_blob"), "{err}");
     }
 }

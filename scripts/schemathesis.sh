@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs schemathesis, with every check, against the OpenAPI document of each of the four services
+# of a mesh it starts itself (`flowmesh up`, on free ports, in a scratch workspace), and fails if
+# any check fails on any service.
+#
+#   scripts/schemathesis.sh [FLOW]     # default flows/overhead.yml (hash encoder: starts fast)
+#
+# Needs the debug binaries (`cargo build --workspace --bins`). Environment:
+#   FLOWMESH_BIN_DIR                 where the binaries are (default target/debug)
+#   SCHEMATHESIS_MAX_EXAMPLES        examples per operation (default 40)
+#   SCHEMATHESIS_MAX_TIME            time budget per service, in seconds (default 120)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FLOW="${1:-flows/overhead.yml}"
+BIN_DIR="${FLOWMESH_BIN_DIR:-target/debug}"
+ST_BIN="$(scripts/schemathesis-venv.sh | tail -n 1)"
+WORK="$(mktemp -d)"
+LOG="$WORK/up.log"
+MESH_PID=
+
+cleanup() {
+  if [[ -n "$MESH_PID" ]] && kill -0 "$MESH_PID" 2>/dev/null; then
+    kill -TERM "$MESH_PID" 2>/dev/null || true
+    wait "$MESH_PID" 2>/dev/null || true
+  fi
+  rm -rf -- "$WORK"
+}
+trap cleanup EXIT
+
+"$BIN_DIR/flowmesh" up "$FLOW" --listen 127.0.0.1:0 --bin-dir "$BIN_DIR" \
+  --workspace "$WORK/ws" >"$LOG" 2>&1 &
+MESH_PID=$!
+
+gateway=
+for _ in $(seq 1 600); do
+  gateway="$(sed -n 's/^gateway: \(http:\/\/[0-9.:]*\)$/\1/p' "$LOG" | head -n 1)"
+  [[ -n "$gateway" ]] && break
+  kill -0 "$MESH_PID" 2>/dev/null || { cat "$LOG" >&2; echo "flowmesh up exited" >&2; exit 1; }
+  sleep 0.2
+done
+[[ -n "$gateway" ]] || { cat "$LOG" >&2; echo "the mesh did not start in 120 s" >&2; exit 1; }
+
+# One replica of each executor, from the gateway's /status.
+mapfile -t targets < <("$ST_BIN/python" - "$gateway" <<'PY'
+import json, sys, urllib.request
+status = json.load(urllib.request.urlopen(sys.argv[1] + "/status", timeout=10))
+print("gateway " + sys.argv[1])
+seen = set()
+for e in status["executors"]:
+    if e["shards"] and e["uses"] not in seen:
+        seen.add(e["uses"])
+        print(e["uses"] + " " + e["shards"][0][0]["address"])
+PY
+)
+
+failed=()
+for t in "${targets[@]}"; do
+  name="${t%% *}"
+  base="${t#* }"
+  printf '\n==> schemathesis: %s (%s)\n' "$name" "$base" >&2
+  if ! "$ST_BIN/schemathesis" run "$base/openapi.json" --url "$base" \
+    --checks all --phases examples,coverage,fuzzing \
+    --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
+    --max-time "${SCHEMATHESIS_MAX_TIME:-120}" \
+    --request-timeout 30 --suppress-health-check all --no-color >"$WORK/$name.out" 2>&1; then
+    failed+=("$name")
+    tail -n 80 "$WORK/$name.out" >&2
+  else
+    tail -n 6 "$WORK/$name.out" >&2
+  fi
+done
+
+if ! kill -0 "$MESH_PID" 2>/dev/null; then
+  cat "$LOG" >&2
+  echo "schemathesis: the mesh died during the run" >&2
+  exit 1
+fi
+if ((${#failed[@]})); then
+  echo "schemathesis: failures on: ${failed[*]}" >&2
+  exit 1
+fi
+echo "schemathesis: all checks passed on ${#targets[@]} services"
