@@ -16,6 +16,9 @@ FLOW="${1:-flows/overhead.yml}"
 BIN_DIR="${FLOWMESH_BIN_DIR:-target/debug}"
 ST_BIN="$(scripts/schemathesis-venv.sh | tail -n 1)"
 WORK="$(mktemp -d)"
+# Each service's full report is kept here after the run.
+REPORTS="${SCHEMATHESIS_REPORTS:-target/schemathesis}"
+mkdir -p "$REPORTS"
 LOG="$WORK/up.log"
 MESH_PID=
 
@@ -63,11 +66,11 @@ for t in "${targets[@]}"; do
     --checks all --phases examples,coverage,fuzzing \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
     --max-time "${SCHEMATHESIS_MAX_TIME:-120}" \
-    --request-timeout 30 --suppress-health-check all --no-color >"$WORK/$name.out" 2>&1; then
+    --request-timeout 30 --suppress-health-check all --no-color >"$REPORTS/$name.txt" 2>&1; then
     failed+=("$name")
-    tail -n 80 "$WORK/$name.out" >&2
+    sed -n '/FAILURES/,$p' "$REPORTS/$name.txt" | head -n 400 >&2
   else
-    tail -n 6 "$WORK/$name.out" >&2
+    tail -n 6 "$REPORTS/$name.txt" >&2
   fi
 done
 

@@ -60,7 +60,12 @@ pub struct Document {
     #[schema(no_recursion, nullable)]
     pub matches: Vec<Document>,
     /// Relevance of a match: higher is better (cosine similarity, or minus the L2 distance).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A finite number: NaN, infinities and values beyond f32's range are rejected.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "finite_score"
+    )]
     pub score: Option<f32>,
 }
 
@@ -226,6 +231,20 @@ fn embedding_ser<S: Serializer>(v: &Option<Vec<f32>>, s: S) -> Result<S::Ok, S::
     }
 }
 
+const NOT_FINITE: &str =
+    "embedding values must be finite numbers within f32 range (no NaN, no infinity)";
+
+/// A score must be a finite f32: NaN or an infinity would sort first and be sent back as `null`.
+fn finite_score<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f32>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(x) if (x as f32).is_finite() => Ok(Some(x as f32)),
+        Some(x) => Err(serde::de::Error::custom(format!(
+            "score {x} is not a finite number within f32 range"
+        ))),
+    }
+}
+
 /// The most floats reserved up front for an embedding whose length the sender announces.
 const MAX_PREALLOCATED_FLOATS: usize = 4096;
 
@@ -257,11 +276,14 @@ fn embedding_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::
             if !b.len().is_multiple_of(4) {
                 return Err(E::custom("embedding bytes are not a whole number of f32"));
             }
-            Ok(Some(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ))
+            let v: Vec<f32> = b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(E::custom(NOT_FINITE));
+            }
+            Ok(Some(v))
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(
             self,
@@ -271,7 +293,13 @@ fn embedding_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::
             // more than a model's embedding before the floats are really there.
             let mut out =
                 Vec::with_capacity(a.size_hint().unwrap_or(0).min(MAX_PREALLOCATED_FLOATS));
-            while let Some(x) = a.next_element::<f32>()? {
+            while let Some(x) = a.next_element::<f64>()? {
+                // A JSON number beyond f32's range would become an infinity here, and NaN or an
+                // infinity would rank first and come back as `null`.
+                let x = x as f32;
+                if !x.is_finite() {
+                    return Err(serde::de::Error::custom(NOT_FINITE));
+                }
                 out.push(x);
             }
             Ok(Some(out))
@@ -344,6 +372,35 @@ mod tests {
         assert_eq!(a.chunks.len(), 1);
         assert_eq!(a.matches.len(), 2);
         assert_eq!(a.matches[0].score, Some(0.9));
+    }
+
+    #[test]
+    fn non_finite_embeddings_and_scores_are_refused() {
+        for body in [
+            r#"{"embedding": [1.0, 1e300]}"#,
+            r#"{"embedding": [-1e39]}"#,
+            r#"{"score": 1e300}"#,
+        ] {
+            let err = serde_json::from_str::<Document>(body).unwrap_err();
+            assert!(err.to_string().contains("finite"), "{body}: {err}");
+        }
+        let mut nan = Document::default();
+        nan.embedding = Some(vec![0.5, f32::NAN]);
+        let packed = crate::codec::Format::MsgPack.encode(&nan).unwrap();
+        let err = crate::codec::Format::MsgPack
+            .decode::<Document>(&packed)
+            .unwrap_err();
+        assert_eq!(err.status(), 400);
+        let mut nan_score = Document::default();
+        nan_score.score = Some(f32::NAN);
+        let packed = crate::codec::Format::MsgPack.encode(&nan_score).unwrap();
+        assert!(crate::codec::Format::MsgPack
+            .decode::<Document>(&packed)
+            .is_err());
+        let fine: Document =
+            serde_json::from_str(r#"{"embedding": [1.5, -2.0], "score": 0.25}"#).unwrap();
+        assert_eq!(fine.embedding, Some(vec![1.5, -2.0]));
+        assert_eq!(fine.score, Some(0.25));
     }
 
     #[test]
