@@ -8,7 +8,7 @@
 # Needs the debug binaries (`cargo build --workspace --bins`). Environment:
 #   FLOWMESH_BIN_DIR                 where the binaries are (default target/debug)
 #   SCHEMATHESIS_MAX_EXAMPLES        examples per operation (default 40)
-#   SCHEMATHESIS_MAX_TIME            time budget per service, in seconds (default 120)
+#   SCHEMATHESIS_MAX_TIME            time budget per service, in seconds (default 60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,7 +65,7 @@ for t in "${targets[@]}"; do
   if ! "$ST_BIN/schemathesis" run "$base/openapi.json" --url "$base" \
     --checks all --phases examples,coverage,fuzzing \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
-    --max-time "${SCHEMATHESIS_MAX_TIME:-120}" \
+    --max-time "${SCHEMATHESIS_MAX_TIME:-60}" \
     --request-timeout 30 --suppress-health-check all --no-color >"$REPORTS/$name.txt" 2>&1; then
     failed+=("$name")
     sed -n '/FAILURES/,$p' "$REPORTS/$name.txt" | head -n 400 >&2

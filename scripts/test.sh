@@ -7,7 +7,8 @@
 # converted to ONNX, checked against committed references), the Python venv with Jina's
 # client (for the Jina compatibility test), and the Python venv with Spotify's annoy (for the
 # indexer's Annoy interoperability test; annoy compiles C++ on install, hence g++), cmake and
-# OpenBLAS (faiss is built from source), and redis-server (the ranker's tests start their own).
+# OpenBLAS (faiss is built from source), redis-server (the ranker's tests start their own), and
+# the Python venv with schemathesis (scripts/schemathesis-venv.sh).
 # The deployment tests need a running Docker engine; they build their own base image.
 # Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
 set -euo pipefail
@@ -43,6 +44,9 @@ cargo build --workspace --bins --locked
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "schemathesis, every check, on the OpenAPI document of each service of a running mesh"
+scripts/schemathesis.sh
 
 # The deployments, on this machine's Docker engine (the tests are #[ignore]d in a plain
 # `cargo test`): a base image made from Debian's packages, since no registry can be reached
