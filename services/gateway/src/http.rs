@@ -18,8 +18,9 @@ use flowmesh_shared::server::{method_not_allowed, shed_beyond, unknown_route, Li
 use flowmesh_shared::telemetry::{metrics_handle, render, track_requests};
 use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
 
+use crate::flow::engine::RunLimits;
 use crate::flow::spec::ENDPOINTS;
-use crate::flow::Flow;
+use crate::flow::{Flow, GatewayLimits};
 
 /// What `flowmesh up` reports of the executor processes it supervises, for `GET /status`.
 pub type ProcessStatus = Arc<dyn Fn() -> Value + Send + Sync>;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub flow: Arc<Flow>,
     /// The gateway's request and connection limits.
     pub limits: Limits,
+    /// The gateway's own limits: text bytes, sentencizer chunks, the request timeout.
+    pub guard: GatewayLimits,
     /// The launcher's view of its processes, when the gateway runs inside `flowmesh up`.
     pub processes: Option<ProcessStatus>,
 }
@@ -40,18 +43,27 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("flow", &self.flow)
             .field("limits", &self.limits)
+            .field("guard", &self.guard)
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// The state of a gateway serving `flow` under `limits`.
+    /// The state of a gateway serving `flow` under `limits` and the default gateway limits.
     pub fn new(flow: Arc<Flow>, limits: Limits) -> Self {
         Self {
             flow,
             limits,
+            guard: GatewayLimits::defaults(),
             processes: None,
         }
+    }
+
+    /// Sets the gateway's own limits (`--max-text-bytes`, `--request-timeout`, ...).
+    #[must_use]
+    pub fn with_guard(mut self, guard: GatewayLimits) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Adds the launcher's process status to `GET /status` (under `processes`).
@@ -120,13 +132,42 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// How long after its deadline a request is dropped if the Flow has not answered by then.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn run(
     state: &AppState,
     endpoint: &'static str,
     request: Negotiated<Envelope>,
 ) -> Result<Response, ApiError> {
     let reply = request.reply;
-    let answer = state.flow.run(endpoint, request.body).await?;
+    let envelope = request.body;
+    let flow_timeout = state.flow.spec().settings.request_timeout_ms;
+    let deadline = state.guard.deadline(flow_timeout);
+    state.guard.check(&state.limits, &envelope)?;
+    let limits = RunLimits {
+        deadline,
+        chunks: state.guard.chunk_budget(),
+        max_top_k: state.limits.max_top_k,
+    };
+    // Executor calls are cut off at the deadline and answered by the Flow (a write then says
+    // what it did not write); this is the net for work between calls, a moment later.
+    let budget = deadline.remaining().unwrap_or_default();
+    let answer = match tokio::time::timeout(
+        budget + DEADLINE_GRACE,
+        state.flow.run(endpoint, envelope, limits),
+    )
+    .await
+    {
+        Ok(answer) => answer?,
+        Err(_) => {
+            return Err(ApiError::DeadlineExceeded(format!(
+                "the request took longer than its deadline of {} ms (--request-timeout, \
+                 FLOWMESH_REQUEST_TIMEOUT, or the Flow's request_timeout_ms)",
+                budget.as_millis()
+            )))
+        }
+    };
     // Per-executor time in the standard header browsers and tools show; Jina clients only accept
     // start and end times in `routes`.
     let timing: Vec<String> = answer
