@@ -215,3 +215,45 @@ async fn a_stalled_replica_is_cut_off_and_the_call_retried_on_another() {
     }
     assert_eq!(calls.load(Ordering::Relaxed), 6);
 }
+
+#[tokio::test]
+async fn the_openapi_document_says_what_the_server_accepts_and_answers() {
+    let exec = TestServer::start(echo(Arc::default())).await;
+    let gw = gateway(
+        &one_executor(&exec.base()),
+        Limits::default(),
+        GatewayLimits::defaults(),
+    )
+    .await;
+    let http = Http::new();
+    let url = format!("{}/index", gw.base());
+    // Jina clients' nulls are read as empty lists, and the schema allows them.
+    let jina = json!({"data": [{"id": "a", "text": "x", "matches": null, "chunks": null, "embedding": null}]});
+    assert_eq!(http.post(&url, &jina).await.status, 200);
+    let spec: Value = serde_json::from_str(&flowmesh_gateway::openapi_json()).unwrap();
+    let schemas = &spec["components"]["schemas"];
+    for list in ["matches", "chunks"] {
+        let types = &schemas["Document"]["properties"][list]["type"];
+        assert_eq!(*types, json!(["array", "null"]), "{list}");
+    }
+    // A body without documents is refused, and the request schemas require one.
+    for empty in [json!({}), json!({"data": []})] {
+        assert_eq!(http.post(&url, &empty).await.status, 400, "{empty}");
+    }
+    for schema in ["EnvelopeRequest", "PostRequest"] {
+        assert_eq!(schemas[schema]["required"], json!(["data"]), "{schema}");
+        assert_eq!(
+            schemas[schema]["properties"]["data"]["minItems"], 1,
+            "{schema}"
+        );
+    }
+    for path in ["/index", "/search", "/update", "/delete", "/post"] {
+        let responses = &spec["paths"][path]["post"]["responses"];
+        for status in ["200", "400", "405", "413", "429", "503", "504"] {
+            assert!(responses.get(status).is_some(), "{path} lacks {status}");
+        }
+    }
+    assert!(spec["paths"]["/post"]["post"]["responses"]
+        .get("404")
+        .is_some());
+}
