@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -15,33 +13,13 @@ use serde_json::json;
 
 use flowmesh_gateway::GatewayLimits;
 use flowmesh_shared::Limits;
-use support::hostile::{gateway, wait_ready};
-use support::launch::flowmesh;
+use support::hostile::{free_port, gateway, service, wait_ready};
 use support::Http;
-
-/// Starts an in-memory indexer shard on a free port; killed when dropped.
-async fn indexer() -> (tokio::process::Child, String) {
-    let exe: PathBuf = flowmesh().with_file_name("flowmesh-indexer");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(exe)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("FLOWMESH_WORKSPACE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    (child, format!("http://127.0.0.1:{port}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigstopped_shard_is_cut_off_named_and_used_again_after_sigcont() {
-    let (_a, a) = indexer().await;
-    let (b_child, b) = indexer().await;
+    let (_a, a) = service("flowmesh-indexer", free_port(), &[]);
+    let (b_child, b) = service("flowmesh-indexer", free_port(), &[]);
     let yaml = format!(
         "with: {{timeout_ms: 1000, health_interval_ms: 100}}\nexecutors:\n- {{name: indexer, uses: remote, shards: 2, addresses: [['{a}'], ['{b}']]}}\n"
     );

@@ -124,3 +124,28 @@ pub async fn wait_ready(http: &Http, url: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A free port on 127.0.0.1 (bound, then released for a service to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the built service binary `bin` (`flowmesh-indexer`, ...) on `port` with `args`, in
+/// memory (no workspace); killed when dropped. Returns it and its base address.
+pub fn service(bin: &str, port: u16, args: &[&str]) -> (tokio::process::Child, String) {
+    let exe = super::launch::flowmesh().with_file_name(bin);
+    let child = tokio::process::Command::new(exe)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env_remove("FLOWMESH_WORKSPACE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, format!("http://127.0.0.1:{port}"))
+}
