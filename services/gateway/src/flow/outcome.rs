@@ -86,11 +86,19 @@ pub(super) fn reassemble(
 /// The 503 for a write that did not complete for `failed.ids`, listed in the request's `order`.
 pub(super) fn partial_write(order: &[String], failed: Failed) -> ApiError {
     let failed_ids: HashSet<&str> = failed.ids.iter().map(String::as_str).collect();
-    let not_written: Vec<String> = order
+    let mut not_written: Vec<String> = order
         .iter()
         .filter(|id| failed_ids.contains(id.as_str()))
         .cloned()
         .collect();
+    // Ids an executor made up (not in the request) still fail the write: listed after the rest.
+    let requested: HashSet<&str> = order.iter().map(String::as_str).collect();
+    let mut extra = HashSet::new();
+    for id in &failed.ids {
+        if !requested.contains(id.as_str()) && extra.insert(id.as_str()) {
+            not_written.push(id.clone());
+        }
+    }
     let why = failed
         .error
         .map_or_else(|| "an executor failed".to_owned(), |e| e.to_string());
@@ -142,4 +150,23 @@ pub(super) fn join_by_id(mut inputs: Vec<Vec<Document>>) -> Vec<Document> {
         }
     }
     merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_written_follows_the_request_order_once_each() {
+        let order: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+        let failed = Failed {
+            ids: ["d", "b", "d", "x"].map(String::from).to_vec(),
+            error: Some(ApiError::BadRequest("shard down".into())),
+        };
+        let err = partial_write(&order, failed);
+        assert_eq!(err.status(), 503);
+        let body = err.body();
+        assert_eq!(body.not_written.unwrap(), ["b", "d", "x"]);
+        assert!(body.error.contains("shard down"), "{}", body.error);
+    }
 }
