@@ -7,12 +7,20 @@
 //! the balancer evicts it, and the request is retried on another replica. A monitor task probes
 //! every replica's `/readyz`; a replica that fails leaves the pool and one that answers again is put
 //! back.
+//!
+//! Retries wait an exponential backoff with full jitter, never outlive the call's deadline, and
+//! draw on a per-shard retry budget (tower's [`TpsBudget`]): retries of an overloaded, failing or
+//! stalled replica (429, 503, timeouts) are at most `retry_percent` of the shard's calls plus
+//! `min_retries_per_sec`, so a struggling replica is not sent three times its load. A retry after
+//! a replica died (connection refused or dropped, or marked down) is not drawn from the budget:
+//! the dead replica is out of the pool, so the retry goes to another one and adds no load to it.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,10 +33,12 @@ use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwma};
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::api::Envelope;
 use crate::client::{CallError, ExecutorClient};
+use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::trace;
 
@@ -44,6 +54,9 @@ pub struct Call {
     /// The trace the call belongs to (the gateway's span for the executor); each attempt opens
     /// a client span under it. Empty when traces are off.
     pub trace: opentelemetry::Context,
+    /// When the request must be answered by: caps each attempt's timeout, stops retries, and
+    /// goes to the executor in `x-flowmesh-deadline-ms`.
+    pub deadline: Deadline,
 }
 
 /// How a [`ReplicaSet`] calls and checks its replicas.
@@ -57,15 +70,28 @@ pub struct BalanceConfig {
     pub health_interval: Duration,
     /// How long a probe may take.
     pub probe_timeout: Duration,
+    /// Retries of overload and timeouts may add at most this fraction of the shard's calls
+    /// (over the last 10 s)...
+    pub retry_percent: f32,
+    /// ...plus this many per second, so that a quiet shard may still retry.
+    pub min_retries_per_sec: u32,
+    /// The first retry waits up to this long (full jitter); each next one up to twice as long.
+    pub backoff_base: Duration,
+    /// The longest wait before a retry.
+    pub backoff_max: Duration,
 }
 
 impl Default for BalanceConfig {
     fn default() -> Self {
         Self {
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
             retries: 2,
             health_interval: Duration::from_millis(500),
             probe_timeout: Duration::from_secs(2),
+            retry_percent: 0.1,
+            min_retries_per_sec: 1,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(500),
         }
     }
 }
@@ -114,7 +140,12 @@ struct Attempt {
     call: Call,
     /// 0 for the first try, then 1, 2, ... for retries on other replicas.
     retry: u32,
+    /// The replicas this call was sent to, for its error message.
+    tried: Tried,
 }
+
+/// The addresses of the replicas one call was sent to.
+type Tried = Arc<Mutex<Vec<String>>>;
 
 /// The balancer's endpoint for one replica.
 #[derive(Clone)]
@@ -143,8 +174,14 @@ impl Service<Attempt> for Endpoint {
     fn call(&mut self, attempt: Attempt) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let Attempt { call, retry } = attempt;
+            let Attempt { call, retry, tried } = attempt;
             this.replica.calls.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut tried = tried.lock().unwrap_or_else(PoisonError::into_inner);
+                if !tried.contains(&this.replica.base) {
+                    tried.push(this.replica.base.clone());
+                }
+            }
             let span = if trace::enabled() {
                 trace::client_span(
                     &call.trace,
@@ -163,7 +200,13 @@ impl Service<Attempt> for Endpoint {
             let uri = this.replica.uri(&call.endpoint)?;
             let result = this
                 .client
-                .post_traced(uri, call.body, &call.request_id, &span.context())
+                .post_traced(
+                    uri,
+                    call.body,
+                    &call.request_id,
+                    &span.context(),
+                    call.deadline,
+                )
                 .await;
             match &result {
                 Ok(_) => span.set_http_status(200, true),
@@ -196,9 +239,11 @@ fn into_call_error(e: BoxError) -> CallError {
 #[derive(Clone)]
 pub struct ReplicaSet {
     executor: Arc<str>,
+    shard: usize,
     replicas: Arc<[Arc<Replica>]>,
     service: Buffer<Attempt, BalancedFuture>,
     config: BalanceConfig,
+    budget: Arc<TpsBudget>,
 }
 
 impl std::fmt::Debug for ReplicaSet {
@@ -275,11 +320,18 @@ impl ReplicaSet {
             config: config.clone(),
         };
         tokio::spawn(monitor.run(endpoint));
+        let budget = Arc::new(TpsBudget::new(
+            Duration::from_secs(10),
+            config.min_retries_per_sec,
+            config.retry_percent,
+        ));
         Self {
             executor: executor.into(),
+            shard,
             replicas,
             service,
             config,
+            budget,
         }
     }
 
@@ -293,68 +345,147 @@ impl ReplicaSet {
         self.replicas.iter().any(|r| r.is_up())
     }
 
-    /// Sends `call` to one replica, retrying on another when the replica dies, is down, or is
-    /// overloaded. Fails fast when no replica is up.
+    /// Sends `call` to one replica, retrying on another when the replica dies, is down, is
+    /// overloaded or does not answer in time, as long as the retry budget and the call's deadline
+    /// allow. Fails fast when no replica is up. Errors name the executor, the shard and the
+    /// replicas that failed.
     pub async fn call(&self, call: Call) -> Result<Envelope, ApiError> {
+        let deadline = call.deadline;
+        let tried: Tried = Arc::default();
+        self.budget.deposit();
         let mut attempt = 0;
         loop {
+            if deadline.is_expired() {
+                return Err(self.deadline_error(&tried));
+            }
             if !self.any_up() {
                 return Err(ApiError::Unavailable {
-                    executor: self.executor.to_string(),
+                    executor: self.label(&[]),
                     message: "no healthy replica".into(),
                 });
             }
+            let timeout = deadline.cap(self.config.timeout);
             let mut service = self.service.clone();
             let request = Attempt {
                 call: call.clone(),
                 retry: attempt,
+                tried: tried.clone(),
             };
             let once = async move {
                 std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
                 service.call(request).await
             };
-            let err = match tokio::time::timeout(self.config.timeout, once).await {
-                Err(_) => {
-                    return Err(ApiError::Timeout {
-                        executor: self.executor.to_string(),
-                        timeout_ms: u64::try_from(self.config.timeout.as_millis())
-                            .unwrap_or(u64::MAX),
-                    })
-                }
+            let failure = match tokio::time::timeout(timeout, once).await {
                 Ok(Ok(env)) => return Ok(env),
-                Ok(Err(e)) => into_call_error(e),
+                Ok(Err(e)) => Failure::Call(into_call_error(e)),
+                Err(_) if deadline.is_expired() => return Err(self.deadline_error(&tried)),
+                Err(_) => Failure::TimedOut(timeout),
             };
-            if err.is_retryable() && attempt < self.config.retries {
+            let (retryable, budgeted) = match &failure {
+                Failure::Call(CallError::Transport(_) | CallError::Down) => (true, false),
+                Failure::Call(e) => (e.is_retryable(), true),
+                Failure::TimedOut(_) => (self.replicas.len() > 1, true),
+            };
+            let wait = self.backoff(attempt);
+            let in_time = deadline.remaining().is_none_or(|left| left > wait);
+            if retryable
+                && attempt < self.config.retries
+                && in_time
+                && (!budgeted || self.budget.withdraw())
+            {
                 attempt += 1;
                 metrics::counter!("flowmesh_executor_retries_total", "executor" => self.executor.to_string())
                     .increment(1);
-                tracing::debug!(executor = %self.executor, error = %err, attempt, "retrying on another replica");
+                tracing::debug!(executor = %self.executor, shard = self.shard, error = ?failure, attempt, "retrying");
+                tokio::time::sleep(wait).await;
                 continue;
             }
-            return Err(self.to_api_error(err));
+            return Err(self.to_api_error(failure, &tried));
         }
     }
 
-    fn to_api_error(&self, err: CallError) -> ApiError {
-        let executor = self.executor.to_string();
+    /// The wait before retry `attempt + 1`: uniformly random up to `backoff_base * 2^attempt`,
+    /// at most `backoff_max` (exponential backoff with full jitter).
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .config
+            .backoff_base
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.config.backoff_max);
+        // A randomly keyed hasher is a random number; no RNG dependency for one number a retry.
+        let random = std::hash::RandomState::new().build_hasher().finish();
+        ceiling.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    /// `E shard N (addresses)`, naming the replicas in `tried`, or all of them.
+    fn label(&self, tried: &[String]) -> String {
+        let addresses = if tried.is_empty() {
+            self.replicas
+                .iter()
+                .map(|r| r.base.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        } else {
+            tried.join(", ")
+        };
+        format!("{} shard {} ({addresses})", self.executor, self.shard)
+    }
+
+    fn tried_label(&self, tried: &Tried) -> String {
+        self.label(&tried.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn deadline_error(&self, tried: &Tried) -> ApiError {
+        ApiError::DeadlineExceeded(format!(
+            "executor {}: the request's deadline passed",
+            self.tried_label(tried)
+        ))
+    }
+
+    fn to_api_error(&self, failure: Failure, tried: &Tried) -> ApiError {
+        let err = match failure {
+            Failure::TimedOut(t) => {
+                return ApiError::Timeout {
+                    executor: self.tried_label(tried),
+                    timeout_ms: u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
+                }
+            }
+            Failure::Call(e) => e,
+        };
         match err {
             CallError::Status { status, body } if (400..500).contains(&status) && status != 429 => {
                 ApiError::Rejected {
-                    executor,
+                    executor: self.executor.to_string(),
                     status,
                     kind: body.kind,
                     message: body.error,
                 }
             }
-            CallError::Status { status: 429, body } => {
-                ApiError::Overloaded(format!("executor {executor} is overloaded: {}", body.error))
+            CallError::Status { status: 429, body } => ApiError::Overloaded(format!(
+                "executor {} is overloaded: {}",
+                self.tried_label(tried),
+                body.error
+            )),
+            CallError::Status { status: 504, body } if body.kind == "deadline_exceeded" => {
+                ApiError::DeadlineExceeded(format!(
+                    "executor {}: {}",
+                    self.tried_label(tried),
+                    body.error
+                ))
             }
             other => ApiError::Unavailable {
-                executor,
+                executor: self.tried_label(tried),
                 message: other.to_string(),
             },
         }
     }
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+enum Failure {
+    Call(CallError),
+    TimedOut(Duration),
 }
 
 struct Monitor {

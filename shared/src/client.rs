@@ -12,6 +12,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::api::Envelope;
 use crate::codec::Format;
+use crate::deadline::Deadline;
 use crate::error::ErrorBody;
 
 /// Why a call to one executor replica failed.
@@ -82,18 +83,26 @@ impl ExecutorClient {
         body: Bytes,
         request_id: &str,
     ) -> Result<Envelope, CallError> {
-        self.post_traced(uri, body, request_id, &opentelemetry::Context::new())
-            .await
+        self.post_traced(
+            uri,
+            body,
+            request_id,
+            &opentelemetry::Context::new(),
+            Deadline::NONE,
+        )
+        .await
     }
 
     /// [`post`](Self::post) as part of the trace of `trace` (the call's client span), whose
-    /// context goes along in the `traceparent` header.
+    /// context goes along in the `traceparent` header, and the time left before `deadline` in
+    /// `x-flowmesh-deadline-ms` (absent for [`Deadline::NONE`]).
     pub async fn post_traced(
         &self,
         uri: Uri,
         body: Bytes,
         request_id: &str,
         trace: &opentelemetry::Context,
+        deadline: Deadline,
     ) -> Result<Envelope, CallError> {
         let mut req = Request::builder()
             .method(Method::POST)
@@ -104,6 +113,7 @@ impl ExecutorClient {
             .body(Full::new(body))
             .map_err(|e| CallError::Transport(e.to_string()))?;
         crate::trace::inject(trace, req.headers_mut());
+        deadline.insert_into(req.headers_mut());
         let (status, headers, bytes) = self.send(req).await?;
         if status != StatusCode::OK {
             return Err(status_error(status, &bytes));

@@ -156,8 +156,10 @@ pub fn merge_top_k(lists: Vec<Vec<Document>>, k: usize) -> Vec<Document> {
             heap.push(Head { doc, list });
         }
     }
-    let mut seen = HashSet::with_capacity(k);
-    let mut out = Vec::with_capacity(k);
+    // `k` is the caller's number: reserve no more than there are matches to keep.
+    let cap = k.min(iters.iter().map(ExactSizeIterator::len).sum::<usize>() + heap.len());
+    let mut seen = HashSet::with_capacity(cap);
+    let mut out = Vec::with_capacity(cap);
     while out.len() < k {
         let Some(Head { doc, list }) = heap.pop() else {
             break;
@@ -222,6 +224,14 @@ mod tests {
             .take(k)
             .map(|d| (d.id, d.score.unwrap_or_default()))
             .collect()
+    }
+
+    #[test]
+    fn a_huge_k_reserves_only_what_there_is() {
+        // usize::MAX would abort on allocation if the buffers were sized by k.
+        let out = merge_top_k(vec![vec![m("a", 1.0)], vec![m("b", 2.0)]], usize::MAX);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].id, "b");
     }
 
     proptest! {

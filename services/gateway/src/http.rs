@@ -18,8 +18,9 @@ use flowmesh_shared::server::{method_not_allowed, shed_beyond, unknown_route, Li
 use flowmesh_shared::telemetry::{metrics_handle, render, track_requests};
 use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
 
+use crate::flow::engine::RunLimits;
 use crate::flow::spec::ENDPOINTS;
-use crate::flow::Flow;
+use crate::flow::{Flow, GatewayLimits};
 
 /// What `flowmesh up` reports of the executor processes it supervises, for `GET /status`.
 pub type ProcessStatus = Arc<dyn Fn() -> Value + Send + Sync>;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub flow: Arc<Flow>,
     /// The gateway's request and connection limits.
     pub limits: Limits,
+    /// The gateway's own limits: text bytes, sentencizer chunks, the request timeout.
+    pub guard: GatewayLimits,
     /// The launcher's view of its processes, when the gateway runs inside `flowmesh up`.
     pub processes: Option<ProcessStatus>,
 }
@@ -40,18 +43,27 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("flow", &self.flow)
             .field("limits", &self.limits)
+            .field("guard", &self.guard)
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// The state of a gateway serving `flow` under `limits`.
+    /// The state of a gateway serving `flow` under `limits` and the default gateway limits.
     pub fn new(flow: Arc<Flow>, limits: Limits) -> Self {
         Self {
             flow,
             limits,
+            guard: GatewayLimits::defaults(),
             processes: None,
         }
+    }
+
+    /// Sets the gateway's own limits (`--max-text-bytes`, `--request-timeout`, ...).
+    #[must_use]
+    pub fn with_guard(mut self, guard: GatewayLimits) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Adds the launcher's process status to `GET /status` (under `processes`).
@@ -109,9 +121,48 @@ pub fn router(state: AppState) -> Router {
         readyz,
         metrics_text
     ),
-    components(schemas(Envelope, Document, Header, Route, ErrorBody, PostRequest))
+    components(schemas(Envelope, EnvelopeRequest, Document, Header, Route, ErrorBody, PostRequest)),
+    modifiers(&NullableLists)
 )]
 pub struct ApiDoc;
+
+/// The body of `/index`, `/search`, `/update` and `/delete`: an [`Envelope`] whose `data` has at
+/// least one document (the server answers 400 to an empty or missing `data`). Documentation only.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EnvelopeRequest {
+    /// Routing metadata.
+    header: Option<Header>,
+    /// Request parameters: `top_k` (a whole number from 1 to `--max-top-k`, default 10),
+    /// `return_embeddings` and `include_blob` (booleans).
+    #[schema(value_type = Option<Object>)]
+    parameters: Option<Parameters>,
+    /// The documents; at least one.
+    #[schema(min_items = 1)]
+    data: Vec<Document>,
+}
+
+/// Jina clients send `"matches": null` and `"chunks": null` for unset lists, and the server reads
+/// them as empty: the schema says so.
+struct NullableLists;
+
+impl utoipa::Modify for NullableLists {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{Schema, SchemaType, Type};
+        use utoipa::openapi::RefOr;
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let Some(RefOr::T(Schema::Object(doc))) = components.schemas.get_mut("Document") else {
+            return;
+        };
+        for field in ["matches", "chunks"] {
+            if let Some(RefOr::T(Schema::Array(list))) = doc.properties.get_mut(field) {
+                list.schema_type = SchemaType::Array(vec![Type::Array, Type::Null]);
+            }
+        }
+    }
+}
 
 /// The OpenAPI document as pretty JSON, as committed in `openapi/gateway.json`.
 pub fn openapi_json() -> String {
@@ -120,13 +171,42 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// How long after its deadline a request is dropped if the Flow has not answered by then.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn run(
     state: &AppState,
     endpoint: &'static str,
     request: Negotiated<Envelope>,
 ) -> Result<Response, ApiError> {
     let reply = request.reply;
-    let answer = state.flow.run(endpoint, request.body).await?;
+    let envelope = request.body;
+    let flow_timeout = state.flow.spec().settings.request_timeout_ms;
+    let deadline = state.guard.deadline(flow_timeout);
+    state.guard.check(&state.limits, &envelope)?;
+    let limits = RunLimits {
+        deadline,
+        chunks: state.guard.chunk_budget(),
+        max_top_k: state.limits.max_top_k,
+    };
+    // Executor calls are cut off at the deadline and answered by the Flow (a write then says
+    // what it did not write); this is the net for work between calls, a moment later.
+    let budget = deadline.remaining().unwrap_or_default();
+    let answer = match tokio::time::timeout(
+        budget + DEADLINE_GRACE,
+        state.flow.run(endpoint, envelope, limits),
+    )
+    .await
+    {
+        Ok(answer) => answer?,
+        Err(_) => {
+            return Err(ApiError::DeadlineExceeded(format!(
+                "the request took longer than its deadline of {} ms (--request-timeout, \
+                 FLOWMESH_REQUEST_TIMEOUT, or the Flow's request_timeout_ms)",
+                budget.as_millis()
+            )))
+        }
+    };
     // Per-executor time in the standard header browsers and tools show; Jina clients only accept
     // start and end times in `routes`.
     let timing: Vec<String> = answer
@@ -142,12 +222,15 @@ async fn run(
 }
 
 /// Index documents: they go through the Flow and are stored by its indexers.
-#[utoipa::path(post, path = "/index", request_body = Envelope,
+#[utoipa::path(post, path = "/index", request_body = EnvelopeRequest,
     responses(
         (status = 200, description = "The indexed documents", body = Envelope),
-        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 503, description = "An executor is unavailable", body = ErrorBody),
+        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
+        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
+        (status = 503, description = "An executor is unavailable; `partial_write` lists in `not_written` the documents whose write did not complete", body = ErrorBody),
+        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
     ))]
 async fn documents_index(
     State(s): State<AppState>,
@@ -158,12 +241,15 @@ async fn documents_index(
 
 /// Search: each document of `data` is a query; its `matches` are filled, best first
 /// (`parameters.top_k`, default 10).
-#[utoipa::path(post, path = "/search", request_body = Envelope,
+#[utoipa::path(post, path = "/search", request_body = EnvelopeRequest,
     responses(
         (status = 200, description = "The queries with their matches", body = Envelope),
-        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
+        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
         (status = 503, description = "An executor is unavailable", body = ErrorBody),
+        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
     ))]
 async fn matches_search(
     State(s): State<AppState>,
@@ -173,10 +259,15 @@ async fn matches_search(
 }
 
 /// Update documents by id: their new version replaces the stored one.
-#[utoipa::path(post, path = "/update", request_body = Envelope,
+#[utoipa::path(post, path = "/update", request_body = EnvelopeRequest,
     responses(
         (status = 200, description = "The updated documents", body = Envelope),
-        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
+        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
+        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
+        (status = 503, description = "An executor is unavailable; `partial_write` lists in `not_written` the documents whose write did not complete", body = ErrorBody),
+        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
     ))]
 async fn documents_update(
     State(s): State<AppState>,
@@ -186,10 +277,15 @@ async fn documents_update(
 }
 
 /// Delete documents by id (only `id` is needed).
-#[utoipa::path(post, path = "/delete", request_body = Envelope,
+#[utoipa::path(post, path = "/delete", request_body = EnvelopeRequest,
     responses(
         (status = 200, description = "The deleted ids", body = Envelope),
-        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
+        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
+        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
+        (status = 503, description = "An executor is unavailable", body = ErrorBody),
+        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
     ))]
 async fn documents_delete(
     State(s): State<AppState>,
@@ -211,8 +307,9 @@ pub struct PostRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub parameters: Parameters,
-    /// The documents.
+    /// The documents; at least one.
     #[serde(default)]
+    #[schema(required = true, min_items = 1)]
     pub data: Vec<Document>,
 }
 
@@ -220,8 +317,13 @@ pub struct PostRequest {
 #[utoipa::path(post, path = "/post", request_body = PostRequest,
     responses(
         (status = 200, description = "The answer of the endpoint", body = Envelope),
-        (status = 400, description = "Malformed body or empty data", body = ErrorBody),
         (status = 404, description = "Unknown execEndpoint", body = ErrorBody),
+        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
+        (status = 405, description = "Method not allowed", body = ErrorBody),
+        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
+        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
+        (status = 503, description = "An executor is unavailable; `partial_write` lists in `not_written` the documents whose write did not complete", body = ErrorBody),
+        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
     ))]
 async fn jina_post(
     State(s): State<AppState>,

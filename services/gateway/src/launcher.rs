@@ -51,6 +51,9 @@ pub struct UpArgs {
     /// The gateway's request and connection limits.
     #[command(flatten)]
     pub limits: Limits,
+    /// The gateway's own limits (text bytes, sentencizer chunks, request timeout).
+    #[command(flatten)]
+    pub guard: crate::GatewayLimits,
 }
 
 /// One started executor process.
@@ -131,7 +134,8 @@ async fn serve_gateway(
             )
         })?;
     let local = listener.local_addr()?;
-    let app = router(AppState::new(Arc::new(flow), args.limits.clone()));
+    let app =
+        router(AppState::new(Arc::new(flow), args.limits.clone()).with_guard(args.guard.clone()));
     {
         let mut out = std::io::stdout().lock();
         writeln!(

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::server::{bind_and_serve, ServeArgs};
 
-pub use flow::{Flow, FlowError, FlowSpec};
+pub use flow::{Flow, FlowError, FlowSpec, GatewayLimits};
 pub use http::{openapi_json, router, AppState};
 
 /// The gateway's command line.
@@ -32,6 +32,9 @@ pub struct Config {
     /// How to listen.
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// The gateway's own limits.
+    #[command(flatten)]
+    pub guard: GatewayLimits,
 }
 
 /// Reads and validates a Flow file.
@@ -48,7 +51,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let spec = load_flow(&config.flow)?;
     let flow = Flow::build(spec, &ExecutorClient::new())?;
-    let app = router(AppState::new(Arc::new(flow), config.serve.limits.clone()));
+    let app =
+        router(AppState::new(Arc::new(flow), config.serve.limits.clone()).with_guard(config.guard));
     bind_and_serve("flowmesh-gateway", &config.serve, app, shutdown).await?;
     Ok(())
 }

@@ -6,27 +6,34 @@
 //! several predecessors gets their documents merged by id. Remote executors are shards of replica
 //! sets: `any` polling sends each root document to the shard that owns its id, `all` polling sends
 //! the batch to every shard and merges the answers with `uses_after`.
+//!
+//! Writes (`/index`, `/update`) are honest about partial failure: when a shard or an executor
+//! fails (5xx, 429, timeout), the documents it failed for are set aside and the others go on
+//! through the rest of the Flow, every batch is run, and the request fails with 503
+//! `partial_write` listing exactly the documents whose write did not complete (see
+//! docs/flows.md, "Failed writes").
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::{try_join_all, BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
 use opentelemetry::KeyValue;
-use serde::Serialize;
 use serde_json::{json, Value};
 
-use flowmesh_shared::api::top_k;
-use flowmesh_shared::balance::{BalanceConfig, Call, ReplicaSet};
+use flowmesh_shared::balance::{BalanceConfig, ReplicaSet};
 use flowmesh_shared::client::ExecutorClient;
-use flowmesh_shared::codec::Format;
-use flowmesh_shared::fanout::{merge_shard_answers, split_by_shard, MatchMerge};
+use flowmesh_shared::limits::DEFAULT_MAX_TOP_K;
 use flowmesh_shared::trace;
-use flowmesh_shared::{ApiError, Document, Envelope, Header, Parameters, Route};
+use flowmesh_shared::{ApiError, Deadline, Document, Envelope, Header, Parameters, Route};
 
+use super::guard::ChunkBudget;
+use super::outcome::{join_outputs, partial_write, Failed, NodeOutput, Output};
 use super::sentencizer::Sentencizer;
 use super::spec::{ExecutorSpec, FlowError, FlowSpec, Polling, ENDPOINTS};
+
+mod remote;
+use remote::call_remote;
 
 /// How a node merges the answers of `all` polling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,17 +75,33 @@ impl std::fmt::Debug for Flow {
     }
 }
 
-/// The envelope sent to an executor, serialised without copying the documents.
-#[derive(Serialize)]
-struct Outgoing<'a> {
-    header: &'a Header,
-    parameters: &'a Parameters,
-    data: &'a [Document],
+/// What bounds one run of a request through the Flow.
+#[derive(Debug)]
+pub struct RunLimits {
+    /// When the request must be answered by; every executor call gets the time left.
+    pub deadline: Deadline,
+    /// The chunks the built-in sentencizer may still make for the request.
+    pub chunks: ChunkBudget,
+    /// The largest `top_k` (already checked at the gateway; bounds the mergers' buffers).
+    pub max_top_k: usize,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Deadline::NONE,
+            chunks: ChunkBudget::default(),
+            max_top_k: DEFAULT_MAX_TOP_K,
+        }
+    }
 }
 
 /// Per-request context shared by all batches.
 struct RequestCtx {
     endpoint: &'static str,
+    /// Whether the endpoint writes (`index`, `update`): failures are then partial.
+    write: bool,
+    limits: RunLimits,
     header: Header,
     parameters: Parameters,
     request_id: Arc<str>,
@@ -106,8 +129,6 @@ pub struct Answer {
     /// Milliseconds spent in each executor that served the request (summed over batches).
     pub timings: Vec<(Arc<str>, f64)>,
 }
-
-type NodeOutput = Result<Vec<Document>, ApiError>;
 
 impl Flow {
     /// Connects to every executor of `spec`. Every remote executor must have addresses (the
@@ -235,8 +256,13 @@ impl Flow {
         })
     }
 
-    /// Runs `request` through the Flow for `endpoint` (one of [`ENDPOINTS`]).
-    pub async fn run(&self, endpoint: &'static str, request: Envelope) -> Result<Answer, ApiError> {
+    /// Runs `request` through the Flow for `endpoint` (one of [`ENDPOINTS`]) within `limits`.
+    pub async fn run(
+        &self,
+        endpoint: &'static str,
+        request: Envelope,
+        limits: RunLimits,
+    ) -> Result<Answer, ApiError> {
         debug_assert!(ENDPOINTS.contains(&endpoint));
         let Envelope {
             mut header,
@@ -262,8 +288,17 @@ impl Flow {
                 doc.id = uuid::Uuid::new_v4().simple().to_string();
             }
         }
+        let write = matches!(endpoint, "index" | "update");
+        // The request's order, to list the documents not written in it.
+        let order: Vec<String> = if write {
+            data.iter().map(|d| d.id.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let ctx = RequestCtx {
             endpoint,
+            write,
+            limits,
             request_id: header.request_id.as_str().into(),
             endpoint_path: header.exec_endpoint.as_str().into(),
             header,
@@ -286,11 +321,19 @@ impl Flow {
         for batch in batches {
             runs.push(self.run_batch(&ctx, batch));
         }
-        let answers: Vec<Vec<Document>> = futures::stream::iter(runs)
+        let answers: Vec<Output> = futures::stream::iter(runs)
             .buffered(self.spec.settings.prefetch)
             .try_collect()
             .await?;
-        let mut data: Vec<Document> = answers.into_iter().flatten().collect();
+        let mut failed = Failed::default();
+        let mut data = Vec::new();
+        for answer in answers {
+            data.extend(answer.docs);
+            failed.absorb(answer.failed);
+        }
+        if !failed.ids.is_empty() {
+            return Err(partial_write(&order, failed));
+        }
         let keep_embeddings = ctx
             .parameters
             .get("return_embeddings")
@@ -325,7 +368,9 @@ impl Flow {
 
     async fn run_batch(&self, ctx: &RequestCtx, docs: Vec<Document>) -> NodeOutput {
         let start: Shared<BoxFuture<'_, NodeOutput>> =
-            futures::future::ready(Ok(docs)).boxed().shared();
+            futures::future::ready(Ok(Output::done(docs)))
+                .boxed()
+                .shared();
         let mut outputs: Vec<Shared<BoxFuture<'_, NodeOutput>>> =
             Vec::with_capacity(self.nodes.len());
         for (i, preds) in self.preds.iter().enumerate() {
@@ -335,8 +380,10 @@ impl Flow {
                 preds.iter().map(|&p| outputs[p].clone()).collect()
             };
             let fut = async move {
-                let inputs = try_join_all(inputs).await?;
-                self.run_node(ctx, i, join_by_id(inputs)).await
+                let (docs, failed) = join_outputs(try_join_all(inputs).await?);
+                let mut out = self.run_node(ctx, i, docs).await?;
+                out.failed.absorb(failed);
+                Ok(out)
             };
             outputs.push(fut.boxed().shared());
         }
@@ -345,13 +392,15 @@ impl Flow {
         // without being copied.
         let sinks: Vec<_> = self.sinks.iter().map(|&i| outputs[i].clone()).collect();
         drop(outputs);
-        Ok(join_by_id(try_join_all(sinks).await?))
+        let (docs, failed) = join_outputs(try_join_all(sinks).await?);
+        Ok(Output { docs, failed })
     }
 
     async fn run_node(&self, ctx: &RequestCtx, i: usize, mut docs: Vec<Document>) -> NodeOutput {
         let node = &self.nodes[i];
-        if !node.spec.serves(ctx.endpoint) {
-            return Ok(docs);
+        // Nothing left of the batch (its documents failed upstream): nothing to send.
+        if !node.spec.serves(ctx.endpoint) || docs.is_empty() {
+            return Ok(Output::done(docs));
         }
         let t0 = Instant::now();
         let started = SystemTime::now();
@@ -359,9 +408,9 @@ impl Flow {
         let out = match &node.kind {
             Kind::Sentencizer(s) => {
                 if ctx.endpoint != "delete" {
-                    s.segment(&mut docs);
+                    s.segment(&mut docs, &ctx.limits.chunks)?;
                 }
-                Ok(docs)
+                Ok(Output::done(docs))
             }
             Kind::Remote { shards, merger } => {
                 let slot = ENDPOINTS
@@ -372,8 +421,13 @@ impl Flow {
                 call_remote(ctx, &trace, node, shards, node.polling[slot], *merger, docs).await
             }
         };
-        if let Err(e) = &out {
-            span.set_error(e);
+        match &out {
+            Err(e) => span.set_error(e),
+            Ok(Output {
+                failed: Failed { error: Some(e), .. },
+                ..
+            }) => span.set_error(e),
+            Ok(_) => {}
         }
         drop(span);
         let elapsed = t0.elapsed();
@@ -413,131 +467,4 @@ fn node_span(ctx: &RequestCtx, node: &Node, docs: usize) -> trace::SpanGuard {
             KeyValue::new("flowmesh.request_id", ctx.request_id.to_string()),
         ],
     )
-}
-
-/// Sends `docs` to the shards of a remote executor as its polling says, under the executor's
-/// span `trace`.
-async fn call_remote(
-    ctx: &RequestCtx,
-    trace: &opentelemetry::Context,
-    node: &Node,
-    shards: &[ReplicaSet],
-    polling: Polling,
-    merger: Merger,
-    docs: Vec<Document>,
-) -> NodeOutput {
-    if shards.len() == 1 {
-        return call_shard(ctx, trace, &shards[0], encode(ctx, &docs)?).await;
-    }
-    match polling {
-        Polling::Any => {
-            let total = docs.len();
-            // Futures are built in a loop, not a closure: a closure's higher-ranked lifetimes
-            // keep rustc from proving the request future `Send`.
-            let mut calls = Vec::with_capacity(shards.len());
-            for ((positions, part), shard) in
-                split_by_shard(docs, shards.len()).into_iter().zip(shards)
-            {
-                if part.is_empty() {
-                    continue;
-                }
-                calls.push(async move {
-                    let body = encode(ctx, &part)?;
-                    let answer = call_shard(ctx, trace, shard, body).await?;
-                    Ok::<_, ApiError>((positions, answer))
-                });
-            }
-            let answers = try_join_all(calls).await?;
-            Ok(reassemble(&node.name, total, answers))
-        }
-        Polling::All => {
-            let body = encode(ctx, &docs)?;
-            let mut calls = Vec::with_capacity(shards.len());
-            for shard in shards {
-                calls.push(call_shard(ctx, trace, shard, body.clone()));
-            }
-            let answers = try_join_all(calls).await?;
-            let how = match merger {
-                Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters, usize::MAX)?),
-                Merger::Concat => MatchMerge::Concat,
-            };
-            Ok(merge_shard_answers(answers, how))
-        }
-    }
-}
-
-fn encode(ctx: &RequestCtx, docs: &[Document]) -> Result<bytes::Bytes, ApiError> {
-    Format::MsgPack.encode(&Outgoing {
-        header: &ctx.header,
-        parameters: &ctx.parameters,
-        data: docs,
-    })
-}
-
-async fn call_shard(
-    ctx: &RequestCtx,
-    trace: &opentelemetry::Context,
-    shard: &ReplicaSet,
-    body: bytes::Bytes,
-) -> NodeOutput {
-    let call = Call {
-        endpoint: ctx.endpoint_path.clone(),
-        body,
-        request_id: ctx.request_id.clone(),
-        trace: trace.clone(),
-    };
-    Ok(shard.call(call).await?.data)
-}
-
-/// Puts the answers of `any` polling back in the order the documents came in. An executor that
-/// answers with a different number of documents than it was sent has its answer appended as is.
-fn reassemble(
-    executor: &str,
-    total: usize,
-    answers: Vec<(Vec<usize>, Vec<Document>)>,
-) -> Vec<Document> {
-    let mut slots: Vec<Option<Document>> = vec![None; total];
-    let mut extra = Vec::new();
-    for (positions, docs) in answers {
-        if positions.len() == docs.len() {
-            for (p, d) in positions.into_iter().zip(docs) {
-                slots[p] = Some(d);
-            }
-        } else {
-            tracing::warn!(
-                executor,
-                sent = positions.len(),
-                got = docs.len(),
-                "executor changed the number of documents"
-            );
-            extra.extend(docs);
-        }
-    }
-    slots.into_iter().flatten().chain(extra).collect()
-}
-
-/// Merges the answers of several predecessors by document id, in the first answer's order.
-fn join_by_id(mut inputs: Vec<Vec<Document>>) -> Vec<Document> {
-    if inputs.len() == 1 {
-        return inputs.pop().unwrap_or_default();
-    }
-    let mut inputs = inputs.into_iter();
-    let mut merged = inputs.next().unwrap_or_default();
-    let mut index: HashMap<String, usize> = merged
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.id.clone(), i))
-        .collect();
-    for input in inputs {
-        for doc in input {
-            match index.get(&doc.id) {
-                Some(&i) => merged[i].merge_from(doc),
-                None => {
-                    index.insert(doc.id.clone(), merged.len());
-                    merged.push(doc);
-                }
-            }
-        }
-    }
-    merged
 }

@@ -5,10 +5,11 @@
 //! Chunks get the id `PARENT#N`, carry `parent_id`, and their span in the parent's text (in
 //! characters) as `tags.location`, as Jina's Sentencizer does.
 
-use flowmesh_shared::Document;
+use flowmesh_shared::{ApiError, Document};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::guard::ChunkBudget;
 use super::spec::FlowError;
 
 /// Sentencizer options (`with:` of a `uses: sentencizer` executor).
@@ -64,15 +65,20 @@ impl Sentencizer {
         Ok(s)
     }
 
-    /// Adds sentence chunks to every document that has text and no chunks yet.
-    pub fn segment(&self, docs: &mut [Document]) {
+    /// Adds sentence chunks to every document that has text and no chunks yet, within the
+    /// request's `budget` of chunks (413 beyond it, before the chunks are made).
+    pub fn segment(&self, docs: &mut [Document], budget: &ChunkBudget) -> Result<(), ApiError> {
         for doc in docs {
             if !doc.chunks.is_empty() {
                 continue;
             }
             if let Some(text) = &doc.text {
-                doc.chunks = self
-                    .sentences(text)
+                let sentences = self.sentences_at_most(text, budget.per_document());
+                if sentences.len() > budget.per_document() {
+                    return Err(budget.document_error(&doc.id));
+                }
+                budget.take(sentences.len())?;
+                doc.chunks = sentences
                     .into_iter()
                     .enumerate()
                     .map(|(n, (start, end, sentence))| {
@@ -89,15 +95,22 @@ impl Sentencizer {
                     .collect();
             }
         }
+        Ok(())
     }
 
     /// The sentences of `text` with their character spans `[start, end)`.
     pub fn sentences(&self, text: &str) -> Vec<(usize, usize, String)> {
+        self.sentences_at_most(text, usize::MAX)
+    }
+
+    /// [`sentences`](Self::sentences), stopping after `max + 1` of them: a caller that gets more
+    /// than `max` knows the text has too many, without all of them having been made.
+    pub fn sentences_at_most(&self, text: &str, max: usize) -> Vec<(usize, usize, String)> {
         let chars: Vec<char> = text.chars().collect();
         let mut out = Vec::new();
         let mut start = 0;
         let mut i = 0;
-        while i < chars.len() {
+        while i < chars.len() && out.len() <= max {
             let c = chars[i];
             let mut end = None;
             if self.punct_chars.contains(c) {
@@ -117,7 +130,9 @@ impl Sentencizer {
                 i += 1;
             }
         }
-        self.push(&chars, start, chars.len(), &mut out);
+        if out.len() <= max {
+            self.push(&chars, start, chars.len(), &mut out);
+        }
         out
     }
 
@@ -179,11 +194,32 @@ mod tests {
     #[test]
     fn chunks_carry_parent_and_location() {
         let mut docs = vec![Document::text("d", "One. Two.")];
-        Sentencizer::default().segment(&mut docs);
+        Sentencizer::default()
+            .segment(&mut docs, &ChunkBudget::default())
+            .unwrap();
         let c = &docs[0].chunks;
         assert_eq!(c.len(), 2);
         assert_eq!(c[1].id, "d#1");
         assert_eq!(c[1].parent_id.as_deref(), Some("d"));
         assert_eq!(c[1].tags.as_ref().unwrap()["location"], json!([5, 9]));
+    }
+
+    #[test]
+    fn a_text_with_too_many_sentences_is_a_413_naming_the_flag() {
+        let s = Sentencizer::default();
+        assert_eq!(s.sentences_at_most(&"A b. ".repeat(1000), 3).len(), 4);
+        let budget = crate::flow::guard::GatewayLimits {
+            max_chunks_per_document: 3,
+            ..crate::flow::guard::GatewayLimits::defaults()
+        }
+        .chunk_budget();
+        let mut docs = vec![Document::text("d", "A. B. C. D.")];
+        let err = s.segment(&mut docs, &budget).unwrap_err();
+        assert_eq!(err.status(), 413);
+        assert!(
+            err.to_string().contains("--max-chunks-per-document"),
+            "{err}"
+        );
+        assert!(docs[0].chunks.is_empty());
     }
 }

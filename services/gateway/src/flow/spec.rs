@@ -40,9 +40,15 @@ pub struct FlowSettings {
     /// How many batches of one request are in flight at once.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
-    /// Default per-executor timeout of one call, in milliseconds.
+    /// Default per-executor timeout of one call (one batch to one replica), in milliseconds:
+    /// 10 s, well under the request's 60 s deadline, so that a stalled replica is cut off, named
+    /// in the error, and a retry on another replica still fits in the request's time.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long a whole request may take, in milliseconds (504 `deadline_exceeded` after it);
+    /// the gateway's `--request-timeout` overrides it. Default 60,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
     /// Default number of retries on another replica.
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -58,7 +64,7 @@ fn default_prefetch() -> usize {
     4
 }
 fn default_timeout_ms() -> u64 {
-    30_000
+    10_000
 }
 fn default_retries() -> u32 {
     2
@@ -73,6 +79,7 @@ impl Default for FlowSettings {
             request_size: default_request_size(),
             prefetch: default_prefetch(),
             timeout_ms: default_timeout_ms(),
+            request_timeout_ms: None,
             retries: default_retries(),
             health_interval_ms: default_health_interval_ms(),
         }
@@ -222,6 +229,11 @@ impl FlowSpec {
         }
         if self.settings.prefetch == 0 {
             return Err(FlowError::Graph("prefetch must be at least 1".into()));
+        }
+        if self.settings.request_timeout_ms == Some(0) {
+            return Err(FlowError::Graph(
+                "request_timeout_ms must be at least 1".into(),
+            ));
         }
         if self.settings.timeout_ms == 0 {
             return Err(FlowError::Graph("timeout_ms must be at least 1".into()));

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod hostile;
 pub mod launch;
 
 use std::future::Future;
