@@ -126,11 +126,14 @@ pub struct Config {
     #[arg(long, env = "FLOWMESH_ENCODER_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
     /// Most tokens in one model call of texts; a request with more is split into several model
-    /// calls (a text is counted at most the model's maximum sequence length).
+    /// calls (a text is counted at most the model's maximum sequence length). This bounds the
+    /// model's memory, which grows with the square of a text's length: a batch of 16 texts of
+    /// 256 tokens (the default 4096) takes ~0.25 GB of activations with MiniLM, 64 of them
+    /// (16384) ~1 GB, and was slower per text on CPU too (see issue 12's measurements).
     #[arg(
         long,
         env = "FLOWMESH_ENCODER_MAX_BATCH_TOKENS",
-        default_value_t = 16_384
+        default_value_t = 4096
     )]
     pub max_batch_tokens: usize,
     /// Longest wait, in milliseconds, for more requests to join a batch; 0 batches only what is
