@@ -22,11 +22,12 @@ impl Default for InputLimits {
     }
 }
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::batcher::{BatchConfig, Batcher};
+use crate::batcher::{BatchConfig, BatchError, Batcher};
 use crate::decode::{self, ImageLimits};
 use crate::error::EncodeError;
 use crate::model::{check_finite, Batch, InferenceError, Inputs, Modality, Model};
@@ -261,7 +262,7 @@ impl Encoder {
                 form: SourceForm::Either,
             })
             .collect();
-        let tensors = self.prepare(spec, sources).await?;
+        let tensors = self.prepare(spec, sources, deadline).await?;
         self.embed_within(Inputs::Images(tensors), deadline).await
     }
 
@@ -280,11 +281,13 @@ impl Encoder {
     /// Decodes, resizes and normalises `sources` off the async threads. Every image costs at
     /// least a full input tensor to fill (224x224x3 values for MobileNetV2; about 0.7 ms for a
     /// 224x224 JPEG in all), far more than an async thread should be held, so even one small
-    /// image goes to the blocking pool.
+    /// image goes to the blocking pool. The blocking task stops between images once `deadline`
+    /// has passed or this future is dropped (its caller went away).
     async fn prepare(
         &self,
         spec: ImageSpec,
         sources: Vec<ImageSource>,
+        deadline: Deadline,
     ) -> Result<Vec<ImageTensor>, EncodeError> {
         if sources.len() > self.limits.max_images {
             return Err(EncodeError::TooManyImages {
@@ -295,14 +298,22 @@ impl Encoder {
         let max_pixels = self.limits.max_pixels;
         // The semaphore is never closed; if it were, preparing without a permit is still right.
         let permit = self.preparing.clone().acquire_owned().await.ok();
+        let caller = GoneOnDrop::default();
+        let gone = caller.0.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             sources
                 .iter()
-                .map(|s| s.prepare(&spec, max_pixels))
+                .map(|s| {
+                    if gone.load(Ordering::Relaxed) || deadline.is_expired() {
+                        return Err(EncodeError::Batch(BatchError::DeadlineExceeded));
+                    }
+                    s.prepare(&spec, max_pixels)
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await;
+        drop(caller);
         prepared.unwrap_or_else(|e| {
             Err(EncodeError::Inference(InferenceError(format!(
                 "image preparation failed: {e}"
@@ -359,7 +370,7 @@ impl Encoder {
                         })
                     })
                     .collect::<Result<_, _>>()?;
-                Inputs::Images(self.prepare(spec, sources).await?)
+                Inputs::Images(self.prepare(spec, sources, deadline).await?)
             }
         };
         let embeddings = self.embed_within(inputs, deadline).await?;
@@ -373,6 +384,16 @@ impl Encoder {
             "one embedding per leaf ({count})"
         );
         Ok(())
+    }
+}
+
+/// A flag set when it is dropped: tells work on another thread that its caller went away.
+#[derive(Default)]
+struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

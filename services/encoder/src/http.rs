@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowmesh_shared::codec::{Negotiated, Reply};
 use flowmesh_shared::openapi::executor_api;
+use flowmesh_shared::server::shed_beyond;
 use flowmesh_shared::{ApiError, Deadline, ErrorBody};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -134,10 +135,12 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// `POST /encode` and `GET /openapi.json`.
-pub(crate) fn routes(encoder: Arc<Encoder>) -> Router {
+/// `POST /encode` (shed with 429 beyond `max_concurrent` requests at once, as the executor
+/// routes are) and `GET /openapi.json`.
+pub(crate) fn routes(encoder: Arc<Encoder>, max_concurrent: usize) -> Router {
     Router::new()
         .route("/encode", post(inputs_encode))
+        .route_layer(shed_beyond(max_concurrent))
         .with_state(encoder)
         .route("/openapi.json", get(|| async { Json(openapi()) }))
 }

@@ -12,6 +12,11 @@
 //! `batcher.rs`: bounded queue, 429 when full, batches bounded by inputs and, for texts, tokens);
 //! with the default 0 the `hash` model runs on the request's own thread and ONNX models on one
 //! inference thread.
+//!
+//! Every request is bounded before any work (`--max-inputs`, `--max-text-bytes`, `--max-images`,
+//! `--max-image-pixels`: 413 naming the flag), runs in batch-sized parts, and stops between
+//! parts, images and queued batches once its deadline (`x-flowmesh-deadline-ms`) has passed or
+//! its caller has gone; `/readyz` answers 503 while the batch queue is full.
 
 mod batcher;
 pub mod decode;
@@ -242,7 +247,7 @@ impl Config {
 /// `/readyz` answers 503 `not_ready` while the batch queue is full, so that balancers send
 /// traffic elsewhere until it drains.
 pub fn router(encoder: Arc<Encoder>, readiness: Readiness, limits: &Limits) -> Router {
-    let own = http::routes(encoder.clone());
+    let own = http::routes(encoder.clone(), limits.max_concurrent_requests);
     executor_router(SERVICE, encoder.clone(), readiness, limits, own).layer(
         axum::middleware::from_fn_with_state(encoder, http::not_ready_while_full),
     )
