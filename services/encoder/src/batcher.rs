@@ -6,19 +6,28 @@
 //! until the batch holds `max_batch` inputs or (texts only) `max_tokens` tokens or `max_wait` has
 //! passed since its first job (with a zero wait it takes what is already queued, so batches grow by
 //! themselves under load), hands the queue to the next thread and runs the model. A batch holds
-//! inputs of one kind. A job whose caller has gone is dropped unrun. A text job larger than a batch
-//! runs alone; images are split into jobs of at most `max_batch`, since an image model's memory
-//! grows with the batch (MobileNetV2: several MB of activations per 224x224 image).
+//! inputs of one kind.
+//!
+//! A request larger than one batch (more than `max_batch` inputs or, for texts, `max_tokens`
+//! tokens) is split into parts that each fit one, since a model's memory grows with its batch
+//! (MiniLM: ~1.5 MB of activations per 256-token text; MobileNetV2: several MB per image). At most
+//! `workers + 1` parts of one request are queued at a time, so that every inference thread can
+//! work on it while other requests still get their turn, and a request that is given up stops
+//! between parts. A queued job is dropped unrun when its caller has gone (the reply channel is
+//! closed: the handler was dropped on its deadline or a disconnect) or its deadline has passed;
+//! such jobs are counted in `flowmesh_encoder_jobs_cancelled_total`.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use flowmesh_shared::Deadline;
 use tokio::sync::oneshot;
 
-use crate::model::{Batch, Inputs, Model};
+use crate::model::{check_finite, Batch, Inputs, Model};
 use crate::preprocess::ImageTensor;
 
 /// How batches are formed.
@@ -48,6 +57,14 @@ pub enum BatchError {
     /// The inference threads are gone.
     #[error("the encoder's inference threads have stopped")]
     Stopped,
+    /// The request's deadline passed before its work was done.
+    #[error("the request's deadline passed before the encoder finished it")]
+    DeadlineExceeded,
+}
+
+/// Counts a job dropped unrun, by why: `caller_gone` or `deadline`.
+fn count_cancelled(reason: &'static str) {
+    metrics::counter!("flowmesh_encoder_jobs_cancelled_total", "reason" => reason).increment(1);
 }
 
 type Reply = Result<Vec<Vec<f32>>, BatchError>;
@@ -56,7 +73,26 @@ struct Job {
     inputs: Inputs,
     /// The job's share of the token budget (0 for images).
     tokens: usize,
+    /// Past it, the job is not worth running.
+    deadline: Deadline,
     reply: oneshot::Sender<Reply>,
+}
+
+impl Job {
+    /// The job if it is still worth running: its caller waits and its deadline has not passed.
+    /// A job past its deadline is answered so; one whose caller has gone needs no answer.
+    fn live(self) -> Option<Self> {
+        if self.reply.is_closed() {
+            count_cancelled("caller_gone");
+            None
+        } else if self.deadline.is_expired() {
+            count_cancelled("deadline");
+            let _ = self.reply.send(Err(BatchError::DeadlineExceeded));
+            None
+        } else {
+            Some(self)
+        }
+    }
 }
 
 /// The receiving end of the queue, and a job taken from it that did not fit the last batch.
@@ -72,6 +108,9 @@ pub(crate) struct Batcher {
     model: Arc<dyn Model>,
     capacity: usize,
     max_batch: usize,
+    max_tokens: usize,
+    /// Most parts of one request queued at a time.
+    window: usize,
 }
 
 impl Batcher {
@@ -94,51 +133,99 @@ impl Batcher {
             model,
             capacity,
             max_batch: config.max_batch.max(1),
+            max_tokens: config.max_tokens.max(1),
+            window: config.workers.max(1) + 1,
         })
     }
 
-    /// Embeds `inputs` in whatever batches they land in. Dropping the future before the job runs
-    /// withdraws it.
-    pub(crate) async fn embed(&self, inputs: Inputs) -> Reply {
-        match inputs {
-            Inputs::Images(images) if images.len() > self.max_batch => {
-                self.embed_images_split(images).await
-            }
-            inputs => self
-                .submit(inputs)?
-                .await
-                .unwrap_or(Err(BatchError::Stopped)),
-        }
+    /// Whether the queue is full: a new request would be refused.
+    pub(crate) fn is_full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
     }
 
-    /// Images in jobs of at most `max_batch`, all queued at once (so they can run back to back)
-    /// and answered in order. If one is refused, the ones already queued are withdrawn.
-    async fn embed_images_split(&self, mut images: Vec<ImageTensor>) -> Reply {
-        let mut answers = Vec::with_capacity(images.len().div_ceil(self.max_batch));
-        while !images.is_empty() {
-            let rest = images.split_off(self.max_batch.min(images.len()));
-            answers.push(self.submit(Inputs::Images(images))?);
-            images = rest;
-        }
-        let mut embeddings = Vec::new();
-        for answer in answers {
+    /// The queue's capacity, in jobs.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Embeds `inputs` in whatever batches they land in, in parts of at most one batch each.
+    /// Dropping the future withdraws the parts not run yet; once `deadline` has passed, no
+    /// further part is run and the answer is [`BatchError::DeadlineExceeded`].
+    pub(crate) async fn embed(&self, inputs: Inputs, deadline: Deadline) -> Reply {
+        let count = inputs.len();
+        let mut parts = self.split(inputs).into_iter();
+        let mut pending = VecDeque::with_capacity(self.window);
+        let mut embeddings = Vec::with_capacity(count);
+        loop {
+            while pending.len() < self.window {
+                let Some((part, tokens)) = parts.next() else {
+                    break;
+                };
+                if deadline.is_expired() {
+                    count_cancelled("deadline");
+                    return Err(BatchError::DeadlineExceeded);
+                }
+                pending.push_back(self.submit(part, tokens, deadline)?);
+            }
+            let Some(answer) = pending.pop_front() else {
+                break;
+            };
             embeddings.extend(answer.await.unwrap_or(Err(BatchError::Stopped))?);
         }
+        debug_assert_eq!(embeddings.len(), count, "one embedding per input");
         Ok(embeddings)
     }
 
+    /// `inputs` in parts that each fit one batch, in order, with their tokens: at most
+    /// `max_batch` inputs and, for texts, `max_tokens` tokens (a text over the budget by itself,
+    /// which the model truncates, is a part of its own).
+    fn split(&self, inputs: Inputs) -> Vec<(Inputs, usize)> {
+        match inputs {
+            Inputs::Images(mut images) => {
+                let mut parts = Vec::with_capacity(images.len().div_ceil(self.max_batch));
+                while !images.is_empty() {
+                    let rest = images.split_off(self.max_batch.min(images.len()));
+                    parts.push((Inputs::Images(images), 0));
+                    images = rest;
+                }
+                parts
+            }
+            Inputs::Texts(texts) => {
+                let mut parts = Vec::new();
+                let (mut part, mut tokens) = (Vec::new(), 0);
+                for text in texts {
+                    let cost = self.model.tokens(&text);
+                    if !part.is_empty()
+                        && (part.len() == self.max_batch || tokens + cost > self.max_tokens)
+                    {
+                        parts.push((Inputs::Texts(std::mem::take(&mut part)), tokens));
+                        tokens = 0;
+                    }
+                    part.push(text);
+                    tokens += cost;
+                }
+                if !part.is_empty() {
+                    parts.push((Inputs::Texts(part), tokens));
+                }
+                parts
+            }
+        }
+    }
+
     /// Queues one job; the receiver of its answer.
-    fn submit(&self, inputs: Inputs) -> Result<oneshot::Receiver<Reply>, BatchError> {
-        let tokens = match &inputs {
-            Inputs::Texts(texts) => texts.iter().map(|t| self.model.tokens(t)).sum(),
-            Inputs::Images(_) => 0,
-        };
+    fn submit(
+        &self,
+        inputs: Inputs,
+        tokens: usize,
+        deadline: Deadline,
+    ) -> Result<oneshot::Receiver<Reply>, BatchError> {
         let (reply, answer) = oneshot::channel();
         // Counted before it is sent, so that the thread taking it can never count it out first.
         let depth = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
         let refused = match self.tx.try_send(Job {
             inputs,
             tokens,
+            deadline,
             reply,
         }) {
             Ok(()) => None,
@@ -177,13 +264,13 @@ fn gather(q: &mut Queue, queued: &AtomicUsize, config: &BatchConfig) -> Option<V
         }
         job
     };
-    // The first job: wait as long as it takes, skipping jobs whose caller has gone.
+    // The first job: wait as long as it takes, skipping jobs no longer worth running.
     let first = loop {
         let job = match q.carried.take() {
             Some(job) => job,
             None => taken(q.rx.recv().ok())?,
         };
-        if !job.reply.is_closed() {
+        if let Some(job) = job.live() {
             break job;
         }
     };
@@ -199,9 +286,9 @@ fn gather(q: &mut Queue, queued: &AtomicUsize, config: &BatchConfig) -> Option<V
                 .ok()
         };
         let Some(job) = taken(next) else { break };
-        if job.reply.is_closed() {
+        let Some(job) = job.live() else {
             continue;
-        }
+        };
         if inputs + job.inputs.len() > config.max_batch
             || tokens + job.tokens > config.max_tokens
             || !job.inputs.same_kind(&batch[0].inputs)
@@ -254,6 +341,7 @@ fn run(mut batch: Vec<Job>, model: &dyn Model) {
     let result = catch_unwind(AssertUnwindSafe(|| model.embed(inputs)));
     metrics::histogram!("flowmesh_encoder_inference_seconds")
         .record(started.elapsed().as_secs_f64());
+    let result = result.map(|r| r.and_then(|e| check_finite(&e).map(|()| e)));
     let failure = match result {
         Ok(Ok(embeddings)) if embeddings.len() == total => {
             let mut embeddings = embeddings.into_iter();

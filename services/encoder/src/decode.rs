@@ -45,7 +45,7 @@ pub enum ImageError {
     #[error("the image is {0}; the encoder decodes PNG and JPEG")]
     Format(String),
     /// The image has more pixels than allowed.
-    #[error("the image is {width}x{height} pixels; the encoder decodes images of at most {max} pixels (width x height)")]
+    #[error("the image is {width}x{height} pixels; the encoder decodes images of at most {max} pixels, width x height (--max-image-pixels, FLOWMESH_ENCODER_MAX_IMAGE_PIXELS)")]
     TooLarge {
         /// Its width.
         width: u32,

@@ -4,84 +4,34 @@
 use flowmesh_shared::server::Executor;
 use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
 
+/// Bounds on the inputs of one request, checked before any work is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Most inputs (texts or images: documents, or their leaf chunks) in one request.
+    pub max_inputs: usize,
+    /// Most bytes (UTF-8) of one text.
+    pub max_text_bytes: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        Self {
+            max_inputs: 4096,
+            max_text_bytes: 1 << 20,
+        }
+    }
+}
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use crate::batcher::{BatchConfig, BatchError, Batcher};
-use crate::decode::{self, ImageError, ImageLimits};
-use crate::model::{Batch, InferenceError, Inputs, Modality, Model};
+use crate::decode::{self, ImageLimits};
+use crate::error::EncodeError;
+use crate::model::{check_finite, Batch, InferenceError, Inputs, Modality, Model};
 use crate::preprocess::{self, ImageSpec, ImageTensor};
-
-/// Why a request could not be encoded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EncodeError {
-    /// A document (or chunk) to embed has no text.
-    #[error("document {id:?} has no text to encode (the {model} model encodes text only)")]
-    MissingText {
-        /// The document's id.
-        id: String,
-        /// The model's name.
-        model: String,
-    },
-    /// A document (or chunk) to embed has no image.
-    #[error("document {id:?} has no image to encode (the {model} model encodes images only, given as blob: base64 PNG or JPEG bytes, or as uri: a base64 data: URI)")]
-    MissingImage {
-        /// The document's id.
-        id: String,
-        /// The model's name.
-        model: String,
-    },
-    /// Inputs of the kind the model does not embed.
-    #[error("the {model} model encodes {accepts}, not {got}")]
-    WrongInputs {
-        /// The model's name.
-        model: String,
-        /// `texts` or `images`: what it embeds.
-        accepts: &'static str,
-        /// What it was given.
-        got: &'static str,
-    },
-    /// An image could not be decoded or is not acceptable.
-    #[error("{item}: {error}")]
-    Image {
-        /// Which input: `document "id"`, or `images[i]`.
-        item: String,
-        /// What is wrong with it.
-        error: ImageError,
-    },
-    /// More images in one request than allowed.
-    #[error("{count} images in one request; the encoder takes at most {max} (split the request)")]
-    TooManyImages {
-        /// Images sent.
-        count: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The batching queue refused or failed the job.
-    #[error(transparent)]
-    Batch(#[from] BatchError),
-    /// The model failed (inline backend), or image preparation did.
-    #[error("the model failed: {0}")]
-    Inference(#[from] InferenceError),
-}
-
-impl From<EncodeError> for ApiError {
-    fn from(e: EncodeError) -> Self {
-        match e {
-            EncodeError::MissingText { .. }
-            | EncodeError::MissingImage { .. }
-            | EncodeError::WrongInputs { .. }
-            | EncodeError::Image { .. }
-            | EncodeError::TooManyImages { .. } => ApiError::BadRequest(e.to_string()),
-            EncodeError::Batch(BatchError::QueueFull(_)) => ApiError::Overloaded(e.to_string()),
-            EncodeError::Batch(BatchError::Stopped) => ApiError::NotReady(e.to_string()),
-            EncodeError::Batch(BatchError::Model(_)) | EncodeError::Inference(_) => {
-                ApiError::Internal(e.to_string())
-            }
-        }
-    }
-}
 
 /// Where the model runs.
 enum Backend {
@@ -144,6 +94,7 @@ pub struct Encoder {
     model: Arc<dyn Model>,
     backend: Backend,
     limits: ImageLimits,
+    inputs: InputLimits,
     /// Requests whose images are being prepared at once: one per core, so that a burst of large
     /// images queues here instead of holding every blocking thread and its decoded pixels.
     preparing: Arc<Semaphore>,
@@ -167,6 +118,7 @@ impl Encoder {
             model,
             backend,
             limits: ImageLimits::default(),
+            inputs: InputLimits::default(),
             preparing: Arc::new(Semaphore::new(cores)),
         }
     }
@@ -176,6 +128,44 @@ impl Encoder {
     pub fn with_image_limits(mut self, limits: ImageLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The same encoder with other bounds on the inputs of a request.
+    #[must_use]
+    pub fn with_input_limits(mut self, limits: InputLimits) -> Self {
+        self.inputs = limits;
+        self
+    }
+
+    /// When the batch queue is full (a new request would get 429), its capacity.
+    pub fn queue_full(&self) -> Option<usize> {
+        match &self.backend {
+            Backend::Batched(batcher) if batcher.is_full() => Some(batcher.capacity()),
+            _ => None,
+        }
+    }
+
+    /// A [`EncodeError::TooManyInputs`] when `count` inputs are more than `--max-inputs`.
+    fn check_count(&self, count: usize) -> Result<(), EncodeError> {
+        if count > self.inputs.max_inputs {
+            return Err(EncodeError::TooManyInputs {
+                count,
+                max: self.inputs.max_inputs,
+            });
+        }
+        Ok(())
+    }
+
+    /// A [`EncodeError::TextTooLong`] when `text` has more than `--max-text-bytes` bytes.
+    fn check_text(&self, item: impl FnOnce() -> String, text: &str) -> Result<(), EncodeError> {
+        if text.len() > self.inputs.max_text_bytes {
+            return Err(EncodeError::TextTooLong {
+                item: item(),
+                bytes: text.len(),
+                max: self.inputs.max_text_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// The model's embedding dimension.
@@ -193,8 +183,19 @@ impl Encoder {
         self.model.modality()
     }
 
-    /// One embedding per input, in order, from the model's backend (inline or batched).
+    /// One embedding per input, in order, from the model's backend (inline or batched), without
+    /// a deadline.
     pub async fn embed(&self, inputs: Inputs) -> Result<Vec<Vec<f32>>, EncodeError> {
+        self.embed_within(inputs, Deadline::NONE).await
+    }
+
+    /// [`Encoder::embed`], given up (between batches, and before a queued batch runs) once
+    /// `deadline` has passed.
+    pub async fn embed_within(
+        &self,
+        inputs: Inputs,
+        deadline: Deadline,
+    ) -> Result<Vec<Vec<f32>>, EncodeError> {
         let (accepts, got) = (self.modality().inputs_name(), inputs.inputs_name());
         if accepts != got {
             return Err(EncodeError::WrongInputs {
@@ -204,26 +205,54 @@ impl Encoder {
             });
         }
         match &self.backend {
-            Backend::Inline(model) => Ok(match &inputs {
-                Inputs::Texts(texts) => {
-                    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                    model.embed(Batch::Texts(&refs))?
-                }
-                Inputs::Images(images) => model.embed(Batch::Images(images))?,
-            }),
-            Backend::Batched(batcher) => Ok(batcher.embed(inputs).await?),
+            Backend::Inline(model) => {
+                let embeddings = match &inputs {
+                    Inputs::Texts(texts) => {
+                        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                        model.embed(Batch::Texts(&refs))?
+                    }
+                    Inputs::Images(images) => model.embed(Batch::Images(images))?,
+                };
+                check_finite(&embeddings)?;
+                Ok(embeddings)
+            }
+            Backend::Batched(batcher) => Ok(batcher.embed(inputs, deadline).await?),
         }
     }
 
     /// One embedding per text, in order.
     pub async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
-        self.embed(Inputs::Texts(texts)).await
+        self.embed_texts_within(texts, Deadline::NONE).await
+    }
+
+    /// [`Encoder::embed_texts`] within `deadline`; the texts are checked against the
+    /// [`InputLimits`] first. Errors name a text as `texts[i]`.
+    pub async fn embed_texts_within(
+        &self,
+        texts: Vec<String>,
+        deadline: Deadline,
+    ) -> Result<Vec<Vec<f32>>, EncodeError> {
+        self.check_count(texts.len())?;
+        for (i, text) in texts.iter().enumerate() {
+            self.check_text(|| format!("texts[{i}]"), text)?;
+        }
+        self.embed_within(Inputs::Texts(texts), deadline).await
     }
 
     /// One embedding per image, in order; each image is base64 PNG or JPEG bytes, or a base64
     /// `data:` URI. Errors name the image as `images[i]`.
     pub async fn embed_images(&self, images: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
+        self.embed_images_within(images, Deadline::NONE).await
+    }
+
+    /// [`Encoder::embed_images`] within `deadline`.
+    pub async fn embed_images_within(
+        &self,
+        images: Vec<String>,
+        deadline: Deadline,
+    ) -> Result<Vec<Vec<f32>>, EncodeError> {
         let spec = self.image_spec()?;
+        self.check_count(images.len())?;
         let sources = images
             .into_iter()
             .enumerate()
@@ -233,8 +262,8 @@ impl Encoder {
                 form: SourceForm::Either,
             })
             .collect();
-        let tensors = self.prepare(spec, sources).await?;
-        self.embed(Inputs::Images(tensors)).await
+        let tensors = self.prepare(spec, sources, deadline).await?;
+        self.embed_within(Inputs::Images(tensors), deadline).await
     }
 
     /// The model's image spec; a [`EncodeError::WrongInputs`] for a text model.
@@ -252,11 +281,13 @@ impl Encoder {
     /// Decodes, resizes and normalises `sources` off the async threads. Every image costs at
     /// least a full input tensor to fill (224x224x3 values for MobileNetV2; about 0.7 ms for a
     /// 224x224 JPEG in all), far more than an async thread should be held, so even one small
-    /// image goes to the blocking pool.
+    /// image goes to the blocking pool. The blocking task stops between images once `deadline`
+    /// has passed or this future is dropped (its caller went away).
     async fn prepare(
         &self,
         spec: ImageSpec,
         sources: Vec<ImageSource>,
+        deadline: Deadline,
     ) -> Result<Vec<ImageTensor>, EncodeError> {
         if sources.len() > self.limits.max_images {
             return Err(EncodeError::TooManyImages {
@@ -267,14 +298,22 @@ impl Encoder {
         let max_pixels = self.limits.max_pixels;
         // The semaphore is never closed; if it were, preparing without a permit is still right.
         let permit = self.preparing.clone().acquire_owned().await.ok();
+        let caller = GoneOnDrop::default();
+        let gone = caller.0.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             sources
                 .iter()
-                .map(|s| s.prepare(&spec, max_pixels))
+                .map(|s| {
+                    if gone.load(Ordering::Relaxed) || deadline.is_expired() {
+                        return Err(EncodeError::Batch(BatchError::DeadlineExceeded));
+                    }
+                    s.prepare(&spec, max_pixels)
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await;
+        drop(caller);
         prepared.unwrap_or_else(|e| {
             Err(EncodeError::Inference(InferenceError(format!(
                 "image preparation failed: {e}"
@@ -288,6 +327,16 @@ impl Encoder {
     /// changed when a leaf lacks what the model embeds, when an image cannot be decoded, or when
     /// the job is refused.
     pub async fn encode(&self, docs: &mut [Document]) -> Result<(), EncodeError> {
+        self.encode_within(docs, Deadline::NONE).await
+    }
+
+    /// [`Encoder::encode`] within `deadline`. The request is checked against the
+    /// [`InputLimits`] (and [`ImageLimits`]) before any text is copied or image decoded.
+    pub async fn encode_within(
+        &self,
+        docs: &mut [Document],
+        deadline: Deadline,
+    ) -> Result<(), EncodeError> {
         let mut leaves = Vec::new();
         for doc in docs.iter() {
             collect_leaves(doc, &mut leaves);
@@ -295,18 +344,22 @@ impl Encoder {
         if leaves.is_empty() {
             return Ok(());
         }
+        self.check_count(leaves.len())?;
         let inputs = match self.modality() {
-            Modality::Text => Inputs::Texts(
-                leaves
+            Modality::Text => {
+                let texts = leaves
                     .iter()
                     .map(|d| {
-                        d.text.clone().ok_or_else(|| EncodeError::MissingText {
+                        let text = d.text.as_deref().ok_or_else(|| EncodeError::MissingText {
                             id: d.id.clone(),
                             model: self.model_name().to_owned(),
-                        })
+                        })?;
+                        self.check_text(|| format!("document {:?}", d.id), text)?;
+                        Ok(text)
                     })
-                    .collect::<Result<_, _>>()?,
-            ),
+                    .collect::<Result<Vec<&str>, EncodeError>>()?;
+                Inputs::Texts(texts.into_iter().map(str::to_owned).collect())
+            }
             Modality::Image(spec) => {
                 let sources = leaves
                     .iter()
@@ -317,10 +370,10 @@ impl Encoder {
                         })
                     })
                     .collect::<Result<_, _>>()?;
-                Inputs::Images(self.prepare(spec, sources).await?)
+                Inputs::Images(self.prepare(spec, sources, deadline).await?)
             }
         };
-        let embeddings = self.embed(inputs).await?;
+        let embeddings = self.embed_within(inputs, deadline).await?;
         let count = embeddings.len();
         let mut embeddings = embeddings.into_iter();
         for doc in docs.iter_mut() {
@@ -331,6 +384,16 @@ impl Encoder {
             "one embedding per leaf ({count})"
         );
         Ok(())
+    }
+}
+
+/// A flag set when it is dropped: tells work on another thread that its caller went away.
+#[derive(Default)]
+struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -361,11 +424,11 @@ impl Executor for Encoder {
         &self,
         endpoint: &str,
         mut request: Envelope,
-        _deadline: Deadline,
+        deadline: Deadline,
     ) -> Result<Envelope, ApiError> {
         match endpoint {
             "index" | "search" | "update" => {
-                self.encode(&mut request.data).await?;
+                self.encode_within(&mut request.data, deadline).await?;
                 tracing::debug!(
                     endpoint,
                     documents = request.data.len(),

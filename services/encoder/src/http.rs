@@ -3,13 +3,18 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowmesh_shared::codec::{Negotiated, Reply};
 use flowmesh_shared::openapi::executor_api;
-use flowmesh_shared::{ApiError, ErrorBody};
+use flowmesh_shared::server::shed_beyond;
+use flowmesh_shared::{ApiError, Deadline, ErrorBody};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::Encoder;
@@ -54,7 +59,73 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         "Embeds documents (or their chunks) on /index, /search and /update, from their text or their image (blob: base64 PNG or JPEG; or uri: a base64 data: URI) as the model takes; /encode embeds raw texts or images.",
     );
     api.merge(EncoderApi::openapi());
+    complete_responses(&mut api);
     api
+}
+
+/// The error statuses every `POST` route of the encoder can answer, whether its handler says so
+/// or the layers around it do (routing, body limit, shedding, deadline).
+const POST_ERRORS: [(&str, &str); 8] = [
+    ("400", "Malformed body or parameters, a malformed deadline header, or inputs the model does not embed"),
+    ("404", "No such route"),
+    ("405", "Method not allowed on this route"),
+    ("413", "Body too large, or a limit exceeded (inputs, text bytes, images, pixels); the message names the limit and its flag"),
+    ("429", "Overloaded (the queue is full, or too many requests in flight); retry later"),
+    ("500", "The model failed, or produced non-finite values"),
+    ("503", "Not ready"),
+    ("504", "The request's deadline (x-flowmesh-deadline-ms) passed"),
+];
+
+/// Adds [`POST_ERRORS`] to every `POST` operation that does not list them yet, and the queue to
+/// `/readyz`'s 503.
+fn complete_responses(api: &mut utoipa::openapi::OpenApi) {
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in &mut api.paths.paths {
+        if let Some(op) = item.post.as_mut() {
+            for (status, description) in POST_ERRORS {
+                op.responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description).into());
+            }
+        }
+        if path == "/readyz" {
+            if let Some(op) = item.get.as_mut() {
+                op.responses.responses.insert(
+                    "503".to_owned(),
+                    error("Not ready: starting, or the batch queue is full").into(),
+                );
+            }
+        }
+    }
+}
+
+/// Answers `/readyz` with 503 `not_ready` while the encoder's batch queue is full; passes every
+/// other request on.
+pub(crate) async fn not_ready_while_full(
+    State(encoder): State<Arc<Encoder>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().path() == "/readyz" {
+        if let Some(capacity) = encoder.queue_full() {
+            return ApiError::NotReady(format!(
+                "the encoder's queue is full ({capacity} requests waiting, --queue-size); send elsewhere until it drains"
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// The encoder's OpenAPI document as pretty JSON.
@@ -64,10 +135,12 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// `POST /encode` and `GET /openapi.json`.
-pub(crate) fn routes(encoder: Arc<Encoder>) -> Router {
+/// `POST /encode` (shed with 429 beyond `max_concurrent` requests at once, as the executor
+/// routes are) and `GET /openapi.json`.
+pub(crate) fn routes(encoder: Arc<Encoder>, max_concurrent: usize) -> Router {
     Router::new()
         .route("/encode", post(inputs_encode))
+        .route_layer(shed_beyond(max_concurrent))
         .with_state(encoder)
         .route("/openapi.json", get(|| async { Json(openapi()) }))
 }
@@ -76,40 +149,38 @@ pub(crate) fn routes(encoder: Arc<Encoder>) -> Router {
 #[utoipa::path(post, path = "/encode", request_body = EncodeRequest,
     responses(
         (status = 200, description = "One embedding per text or image", body = EncodeResponse),
-        (status = 400, description = "Malformed body; no inputs, or both texts and images; inputs the model does not embed; an image that cannot be decoded, or is too large", body = ErrorBody),
+        (status = 400, description = "Malformed body or deadline header; no inputs, or both texts and images; inputs the model does not embed; an image that cannot be decoded", body = ErrorBody),
+        (status = 413, description = "Body too large, or over a limit: inputs (--max-inputs), bytes of a text (--max-text-bytes), images (--max-images) or pixels of an image (--max-image-pixels)", body = ErrorBody),
         (status = 429, description = "The queue is full; retry later", body = ErrorBody),
-    ))]
+        (status = 504, description = "The deadline (x-flowmesh-deadline-ms) passed before the embeddings were done", body = ErrorBody),
+    ),
+    params(("x-flowmesh-deadline-ms" = Option<u64>, Header, description = "Milliseconds the caller still waits; past them the work stops and the answer is 504")))]
 async fn inputs_encode(
     State(encoder): State<Arc<Encoder>>,
+    headers: HeaderMap,
     request: Negotiated<EncodeRequest>,
 ) -> Result<Reply<EncodeResponse>, ApiError> {
+    let deadline = Deadline::from_headers(&headers)?;
+    if deadline.is_expired() {
+        return Err(deadline.exceeded("/encode"));
+    }
     let EncodeRequest { texts, images } = request.body;
-    let embeddings = match (texts, images) {
-        (Some(texts), None) if !texts.is_empty() => encoder.embed_texts(texts).await?,
-        (None, Some(images)) if !images.is_empty() => encoder.embed_images(images).await?,
-        (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "send texts or images, not both".into(),
-            ))
-        }
-        (Some(_), None) => {
-            return Err(ApiError::BadRequest(
-                "texts is empty: send at least one text".into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "images is empty: send at least one image".into(),
-            ))
-        }
-        (None, None) => {
-            return Err(ApiError::BadRequest(format!(
-                "nothing to encode: send {} (the {} model's inputs)",
-                encoder.modality().inputs_name(),
-                encoder.model_name()
-            )))
+    let work = async {
+        match (texts, images) {
+            (Some(texts), None) if !texts.is_empty() => {
+                Ok(encoder.embed_texts_within(texts, deadline).await?)
+            }
+            (None, Some(images)) if !images.is_empty() => {
+                Ok(encoder.embed_images_within(images, deadline).await?)
+            }
+            (texts, images) => Err(nothing_to_encode(
+                &encoder,
+                texts.is_some(),
+                images.is_some(),
+            )),
         }
     };
+    let embeddings = deadline.run("/encode", work).await?;
     Ok(Reply(
         request.reply,
         EncodeResponse {
@@ -118,4 +189,18 @@ async fn inputs_encode(
             embeddings,
         },
     ))
+}
+
+/// The 400 for a request without inputs to embed, or with both kinds.
+fn nothing_to_encode(encoder: &Encoder, texts: bool, images: bool) -> ApiError {
+    match (texts, images) {
+        (true, true) => ApiError::BadRequest("send texts or images, not both".into()),
+        (true, false) => ApiError::BadRequest("texts is empty: send at least one text".into()),
+        (false, true) => ApiError::BadRequest("images is empty: send at least one image".into()),
+        (false, false) => ApiError::BadRequest(format!(
+            "nothing to encode: send {} (the {} model's inputs)",
+            encoder.modality().inputs_name(),
+            encoder.model_name()
+        )),
+    }
 }

@@ -12,9 +12,15 @@
 //! `batcher.rs`: bounded queue, 429 when full, batches bounded by inputs and, for texts, tokens);
 //! with the default 0 the `hash` model runs on the request's own thread and ONNX models on one
 //! inference thread.
+//!
+//! Every request is bounded before any work (`--max-inputs`, `--max-text-bytes`, `--max-images`,
+//! `--max-image-pixels`: 413 naming the flag), runs in batch-sized parts, and stops between
+//! parts, images and queued batches once its deadline (`x-flowmesh-deadline-ms`) has passed or
+//! its caller has gone; `/readyz` answers 503 while the batch queue is full.
 
 mod batcher;
 pub mod decode;
+mod error;
 mod executor;
 mod http;
 pub mod model;
@@ -33,7 +39,8 @@ use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
 
 pub use batcher::{BatchConfig, BatchError};
 pub use decode::{ImageError, ImageLimits};
-pub use executor::{EncodeError, Encoder};
+pub use error::EncodeError;
+pub use executor::{Encoder, InputLimits};
 pub use http::{openapi, openapi_json, EncodeRequest, EncodeResponse};
 pub use model::{Batch, HashModel, InferenceError, Inputs, Modality, Model, ModelError};
 pub use onnx::{load_model, OnnxImageModel, OnnxTextModel, SessionOptions};
@@ -119,27 +126,42 @@ pub struct Config {
     /// request's own thread (it takes microseconds) and ONNX models on one inference thread.
     #[arg(long, env = "FLOWMESH_ENCODER_WORKERS", default_value_t = 0)]
     pub workers: usize,
-    /// Most inputs (texts or images) in one model call; a request with more images is split.
+    /// Most inputs (texts or images) in one model call; a request with more is split into
+    /// several model calls.
     #[arg(long, env = "FLOWMESH_ENCODER_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
-    /// Most tokens in one model call of texts.
+    /// Most tokens in one model call of texts; a request with more is split into several model
+    /// calls (a text is counted at most the model's maximum sequence length). This bounds the
+    /// model's memory, which grows with the square of a text's length: a batch of 16 texts of
+    /// 256 tokens (the default 4096) takes ~0.25 GB of activations with MiniLM, 64 of them
+    /// (16384) ~1 GB, and was slower per text on CPU too (see issue 12's measurements).
     #[arg(
         long,
         env = "FLOWMESH_ENCODER_MAX_BATCH_TOKENS",
-        default_value_t = 16_384
+        default_value_t = 4096
     )]
     pub max_batch_tokens: usize,
     /// Longest wait, in milliseconds, for more requests to join a batch; 0 batches only what is
     /// already queued (batches still grow under load, while the model is busy).
     #[arg(long, env = "FLOWMESH_ENCODER_MAX_WAIT_MS", default_value_t = 0)]
     pub max_wait_ms: u64,
-    /// Most requests waiting for the model; more are answered 429.
+    /// Most requests (or batch-sized parts of large ones) waiting for the model; more are
+    /// answered 429, and `/readyz` answers 503 while it is full.
     #[arg(long, env = "FLOWMESH_ENCODER_QUEUE_SIZE", default_value_t = 1024)]
     pub queue_size: usize,
     /// Most pixels (width x height) of one decoded image; larger images are refused with a 400
     /// before they are decoded (a small compressed file can hold a huge image).
     #[arg(long, env = "FLOWMESH_ENCODER_MAX_IMAGE_PIXELS", default_value_t = ImageLimits::default().max_pixels)]
     pub max_image_pixels: u64,
+    /// Most inputs (texts or images: documents, or their leaf chunks) in one request; more are
+    /// answered 413 `limit_exceeded` before any work is done.
+    #[arg(long, env = "FLOWMESH_ENCODER_MAX_INPUTS", default_value_t = InputLimits::default().max_inputs)]
+    pub max_inputs: usize,
+    /// Most bytes (UTF-8) of one text; a longer text is answered 413 `limit_exceeded` before any
+    /// work is done. Default 1 MiB. Whatever the length, a text model reads only its first
+    /// tokens (256 for all-MiniLM-L6-v2), and only about that much of the text is tokenized.
+    #[arg(long, env = "FLOWMESH_ENCODER_MAX_TEXT_BYTES", default_value_t = InputLimits::default().max_text_bytes)]
+    pub max_text_bytes: usize,
     /// Most images in one request (each becomes the model's input tensor before it is queued:
     /// 0.6 MB for MobileNetV2's 224x224x3 floats).
     #[arg(long, env = "FLOWMESH_ENCODER_MAX_IMAGES", default_value_t = ImageLimits::default().max_images)]
@@ -184,12 +206,22 @@ impl Config {
             self.max_image_pixels > 0 && self.max_images > 0,
             "--max-image-pixels and --max-images must be at least 1"
         );
+        anyhow::ensure!(
+            self.max_inputs > 0 && self.max_text_bytes > 0,
+            "--max-inputs and --max-text-bytes must be at least 1"
+        );
         let limits = ImageLimits {
             max_pixels: self.max_image_pixels,
             max_images: self.max_images,
         };
+        let inputs = InputLimits {
+            max_inputs: self.max_inputs,
+            max_text_bytes: self.max_text_bytes,
+        };
         if self.workers == 0 && self.model == ModelKind::Hash {
-            return Ok(Encoder::new(model).with_image_limits(limits));
+            return Ok(Encoder::new(model)
+                .with_image_limits(limits)
+                .with_input_limits(inputs));
         }
         anyhow::ensure!(self.max_batch > 0, "--max-batch must be at least 1");
         anyhow::ensure!(
@@ -204,15 +236,21 @@ impl Config {
             max_wait: std::time::Duration::from_millis(self.max_wait_ms),
             queue_capacity: self.queue_size,
         };
-        Ok(Encoder::batched(model, &batching)?.with_image_limits(limits))
+        Ok(Encoder::batched(model, &batching)?
+            .with_image_limits(limits)
+            .with_input_limits(inputs))
     }
 }
 
 /// The encoder's routes: `POST /{endpoint}`, `POST /encode`, `/openapi.json`, `/livez`,
 /// `/readyz`, `/metrics`.
+/// `/readyz` answers 503 `not_ready` while the batch queue is full, so that balancers send
+/// traffic elsewhere until it drains.
 pub fn router(encoder: Arc<Encoder>, readiness: Readiness, limits: &Limits) -> Router {
-    let own = http::routes(encoder.clone());
-    executor_router(SERVICE, encoder, readiness, limits, own)
+    let own = http::routes(encoder.clone(), limits.max_concurrent_requests);
+    executor_router(SERVICE, encoder.clone(), readiness, limits, own).layer(
+        axum::middleware::from_fn_with_state(encoder, http::not_ready_while_full),
+    )
 }
 
 /// The routes of the encoder `config` describes, ready to serve; fails on an invalid

@@ -142,6 +142,20 @@ pub fn wrong_modality(model: &dyn Model, batch: &Batch<'_>) -> InferenceError {
     ))
 }
 
+/// An error unless every value of `embeddings` is finite: a model that yields NaN or infinity
+/// (a broken export, an overflow) must fail the request, not poison an index with it.
+pub(crate) fn check_finite(embeddings: &[Vec<f32>]) -> Result<(), InferenceError> {
+    match embeddings
+        .iter()
+        .position(|e| e.iter().any(|x| !x.is_finite()))
+    {
+        None => Ok(()),
+        Some(i) => Err(InferenceError(format!(
+            "the model produced a non-finite value (NaN or infinity) in embedding {i}"
+        ))),
+    }
+}
+
 /// Why a model could not embed a batch (a fault of the model or its runtime, not of the input).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -251,7 +251,7 @@ async fn every_reference_image_matches_keras_as_blob_and_as_data_uri() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_image_is_a_400_naming_the_document() {
+async fn an_undecodable_image_is_a_400_and_a_large_one_a_413_naming_the_document() {
     let refs = references();
     let app = image_app(&[]);
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
@@ -294,7 +294,8 @@ async fn an_undecodable_image_is_a_400_naming_the_document() {
     assert_eq!(status.as_u16(), 400, "{out}");
     assert!(error_of(&out).starts_with("images[1]: "), "{out}");
 
-    // Limits: pixels of one image (checked from the header, before decoding) and images a request.
+    // Limits, 413 naming their flags: pixels of one image (checked from the header, before
+    // decoding) and images a request.
     let small = image_app(&["--max-image-pixels", "50000", "--max-images", "2"]);
     let checker = refs.iter().find(|r| r.file.contains("300x200")).unwrap();
     let (status, out) = post(
@@ -303,18 +304,22 @@ async fn an_undecodable_image_is_a_400_naming_the_document() {
         &json!({"data": [{"id": "big", "blob": checker.base64()}]}),
     )
     .await;
-    assert_eq!(status.as_u16(), 400, "{out}");
+    assert_eq!(status.as_u16(), 413, "{out}");
+    assert_eq!(out["kind"], "limit_exceeded", "{out}");
     let error = error_of(&out);
     assert!(
-        error.contains("\"big\"") && error.contains("300x200 pixels"),
+        error.contains("\"big\"")
+            && error.contains("300x200 pixels")
+            && error.contains("--max-image-pixels"),
         "{error}"
     );
     let three: Vec<Value> = (0..3)
         .map(|i| json!({"id": i.to_string(), "blob": refs[1].base64()}))
         .collect();
     let (status, out) = post(&small, "index", &json!({ "data": three })).await;
-    assert_eq!(status.as_u16(), 400, "{out}");
+    assert_eq!(status.as_u16(), 413, "{out}");
     assert!(error_of(&out).contains("3 images in one request"), "{out}");
+    assert!(error_of(&out).contains("--max-images"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

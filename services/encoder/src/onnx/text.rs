@@ -5,6 +5,11 @@
 //! Texts are tokenized with truncation at the maximum sequence length and padding to the longest
 //! text of the batch (not to a fixed length), run through the model, mean-pooled under the
 //! attention mask, and L2-normalised, as sentence-transformers does.
+//!
+//! The tokenizer builds every token of its input before it truncates (with offsets and strings:
+//! ~100 bytes a token), so a 1 MB text would cost tens of MB and most of a second for 256 tokens
+//! kept. Long texts are therefore cut first ([`OnnxTextModel::bounded_prefix`]) to a prefix that
+//! holds the tokens the model reads.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -18,6 +23,10 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::{model_path, read_config, session, ModelConfig, Named, SessionOptions};
 use crate::model::{wrong_modality, Batch, InferenceError, Model};
+
+/// Texts up to this many bytes are tokenized whole; longer ones are measured in pieces of about
+/// this size (each cut before a whitespace character where there is one).
+const PIECE_BYTES: usize = 4096;
 
 /// The config of a text model (`"kind": "text"`).
 #[derive(Debug, Deserialize)]
@@ -120,6 +129,32 @@ impl OnnxTextModel {
         })
     }
 
+    /// A prefix of `text` whose tokens begin with every token the model reads of `text` (its
+    /// first `max_seq_len`): the text itself when short, else the text up to the end of the
+    /// piece after the one in which `max_seq_len` tokens were counted. Pieces end before
+    /// whitespace, where word-level tokenizers split, and the spare piece keeps a cut word well
+    /// past the tokens kept; so the embedding is the whole text's (exactly so unless a single
+    /// "word" runs over 4 KB). Tokenizing piece by piece bounds the memory to one piece's tokens.
+    pub fn bounded_prefix<'a>(&self, text: &'a str) -> &'a str {
+        if text.len() <= 2 * PIECE_BYTES {
+            return text;
+        }
+        let (mut start, mut tokens) = (0, 0);
+        while start < text.len() {
+            let end = piece_end(text, start);
+            if tokens >= self.max_seq_len {
+                return &text[..end];
+            }
+            // Truncated at max_seq_len: enough to know whether the budget is reached.
+            tokens += self
+                .tokenizer
+                .encode(&text[start..end], false)
+                .map_or(0, |e| e.get_ids().len());
+            start = end;
+        }
+        text
+    }
+
     /// The token ids of `text` as the model sees them (special tokens included, no padding).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, InferenceError> {
         let e = self
@@ -133,6 +168,24 @@ impl OnnxTextModel {
             .map(|(id, _)| *id)
             .collect())
     }
+}
+
+/// The end of a piece of `text` that starts at `start`: the first whitespace character at or after
+/// `start + PIECE_BYTES` (within another `PIECE_BYTES`), else the char boundary there; the end of
+/// the text when less is left.
+fn piece_end(text: &str, start: usize) -> usize {
+    let mut at = start + PIECE_BYTES;
+    if at >= text.len() {
+        return text.len();
+    }
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    let window = &text[at..text.len().min(at + PIECE_BYTES)];
+    window
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(at, |(i, _)| at + i)
 }
 
 /// The tokenizer with truncation at `max_seq_len` and padding to the longest text of a batch.
@@ -174,9 +227,10 @@ impl Model for OnnxTextModel {
             return Err(wrong_modality(self, &batch));
         };
         let fail = |what: &str, e: &dyn std::fmt::Display| InferenceError(format!("{what}: {e}"));
+        let bounded: Vec<&str> = texts.iter().map(|t| self.bounded_prefix(t)).collect();
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(bounded, true)
             .map_err(|e| fail("tokenizer", &e))?;
         let n = encodings.len();
         let seq = encodings.first().map_or(0, tokenizers::Encoding::len);
