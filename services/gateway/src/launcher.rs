@@ -16,6 +16,7 @@
 //! export reach every executor; a service name set with `OTEL_SERVICE_NAME` becomes
 //! `NAME-encoder`, `NAME-indexer`, ... for them, so that each service keeps its own name.
 
+mod process;
 mod supervise;
 
 use std::io::Write as _;
@@ -34,7 +35,8 @@ use flowmesh_shared::server::{bind, serve, Limits};
 use crate::flow::spec::{AddressesSpec, ExecutorSpec, SERVICES};
 use crate::flow::{Flow, FlowSpec};
 use crate::{load_flow, router, AppState};
-use supervise::{start_supervised, stop_all, Launch, Policy, State, Supervised};
+use process::{Launch, Policy, State};
+use supervise::{start_supervised, stop_all, Supervised};
 
 /// `flowmesh up` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -154,7 +156,7 @@ async fn serve_gateway(
     let local = listener.local_addr()?;
     let shared: Vec<_> = processes.iter().map(|p| Arc::clone(&p.shared)).collect();
     let state = AppState::new(Arc::new(flow), args.limits.clone())
-        .with_processes(Arc::new(move || supervise::status_json(&shared)));
+        .with_processes(Arc::new(move || process::status_json(&shared)));
     let app = router(state);
     {
         let mut out = std::io::stdout().lock();
