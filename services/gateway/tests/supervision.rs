@@ -377,3 +377,73 @@ async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
     launched.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An indexer shard whose workspace became unusable (a file where its folder was) crashes at
+/// every start: with `FLOWMESH_RESTART_LIMIT=2` it is `failed` after one restart, its log says
+/// why, the other processes run on, and the gateway still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_workspace_is_broken_ends_failed_with_its_reason() {
+    let dir = temp_dir("broken-workspace");
+    let flow = dir.join("flow.yml");
+    std::fs::write(&flow, FLOW).unwrap();
+    let env = [("FLOWMESH_RESTART_LIMIT", "2".to_owned())];
+    let mut launched = launch::up(&flow, &dir, &env, None).await;
+    let gateway = launched.gateway.clone();
+    let http = Http::new();
+    let label = "indexer/1/0";
+    let before = process(&http, &gateway, label).await;
+    kill(pid_of(&before), Signal::SIGKILL).unwrap();
+    let workspace = dir.join("ws/supervised/indexer/shard-1/replica-0");
+    std::fs::remove_dir_all(&workspace).unwrap();
+    std::fs::write(&workspace, "not a folder").unwrap();
+
+    let began = Instant::now();
+    let failed = loop {
+        let p = process(&http, &gateway, label).await;
+        if p["state"] == "failed" {
+            break p;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "not failed in time: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failed["restarts"], 1, "{failed}");
+    assert_eq!(failed["last_exit"]["code"], 1, "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("exited 2 times"),
+        "{failed}"
+    );
+    let log = failed["log"].as_array().unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.as_str().unwrap().contains("cannot open the shard")),
+        "the indexer's own reason is in the log: {failed}"
+    );
+    let status = http.get(&format!("{gateway}/status")).await.json();
+    for p in status["processes"].as_array().unwrap() {
+        if p["label"] != label {
+            assert_eq!(p["state"], "running", "{p}");
+        }
+    }
+    // The other shard still takes the documents that hash to it.
+    let acked = (0..8)
+        .map(|i| {
+            let http = &http;
+            let gateway = &gateway;
+            async move {
+                http.post(
+                    &format!("{gateway}/index"),
+                    &json!({"data": [{"id": format!("after-{i}"), "text": text(i)}]}),
+                )
+                .await
+                .status
+            }
+        })
+        .collect::<Vec<_>>();
+    let statuses = futures::future::join_all(acked).await;
+    assert!(statuses.contains(&200), "{statuses:?}");
+    launched.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
