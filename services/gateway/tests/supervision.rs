@@ -447,3 +447,33 @@ async fn a_shard_whose_workspace_is_broken_ends_failed_with_its_reason() {
     launched.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM while a killed process waits out its backoff: the launcher stops at once and starts
+/// nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_backoff_restarts_nothing() {
+    let dir = temp_dir("stop-in-backoff");
+    let flow = dir.join("flow.yml");
+    std::fs::write(&flow, FLOW).unwrap();
+    let log = dir.join("stderr.log");
+    let mut launched =
+        launch::up(&flow, &dir, &[], Some(std::fs::File::create(&log).unwrap())).await;
+    let http = Http::new();
+    let ranker = process(&http, &launched.gateway, "ranker/0/0").await;
+    kill(pid_of(&ranker), Signal::SIGKILL).unwrap();
+    let began = Instant::now();
+    while process(&http, &launched.gateway, "ranker/0/0").await["state"] != "restarting" {
+        assert!(began.elapsed() < Duration::from_secs(5), "exit not seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    launched.stop().await;
+    let address = ranker["address"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://");
+    assert!(tokio::net::TcpStream::connect(address).await.is_err());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("restarting it on"), "{log}");
+    assert!(!log.contains("executor process restarted"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
