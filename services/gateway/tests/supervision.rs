@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use support::launch::{self, temp_dir, Launched};
+use support::launch::{self, metric, temp_dir, Launched};
 use support::Http;
 
 const FLOW: &str = "name: supervised
@@ -41,6 +41,17 @@ async fn a_killed_indexer_shard_comes_back_with_its_documents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ranker_comes_back_with_its_documents() {
     kill_under_load("ranker/0/0", "ranker-kill").await;
+}
+
+/// The gateway's `flowmesh_executor_restarts_total` of `label`.
+async fn restarts_counted(http: &Http, gateway: &str, label: &str) -> Option<f64> {
+    let text = http.get(&format!("{gateway}/metrics")).await.body;
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    metric(
+        &text,
+        "flowmesh_executor_restarts_total",
+        &[("process", label)],
+    )
 }
 
 /// `/status`'s entry for the process `label`.
@@ -164,6 +175,7 @@ async fn kill_under_load(label: &str, name: &str) {
     assert_ne!(after["pid"], before["pid"], "a new process: {after}");
     assert_eq!(after["last_exit"]["signal"], 9, "{after}");
     assert!(after["log"].as_array().is_some(), "{after}");
+    assert_eq!(restarts_counted(&http, &gateway, label).await, Some(1.0));
     // The same address answers (its own readiness), and the mesh serves writes again.
     let readyz = format!("{address}/readyz");
     while http.get(&readyz).await.status != 200 {
@@ -329,6 +341,7 @@ async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
     };
     eprintln!("{label} failed after {:?}: {failed}", began.elapsed());
     assert_eq!(failed["restarts"], 4, "five exits, four restarts: {failed}");
+    assert_eq!(restarts_counted(&http, &gateway, label).await, Some(4.0));
     assert_eq!(failed["pid"], Value::Null, "{failed}");
     assert_eq!(failed["last_exit"]["code"], 1, "{failed}");
     let error = failed["error"].as_str().unwrap();

@@ -79,10 +79,21 @@ pub(super) struct Status {
     /// Why the process is down, when the launcher knows more than the exit status.
     pub error: Option<String>,
     pub log: VecDeque<String>,
+    /// Lines logged since the first start (the ring keeps the last [`LOG_LINES`]).
+    pub lines_logged: u64,
+}
+
+impl Status {
+    /// The kept lines logged after `lines_logged` was `since`.
+    pub(super) fn lines_since(&self, since: u64) -> impl Iterator<Item = &String> {
+        let new = usize::try_from(self.lines_logged.saturating_sub(since)).unwrap_or(usize::MAX);
+        self.log.iter().skip(self.log.len().saturating_sub(new))
+    }
 }
 
 impl Status {
     pub(super) fn push_line(&mut self, line: &str) {
+        self.lines_logged += 1;
         if self.log.len() == LOG_LINES {
             self.log.pop_front();
         }
@@ -115,6 +126,7 @@ impl Shared {
                 last_exit: None,
                 error: None,
                 log: VecDeque::with_capacity(LOG_LINES),
+                lines_logged: 0,
             }),
         }
     }
@@ -174,6 +186,7 @@ mod tests {
             last_exit: None,
             error: None,
             log: VecDeque::new(),
+            lines_logged: 0,
         };
         for i in 0..50 {
             status.push_line(&format!("line {i}"));
@@ -181,6 +194,11 @@ mod tests {
         assert_eq!(status.log.len(), LOG_LINES);
         assert_eq!(status.log[0], "line 30");
         assert_eq!(status.log[LOG_LINES - 1], "line 49");
+        assert_eq!(
+            status.lines_since(48).collect::<Vec<_>>(),
+            ["line 48", "line 49"]
+        );
+        assert_eq!(status.lines_since(0).count(), LOG_LINES);
         status.push_line(&"é".repeat(LOG_LINE_BYTES));
         let last = status.log.back().unwrap();
         assert!(last.len() <= LOG_LINE_BYTES && last.chars().all(|c| c == 'é'));

@@ -9,7 +9,7 @@
 //! SIGTERM (SIGKILL after 10 s) and restarts nothing.
 //!
 //! What the launcher knows of each process (state, pid, restarts, last exit status, the last
-//! [`LOG_LINES`] lines of its output) is kept in a [`Status`](super::process::Status) that `GET /status` shows. The
+//! [`LOG_LINES`](super::process::LOG_LINES) lines of its output) is kept in a [`Status`](super::process::Status) that `GET /status` shows. The
 //! environment and command line are never shown: they may one day hold secrets.
 
 use std::collections::VecDeque;
@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::process::{Launch, Policy, Shared, State, LOG_LINES};
+use super::process::{Launch, Policy, Shared, State};
 
 /// How long a stopping process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -276,6 +276,7 @@ fn after_exit(
     let crashes = history.crashes.len();
     let Some(port) = port.filter(|_| crashes < policy.restart_limit as usize) else {
         status.state = State::Failed;
+        metrics::gauge!("flowmesh_executor_processes_failed").increment(1.0);
         let why = match port {
             None => format!("its address {} has no port", shared.base()),
             Some(_) => format!(
@@ -339,7 +340,13 @@ async fn supervise(
             }
         }
         backoff = (backoff * 2).min(policy.backoff_max);
-        shared.status().restarts += 1;
+        let since = {
+            let mut status = shared.status();
+            status.restarts += 1;
+            status.lines_logged
+        };
+        metrics::counter!("flowmesh_executor_restarts_total", "process" => label.clone())
+            .increment(1);
         let started = tokio::select! {
             started = start(&shared, Some(port), policy.start_timeout) => started,
             () = stopped(&mut stop_rx) => {
@@ -363,7 +370,7 @@ async fn supervise(
                 wait_or_stop(&shared, &mut child, &mut stop_rx).await
             }
             Err(e) => {
-                let why = not_started(&shared, port, &e);
+                let why = not_started(&shared, port, since, &e);
                 tracing::error!(process = %label, "{why}");
                 shared.status().error = Some(why);
                 Ended::Exited(e.status)
@@ -373,13 +380,11 @@ async fn supervise(
 }
 
 /// What to say of a restart that failed: a port that cannot be re-bound is named as such.
-fn not_started(shared: &Shared, port: u16, e: &StartFailed) -> String {
+/// Only the lines of this attempt (logged after `since`) count.
+fn not_started(shared: &Shared, port: u16, since: u64, e: &StartFailed) -> String {
     let in_use = shared
         .status()
-        .log
-        .iter()
-        .rev()
-        .take(LOG_LINES)
+        .lines_since(since)
         .any(|l| l.to_ascii_lowercase().contains("address already in use"));
     if in_use {
         format!(
