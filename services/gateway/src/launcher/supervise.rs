@@ -147,7 +147,14 @@ async fn start(
             Ok((child, base))
         }
         Ok(None) => {
-            let status = child.wait().await.ok();
+            // It closed its stdout: it is exiting, or it is killed now (never waited on forever).
+            let status = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                Ok(status) => status.ok(),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    child.wait().await.ok()
+                }
+            };
             // Its last words (why it exited) are on stderr: have them in the log first.
             if let Some(stderr) = stderr {
                 let _ = tokio::time::timeout(Duration::from_secs(2), stderr).await;
