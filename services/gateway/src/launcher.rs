@@ -7,22 +7,27 @@
 //! from `FLOWMESH_EXECUTOR`, `FLOWMESH_SHARD`, `FLOWMESH_SHARDS`, `FLOWMESH_REPLICA` and its own
 //! data directory from `FLOWMESH_WORKSPACE`. The gateway runs inside this process.
 //!
+//! Every executor process is supervised ([`supervise`]): one that exits unasked is started again
+//! on the same address with the same flags, environment and workspace, with backoff, until it
+//! crashes `--restart-limit` times within `--restart-window-secs`; `GET /status` lists each
+//! process under `processes` (state, pid, restarts, last exit status, last log lines).
+//!
 //! Children inherit this process's environment, so the `OTEL_*` variables that turn on trace
 //! export reach every executor; a service name set with `OTEL_SERVICE_NAME` becomes
 //! `NAME-encoder`, `NAME-indexer`, ... for them, so that each service keeps its own name.
 
+mod process;
+mod supervise;
+
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, Command};
-use tokio::task::JoinHandle;
 
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::server::{bind, serve, Limits};
@@ -30,6 +35,8 @@ use flowmesh_shared::server::{bind, serve, Limits};
 use crate::flow::spec::{AddressesSpec, ExecutorSpec, SERVICES};
 use crate::flow::{Flow, FlowSpec};
 use crate::{load_flow, router, AppState};
+use process::{Launch, Policy, State};
+use supervise::{start_supervised, stop_all, Supervised};
 
 /// `flowmesh up` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,20 +55,20 @@ pub struct UpArgs {
     /// How long to wait for every executor to become ready, in seconds.
     #[arg(long, default_value_t = 300)]
     pub ready_timeout_secs: u64,
+    /// A crashed executor process is started again on its address, after 0.5 s doubling to
+    /// 10 s; once it has exited this many times within `--restart-window-secs` it stays down
+    /// (`failed` in `GET /status`). 1 never restarts. Default: 5.
+    #[arg(long, env = "FLOWMESH_RESTART_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub restart_limit: u32,
+    /// The window of `--restart-limit`, in seconds. Default: 60.
+    #[arg(long, env = "FLOWMESH_RESTART_WINDOW_SECS", default_value_t = 60)]
+    pub restart_window_secs: u64,
     /// The gateway's request and connection limits.
     #[command(flatten)]
     pub limits: Limits,
     /// The gateway's own limits (text bytes, sentencizer chunks, request timeout).
     #[command(flatten)]
     pub guard: crate::GatewayLimits,
-}
-
-/// One started executor process.
-struct Process {
-    label: String,
-    pid: Option<u32>,
-    base: String,
-    exited: JoinHandle<()>,
 }
 
 /// Starts the Flow, serves until `shutdown` resolves, then stops every process.
@@ -85,10 +92,19 @@ pub async fn up(
 async fn start_all(
     args: &UpArgs,
     spec: &mut FlowSpec,
-    processes: &mut Vec<Process>,
+    processes: &mut Vec<Supervised>,
 ) -> anyhow::Result<()> {
     let flow_dir = args.workspace.join(&spec.name);
     let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
+    let policy = Policy {
+        backoff_initial: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(10),
+        restart_limit: args.restart_limit,
+        restart_window: Duration::from_secs(args.restart_window_secs),
+        start_timeout: ready_timeout,
+    };
+    // Exits before the whole Flow is ready fail the launch instead of being restarted.
+    let armed = Arc::new(AtomicBool::new(false));
     for executor in &mut spec.executors {
         if executor.addresses.is_some() || !SERVICES.contains(&executor.uses.as_str()) {
             continue;
@@ -105,21 +121,28 @@ async fn start_all(
                     .join(&executor.name)
                     .join(format!("shard-{shard}"))
                     .join(format!("replica-{replica}"));
-                let p = spawn(&binary, executor, shard, replica, &workspace, ready_timeout).await?;
-                replicas.push(p.base.clone());
+                let launch = launch(&binary, executor, shard, replica, workspace);
+                let p = start_supervised(launch, policy, Arc::clone(&armed)).await?;
+                replicas.push(p.base().to_owned());
                 processes.push(p);
             }
             shards.push(replicas);
         }
         executor.addresses = Some(AddressesSpec::Shards(shards));
     }
-    wait_ready(processes, ready_timeout).await
+    wait_ready(processes, ready_timeout).await?;
+    armed.store(true, Ordering::Release);
+    // An exit between the last readiness check and arming was not restarted: fail on it too.
+    if let Some(p) = processes.iter().find(|p| p.state() == State::Exited) {
+        bail!("{} exited while starting; its log is above", p.label());
+    }
+    Ok(())
 }
 
 async fn serve_gateway(
     args: &UpArgs,
     spec: FlowSpec,
-    processes: &[Process],
+    processes: &[Supervised],
     started: Instant,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -134,8 +157,11 @@ async fn serve_gateway(
             )
         })?;
     let local = listener.local_addr()?;
-    let app =
-        router(AppState::new(Arc::new(flow), args.limits.clone()).with_guard(args.guard.clone()));
+    let shared: Vec<_> = processes.iter().map(|p| Arc::clone(&p.shared)).collect();
+    let state = AppState::new(Arc::new(flow), args.limits.clone())
+        .with_guard(args.guard.clone())
+        .with_processes(Arc::new(move || process::status_json(&shared)));
+    let app = router(state);
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -196,111 +222,59 @@ pub fn settings_to_flags(settings: &serde_json::Map<String, Value>) -> Vec<Strin
     flags
 }
 
-async fn spawn(
+/// How to start (and restart) one replica of one shard of `executor`.
+fn launch(
     binary: &Path,
     executor: &ExecutorSpec,
     shard: usize,
     replica: usize,
-    workspace: &Path,
-    timeout: Duration,
-) -> anyhow::Result<Process> {
-    let label = format!("{}/{shard}/{replica}", executor.name);
-    std::fs::create_dir_all(workspace)
-        .with_context(|| format!("cannot create {}", workspace.display()))?;
-    let mut command = Command::new(binary);
+    workspace: PathBuf,
+) -> Launch {
+    let mut env = vec![
+        ("FLOWMESH_EXECUTOR".to_owned(), executor.name.clone().into()),
+        ("FLOWMESH_SHARD".to_owned(), shard.to_string().into()),
+        (
+            "FLOWMESH_SHARDS".to_owned(),
+            executor.shards.to_string().into(),
+        ),
+        ("FLOWMESH_REPLICA".to_owned(), replica.to_string().into()),
+        ("FLOWMESH_WORKSPACE".to_owned(), workspace.clone().into()),
+    ];
     if let Some(name) = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|n| !n.trim().is_empty())
     {
-        command.env("OTEL_SERVICE_NAME", format!("{name}-{}", executor.uses));
+        env.push((
+            "OTEL_SERVICE_NAME".to_owned(),
+            format!("{name}-{}", executor.uses).into(),
+        ));
     }
-    let mut child: Child = command
-        .args(settings_to_flags(&executor.settings))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("FLOWMESH_EXECUTOR", &executor.name)
-        .env("FLOWMESH_SHARD", shard.to_string())
-        .env("FLOWMESH_SHARDS", executor.shards.to_string())
-        .env("FLOWMESH_REPLICA", replica.to_string())
-        .env("FLOWMESH_WORKSPACE", workspace)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let pid = child.id();
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward(label.clone(), BufReader::new(stderr).lines()));
-    }
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("{label}: no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let listening = async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(i) = line.find("listening on ") {
-                return Ok(Some(line[i + "listening on ".len()..].trim().to_owned()));
-            }
-            eprintln!("[{label}] {line}");
-        }
-        Ok::<_, std::io::Error>(None)
-    };
-    let base = match tokio::time::timeout(timeout, listening).await {
-        Ok(Ok(Some(base))) => base,
-        Ok(Ok(None)) => {
-            let status = child.wait().await?;
-            bail!(
-                "{label} ({}) exited with {status} before listening; its log is above",
-                binary.display()
-            );
-        }
-        Ok(Err(e)) => return Err(e.into()),
-        // The child is killed when dropped (`kill_on_drop`).
-        Err(_) => bail!(
-            "{label} ({}) did not start listening in {}s",
-            binary.display(),
-            timeout.as_secs()
-        ),
-    };
-    tokio::spawn(forward(label.clone(), lines));
-    let exit_label = format!("{}/{shard}/{replica}", executor.name);
-    let exited = tokio::spawn(async move {
-        match child.wait().await {
-            Ok(status) => tracing::info!(process = %exit_label, %status, "executor process exited"),
-            Err(e) => {
-                tracing::warn!(process = %exit_label, error = %e, "cannot wait for executor process");
-            }
-        }
-    });
-    Ok(Process {
+    Launch {
         label: format!("{}/{shard}/{replica}", executor.name),
-        pid,
-        base,
-        exited,
-    })
-}
-
-async fn forward(label: String, mut lines: Lines<impl AsyncBufRead + Unpin>) {
-    while let Ok(Some(line)) = lines.next_line().await {
-        eprintln!("[{label}] {line}");
+        executor: executor.name.clone(),
+        shard,
+        replica,
+        binary: binary.to_owned(),
+        flags: settings_to_flags(&executor.settings),
+        env,
+        workspace,
     }
 }
 
 /// Waits until every process answers `/readyz`, printing which ones are still loading.
-async fn wait_ready(processes: &[Process], timeout: Duration) -> anyhow::Result<()> {
+async fn wait_ready(processes: &[Supervised], timeout: Duration) -> anyhow::Result<()> {
     let client = ExecutorClient::new();
     let deadline = Instant::now() + timeout;
     let mut last_report = Instant::now();
     loop {
         let mut waiting = Vec::new();
         for p in processes {
-            if p.exited.is_finished() {
-                bail!("{} exited while starting; its log is above", p.label);
+            if p.state() == State::Exited {
+                bail!("{} exited while starting; its log is above", p.label());
             }
-            let uri = format!("{}/readyz", p.base).parse()?;
+            let uri = format!("{}/readyz", p.base()).parse()?;
             if client.get_ok(uri).await.is_err() {
-                waiting.push(p.label.as_str());
+                waiting.push(p.label());
             }
         }
         if waiting.is_empty() {
@@ -318,35 +292,6 @@ async fn wait_ready(processes: &[Process], timeout: Duration) -> anyhow::Result<
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sends SIGTERM to every process, waits up to 10 s, then kills what is left.
-async fn stop_all(processes: Vec<Process>) {
-    for p in &processes {
-        if let Some(pid) = p.pid.and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for p in processes {
-        let mut exited = p.exited;
-        if tokio::time::timeout_at(deadline, &mut exited)
-            .await
-            .is_err()
-        {
-            tracing::warn!(process = %p.label, "did not stop in time; killing it");
-            if let Some(pid) = p.pid.and_then(|pid| i32::try_from(pid).ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = exited.await;
-        }
     }
 }
 

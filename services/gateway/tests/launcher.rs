@@ -56,6 +56,26 @@ async fn up_starts_the_flow_serves_it_and_stops_everything() {
         }
     }
     assert_eq!(executor_addresses.len(), 5);
+    // The supervisor's view: one running process per replica, at the addresses the Flow uses.
+    let processes = status["processes"].as_array().unwrap();
+    let mut supervised: Vec<&str> = processes
+        .iter()
+        .map(|p| {
+            assert_eq!(p["state"], "running", "{p}");
+            assert_eq!(p["restarts"], 0, "{p}");
+            assert!(p["pid"].as_u64().is_some(), "{p}");
+            p["address"].as_str().unwrap()
+        })
+        .collect();
+    supervised.sort_unstable();
+    let mut expected: Vec<&str> = executor_addresses.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(supervised, expected);
+    assert_eq!(processes[2]["label"], "indexer/0/0");
+    assert!(
+        !status.to_string().contains("FLOWMESH_WORKSPACE"),
+        "no environment in /status: {status}"
+    );
 
     let r = http
         .post(

@@ -1,4 +1,5 @@
-//! `flowmesh`: the command-line tool. `flowmesh up FLOW.yml` runs a whole Flow on this machine;
+//! `flowmesh`: the command-line tool. `flowmesh up FLOW.yml` runs a whole Flow on this machine
+//! (and restarts its executor processes when they crash);
 //! `flowmesh validate FLOW.yml` checks a Flow file; `flowmesh openapi` prints the gateway's
 //! OpenAPI document.
 
