@@ -207,8 +207,9 @@ pub(crate) async fn requests_loop(
                         break &requests[j];
                     }
                 };
+                let started = Instant::now();
                 let outcome = send(&client, request, timeout).await;
-                tally.count(&request.kind.name(), &outcome);
+                tally.count_timed(&request.kind.name(), &outcome, started.elapsed());
             }
             tally
         }));

@@ -158,12 +158,16 @@ impl Report {
             );
         }
         let _ = writeln!(s);
-        let _ = writeln!(s, "| abuse | outcomes (all rounds) |");
-        let _ = writeln!(s, "|---|---|");
+        let _ = writeln!(s, "| abuse | outcomes (all rounds) | slowest ms |");
+        let _ = writeln!(s, "|---|---|---:|");
         for tally in [&self.abusive_requests, &self.abusive_connections] {
             for (kind, outcomes) in &tally.by_kind {
                 let list: Vec<String> = outcomes.iter().map(|(l, n)| format!("{l}: {n}")).collect();
-                let _ = writeln!(s, "| {kind} | {} |", list.join(", "));
+                let slowest = tally
+                    .slowest_ms
+                    .get(kind)
+                    .map_or_else(String::new, |ms| format!("{ms:.0}"));
+                let _ = writeln!(s, "| {kind} | {} | {slowest} |", list.join(", "));
             }
         }
         let _ = writeln!(s);
@@ -280,7 +284,7 @@ mod tests {
         assert!(r.normal_traffic_goal_met && r.abuse_goal_met);
         let md = r.markdown();
         assert_eq!(md.lines().filter(|l| l.starts_with("| 2 |")).count(), 2);
-        assert!(md.contains("| top-k-1e12 | 400: 3 |"), "{md}");
+        assert!(md.contains("| top-k-1e12 | 400: 3 |  |"), "{md}");
         assert!(md.contains("**1.80**"), "{md}");
 
         // One normal error anywhere, one hang, one dead process: each fails its goal.

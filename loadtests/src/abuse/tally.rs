@@ -92,13 +92,15 @@ impl Outcome {
 }
 
 /// Outcome counts by kind of abuse, e.g. `top_k_1e12 -> {"400": 120}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub(crate) struct Tally {
     pub(crate) by_kind: BTreeMap<String, BTreeMap<String, u64>>,
     /// Outcomes that are not [`Outcome::is_acceptable`].
     pub(crate) unacceptable: u64,
     /// All counted outcomes.
     pub(crate) total: u64,
+    /// The longest any request of a kind took to get its outcome, in ms (requests only).
+    pub(crate) slowest_ms: BTreeMap<String, f64>,
 }
 
 impl Tally {
@@ -115,7 +117,21 @@ impl Tally {
         }
     }
 
+    /// [`Self::count`], and `elapsed` into the kind's slowest.
+    pub(crate) fn count_timed(&mut self, kind: &str, outcome: &Outcome, elapsed: Duration) {
+        self.count(kind, outcome);
+        self.slowest(kind, elapsed.as_secs_f64() * 1e3);
+    }
+
+    fn slowest(&mut self, kind: &str, ms: f64) {
+        let slowest = self.slowest_ms.entry(kind.to_owned()).or_insert(ms);
+        *slowest = slowest.max(ms);
+    }
+
     pub(crate) fn merge(&mut self, other: &Self) {
+        for (kind, ms) in &other.slowest_ms {
+            self.slowest(kind, *ms);
+        }
         for (kind, outcomes) in &other.by_kind {
             let mine = self.by_kind.entry(kind.clone()).or_default();
             for (label, n) in outcomes {
@@ -220,12 +236,18 @@ mod tests {
         a.count("top_k_1e12", &Outcome::Status(400));
         a.count("top_k_1e12", &Outcome::Status(400));
         a.count("huge_text", &Outcome::Timeout);
+        a.count_timed("huge_text", &Outcome::Status(503), Duration::from_secs(2));
         let mut b = Tally::default();
+        b.count_timed("huge_text", &Outcome::Status(503), Duration::from_secs(3));
+        b.count_timed("huge_text", &Outcome::Status(503), Duration::from_secs(1));
         b.count("huge_text", &Outcome::Status(500));
         b.count("huge_text", &Outcome::Status(413));
         b.count("slowloris", &Outcome::OpenAtRoundEnd);
         a.merge(&b);
-        assert_eq!(a.total, 6);
+        assert_eq!(a.total, 9);
+        assert_eq!(a.by_kind["huge_text"]["503"], 3);
+        assert_eq!(a.slowest_ms["huge_text"], 3000.0, "the slowest of both");
+        assert!(!a.slowest_ms.contains_key("top_k_1e12"), "untimed counts");
         assert_eq!(a.unacceptable, 2, "the timeout and the 500");
         assert_eq!(a.by_kind["top_k_1e12"]["400"], 2);
         assert_eq!(a.by_kind["huge_text"]["timeout"], 1);
