@@ -273,13 +273,15 @@ pub(crate) async fn connections(
         let (addr, trickle) = (addr.clone(), i < slowloris);
         tasks.push(tokio::spawn(async move {
             let kind = if trickle { Kind::Slowloris } else { Kind::Idle };
-            (kind, hold(&addr, trickle, until).await)
+            let started = Instant::now();
+            let outcome = hold(&addr, trickle, until).await;
+            (kind, outcome, started.elapsed())
         }));
     }
     let mut tally = Tally::default();
     for t in tasks {
-        if let Ok((kind, outcome)) = t.await {
-            tally.count(&kind.name(), &outcome);
+        if let Ok((kind, outcome, held)) = t.await {
+            tally.count_timed(&kind.name(), &outcome, held);
         }
     }
     tally

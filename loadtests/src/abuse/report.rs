@@ -158,7 +158,7 @@ impl Report {
             );
         }
         let _ = writeln!(s);
-        let _ = writeln!(s, "| abuse | outcomes (all rounds) | slowest ms |");
+        let _ = writeln!(s, "| abuse | outcomes (all rounds) | longest ms |");
         let _ = writeln!(s, "|---|---|---:|");
         for tally in [&self.abusive_requests, &self.abusive_connections] {
             for (kind, outcomes) in &tally.by_kind {

@@ -99,7 +99,8 @@ pub(crate) struct Tally {
     pub(crate) unacceptable: u64,
     /// All counted outcomes.
     pub(crate) total: u64,
-    /// The longest any request of a kind took to get its outcome, in ms (requests only).
+    /// The longest any request of a kind took to get its outcome (an answer, a timeout, or for a
+    /// held connection its closing or the round's end), in ms.
     pub(crate) slowest_ms: BTreeMap<String, f64>,
 }
 
