@@ -40,8 +40,8 @@ pub(crate) struct AbuseArgs {
     #[arg(long, default_value = "flows/text.yml")]
     flow: PathBuf,
     /// Virtual memory allowed to each process of the started Flow, in MiB (`prlimit --as`), so
-    /// that a request that allocates without bound fails that process, not the machine; 0 for
-    /// no limit.
+    /// that a request that allocates without bound fails that process, not the machine (needs
+    /// `prlimit`, from util-linux); 0 for no limit.
     #[arg(long, default_value_t = 4096)]
     process_memory_mib: u64,
     /// Documents to index before searching.
