@@ -215,16 +215,20 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
     ))
 }
 
-/// Indexes `docs` short texts, 50 a request, 2 at a time; every request must succeed.
+/// Indexes `docs` short texts, 50 a request, 2 at a time; every request must succeed, all
+/// within [`INDEX_TIMEOUT`].
 async fn index(client: &load::HttpClient, gateway: &str, docs: usize) -> anyhow::Result<()> {
     const SIZE: usize = 50;
+    const INDEX_TIMEOUT: Duration = Duration::from_secs(600);
     eprintln!("indexing {docs} documents into {gateway} ...");
-    let m = load::run(
+    // `load::run` stops sending after its duration but waits for answers without a bound.
+    let url = format!("{gateway}/index");
+    let indexing = load::run(
         client,
-        &format!("{gateway}/index"),
+        &url,
         2,
         docs.div_ceil(SIZE),
-        Duration::from_secs(600),
+        INDEX_TIMEOUT,
         move |b| {
             let data: Vec<Value> = (b * SIZE..((b + 1) * SIZE).min(docs))
                 .map(|i| json!({"id": format!("doc-{i}"), "text": crate::text(i)}))
@@ -232,8 +236,10 @@ async fn index(client: &load::HttpClient, gateway: &str, docs: usize) -> anyhow:
             Bytes::from(json!({ "data": data }).to_string())
         },
         |_| Ok(()),
-    )
-    .await;
+    );
+    let m = tokio::time::timeout(INDEX_TIMEOUT, indexing)
+        .await
+        .map_err(|_| anyhow::anyhow!("indexing took over {INDEX_TIMEOUT:?}"))?;
     anyhow::ensure!(m.errors == 0, "indexing failed: {:?}", m.error_samples);
     Ok(())
 }
