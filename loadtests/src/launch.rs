@@ -44,9 +44,29 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 impl Launched {
     /// Runs `flowmesh up FLOW` on a free port with a fresh workspace, until its `gateway:` line.
     pub(crate) async fn flow(flow: &Path) -> anyhow::Result<Self> {
+        Self::flow_limited(flow, None).await
+    }
+
+    /// [`Self::flow`], with each process of the Flow limited to `address_space` bytes of virtual
+    /// memory when given (`prlimit --as`, inherited by the executors `flowmesh up` starts): a
+    /// request that makes a service allocate without bound then fails that process, not the
+    /// machine.
+    pub(crate) async fn flow_limited(
+        flow: &Path,
+        address_space: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let workspace =
             TempDir(std::env::temp_dir().join(format!("flowmesh-bench-{}", std::process::id())));
-        let mut command = Command::new(sibling("flowmesh")?);
+        let mut command = match address_space {
+            Some(bytes) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--as={bytes}"))
+                    .arg("--")
+                    .arg(sibling("flowmesh")?);
+                c
+            }
+            None => Command::new(sibling("flowmesh")?),
+        };
         command
             .arg("up")
             .arg(flow)

@@ -9,13 +9,15 @@
 //! in-process and through the indexer service over HTTP. `flowmesh-bench run` is the seed's
 //! cloud benchmark (text or image Flow, index then query phases, the indexer comparison).
 //! `flowmesh-bench compare` runs the same workloads and topology on flowmesh and on Jina 3.34
-//! and reports their ratios.
+//! and reports their ratios. `flowmesh-bench abuse` measures normal search traffic, calm and
+//! under abusive clients, and what the abusive requests get back.
 
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod abuse;
 mod cpu;
 mod encoder;
 mod indexer;
@@ -53,6 +55,9 @@ enum Cmd {
     Run(seed::RunArgs),
     /// The same workloads on flowmesh and on Jina 3.34, side by side, with their ratios.
     Compare(jina::CompareArgs),
+    /// Normal search throughput and latency, calm and while abusive clients send oversized and
+    /// invalid requests and hold slowloris and idle connections, interleaved over rounds.
+    Abuse(abuse::AbuseArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Indexer(args) => indexer::run(args).await,
         Cmd::Run(args) => seed::run(args).await,
         Cmd::Compare(args) => jina::run(args).await,
+        Cmd::Abuse(args) => abuse::run(args).await,
     }
 }
 

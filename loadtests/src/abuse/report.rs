@@ -1,0 +1,307 @@
+//! The results of `flowmesh-bench abuse`: per round and as medians, as JSON and as Markdown.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::health::Alive;
+use super::tally::{goal_met, median, ratio, PhaseSummary, Tally};
+
+/// The goal of the issue: abused p99 within this factor of calm p99.
+pub(crate) const MAX_P99_RATIO: f64 = 2.0;
+
+/// One calm phase and the abused phase after it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Round {
+    pub(crate) round: usize,
+    pub(crate) calm: PhaseSummary,
+    pub(crate) abused: PhaseSummary,
+    /// `abused.p99_ms / calm.p99_ms`.
+    pub(crate) p99_ratio: f64,
+    /// What the abusive requests got, by kind and status.
+    pub(crate) abusive_requests: Tally,
+    /// What became of the slowloris and idle connections.
+    pub(crate) abusive_connections: Tally,
+    /// Health after the abused phase.
+    pub(crate) alive_after: Alive,
+}
+
+impl Round {
+    pub(crate) fn new(
+        round: usize,
+        calm: PhaseSummary,
+        abused: PhaseSummary,
+        abusive_requests: Tally,
+        abusive_connections: Tally,
+        alive_after: Alive,
+    ) -> Self {
+        Self {
+            round,
+            p99_ratio: ratio(abused.p99_ms, calm.p99_ms),
+            calm,
+            abused,
+            abusive_requests,
+            abusive_connections,
+            alive_after,
+        }
+    }
+}
+
+/// Medians over the rounds of one kind of phase.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PhaseMedians {
+    pub(crate) qps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// Summed over the rounds, not a median: one error is one too many.
+    pub(crate) errors: u64,
+}
+
+impl PhaseMedians {
+    fn of<'a>(phases: impl Iterator<Item = &'a PhaseSummary> + Clone) -> Self {
+        Self {
+            qps: median(phases.clone().map(|p| p.qps)),
+            p50_ms: median(phases.clone().map(|p| p.p50_ms)),
+            p99_ms: median(phases.clone().map(|p| p.p99_ms)),
+            errors: phases.map(|p| p.errors).sum(),
+        }
+    }
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub(crate) benchmark: &'static str,
+    pub(crate) gateway: String,
+    pub(crate) settings: serde_json::Value,
+    pub(crate) rounds: Vec<Round>,
+    pub(crate) calm: PhaseMedians,
+    pub(crate) abused: PhaseMedians,
+    /// The median of the rounds' p99 ratios.
+    pub(crate) p99_ratio: f64,
+    pub(crate) abusive_requests: Tally,
+    pub(crate) abusive_connections: Tally,
+    pub(crate) alive_at_end: Alive,
+    /// p99 within [`MAX_P99_RATIO`] and no error on the normal traffic.
+    pub(crate) normal_traffic_goal_met: bool,
+    /// Every abusive request got a 4xx, 503 or 504, and every process is alive at the end.
+    pub(crate) abuse_goal_met: bool,
+}
+
+impl Report {
+    pub(crate) fn new(
+        gateway: String,
+        settings: serde_json::Value,
+        rounds: Vec<Round>,
+        alive_at_end: Alive,
+    ) -> Self {
+        let calm = PhaseMedians::of(rounds.iter().map(|r| &r.calm));
+        let abused = PhaseMedians::of(rounds.iter().map(|r| &r.abused));
+        let p99_ratio = median(rounds.iter().map(|r| r.p99_ratio));
+        let mut abusive_requests = Tally::default();
+        let mut abusive_connections = Tally::default();
+        for r in &rounds {
+            abusive_requests.merge(&r.abusive_requests);
+            abusive_connections.merge(&r.abusive_connections);
+        }
+        let normal_traffic_goal_met =
+            goal_met(p99_ratio, calm.errors + abused.errors, MAX_P99_RATIO);
+        let abuse_goal_met = abusive_requests.unacceptable == 0
+            && abusive_connections.unacceptable == 0
+            && alive_at_end.all_alive
+            && rounds.iter().all(|r| r.alive_after.all_alive);
+        Self {
+            benchmark: "abuse",
+            gateway,
+            settings,
+            rounds,
+            calm,
+            abused,
+            p99_ratio,
+            abusive_requests,
+            abusive_connections,
+            alive_at_end,
+            normal_traffic_goal_met,
+            abuse_goal_met,
+        }
+    }
+
+    /// The Markdown tables: the normal traffic per round and as medians, then the outcomes of
+    /// the abuse.
+    pub(crate) fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "| round | phase | requests | QPS | p50 ms | p99 ms | errors | p99 abused/calm |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+        for r in &self.rounds {
+            phase_row(&mut s, &r.round.to_string(), "calm", &r.calm, "");
+            phase_row(
+                &mut s,
+                &r.round.to_string(),
+                "abused",
+                &r.abused,
+                &format!("{:.2}", r.p99_ratio),
+            );
+        }
+        for (name, m) in [("calm", &self.calm), ("abused", &self.abused)] {
+            let ratio = if name == "abused" {
+                format!("**{:.2}**", self.p99_ratio)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "| median | {name} | | {:.1} | {:.1} | {:.1} | {} (sum) | {ratio} |",
+                m.qps, m.p50_ms, m.p99_ms, m.errors
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| abuse | outcomes (all rounds) | longest ms |");
+        let _ = writeln!(s, "|---|---|---:|");
+        for tally in [&self.abusive_requests, &self.abusive_connections] {
+            for (kind, outcomes) in &tally.by_kind {
+                let list: Vec<String> = outcomes.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+                let slowest = tally
+                    .slowest_ms
+                    .get(kind)
+                    .map_or_else(String::new, |ms| format!("{ms:.0}"));
+                let _ = writeln!(s, "| {kind} | {} | {slowest} |", list.join(", "));
+            }
+        }
+        let _ = writeln!(s);
+        let dead = if self.alive_at_end.dead.is_empty() {
+            "none".to_owned()
+        } else {
+            self.alive_at_end.dead.join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "Normal traffic: p99 ratio {:.2} (goal <= {MAX_P99_RATIO}), errors {} -> goal {}. \
+             Abusive requests: {} of {} not a 4xx/503/504 -> goal {}. At the end: gateway {}, \
+             ready {}, executors not live: {dead}.",
+            self.p99_ratio,
+            self.calm.errors + self.abused.errors,
+            met(self.normal_traffic_goal_met),
+            self.abusive_requests.unacceptable,
+            self.abusive_requests.total,
+            met(self.abuse_goal_met),
+            if self.alive_at_end.gateway {
+                "answers"
+            } else {
+                "DOWN"
+            },
+            self.alive_at_end.ready,
+        );
+        s
+    }
+}
+
+fn met(yes: bool) -> &'static str {
+    if yes {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+fn phase_row(s: &mut String, round: &str, phase: &str, p: &PhaseSummary, ratio: &str) {
+    let _ = writeln!(
+        s,
+        "| {round} | {phase} | {} | {:.1} | {:.1} | {:.1} | {} | {ratio} |",
+        p.ok, p.qps, p.p50_ms, p.p99_ms, p.errors
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::abuse::tally::{Latencies, Outcome};
+
+    fn phase(ms: u64, n: u64, errors: u64) -> PhaseSummary {
+        let mut l = Latencies::default();
+        for _ in 0..n {
+            l.record(Duration::from_millis(ms));
+        }
+        PhaseSummary::new(&l, errors, vec![], Duration::from_secs(1))
+    }
+
+    fn alive(all: bool) -> Alive {
+        Alive {
+            gateway: true,
+            ready: all,
+            dead: if all {
+                vec![]
+            } else {
+                vec!["encoder http://x".into()]
+            },
+            all_alive: all,
+        }
+    }
+
+    #[test]
+    fn medians_ratios_and_verdicts_over_rounds() {
+        let mut ok = Tally::default();
+        ok.count("top-k-1e12", &Outcome::Status(400));
+        let mut hang = Tally::default();
+        hang.count("huge-text", &Outcome::Timeout);
+        let rounds = vec![
+            Round::new(
+                1,
+                phase(10, 100, 0),
+                phase(15, 90, 0),
+                ok.clone(),
+                Tally::default(),
+                alive(true),
+            ),
+            Round::new(
+                2,
+                phase(20, 50, 0),
+                phase(50, 40, 0),
+                ok.clone(),
+                Tally::default(),
+                alive(true),
+            ),
+            Round::new(
+                3,
+                phase(10, 100, 0),
+                phase(18, 80, 0),
+                ok.clone(),
+                Tally::default(),
+                alive(true),
+            ),
+        ];
+        let r = Report::new("gw".into(), serde_json::json!({}), rounds, alive(true));
+        // Per-round ratios 1.5, 2.5, 1.8: the median is 1.8, within the goal.
+        assert!((r.p99_ratio - 1.8).abs() < 0.01, "{}", r.p99_ratio);
+        assert!((r.calm.qps - 100.0).abs() < 1e-9);
+        assert!((r.abused.qps - 80.0).abs() < 1e-9);
+        assert!((r.abused.p99_ms - 18.0).abs() < 0.05);
+        assert_eq!(r.abusive_requests.by_kind["top-k-1e12"]["400"], 3);
+        assert!(r.normal_traffic_goal_met && r.abuse_goal_met);
+        let md = r.markdown();
+        assert_eq!(md.lines().filter(|l| l.starts_with("| 2 |")).count(), 2);
+        assert!(md.contains("| top-k-1e12 | 400: 3 |  |"), "{md}");
+        assert!(md.contains("**1.80**"), "{md}");
+
+        // One normal error anywhere, one hang, one dead process: each fails its goal.
+        let rounds = vec![Round::new(
+            1,
+            phase(10, 10, 0),
+            phase(11, 10, 1),
+            hang,
+            Tally::default(),
+            alive(true),
+        )];
+        let r = Report::new("gw".into(), serde_json::json!({}), rounds, alive(false));
+        assert!(!r.normal_traffic_goal_met, "an error on the normal traffic");
+        assert!(!r.abuse_goal_met);
+        assert_eq!(r.abused.errors, 1);
+        assert!(r
+            .markdown()
+            .contains("executors not live: encoder http://x"));
+    }
+}

@@ -1,0 +1,312 @@
+//! The counting of `flowmesh-bench abuse`: latencies in a histogram (memory stays flat however
+//! long a phase runs), what each abusive request got back, and the medians and ratios of the
+//! rounds. No I/O here, so that the arithmetic is tested on its own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latencies recorded from 1 µs to 10 minutes at 3 significant digits (about 0.1% error).
+const LOWEST_US: u64 = 1;
+const HIGHEST_US: u64 = 600_000_000;
+
+/// A histogram of latencies in microseconds, saturating at [`HIGHEST_US`].
+#[derive(Debug, Clone)]
+pub(crate) struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        match Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, 3) {
+            Ok(h) => Self(h),
+            // Constant bounds that `new_with_bounds` accepts (1 <= low, 2 * low <= high, 3
+            // significant digits): this arm never runs.
+            Err(e) => unreachable!("histogram bounds: {e}"),
+        }
+    }
+}
+
+impl Latencies {
+    pub(crate) fn record(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record(us.clamp(LOWEST_US, HIGHEST_US));
+    }
+
+    pub(crate) fn add(&mut self, other: &Self) {
+        // Both have the same bounds, so adding cannot fail; a failure would only lose counts.
+        let _ = self.0.add(&other.0);
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// The `q`-quantile in milliseconds (NaN when nothing was recorded).
+    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0.value_at_quantile(q) as f64 / 1e3
+    }
+}
+
+/// What one abusive request or connection got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// An HTTP answer with this status.
+    Status(u16),
+    /// No answer within the abusive clients' timeout: a hang.
+    Timeout,
+    /// The connection failed or was reset before an answer.
+    ConnectionError,
+    /// A slowloris or idle connection the server closed before the round ended.
+    ClosedByServer,
+    /// A slowloris or idle connection still open when the round ended (the round may be
+    /// shorter than the server's header timeout, so this alone is no failure).
+    OpenAtRoundEnd,
+}
+
+impl Outcome {
+    /// The label counted in reports: the status number, or what happened.
+    pub(crate) fn label(&self) -> String {
+        match self {
+            Self::Status(s) => s.to_string(),
+            Self::Timeout => "timeout".into(),
+            Self::ConnectionError => "connection error".into(),
+            Self::ClosedByServer => "closed by server".into(),
+            Self::OpenAtRoundEnd => "open at round end".into(),
+        }
+    }
+
+    /// Whether this is what a protected service must answer an abusive request with: a 4xx
+    /// (429 included), 503 or 504. A success, any other 5xx, a hang or a reset is not.
+    /// Connection outcomes (slowloris, idle) are never counted against the service.
+    pub(crate) fn is_acceptable(&self) -> bool {
+        match self {
+            Self::Status(s) => (400..500).contains(s) || *s == 503 || *s == 504,
+            Self::Timeout | Self::ConnectionError => false,
+            Self::ClosedByServer | Self::OpenAtRoundEnd => true,
+        }
+    }
+}
+
+/// Outcome counts by kind of abuse, e.g. `top_k_1e12 -> {"400": 120}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct Tally {
+    pub(crate) by_kind: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Outcomes that are not [`Outcome::is_acceptable`].
+    pub(crate) unacceptable: u64,
+    /// All counted outcomes.
+    pub(crate) total: u64,
+    /// The longest any request of a kind took to get its outcome (an answer, a timeout, or for a
+    /// held connection its closing or the round's end), in ms.
+    pub(crate) slowest_ms: BTreeMap<String, f64>,
+}
+
+impl Tally {
+    pub(crate) fn count(&mut self, kind: &str, outcome: &Outcome) {
+        *self
+            .by_kind
+            .entry(kind.to_owned())
+            .or_default()
+            .entry(outcome.label())
+            .or_default() += 1;
+        self.total += 1;
+        if !outcome.is_acceptable() {
+            self.unacceptable += 1;
+        }
+    }
+
+    /// [`Self::count`], and `elapsed` into the kind's slowest.
+    pub(crate) fn count_timed(&mut self, kind: &str, outcome: &Outcome, elapsed: Duration) {
+        self.count(kind, outcome);
+        self.slowest(kind, elapsed.as_secs_f64() * 1e3);
+    }
+
+    fn slowest(&mut self, kind: &str, ms: f64) {
+        let slowest = self.slowest_ms.entry(kind.to_owned()).or_insert(ms);
+        *slowest = slowest.max(ms);
+    }
+
+    pub(crate) fn merge(&mut self, other: &Self) {
+        for (kind, ms) in &other.slowest_ms {
+            self.slowest(kind, *ms);
+        }
+        for (kind, outcomes) in &other.by_kind {
+            let mine = self.by_kind.entry(kind.clone()).or_default();
+            for (label, n) in outcomes {
+                *mine.entry(label.clone()).or_default() += n;
+            }
+        }
+        self.unacceptable += other.unacceptable;
+        self.total += other.total;
+    }
+}
+
+/// The normal traffic of one phase, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PhaseSummary {
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
+    pub(crate) error_samples: Vec<String>,
+    pub(crate) seconds: f64,
+    pub(crate) qps: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+impl PhaseSummary {
+    pub(crate) fn new(
+        latencies: &Latencies,
+        errors: u64,
+        error_samples: Vec<String>,
+        elapsed: Duration,
+    ) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        let ok = latencies.len();
+        Self {
+            ok,
+            errors,
+            error_samples,
+            seconds,
+            qps: if seconds > 0.0 {
+                ok as f64 / seconds
+            } else {
+                0.0
+            },
+            p50_ms: latencies.quantile_ms(0.5),
+            p99_ms: latencies.quantile_ms(0.99),
+            max_ms: latencies.quantile_ms(1.0),
+        }
+    }
+}
+
+/// `abused / calm`, NaN when either is not a positive number.
+pub(crate) fn ratio(abused: f64, calm: f64) -> f64 {
+    if calm > 0.0 && abused.is_finite() && calm.is_finite() {
+        abused / calm
+    } else {
+        f64::NAN
+    }
+}
+
+/// The median of the finite values (the mean of the middle two for an even count); NaN when
+/// there are none.
+pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// The goal for the normal traffic: abused p99 within `max_ratio` of calm, and no error.
+pub(crate) fn goal_met(p99_ratio: f64, normal_errors: u64, max_ratio: f64) -> bool {
+    p99_ratio.is_finite() && p99_ratio <= max_ratio && normal_errors == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_4xx_503_and_504_are_acceptable_answers_to_abuse() {
+        for s in [400, 408, 413, 422, 429, 499, 503, 504] {
+            assert!(Outcome::Status(s).is_acceptable(), "{s}");
+        }
+        for s in [200, 204, 301, 500, 501, 502, 505, 599] {
+            assert!(!Outcome::Status(s).is_acceptable(), "{s}");
+        }
+        assert!(!Outcome::Timeout.is_acceptable());
+        assert!(!Outcome::ConnectionError.is_acceptable());
+        assert!(Outcome::ClosedByServer.is_acceptable());
+        assert!(Outcome::OpenAtRoundEnd.is_acceptable());
+    }
+
+    #[test]
+    fn tallies_count_by_kind_and_label_and_merge() {
+        let mut a = Tally::default();
+        a.count("top_k_1e12", &Outcome::Status(400));
+        a.count("top_k_1e12", &Outcome::Status(400));
+        a.count("huge_text", &Outcome::Timeout);
+        a.count_timed("huge_text", &Outcome::Status(503), Duration::from_secs(2));
+        let mut b = Tally::default();
+        b.count_timed("huge_text", &Outcome::Status(503), Duration::from_secs(3));
+        b.count_timed("huge_text", &Outcome::Status(503), Duration::from_secs(1));
+        b.count("huge_text", &Outcome::Status(500));
+        b.count("huge_text", &Outcome::Status(413));
+        b.count("slowloris", &Outcome::OpenAtRoundEnd);
+        a.merge(&b);
+        assert_eq!(a.total, 9);
+        assert_eq!(a.by_kind["huge_text"]["503"], 3);
+        assert_eq!(a.slowest_ms["huge_text"], 3000.0, "the slowest of both");
+        assert!(!a.slowest_ms.contains_key("top_k_1e12"), "untimed counts");
+        assert_eq!(a.unacceptable, 2, "the timeout and the 500");
+        assert_eq!(a.by_kind["top_k_1e12"]["400"], 2);
+        assert_eq!(a.by_kind["huge_text"]["timeout"], 1);
+        assert_eq!(a.by_kind["huge_text"]["500"], 1);
+        assert_eq!(a.by_kind["huge_text"]["413"], 1);
+        assert_eq!(a.by_kind["slowloris"]["open at round end"], 1);
+        let counted: u64 = a.by_kind.values().flat_map(BTreeMap::values).sum();
+        assert_eq!(counted, a.total);
+    }
+
+    #[test]
+    fn histogram_quantiles_are_within_a_tenth_of_a_percent() {
+        let mut l = Latencies::default();
+        assert!(l.quantile_ms(0.5).is_nan());
+        for ms in 1..=1000_u64 {
+            l.record(Duration::from_millis(ms));
+        }
+        let mut other = Latencies::default();
+        other.record(Duration::from_secs(3600)); // saturates at 10 minutes
+        l.add(&other);
+        assert_eq!(l.len(), 1001);
+        let close = |got: f64, want: f64| (got - want).abs() <= want * 1e-3 + 1e-3;
+        assert!(close(l.quantile_ms(0.5), 501.0), "{}", l.quantile_ms(0.5));
+        assert!(close(l.quantile_ms(0.99), 991.0), "{}", l.quantile_ms(0.99));
+        assert!(
+            close(l.quantile_ms(1.0), 600_000.0),
+            "{}",
+            l.quantile_ms(1.0)
+        );
+    }
+
+    #[test]
+    fn phase_summary_computes_qps_from_successes() {
+        let mut l = Latencies::default();
+        for _ in 0..50 {
+            l.record(Duration::from_millis(4));
+        }
+        let s = PhaseSummary::new(&l, 3, vec!["x".into()], Duration::from_secs(2));
+        assert_eq!((s.ok, s.errors), (50, 3));
+        assert!((s.qps - 25.0).abs() < 1e-9);
+        assert!((s.p99_ms - 4.0).abs() < 0.01);
+        let empty = PhaseSummary::new(&Latencies::default(), 0, vec![], Duration::ZERO);
+        assert_eq!(empty.qps, 0.0);
+        assert!(empty.p99_ms.is_nan());
+    }
+
+    #[test]
+    fn medians_ratios_and_the_goal() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median([f64::NAN, 5.0]), 5.0);
+        assert!(median([]).is_nan());
+        assert_eq!(ratio(30.0, 15.0), 2.0);
+        assert!(ratio(1.0, 0.0).is_nan());
+        assert!(ratio(f64::NAN, 1.0).is_nan());
+        assert!(goal_met(2.0, 0, 2.0));
+        assert!(!goal_met(2.01, 0, 2.0));
+        assert!(!goal_met(1.0, 1, 2.0));
+        assert!(!goal_met(f64::NAN, 0, 2.0));
+    }
+}
