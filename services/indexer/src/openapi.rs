@@ -61,7 +61,7 @@ pub fn openapi() -> OpenApi {
 
 /// Sets each `(status, description)` with the error body (replacing the shared, more general
 /// description of a status the shared document lists).
-pub(crate) fn add_errors(op: &mut utoipa::openapi::path::Operation, errors: &[(&str, &str)]) {
+fn add_errors(op: &mut utoipa::openapi::path::Operation, errors: &[(&str, &str)]) {
     for (status, description) in errors {
         let content = ContentBuilder::new()
             .schema(Some(Ref::from_schema_name("ErrorBody")))
@@ -77,7 +77,7 @@ pub(crate) fn add_errors(op: &mut utoipa::openapi::path::Operation, errors: &[(&
 }
 
 /// The deadline header every executor call may carry.
-pub(crate) fn deadline_header() -> Parameter {
+fn deadline_header() -> Parameter {
     ParameterBuilder::new()
         .name(DEADLINE_HEADER)
         .parameter_in(ParameterIn::Header)
