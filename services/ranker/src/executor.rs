@@ -45,7 +45,11 @@ impl<S: DocStore> Ranker<S> {
 
     /// `index` and `update`: stores the content of each root document (id, text, blob, uri,
     /// tags), nothing of its embedding, chunks or matches.
-    async fn documents_store(&self, request: &Envelope) -> Result<(), ApiError> {
+    async fn documents_store(
+        &self,
+        request: &Envelope,
+        deadline: Deadline,
+    ) -> Result<(), ApiError> {
         let mut docs = Vec::with_capacity(request.data.len());
         for (position, doc) in request.data.iter().enumerate() {
             if doc.id.is_empty() {
@@ -63,24 +67,35 @@ impl<S: DocStore> Ranker<S> {
             });
         }
         let stored = docs.len();
-        self.store.put_many(docs).await?;
+        let write = async { Ok(self.store.put_many(docs).await?) };
+        deadline.run(STORE_WRITE, write).await?;
         tracing::debug!(stored, "documents stored");
         Ok(())
     }
 
     /// `delete`: forgets the documents by id.
-    async fn documents_delete(&self, request: &Envelope) -> Result<(), ApiError> {
+    async fn documents_delete(
+        &self,
+        request: &Envelope,
+        deadline: Deadline,
+    ) -> Result<(), ApiError> {
         let ids: Vec<String> = request.data.iter().map(|d| d.id.clone()).collect();
-        let removed = self.store.delete_many(&ids).await?;
+        let delete = async { Ok(self.store.delete_many(&ids).await?) };
+        let removed = deadline.run(STORE_WRITE, delete).await?;
         tracing::debug!(requested = ids.len(), removed, "documents deleted");
         Ok(())
     }
 
     /// `search`: ranks each query's documents from its chunks' matches (or keeps its own
     /// matches when its chunks have none), then fills every match from the store with one call.
-    async fn matches_rank(&self, mut request: Envelope) -> Result<Envelope, ApiError> {
+    async fn matches_rank(
+        &self,
+        mut request: Envelope,
+        deadline: Deadline,
+    ) -> Result<Envelope, ApiError> {
         // Checked against --max-top-k by the executor route before the call.
         let k = top_k(&request.parameters, usize::MAX)?;
+        check_scores(&request.data)?;
         for query in &mut request.data {
             let mut chunk_matches = Vec::new();
             collect_chunk_matches(&query.chunks, &mut chunk_matches);
@@ -95,14 +110,19 @@ impl<S: DocStore> Ranker<S> {
             .get("include_blob")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
-        self.matches_fill(&mut request.data, include_blob).await?;
+        self.matches_fill(&mut request.data, include_blob, deadline)
+            .await?;
         Ok(request)
     }
 
+    /// Fills every match with its stored content, and leaves out the matches whose document
+    /// the store does not hold: a document indexed by the indexer but whose write to the store
+    /// failed (or that was deleted since) is never answered without its content.
     async fn matches_fill(
         &self,
         queries: &mut [Document],
         include_blob: bool,
+        deadline: Deadline,
     ) -> Result<(), ApiError> {
         let mut seen = HashSet::new();
         let ids: Vec<String> = queries
@@ -114,17 +134,35 @@ impl<S: DocStore> Ranker<S> {
         if ids.is_empty() {
             return Ok(());
         }
-        let found = self.store.get_many(&ids).await?;
+        // The route drops the whole call at the deadline; this names what was waited on.
+        let read = async { Ok(self.store.get_many(&ids).await?) };
+        let found = deadline.run(STORE_READ, read).await?;
         debug_assert_eq!(found.len(), ids.len(), "one answer per id");
         let stored: HashMap<&str, Document> = ids
             .iter()
             .zip(found)
             .filter_map(|(id, doc)| doc.map(|d| (id.as_str(), d)))
             .collect();
-        for m in queries.iter_mut().flat_map(|q| &mut q.matches) {
-            if let Some(doc) = stored.get(m.id.as_str()) {
-                fill_content(m, doc, include_blob);
-            }
+        let mut orphans = 0_usize;
+        for query in queries.iter_mut() {
+            query
+                .matches
+                .retain_mut(|m| match stored.get(m.id.as_str()) {
+                    Some(doc) => {
+                        fill_content(m, doc, include_blob);
+                        true
+                    }
+                    None => {
+                        orphans += 1;
+                        false
+                    }
+                });
+        }
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "matches without stored content left out (indexed, but not in the store)"
+            );
         }
         Ok(())
     }
@@ -135,21 +173,52 @@ impl<S: DocStore> Executor for Ranker<S> {
         &self,
         endpoint: &str,
         request: Envelope,
-        _deadline: Deadline,
+        deadline: Deadline,
     ) -> Result<Envelope, ApiError> {
         match endpoint {
             "index" | "update" => {
-                self.documents_store(&request).await?;
+                self.documents_store(&request, deadline).await?;
                 Ok(request)
             }
             "delete" => {
-                self.documents_delete(&request).await?;
+                self.documents_delete(&request, deadline).await?;
                 Ok(request)
             }
-            "search" => self.matches_rank(request).await,
+            "search" => self.matches_rank(request, deadline).await,
             _ => Ok(request),
         }
     }
+}
+
+/// What a store read cut off by the deadline names.
+const STORE_READ: &str = "ranker: reading matched documents from the document store";
+/// What a store write cut off by the deadline names. A Redis write is one `MSET` or `DEL`,
+/// applied whole or not at all; the embedded stores finish a write they started.
+const STORE_WRITE: &str = "ranker: writing to the document store";
+
+/// 400 naming the first match, of a query or of one of its chunks, whose score is NaN or
+/// infinite: such a score cannot be ranked (NaN would sort first, and JSON cannot carry it).
+fn check_scores(queries: &[Document]) -> Result<(), ApiError> {
+    fn check(query: &str, docs: &[Document]) -> Result<(), ApiError> {
+        for doc in docs {
+            if let Some(m) = doc
+                .matches
+                .iter()
+                .find(|m| m.score.is_some_and(|s| !s.is_finite()))
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "match {:?} of {:?} (query {query:?}) has a NaN or infinite score",
+                    m.id, doc.id
+                )));
+            }
+            check(query, &doc.chunks)?;
+        }
+        Ok(())
+    }
+    for q in queries {
+        check(&q.id, std::slice::from_ref(q))?;
+    }
+    Ok(())
 }
 
 /// The matches of every chunk of `chunks`, at any depth.
