@@ -1,7 +1,7 @@
 //! The ranker executor: stores documents' content on `index`/`update`, forgets it on `delete`,
 //! and on `search` turns chunk matches into document matches and fills them with content.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use flowmesh_shared::api::top_k;
 use flowmesh_shared::server::Executor;
@@ -87,7 +87,7 @@ impl<S: DocStore> Ranker<S> {
     }
 
     /// `search`: ranks each query's documents from its chunks' matches (or keeps its own
-    /// matches when its chunks have none), then fills every match from the store with one call.
+    /// matches when its chunks have none), then fills the matches from the store.
     async fn matches_rank(
         &self,
         mut request: Envelope,
@@ -96,12 +96,22 @@ impl<S: DocStore> Ranker<S> {
         // Checked against --max-top-k by the executor route before the call.
         let k = top_k(&request.parameters, usize::MAX)?;
         check_scores(&request.data)?;
+        let mut candidates = Vec::with_capacity(request.data.len());
         for query in &mut request.data {
             let mut chunk_matches = Vec::new();
             collect_chunk_matches(&query.chunks, &mut chunk_matches);
-            if !chunk_matches.is_empty() {
-                query.matches = aggregate(chunk_matches, self.aggregation, self.reverse, k);
-            }
+            let ranked = if chunk_matches.is_empty() {
+                let own = std::mem::take(&mut query.matches);
+                let all = own.len();
+                Candidates::new(own, all)
+            } else {
+                // Every parent, not only the best k (no more than the request's matches): a
+                // parent the store does not hold is left out and the next one takes its place.
+                let all = aggregate(chunk_matches, self.aggregation, self.reverse, usize::MAX);
+                query.matches.clear();
+                Candidates::new(all, k)
+            };
+            candidates.push(ranked);
             // Chunk matches were the ranker's input, not part of the answer.
             clear_chunk_matches(&mut query.chunks);
         }
@@ -110,53 +120,60 @@ impl<S: DocStore> Ranker<S> {
             .get("include_blob")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
-        self.matches_fill(&mut request.data, include_blob, deadline)
+        self.matches_fill(&mut request.data, candidates, include_blob, deadline)
             .await?;
         Ok(request)
     }
 
-    /// Fills every match with its stored content, and leaves out the matches whose document
-    /// the store does not hold: a document indexed by the indexer but whose write to the store
-    /// failed (or that was deleted since) is never answered without its content.
+    /// Sets each query's matches to its best candidates that the store holds, filled with their
+    /// stored content. A candidate the store does not hold (indexed by the indexer, but its
+    /// write to the store failed, or deleted since) is never answered: the next candidates are
+    /// read in a further round (at most [`FILL_ROUNDS`]), so a query still gets `top_k`
+    /// matches when there are that many stored ones.
     async fn matches_fill(
         &self,
         queries: &mut [Document],
+        mut candidates: Vec<Candidates>,
         include_blob: bool,
         deadline: Deadline,
     ) -> Result<(), ApiError> {
-        let mut seen = HashSet::new();
-        let ids: Vec<String> = queries
-            .iter()
-            .flat_map(|q| &q.matches)
-            .filter(|m| seen.insert(m.id.as_str()))
-            .map(|m| m.id.clone())
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // The route drops the whole call at the deadline; this names what was waited on.
-        let read = async { Ok(self.store.get_many(&ids).await?) };
-        let found = deadline.run(STORE_READ, read).await?;
-        debug_assert_eq!(found.len(), ids.len(), "one answer per id");
-        let stored: HashMap<&str, Document> = ids
-            .iter()
-            .zip(found)
-            .filter_map(|(id, doc)| doc.map(|d| (id.as_str(), d)))
-            .collect();
+        debug_assert_eq!(queries.len(), candidates.len(), "candidates per query");
         let mut orphans = 0_usize;
-        for query in queries.iter_mut() {
-            query
-                .matches
-                .retain_mut(|m| match stored.get(m.id.as_str()) {
+        for _ in 0..FILL_ROUNDS {
+            let mut batch: Vec<(usize, Document)> = Vec::new();
+            for (i, c) in candidates.iter_mut().enumerate() {
+                let missing = c.want.saturating_sub(queries[i].matches.len());
+                let take = missing.min(c.queue.len());
+                batch.extend(c.queue.drain(..take).map(|m| (i, m)));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let mut seen = HashSet::new();
+            let ids: Vec<String> = batch
+                .iter()
+                .map(|(_, m)| &m.id)
+                .filter(|id| seen.insert(id.as_str()))
+                .cloned()
+                .collect();
+            // The route drops the whole call at the deadline; this names what was waited on.
+            let read = async { Ok(self.store.get_many(&ids).await?) };
+            let found = deadline.run(STORE_READ, read).await?;
+            debug_assert_eq!(found.len(), ids.len(), "one answer per id");
+            let stored: HashMap<&str, Document> = ids
+                .iter()
+                .zip(found)
+                .filter_map(|(id, doc)| doc.map(|d| (id.as_str(), d)))
+                .collect();
+            for (i, mut m) in batch {
+                match stored.get(m.id.as_str()) {
                     Some(doc) => {
-                        fill_content(m, doc, include_blob);
-                        true
+                        fill_content(&mut m, doc, include_blob);
+                        queries[i].matches.push(m);
                     }
-                    None => {
-                        orphans += 1;
-                        false
-                    }
-                });
+                    None => orphans += 1,
+                }
+            }
         }
         if orphans > 0 {
             tracing::warn!(
@@ -189,6 +206,25 @@ impl<S: DocStore> Executor for Ranker<S> {
         }
     }
 }
+
+/// A query's ranked candidates, best first, and how many of them it answers with.
+struct Candidates {
+    queue: VecDeque<Document>,
+    want: usize,
+}
+
+impl Candidates {
+    fn new(ranked: Vec<Document>, want: usize) -> Self {
+        Self {
+            queue: ranked.into(),
+            want,
+        }
+    }
+}
+
+/// Most store reads of one search: candidates missing from the store are replaced by the
+/// next ones this many times at most (missing documents are rare: half-failed writes).
+const FILL_ROUNDS: usize = 4;
 
 /// What a store read cut off by the deadline names.
 const STORE_READ: &str = "ranker: reading matched documents from the document store";

@@ -252,3 +252,29 @@ async fn a_match_without_stored_content_is_never_answered() {
         assert_eq!(m["text"], format!("text of {}", m["id"].as_str().unwrap()));
     }
 }
+
+/// Chunk matches whose best parent is not stored: with top_k 2 the answer still has the two
+/// best stored documents, the next candidate taking the orphan's place.
+#[tokio::test]
+async fn a_missing_document_gives_its_place_to_the_next_one() {
+    let app = ranker(&["--store", "memory"]);
+    let stored = json!({"data": [
+        {"id": "a", "text": "alpha"}, {"id": "b", "text": "beta"}, {"id": "c", "text": "gamma"},
+    ]});
+    let (status, out) = post(&app, "index", &stored).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let m =
+        |id: &str, parent: &str, score: f64| json!({"id": id, "parent_id": parent, "score": score});
+    let query = json!({"parameters": {"top_k": 2}, "data": [{"id": "q", "chunks": [
+        {"id": "q-0", "matches": [
+            m("lost-0", "lost", 0.9), m("a-0", "a", 0.8), m("b-0", "b", 0.7), m("c-0", "c", 0.6),
+        ]},
+    ]}]});
+    let (status, out) = post(&app, "search", &query).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let matches = out["data"][0]["matches"].as_array().unwrap();
+    let ids: Vec<&str> = matches.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["a", "b"], "{out}");
+    assert_eq!(matches[0]["text"], "alpha");
+    assert_eq!(matches[1]["text"], "beta");
+}
