@@ -109,6 +109,11 @@ pub struct Config {
     /// until they have enough distinct parents.
     #[arg(long, env = "FLOWMESH_INDEXER_DISTINCT_PARENTS")]
     pub distinct_parents: bool,
+    /// Search: most matches one request may ask for, counted as query vectors (leaf chunks)
+    /// times `top_k`; beyond it the answer is 413 `limit_exceeded`. Memory of a search is about 400
+    /// bytes per match at peak: the default, 1,000,000, is about 400 MB.
+    #[arg(long, env = "FLOWMESH_INDEXER_MAX_MATCHES", default_value_t = executor::DEFAULT_MAX_MATCHES)]
+    pub max_matches: usize,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -162,7 +167,9 @@ impl Config {
 
     /// The indexer this configuration describes.
     pub fn indexer(&self) -> anyhow::Result<Indexer> {
-        Ok(Indexer::new(self.shard()?).with_distinct_parents(self.distinct_parents))
+        Ok(Indexer::new(self.shard()?)
+            .with_distinct_parents(self.distinct_parents)
+            .with_max_matches(self.max_matches))
     }
 }
 

@@ -22,7 +22,7 @@ const ENDPOINT_ERRORS: [(&str, &str); 8] = [
     ("400", "Malformed body; a document without an id or embedding, with a NaN or infinite value in its embedding (the message names the document), or of another dimension than the index; an invalid parameter (`top_k` not a positive integer or above --max-top-k, a malformed deadline header)"),
     ("404", "/update of a document the shard does not hold (named; nothing is changed)"),
     ("405", "A method other than POST"),
-    ("413", "Body above --max-body-bytes, or more documents than --max-documents"),
+    ("413", "Body above --max-body-bytes, more documents than --max-documents, or a search asking for more matches (query vectors x top_k) than --max-matches"),
     ("429", "More requests in flight than --max-concurrent-requests; retry after `Retry-After`"),
     ("500", "The shard could not write its log (nothing was acknowledged)"),
     ("503", "Not ready"),

@@ -161,14 +161,19 @@ async fn fill(indexer: &Indexer, rng: &mut Rng, n: usize, dim: usize) {
     }
 }
 
-/// The largest accepted search (top_k = --max-top-k = 1000, with distinct parents, which
-/// over-fetches) over 4,000 vectors, under an address-space limit: answered in full, with a
-/// resident peak far below what a `top_k`-sized reservation would take. Then `top_k` 10^12 and
-/// 1e9 are 400 `invalid_parameter` naming `top_k`, and the process still answers normally.
+/// The largest accepted search (top_k = --max-top-k = 1000 times as many queries as
+/// --max-matches allows, with distinct parents, which over-fetches) over 4,000 vectors, under an
+/// address-space limit: answered in full, with a resident peak far below what a `top_k`-sized
+/// reservation would take. One query more is 413 naming --max-matches; `top_k` 10^12 and 1e9
+/// are 400 `invalid_parameter` naming `top_k`; and the process still answers normally.
 #[tokio::test]
 async fn the_largest_search_is_bounded_and_absurd_top_k_is_refused() {
     const LIMIT: &str = "--as=4294967296"; // 4 GiB of address space
-    let mut indexer = Indexer::start(&["prlimit", LIMIT, "--"], &["--distinct-parents"]).await;
+    let mut indexer = Indexer::start(
+        &["prlimit", LIMIT, "--"],
+        &["--distinct-parents", "--max-matches", "20000"],
+    )
+    .await;
     let mut rng = Rng::new(12);
     fill(&indexer, &mut rng, 4000, 32).await;
     let queries = docs(&mut rng, "q", 20, 32);
@@ -182,6 +187,20 @@ async fn the_largest_search_is_bounded_and_absurd_top_k_is_refused() {
     let peak = peak_rss_kib(indexer.pid());
     eprintln!("indexer VmHWM after top_k=1000 x 20 queries over 4,000 vectors: {peak} KiB");
     assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+
+    // One query more is beyond --max-matches: 413 naming the limit, before any work.
+    let mut beyond = queries.clone();
+    beyond.extend(docs(&mut rng, "x", 1, 32));
+    let (status, body) = indexer
+        .post_envelope("search", &envelope(beyond, Some(json!(1000))))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["kind"], "limit_exceeded", "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("--max-matches") && error.contains("FLOWMESH_INDEXER_MAX_MATCHES"),
+        "{error}"
+    );
 
     for k in [json!(1_000_000_000_000_u64), json!(1e9)] {
         let (status, body) = indexer
