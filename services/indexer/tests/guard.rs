@@ -318,3 +318,40 @@ async fn non_finite_embeddings_are_refused_naming_the_document() {
         assert!(body["error"].as_str().unwrap().contains("short"), "{body}");
     }
 }
+
+/// The same long scan without a deadline, whose client closes its connection after 300 ms: the
+/// route drops the call and the scan stops, rather than running on for nobody.
+#[tokio::test]
+async fn a_search_whose_caller_left_stops_burning_cpu() {
+    use tokio::io::AsyncWriteExt;
+    const DIM: usize = 64;
+    let mut indexer = Indexer::start(&[], &[]).await;
+    let mut rng = Rng::new(8);
+    fill(&indexer, &mut rng, 20_000, DIM).await;
+    let queries = envelope(docs(&mut rng, "q", 10_000, DIM), Some(json!(10)));
+    let body = Format::MsgPack.encode(&queries).unwrap();
+
+    let address = indexer.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /search HTTP/1.1\r\nhost: {address}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
+        Format::MsgPack.mime(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = cpu_time(indexer.pid());
+    drop(stream);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_time(indexer.pid());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let burnt = cpu_time(indexer.pid()) - before;
+    eprintln!("CPU used before the client left: {busy:?}; in 1.5 s after: {burnt:?}");
+    assert!(
+        burnt < Duration::from_millis(300),
+        "the scan kept running for nobody: {burnt:?} of CPU in 1.5 s"
+    );
+    indexer.assert_alive();
+}
