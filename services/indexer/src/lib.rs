@@ -21,7 +21,9 @@ mod executor;
 mod faiss_index;
 mod flat;
 mod kernel;
+mod openapi;
 mod shard;
+mod stop;
 pub mod synthetic;
 mod wal;
 
@@ -44,6 +46,7 @@ pub use backend::{Entry, Hit, IndexError, Metric, Stats, VectorIndex};
 pub use executor::Indexer;
 pub use faiss_index::FaissBuilder;
 pub use flat::FlatIndex;
+pub use openapi::openapi;
 pub use shard::{Shard, ShardStats};
 
 /// The service's name in logs, metrics and its `listening on` line.
@@ -106,6 +109,11 @@ pub struct Config {
     /// until they have enough distinct parents.
     #[arg(long, env = "FLOWMESH_INDEXER_DISTINCT_PARENTS")]
     pub distinct_parents: bool,
+    /// Search: most matches one request may ask for, counted as query vectors (leaf chunks)
+    /// times `top_k`; beyond it the answer is 413 `limit_exceeded`. Memory of a search is about 400
+    /// bytes per match at peak: the default, 1,000,000, is about 400 MB.
+    #[arg(long, env = "FLOWMESH_INDEXER_MAX_MATCHES", default_value_t = executor::DEFAULT_MAX_MATCHES)]
+    pub max_matches: usize,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -159,28 +167,10 @@ impl Config {
 
     /// The indexer this configuration describes.
     pub fn indexer(&self) -> anyhow::Result<Indexer> {
-        Ok(Indexer::new(self.shard()?).with_distinct_parents(self.distinct_parents))
+        Ok(Indexer::new(self.shard()?)
+            .with_distinct_parents(self.distinct_parents)
+            .with_max_matches(self.max_matches))
     }
-}
-
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(stats_get),
-    components(schemas(ShardStats, Stats, BuildState, Metric))
-)]
-struct IndexerApi;
-
-/// The indexer's OpenAPI document, as committed in `openapi/indexer.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut api = flowmesh_shared::openapi::executor_api(
-        "flowmesh indexer",
-        "One shard of the vector index. /index and /update store the embedding of each document \
-         (or of its leaf chunks) with its id and parent_id, replacing what was stored of it; \
-         /search sets each query's matches (top_k, scores higher is better); /delete removes \
-         documents and their chunks. Every answered write is on disk.",
-    );
-    api.merge(<IndexerApi as utoipa::OpenApi>::openapi());
-    api
 }
 
 /// The indexer's OpenAPI document as pretty JSON.

@@ -93,12 +93,21 @@ async fn top_k_is_respected() {
     query["parameters"] = json!({"top_k": 3});
     let (_, out) = post(&app, "search", &query).await;
     assert_eq!(ids(&out["data"][0]), ["d00", "d01", "d02"]);
-    query["parameters"] = json!({"top_k": 1_000_000_000_000_u64});
+    query["parameters"] = json!({"top_k": 1000});
     let (_, out) = post(&app, "search", &query).await;
     assert_eq!(
         matches(&out["data"][0]).len(),
         30,
-        "a huge top_k returns everything"
+        "a top_k beyond what is stored returns everything"
+    );
+    // Beyond --max-top-k: 400 naming the parameter and the flag, not an allocation.
+    query["parameters"] = json!({"top_k": 1_000_000_000_000_u64});
+    let (status, out) = post(&app, "search", &query).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+    assert_eq!(out["kind"], "invalid_parameter", "{out}");
+    assert!(
+        out["error"].as_str().unwrap_or("").contains("--max-top-k"),
+        "{out}"
     );
 }
 

@@ -10,6 +10,8 @@
 
 mod aggregate;
 mod executor;
+mod openapi;
+mod probe;
 mod store;
 
 use std::future::Future;
@@ -22,6 +24,7 @@ use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
 
 pub use aggregate::{aggregate, Aggregation};
 pub use executor::Ranker;
+pub use openapi::openapi;
 pub use store::{DocStore, EmbeddedStore, MemoryStore, RedisStore, StoreError};
 
 /// The service's name in logs, metrics and its `listening on` line.
@@ -69,6 +72,10 @@ pub struct Config {
     /// Redis: longest wait for a connection or a command before answering 503.
     #[arg(long, env = "FLOWMESH_RANKER_REDIS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_timeout: std::time::Duration,
+    /// Redis: how often a background `PING` checks it; `/readyz` answers 503 naming Redis
+    /// while it does not answer, and 200 again once it does.
+    #[arg(long, env = "FLOWMESH_RANKER_REDIS_PROBE_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_probe_interval: std::time::Duration,
     /// How the scores of a document's matched chunks become the document's score.
     #[arg(long, env = "FLOWMESH_RANKER_AGGREGATION", value_enum, default_value_t = Aggregation::Max)]
     pub aggregation: Aggregation,
@@ -79,19 +86,6 @@ pub struct Config {
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
-}
-
-/// The ranker's OpenAPI document, as committed in `openapi/ranker.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    flowmesh_shared::openapi::executor_api(
-        "flowmesh ranker",
-        "Turns chunk matches into document matches and fills them with stored content. \
-         /index and /update store each root document's text, tags, uri and blob; /delete \
-         forgets them; /search groups each query's chunk matches by parent_id, aggregates their \
-         scores (max, min, mean or sum, optionally reversed), keeps top_k documents and fills \
-         them with text, tags and uri (the blob too with parameters.include_blob = true). \
-         503 `unavailable` while the document store (Redis) cannot be reached.",
-    )
 }
 
 /// The ranker's OpenAPI document as pretty JSON.
@@ -155,11 +149,15 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
                 config.redis_timeout,
             )?;
             tracing::info!(prefix = %config.redis_prefix, "Redis document store configured");
+            let health = probe::probe_redis(store.clone(), config.redis_probe_interval, &readiness);
             router(
                 Arc::new(Ranker::new(store, aggregation, reverse)),
                 readiness,
                 limits,
             )
+            .layer(axum::middleware::from_fn(move |request, next| {
+                probe::readyz_names_the_store(health.clone(), request, next)
+            }))
         }
         (StoreKind::Embedded, None) | (StoreKind::Memory, _) => {
             if config.store == StoreKind::Embedded {

@@ -15,6 +15,14 @@ fn ranker(args: &[&str]) -> Router {
     app(&config).expect("valid configuration")
 }
 
+/// A ranker whose store holds [`corpus`].
+async fn ranker_with_corpus(args: &[&str]) -> Router {
+    let app = ranker(args);
+    let (status, out) = post(&app, "index", &corpus()).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    app
+}
+
 fn corpus() -> Value {
     json!({"data": [
         {"id": "a", "text": "alpha text", "tags": {"n": 1}, "embedding": [1.0],
@@ -36,7 +44,8 @@ fn query(top_k: u64) -> Value {
             ]},
             {"id": "q-1", "text": "second", "matches": [
                 m("a-1", "a", 0.25), m("b-1", "b", 0.625), m("b-2", "b", 0.375),
-                // No parent: the match is its own document, unknown to the store.
+                // No parent: the match is its own document, unknown to the store (indexed, but
+                // its write to the store failed): never answered.
                 {"id": "orphan", "score": 0.125},
             ]},
         ],
@@ -73,26 +82,14 @@ fn assert_ranked(out: &Value, expected: &[(&str, f64)]) {
 #[tokio::test]
 async fn every_aggregation_ranks_parent_documents() {
     let cases: [(&str, &[(&str, f64)]); 4] = [
-        (
-            "max",
-            &[("a", 0.75), ("c", 0.6875), ("b", 0.625), ("orphan", 0.125)],
-        ),
-        (
-            "min",
-            &[("c", 0.6875), ("b", 0.375), ("a", 0.25), ("orphan", 0.125)],
-        ),
+        ("max", &[("a", 0.75), ("c", 0.6875), ("b", 0.625)]),
+        ("min", &[("c", 0.6875), ("b", 0.375), ("a", 0.25)]),
         // a and b tie at 0.5: the smaller id first.
-        (
-            "mean",
-            &[("c", 0.6875), ("a", 0.5), ("b", 0.5), ("orphan", 0.125)],
-        ),
-        (
-            "sum",
-            &[("b", 1.5), ("a", 1.0), ("c", 0.6875), ("orphan", 0.125)],
-        ),
+        ("mean", &[("c", 0.6875), ("a", 0.5), ("b", 0.5)]),
+        ("sum", &[("b", 1.5), ("a", 1.0), ("c", 0.6875)]),
     ];
     for (aggregation, expected) in cases {
-        let app = ranker(&["--aggregation", aggregation]);
+        let app = ranker_with_corpus(&["--aggregation", aggregation]).await;
         let (status, out) = post(&app, "search", &query(10)).await;
         assert_eq!(status, StatusCode::OK, "{out}");
         assert_ranked(&out, expected);
@@ -101,22 +98,14 @@ async fn every_aggregation_ranks_parent_documents() {
 
 #[tokio::test]
 async fn reverse_ranks_lower_scores_first() {
-    let app = ranker(&["--aggregation", "min", "--reverse"]);
+    let app = ranker_with_corpus(&["--aggregation", "min", "--reverse"]).await;
     let (_, out) = post(&app, "search", &query(10)).await;
-    assert_ranked(
-        &out,
-        &[
-            ("orphan", -0.125),
-            ("a", -0.25),
-            ("b", -0.375),
-            ("c", -0.6875),
-        ],
-    );
+    assert_ranked(&out, &[("a", -0.25), ("b", -0.375), ("c", -0.6875)]);
 }
 
 #[tokio::test]
 async fn top_k_cuts_the_document_matches() {
-    let app = ranker(&["--aggregation", "sum"]);
+    let app = ranker_with_corpus(&["--aggregation", "sum"]).await;
     let (_, out) = post(&app, "search", &query(2)).await;
     assert_ranked(&out, &[("b", 1.5), ("a", 1.0)]);
 }
@@ -167,14 +156,9 @@ async fn matches_are_filled_from_the_store_and_chunk_matches_cleared() {
         .expect("b")
         .clone();
     assert_eq!(b["blob"], "YmV0YQ==");
-    let orphan = matches
-        .iter()
-        .find(|m| m["id"] == "orphan")
-        .expect("orphan");
-    assert_eq!(
-        orphan,
-        &json!({"id": "orphan", "score": 0.125}),
-        "not stored: id and score only"
+    assert!(
+        !matches.iter().any(|m| m["id"] == "orphan"),
+        "a match without stored content is left out: {matches:?}"
     );
 }
 
@@ -204,11 +188,10 @@ async fn delete_removes_documents_from_the_store() {
     assert_eq!(status, StatusCode::OK);
     let (_, out) = post(&app, "search", &query(10)).await;
     let matches = out["data"][0]["matches"].as_array().expect("matches");
-    let a = matches
-        .iter()
-        .find(|m| m["id"] == "a")
-        .expect("a is still ranked");
-    assert!(a.get("text").is_none(), "deleted content came back: {a}");
+    assert!(
+        !matches.iter().any(|m| m["id"] == "a"),
+        "a deleted document is not answered without its content: {matches:?}"
+    );
     let b = matches.iter().find(|m| m["id"] == "b").expect("b");
     assert_eq!(b["text"], "beta text");
 }

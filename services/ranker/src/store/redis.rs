@@ -15,7 +15,8 @@ use flowmesh_shared::Document;
 
 use super::{decode, encode, DocStore, StoreError};
 
-/// Documents in Redis.
+/// Documents in Redis. Clones share the connection pool.
+#[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
     prefix: String,

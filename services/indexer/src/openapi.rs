@@ -1,0 +1,95 @@
+//! The indexer's OpenAPI document: the executor API every service shares, its own `/stats`,
+//! and every status each route answers with (the shared document lists the common ones only).
+
+use flowmesh_shared::deadline::DEADLINE_HEADER;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{
+    ContentBuilder, ObjectBuilder, OpenApi, Ref, Required, ResponseBuilder, Type,
+};
+
+use crate::backend::{Metric, Stats};
+use crate::{BuildState, ShardStats};
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(crate::stats_get),
+    components(schemas(ShardStats, Stats, BuildState, Metric))
+)]
+struct IndexerApi;
+
+/// The statuses of `POST /{endpoint}`, beyond 200.
+const ENDPOINT_ERRORS: [(&str, &str); 8] = [
+    ("400", "Malformed body; a document without an id or embedding, with a NaN or infinite value in its embedding (the message names the document), or of another dimension than the index; an invalid parameter (`top_k` not a positive integer or above --max-top-k, a malformed deadline header)"),
+    ("404", "/update of a document the shard does not hold (named; nothing is changed)"),
+    ("405", "A method other than POST"),
+    ("413", "Body above --max-body-bytes, more documents than --max-documents, or a search asking for more matches (query vectors x top_k) than --max-matches"),
+    ("429", "More requests in flight than --max-concurrent-requests; retry after `Retry-After`"),
+    ("500", "The shard could not write its log (nothing was acknowledged)"),
+    ("503", "Not ready"),
+    ("504", "The request's deadline (x-flowmesh-deadline-ms) passed: a search stops between units of work; a write is never started past it, and one started completes"),
+];
+
+/// The statuses of the `GET` routes, beyond 200 (and 503 where shared already lists it).
+const GET_ERRORS: [(&str, &str); 1] = [("405", "A method other than GET")];
+
+/// The indexer's OpenAPI document, as committed in `openapi/indexer.json`.
+pub fn openapi() -> OpenApi {
+    let mut api = flowmesh_shared::openapi::executor_api(
+        "flowmesh indexer",
+        "One shard of the vector index. /index and /update store the embedding of each document \
+         (or of its leaf chunks) with its id and parent_id, replacing what was stored of it \
+         (idempotent upserts: sending a write again leaves one copy); /search sets each query's \
+         matches (top_k, scores higher is better); /delete removes documents and their chunks. \
+         Every answered write is on disk.",
+    );
+    api.merge(<IndexerApi as utoipa::OpenApi>::openapi());
+    for (path, item) in &mut api.paths.paths {
+        if let Some(op) = item.post.as_mut() {
+            add_errors(op, &ENDPOINT_ERRORS);
+            let params = op.parameters.get_or_insert_with(Vec::new);
+            params.push(deadline_header());
+        }
+        if let Some(op) = item.get.as_mut() {
+            add_errors(op, &GET_ERRORS);
+            if path == "/stats" {
+                add_errors(op, &[("500", "The statistics task failed")]);
+            }
+        }
+    }
+    api
+}
+
+/// Sets each `(status, description)` with the error body (replacing the shared, more general
+/// description of a status the shared document lists).
+fn add_errors(op: &mut utoipa::openapi::path::Operation, errors: &[(&str, &str)]) {
+    for (status, description) in errors {
+        let content = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        let response = ResponseBuilder::new()
+            .description(*description)
+            .content("application/json", content)
+            .build();
+        op.responses
+            .responses
+            .insert((*status).to_owned(), response.into());
+    }
+}
+
+/// The deadline header every executor call may carry.
+fn deadline_header() -> Parameter {
+    ParameterBuilder::new()
+        .name(DEADLINE_HEADER)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Milliseconds the caller still has for this call; past it the answer is 504 \
+             `deadline_exceeded` and the work stops. Absent: no deadline.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        ))
+        .build()
+}

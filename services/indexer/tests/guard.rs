@@ -1,0 +1,357 @@
+//! The indexer under hostile and unlucky requests, against the real `flowmesh-indexer` process:
+//! the largest accepted search stays within a memory bound under `prlimit --as`, absurd `top_k`
+//! values are 400 and leave the process serving, a search whose deadline passed stops burning
+//! CPU, non-finite embeddings are refused naming the document, and writes are idempotent.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flowmesh_indexer::synthetic::Rng;
+use flowmesh_shared::codec::Format;
+use flowmesh_shared::{Document, Envelope};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running `flowmesh-indexer` on 127.0.0.1:0, in memory only.
+struct Indexer {
+    child: Child,
+    base: String,
+}
+
+impl Indexer {
+    /// Starts `prefix... flowmesh-indexer args...` (`prefix` is e.g. `prlimit --as=N`).
+    async fn start(prefix: &[&str], args: &[&str]) -> Self {
+        let binary = env!("CARGO_BIN_EXE_flowmesh-indexer");
+        let mut command = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("FLOWMESH_WORKSPACE")
+            .env_remove("FLOWMESH_INDEXER_DATA_DIR")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the indexer prints its address within a minute")
+            .unwrap()
+            .expect("a `listening on` line");
+        let base = line
+            .split_once("listening on ")
+            .map(|(_, url)| url.trim().to_owned())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, base }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "the indexer process exited"
+        );
+    }
+
+    /// `POST /{endpoint}` with `body` in `format`, and `headers`; the status and the body.
+    async fn post(
+        &self,
+        endpoint: &str,
+        format: Format,
+        body: Bytes,
+        headers: &[(&str, &str)],
+    ) -> (u16, Bytes) {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let mut request = http::Request::post(format!("{}/{endpoint}", self.base))
+            .header("content-type", format.mime())
+            .header("accept", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = client
+            .request(request.body(Full::new(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    }
+
+    async fn post_envelope(&self, endpoint: &str, envelope: &Envelope) -> (u16, Value) {
+        let body = Format::MsgPack.encode(envelope).unwrap();
+        let (status, body) = self.post(endpoint, Format::MsgPack, body, &[]).await;
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+}
+
+/// `VmHWM` (peak resident memory) of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// CPU time (user + system) `pid` has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(100);
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
+fn docs(rng: &mut Rng, prefix: &str, n: usize, dim: usize) -> Vec<Document> {
+    (0..n)
+        .map(|i| Document {
+            id: format!("{prefix}{i}"),
+            embedding: Some((0..dim).map(|_| rng.normal()).collect()),
+            ..Document::default()
+        })
+        .collect()
+}
+
+fn envelope(data: Vec<Document>, top_k: Option<Value>) -> Envelope {
+    let mut envelope = Envelope::new(data);
+    if let Some(k) = top_k {
+        envelope.parameters.insert("top_k".into(), k);
+    }
+    envelope
+}
+
+/// Indexes `n` random vectors of `dim`, in requests of at most 2,000 documents.
+async fn fill(indexer: &Indexer, rng: &mut Rng, n: usize, dim: usize) {
+    let all = docs(rng, "d", n, dim);
+    for batch in all.chunks(2000) {
+        let (status, body) = indexer
+            .post_envelope("index", &envelope(batch.to_vec(), None))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// The largest accepted search (top_k = --max-top-k = 1000 times as many queries as
+/// --max-matches allows, with distinct parents, which over-fetches) over 4,000 vectors, under an
+/// address-space limit: answered in full, with a resident peak far below what a `top_k`-sized
+/// reservation would take. One query more is 413 naming --max-matches; `top_k` 10^12 and 1e9
+/// are 400 `invalid_parameter` naming `top_k`; and the process still answers normally.
+#[tokio::test]
+async fn the_largest_search_is_bounded_and_absurd_top_k_is_refused() {
+    const LIMIT: &str = "--as=4294967296"; // 4 GiB of address space
+    let mut indexer = Indexer::start(
+        &["prlimit", LIMIT, "--"],
+        &["--distinct-parents", "--max-matches", "20000"],
+    )
+    .await;
+    let mut rng = Rng::new(12);
+    fill(&indexer, &mut rng, 4000, 32).await;
+    let queries = docs(&mut rng, "q", 20, 32);
+    let (status, body) = indexer
+        .post_envelope("search", &envelope(queries.clone(), Some(json!(1000))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for query in body["data"].as_array().unwrap() {
+        assert_eq!(query["matches"].as_array().unwrap().len(), 1000);
+    }
+    let peak = peak_rss_kib(indexer.pid());
+    eprintln!("indexer VmHWM after top_k=1000 x 20 queries over 4,000 vectors: {peak} KiB");
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+
+    // One query more is beyond --max-matches: 413 naming the limit, before any work.
+    let mut beyond = queries.clone();
+    beyond.extend(docs(&mut rng, "x", 1, 32));
+    let (status, body) = indexer
+        .post_envelope("search", &envelope(beyond, Some(json!(1000))))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["kind"], "limit_exceeded", "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("--max-matches") && error.contains("FLOWMESH_INDEXER_MAX_MATCHES"),
+        "{error}"
+    );
+
+    for k in [json!(1_000_000_000_000_u64), json!(1e9)] {
+        let (status, body) = indexer
+            .post_envelope("search", &envelope(queries.clone(), Some(k.clone())))
+            .await;
+        assert_eq!(status, 400, "top_k {k}: {body}");
+        assert_eq!(body["kind"], "invalid_parameter", "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("top_k") && error.contains("--max-top-k"),
+            "{error}"
+        );
+        indexer.assert_alive();
+    }
+    let (status, body) = indexer
+        .post_envelope("search", &envelope(queries, Some(json!(5))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["matches"].as_array().unwrap().len(), 5);
+    assert!(peak_rss_kib(indexer.pid()) < 256 * 1024);
+    indexer.assert_alive();
+}
+
+/// A flat scan of 10,000 queries over 20,000 vectors (about 10^10 multiply-adds, seconds of
+/// CPU) sent with a 300 ms deadline: 504 `deadline_exceeded`, and the scan stops, rather than
+/// running on in the blocking pool after the answer.
+#[tokio::test]
+async fn a_search_past_its_deadline_stops_burning_cpu() {
+    const DIM: usize = 64;
+    let mut indexer = Indexer::start(&[], &[]).await;
+    let mut rng = Rng::new(7);
+    fill(&indexer, &mut rng, 20_000, DIM).await;
+    let queries = envelope(docs(&mut rng, "q", 10_000, DIM), Some(json!(10)));
+    let body = Format::MsgPack.encode(&queries).unwrap();
+
+    let started = Instant::now();
+    let (status, answer) = indexer
+        .post(
+            "search",
+            Format::MsgPack,
+            body,
+            &[("x-flowmesh-deadline-ms", "300")],
+        )
+        .await;
+    let waited = started.elapsed();
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(answer["kind"], "deadline_exceeded", "{answer}");
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+
+    // Let the scan notice (a unit of work is tens of milliseconds), then measure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_time(indexer.pid());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let burnt = cpu_time(indexer.pid()) - before;
+    eprintln!("CPU used in the 1.5 s after the 504: {burnt:?}");
+    assert!(
+        burnt < Duration::from_millis(300),
+        "the scan kept running: {burnt:?} of CPU in 1.5 s after the answer"
+    );
+    indexer.assert_alive();
+}
+
+/// NaN and infinite embeddings, sent as MessagePack (JSON cannot carry them), are 400 naming
+/// the document on `/index`, `/update` and `/search`, and nothing is stored; a wrong dimension
+/// stays a 400.
+#[tokio::test]
+async fn non_finite_embeddings_are_refused_naming_the_document() {
+    let indexer = Indexer::start(&[], &[]).await;
+    let good = |id: &str| Document {
+        id: id.to_owned(),
+        embedding: Some(vec![1.0, 0.0, 0.0]),
+        ..Document::default()
+    };
+    let (status, body) = indexer
+        .post_envelope("index", &envelope(vec![good("ok")], None))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for bad_value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for endpoint in ["index", "update", "search"] {
+            let bad = Document {
+                id: "ok".to_owned(),
+                chunks: vec![Document {
+                    id: "bad-chunk".to_owned(),
+                    embedding: Some(vec![0.5, bad_value, 0.0]),
+                    ..Document::default()
+                }],
+                ..Document::default()
+            };
+            let (status, body) = indexer
+                .post_envelope(endpoint, &envelope(vec![good("ok"), bad], None))
+                .await;
+            assert_eq!(status, 400, "{endpoint} {bad_value}: {body}");
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains("bad-chunk"), "{endpoint}: {error}");
+        }
+    }
+    // Nothing of the refused writes was stored: "ok" is still its own single vector.
+    let (status, body) = indexer
+        .post_envelope("search", &envelope(vec![good("q")], Some(json!(10))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["matches"].as_array().unwrap().len(), 1);
+    assert_eq!(body["data"][0]["matches"][0]["id"], "ok");
+    let wrong = Document {
+        id: "short".to_owned(),
+        embedding: Some(vec![1.0]),
+        ..Document::default()
+    };
+    for endpoint in ["index", "search"] {
+        let (status, body) = indexer
+            .post_envelope(endpoint, &envelope(vec![wrong.clone()], None))
+            .await;
+        assert_eq!(status, 400, "{endpoint}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("short"), "{body}");
+    }
+}
+
+/// The same long scan without a deadline, whose client closes its connection after 300 ms: the
+/// route drops the call and the scan stops, rather than running on for nobody.
+#[tokio::test]
+async fn a_search_whose_caller_left_stops_burning_cpu() {
+    use tokio::io::AsyncWriteExt;
+    const DIM: usize = 64;
+    let mut indexer = Indexer::start(&[], &[]).await;
+    let mut rng = Rng::new(8);
+    fill(&indexer, &mut rng, 20_000, DIM).await;
+    let queries = envelope(docs(&mut rng, "q", 10_000, DIM), Some(json!(10)));
+    let body = Format::MsgPack.encode(&queries).unwrap();
+
+    let address = indexer.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /search HTTP/1.1\r\nhost: {address}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
+        Format::MsgPack.mime(),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = cpu_time(indexer.pid());
+    drop(stream);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_time(indexer.pid());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let burnt = cpu_time(indexer.pid()) - before;
+    eprintln!("CPU used before the client left: {busy:?}; in 1.5 s after: {burnt:?}");
+    assert!(
+        burnt < Duration::from_millis(300),
+        "the scan kept running for nobody: {burnt:?} of CPU in 1.5 s"
+    );
+    indexer.assert_alive();
+}

@@ -1,0 +1,87 @@
+//! The ranker's OpenAPI document: the executor API every service shares, with every status
+//! each route answers with (the shared document lists the common ones only) and the deadline
+//! header.
+
+use flowmesh_shared::deadline::DEADLINE_HEADER;
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{
+    ContentBuilder, ObjectBuilder, OpenApi, Ref, Required, ResponseBuilder, Type,
+};
+
+/// The statuses of `POST /{endpoint}`, beyond 200.
+const ENDPOINT_ERRORS: [(&str, &str); 6] = [
+    ("400", "Malformed body; a document to store without an id; a match with a NaN or infinite score (the message names the match); an invalid parameter (`top_k` not a positive integer or above --max-top-k, a malformed deadline header)"),
+    ("405", "A method other than POST"),
+    ("413", "Body above --max-body-bytes, or more documents than --max-documents"),
+    ("429", "More requests in flight than --max-concurrent-requests; retry after `Retry-After`"),
+    ("503", "`unavailable`: the document store (Redis) cannot be reached or failed; `not_ready`: not ready"),
+    ("504", "The request's deadline (x-flowmesh-deadline-ms) passed, e.g. while waiting on the document store"),
+];
+
+/// The ranker's OpenAPI document, as committed in `openapi/ranker.json`.
+pub fn openapi() -> OpenApi {
+    let mut api = flowmesh_shared::openapi::executor_api(
+        "flowmesh ranker",
+        "Turns chunk matches into document matches and fills them with stored content. \
+         /index and /update store each root document's text, tags, uri and blob; /delete \
+         forgets them; /search groups each query's chunk matches by parent_id, aggregates their \
+         scores (max, min, mean or sum, optionally reversed), keeps top_k documents and fills \
+         them with text, tags and uri (the blob too with parameters.include_blob = true). A \
+         match whose document the store does not hold (indexed, but its write to the store \
+         failed) is left out: no answer carries a match without its stored content. \
+         503 `unavailable` while the document store (Redis) cannot be reached; /readyz answers \
+         503 naming Redis while it is down.",
+    );
+    for (path, item) in &mut api.paths.paths {
+        if let Some(op) = item.post.as_mut() {
+            set_errors(op, &ENDPOINT_ERRORS);
+            op.parameters
+                .get_or_insert_with(Vec::new)
+                .push(deadline_header());
+        }
+        if let Some(op) = item.get.as_mut() {
+            set_errors(op, &[("405", "A method other than GET")]);
+            if path == "/readyz" {
+                set_errors(
+                    op,
+                    &[("503", "Not ready: starting, or the document store (Redis) does not answer; the message names it")],
+                );
+            }
+        }
+    }
+    api
+}
+
+/// Sets each `(status, description)` with the error body.
+fn set_errors(op: &mut Operation, errors: &[(&str, &str)]) {
+    for (status, description) in errors {
+        let content = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        let response = ResponseBuilder::new()
+            .description(*description)
+            .content("application/json", content)
+            .build();
+        op.responses
+            .responses
+            .insert((*status).to_owned(), response.into());
+    }
+}
+
+/// The deadline header every executor call may carry.
+fn deadline_header() -> Parameter {
+    ParameterBuilder::new()
+        .name(DEADLINE_HEADER)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Milliseconds the caller still has for this call; past it the answer is 504 \
+             `deadline_exceeded`. Absent: no deadline.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        ))
+        .build()
+}
