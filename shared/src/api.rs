@@ -384,15 +384,19 @@ mod tests {
             let err = serde_json::from_str::<Document>(body).unwrap_err();
             assert!(err.to_string().contains("finite"), "{body}: {err}");
         }
-        let mut nan = Document::default();
-        nan.embedding = Some(vec![0.5, f32::NAN]);
+        let nan = Document {
+            embedding: Some(vec![0.5, f32::NAN]),
+            ..Document::default()
+        };
         let packed = crate::codec::Format::MsgPack.encode(&nan).unwrap();
         let err = crate::codec::Format::MsgPack
             .decode::<Document>(&packed)
             .unwrap_err();
         assert_eq!(err.status(), 400);
-        let mut nan_score = Document::default();
-        nan_score.score = Some(f32::NAN);
+        let nan_score = Document {
+            score: Some(f32::NAN),
+            ..Document::default()
+        };
         let packed = crate::codec::Format::MsgPack.encode(&nan_score).unwrap();
         assert!(crate::codec::Format::MsgPack
             .decode::<Document>(&packed)

@@ -7,8 +7,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use flowmesh_shared::{ApiError, Deadline, Document, Envelope, Limits};
 
 /// The default of `--max-text-bytes`.
@@ -22,7 +20,7 @@ pub const DEFAULT_MAX_CHUNKS_PER_REQUEST: usize = 100_000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The gateway's own limits (every service's are in [`Limits`]).
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct GatewayLimits {
     /// Most bytes of one document's (or chunk's) `text`; 413 beyond it. Default 1 MiB.
     #[arg(long, env = "FLOWMESH_MAX_TEXT_BYTES", default_value_t = DEFAULT_MAX_TEXT_BYTES)]
@@ -42,8 +40,14 @@ pub struct GatewayLimits {
     pub request_timeout: Option<Duration>,
 }
 
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        Self::defaults()
+    }
+}
+
 impl GatewayLimits {
-    /// The defaults, as the flags' (`Default` derives zeros).
+    /// The defaults, as the flags'.
     pub fn defaults() -> Self {
         Self {
             max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
@@ -53,22 +57,12 @@ impl GatewayLimits {
         }
     }
 
-    /// Checks `envelope` against `limits` and these limits, and the known parameters' types.
+    /// Checks `envelope` against `limits` (documents, `top_k`, the known switches' types) and
+    /// these limits.
     pub fn check(&self, limits: &Limits, envelope: &Envelope) -> Result<(), ApiError> {
         limits.check(envelope)?;
         for doc in &envelope.data {
             self.check_texts(doc)?;
-        }
-        for name in ["return_embeddings", "include_blob"] {
-            match envelope.parameters.get(name) {
-                None | Some(Value::Null | Value::Bool(_)) => {}
-                Some(other) => {
-                    return Err(ApiError::InvalidParameter {
-                        name: name.into(),
-                        message: format!("must be true or false, not {other}"),
-                    })
-                }
-            }
         }
         Ok(())
     }
