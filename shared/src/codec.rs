@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::limits::BodyTimeout;
 
 /// The MIME type of the binary encoding.
 pub const MSGPACK: &str = "application/msgpack";
@@ -97,7 +98,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Negotiated<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let input = Format::of_content_type(req.headers());
         let reply = Format::of_accept(req.headers());
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+        let timeout = req
+            .extensions()
+            .get::<BodyTimeout>()
+            .copied()
+            .unwrap_or_default();
+        let read = tokio::time::timeout(timeout.0, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the request body did not arrive within {} s (--body-timeout-secs, FLOWMESH_BODY_TIMEOUT_SECS)",
+                    timeout.0.as_secs()
+                ))
+            })?;
+        let bytes = read.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(r.body_text())
             } else {

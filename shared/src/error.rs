@@ -105,6 +105,9 @@ pub enum ApiError {
         /// The timeout that ran out.
         timeout_ms: u64,
     },
+    /// The client did not send the whole request body in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The request's deadline passed before it was answered; its work was stopped.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -143,6 +146,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Timeout { .. } | Self::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,6 +167,7 @@ impl ApiError {
             Self::Unavailable { .. } => "unavailable",
             Self::Timeout { .. } => "timeout",
             Self::DeadlineExceeded(_) => "deadline_exceeded",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::PartialWrite { .. } => "partial_write",
             Self::NotReady(_) => "not_ready",
             Self::Internal(_) => "internal",

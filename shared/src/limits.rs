@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// The default of `--header-timeout-secs`.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 20;
+/// The default of `--body-timeout-secs`.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 60;
 
 /// Request and connection limits, the same flags on every service.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +49,24 @@ pub struct Limits {
     /// requests for longer, are closed.
     #[arg(long, env = "FLOWMESH_HEADER_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_TIMEOUT_SECS)]
     pub header_timeout_secs: u64,
+    /// Seconds a client has, once its headers arrived, to send the whole request body; then it
+    /// gets 408 `request_timeout`. A body trickled in a byte at a time would otherwise hold a
+    /// connection and a request slot for as long as the client likes.
+    #[arg(long, env = "FLOWMESH_BODY_TIMEOUT_SECS", default_value_t = DEFAULT_BODY_TIMEOUT_SECS)]
+    pub body_timeout_secs: u64,
+}
+
+/// How long a request's body may take to arrive, as a request extension that [`serve`] adds
+/// and the body extractor ([`crate::codec::Negotiated`]) reads.
+///
+/// [`serve`]: crate::server::serve
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+impl Default for BodyTimeout {
+    fn default() -> Self {
+        Self(Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS))
+    }
 }
 
 impl Default for Limits {
@@ -58,6 +78,7 @@ impl Default for Limits {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
         }
     }
 }
@@ -74,6 +95,11 @@ impl Limits {
     /// The header-read (and keep-alive idle) timeout.
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_secs.max(1))
+    }
+
+    /// The time a request's body may take to arrive.
+    pub fn body_timeout(&self) -> BodyTimeout {
+        BodyTimeout(Duration::from_secs(self.body_timeout_secs.max(1)))
     }
 
     /// Checks what every endpoint of every service must bound or understand: at least one and at

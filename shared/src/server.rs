@@ -183,7 +183,8 @@ pub async fn bind(service: &str, addr: SocketAddr) -> std::io::Result<TcpListene
 /// At most `limits.max_connections` connections are open at once (the next waits in the accept
 /// queue), and hyper closes a connection that has not sent a request's headers within
 /// `limits.header_timeout_secs` of opening or of its previous answer: slow-header and idle
-/// keep-alive connections do not pile up.
+/// keep-alive connections do not pile up. A body must arrive whole within
+/// `limits.body_timeout_secs` (408 after it).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -194,6 +195,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout());
+    let app = app.layer(axum::Extension(limits.body_timeout()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -36,15 +36,20 @@ executors:
 
 /// Header (and idle keep-alive) timeout of every process of the mesh, in seconds.
 const HEADER_TIMEOUT_SECS: u64 = 2;
+/// Time every process of the mesh gives a request's whole body, in seconds.
+const BODY_TIMEOUT_SECS: u64 = 3;
 
 async fn start(name: &str) -> (Launched, String, std::path::PathBuf) {
     let dir = temp_dir(name);
     let flow = dir.join("flow.yml");
     std::fs::write(&flow, FLOW).unwrap();
-    let env = [(
-        "FLOWMESH_HEADER_TIMEOUT_SECS",
-        HEADER_TIMEOUT_SECS.to_string(),
-    )];
+    let env = [
+        (
+            "FLOWMESH_HEADER_TIMEOUT_SECS",
+            HEADER_TIMEOUT_SECS.to_string(),
+        ),
+        ("FLOWMESH_BODY_TIMEOUT_SECS", BODY_TIMEOUT_SECS.to_string()),
+    ];
     let log = std::fs::File::create(dir.join("mesh.log")).unwrap();
     let launched = launch::up(&flow, &dir, &env, Some(log)).await;
     let gateway = launched.gateway.clone();
@@ -251,6 +256,26 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Durati
     }
 }
 
+/// What the server sends on `stream` within `limit` (its status line, headers and whatever body
+/// arrived), read until it pauses or closes.
+async fn read_head(stream: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let wait = if out.is_empty() {
+            limit.saturating_sub(t0.elapsed())
+        } else {
+            Duration::from_millis(300)
+        };
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_are_closed() {
     let (mut launched, gateway, _dir) = start("hostile-conns").await;
@@ -295,6 +320,32 @@ async fn slow_and_idle_connections_are_closed() {
                 );
             }
         }
+        // A body trickled a byte a second gets 408 once the body timeout has passed, well
+        // before the trickle would have ended.
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+        let (mut rx, mut tx) = s.split();
+        let (answer, ()) = tokio::join!(read_head(&mut rx, limit), async {
+            for _ in 0..(BODY_TIMEOUT_SECS + 2) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = tx.write_all(b" ").await;
+            }
+        });
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "{base}: a trickled body got {answer:?}"
+        );
+        assert!(answer.contains("--body-timeout-secs"), "{answer}");
+        assert!(
+            t0.elapsed() < limit + Duration::from_secs(2),
+            "{:?}",
+            t0.elapsed()
+        );
         // An idle keep-alive connection is closed too, after its answer.
         let mut s = TcpStream::connect(&addr).await.unwrap();
         s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
