@@ -67,14 +67,47 @@ impl Format {
         Ok(Bytes::from(out))
     }
 
-    /// Decodes a value; malformed input and wrong types are [`ApiError::InvalidBody`].
+    /// Decodes a value; malformed input and wrong types are [`ApiError::InvalidBody`], whose
+    /// message says where in the body the problem is (`data[1].chunks[0].embedding: ...`).
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ApiError> {
-        match self {
-            Self::Json => serde_json::from_slice(body)
-                .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}"))),
-            Self::MsgPack => rmp_serde::from_slice(body)
-                .map_err(|e| ApiError::InvalidBody(format!("invalid MessagePack body: {e}"))),
-        }
+        // The fast decoder first; only a body that fails is decoded again, tracking the path.
+        let (what, error) = match self {
+            Self::Json => match serde_json::from_slice(body) {
+                Ok(v) => return Ok(v),
+                Err(e) => ("JSON", e.to_string()),
+            },
+            Self::MsgPack => match rmp_serde::from_slice(body) {
+                Ok(v) => return Ok(v),
+                Err(e) => ("MessagePack", e.to_string()),
+            },
+        };
+        let located = match self {
+            Self::Json => {
+                let mut de = serde_json::Deserializer::from_slice(body);
+                serde_path_to_error::deserialize::<_, T>(&mut de)
+                    .err()
+                    .map(|e| {
+                        let path = e.path().to_string();
+                        (path, e.into_inner().to_string())
+                    })
+            }
+            Self::MsgPack => {
+                let mut de = rmp_serde::Deserializer::from_read_ref(body);
+                serde_path_to_error::deserialize::<_, T>(&mut de)
+                    .err()
+                    .map(|e| {
+                        let path = e.path().to_string();
+                        (path, e.into_inner().to_string())
+                    })
+            }
+        };
+        let message = match located {
+            Some((path, inner)) if path != "." => format!("{path}: {inner}"),
+            _ => error,
+        };
+        Err(ApiError::InvalidBody(format!(
+            "invalid {what} body: {message}"
+        )))
     }
 }
 
@@ -187,6 +220,24 @@ mod tests {
         // 256 floats as raw bytes: 1024 bytes plus a few of framing.
         assert!(mp.len() < 1100, "{}", mp.len());
         assert!(json.len() > mp.len());
+    }
+
+    #[test]
+    fn decoding_errors_say_where_they_are() {
+        let err = Format::Json
+            .decode::<Envelope>(br#"{"data": [{"id": "a"}, {"id": "b", "chunks": [{"id": "c", "embedding": [1, 1e300]}]}]}"#)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("data[1].chunks[0].embedding"), "{msg}");
+        assert!(msg.contains("finite"), "{msg}");
+        let mut doc = Document::text("a", "");
+        doc.embedding = Some(vec![f32::NAN]);
+        let packed = Format::MsgPack.encode(&Envelope::new(vec![doc])).unwrap();
+        let msg = Format::MsgPack
+            .decode::<Envelope>(&packed)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("data[0].embedding"), "{msg}");
     }
 
     #[test]

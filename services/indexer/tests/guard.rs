@@ -294,8 +294,12 @@ async fn non_finite_embeddings_are_refused_naming_the_document() {
                 .post_envelope(endpoint, &envelope(vec![good("ok"), bad], None))
                 .await;
             assert_eq!(status, 400, "{endpoint} {bad_value}: {body}");
+            // Refused while the body is decoded (every service does so), at the value's place.
             let error = body["error"].as_str().unwrap();
-            assert!(error.contains("bad-chunk"), "{endpoint}: {error}");
+            assert!(
+                error.contains("data[1].chunks[0].embedding") && error.contains("finite"),
+                "{endpoint}: {error}"
+            );
         }
     }
     // Nothing of the refused writes was stored: "ok" is still its own single vector.
