@@ -51,7 +51,9 @@ async fn start(name: &str) -> (Launched, String, std::path::PathBuf) {
         ("FLOWMESH_BODY_TIMEOUT_SECS", BODY_TIMEOUT_SECS.to_string()),
     ];
     let log = std::fs::File::create(dir.join("mesh.log")).unwrap();
-    let launched = launch::up(&flow, &dir, &env, Some(log)).await;
+    // A limit that regressed would allocate gigabytes (top_k 10^12 once asked for 54 TB): each
+    // process gets 4 GiB of address space, far above what it needs here.
+    let launched = launch::up_limited(&flow, &dir, &env, Some(log), Some(4 << 30)).await;
     let gateway = launched.gateway.clone();
     (launched, gateway, dir)
 }

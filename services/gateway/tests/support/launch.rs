@@ -49,7 +49,27 @@ pub async fn up(
     env: &[(&str, String)],
     stderr: Option<std::fs::File>,
 ) -> Launched {
-    let mut command = Command::new(flowmesh());
+    up_limited(flow, dir, env, stderr, None).await
+}
+
+/// [`up`] with every process of the mesh limited to `max_address_space` bytes of virtual
+/// memory (`prlimit --as`, inherited by the executors), for tests whose failure could be an
+/// allocation without bound: it then fails the process, not the machine.
+pub async fn up_limited(
+    flow: &Path,
+    dir: &Path,
+    env: &[(&str, String)],
+    stderr: Option<std::fs::File>,
+    max_address_space: Option<u64>,
+) -> Launched {
+    let mut command = match max_address_space {
+        Some(bytes) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--as={bytes}")).arg("--").arg(flowmesh());
+            c
+        }
+        None => Command::new(flowmesh()),
+    };
     command
         .arg("up")
         .arg(flow)
