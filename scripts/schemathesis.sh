@@ -62,7 +62,7 @@ for t in "${targets[@]}"; do
   name="${t%% *}"
   base="${t#* }"
   printf '\n==> schemathesis: %s (%s)\n' "$name" "$base" >&2
-  if ! "$ST_BIN/schemathesis" run "$base/openapi.json" --url "$base" \
+  if ! "$ST_BIN/schemathesis" --config-file scripts/schemathesis.toml run "$base/openapi.json" --url "$base" \
     --checks all --phases examples,coverage,fuzzing \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
     --max-time "${SCHEMATHESIS_MAX_TIME:-60}" \

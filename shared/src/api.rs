@@ -38,7 +38,7 @@ pub struct Document {
         serialize_with = "embedding_ser",
         deserialize_with = "embedding_de"
     )]
-    #[schema(value_type = Option<Vec<f32>>)]
+    #[schema(value_type = Option<Vec<EmbeddingValue>>)]
     pub embedding: Option<Vec<f32>>,
     /// The id of the document this one is a chunk of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +66,7 @@ pub struct Document {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "finite_score"
     )]
+    #[schema(minimum = -3.4028235e38, maximum = 3.4028235e38)]
     pub score: Option<f32>,
 }
 
@@ -166,6 +167,28 @@ pub struct Route {
     pub end_time: String,
 }
 
+/// One value of an embedding: a finite number within f32's range. Only for the OpenAPI
+/// documents.
+#[derive(Debug)]
+pub struct EmbeddingValue;
+
+impl utoipa::PartialSchema for EmbeddingValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Float)))
+            .minimum(Some(f64::from(f32::MIN)))
+            .maximum(Some(f64::from(f32::MAX)))
+            .description(Some(
+                "A finite number within f32's range: NaN, infinities and larger values are refused",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for EmbeddingValue {}
+
 /// The parameters every service understands; others are passed on to the executors as they
 /// are. Only for the OpenAPI documents: parameters are kept as a JSON object.
 #[derive(Debug, ToSchema)]
@@ -185,10 +208,10 @@ pub struct KnownParameters {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Envelope {
     /// Routing metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub header: Header,
     /// Request parameters such as `top_k`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     #[schema(value_type = KnownParameters)]
     pub parameters: Parameters,
     /// The documents: at least one.
@@ -208,6 +231,13 @@ impl Envelope {
             ..Self::default()
         }
     }
+}
+
+/// `null` reads as the default (an empty header or parameters), as an absent field does.
+pub fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `null` reads as an empty list: Jina clients send `"matches": null` for unset fields.

@@ -17,6 +17,10 @@ use crate::error::ApiError;
 /// The header that carries a call's remaining budget, in whole milliseconds.
 pub const DEADLINE_HEADER: &str = "x-flowmesh-deadline-ms";
 
+/// The largest budget [`DEADLINE_HEADER`] may carry (the largest signed 64-bit integer, as the
+/// OpenAPI documents say; about 292 million years).
+pub const MAX_DEADLINE_MS: i64 = i64::MAX;
+
 /// When a request must be answered by; [`Deadline::NONE`] when no caller set one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Deadline(Option<Instant>);
@@ -25,9 +29,10 @@ impl Deadline {
     /// No deadline: the work runs until done (calls made directly, without the header).
     pub const NONE: Self = Self(None);
 
-    /// A deadline `budget` from now.
+    /// A deadline `budget` from now; no deadline when `budget` is beyond what the clock can
+    /// represent (it would never pass).
     pub fn after(budget: Duration) -> Self {
-        Self(Some(Instant::now() + budget))
+        Self(Instant::now().checked_add(budget))
     }
 
     /// The point in time, when there is one.
@@ -67,20 +72,26 @@ impl Deadline {
         let ms = value
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|ms| *ms >= 1)
             .ok_or_else(|| ApiError::InvalidParameter {
                 name: DEADLINE_HEADER.into(),
-                message: "must be a whole number of milliseconds".into(),
+                message: format!(
+                    "must be a whole number of milliseconds from 1 to {MAX_DEADLINE_MS}"
+                ),
             })?;
-        Ok(Self::after(Duration::from_millis(ms)))
+        Ok(Self::after(Duration::from_millis(ms.unsigned_abs())))
     }
 
-    /// The header value for a call sent now: the milliseconds left, rounded down; `None` without
-    /// a deadline.
+    /// The header value for a call sent now: the milliseconds left, rounded up, so that it is
+    /// at least 1 (a deadline that has passed is answered by the caller itself, not sent on);
+    /// `None` without a deadline.
     pub fn header_value(&self) -> Option<HeaderValue> {
         let left = self.remaining()?;
-        let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-        Some(HeaderValue::from(ms))
+        let ms = left.as_nanos().div_ceil(1_000_000).max(1);
+        Some(HeaderValue::from(
+            i64::try_from(ms).unwrap_or(MAX_DEADLINE_MS),
+        ))
     }
 
     /// Adds [`DEADLINE_HEADER`] to `headers` when there is a deadline.
@@ -137,10 +148,22 @@ mod tests {
             Deadline::NONE
         );
         assert_eq!(Deadline::NONE.header_value(), None);
+        for bad in ["soon", "0", "-5", "9223372036854775808", "1.5"] {
+            let mut h = HeaderMap::new();
+            h.insert(DEADLINE_HEADER, HeaderValue::from_static(bad));
+            let err = Deadline::from_headers(&h).unwrap_err();
+            assert_eq!(err.status(), 400, "{bad}");
+        }
+        // The largest value is accepted, and does not overflow the clock.
         let mut h = HeaderMap::new();
-        h.insert(DEADLINE_HEADER, HeaderValue::from_static("soon"));
-        let err = Deadline::from_headers(&h).unwrap_err();
-        assert_eq!(err.status(), 400);
+        h.insert(DEADLINE_HEADER, HeaderValue::from(i64::MAX));
+        assert!(!Deadline::from_headers(&h).unwrap().is_expired());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_under_a_millisecond_is_sent_as_one() {
+        let d = Deadline::after(Duration::from_micros(300));
+        assert_eq!(d.header_value().unwrap(), "1");
     }
 
     #[tokio::test(start_paused = true)]

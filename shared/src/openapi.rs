@@ -6,15 +6,18 @@
 
 #![allow(dead_code)]
 
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
 use utoipa::OpenApi;
 
-use crate::api::{Document, Envelope, Header, Route};
+use crate::api::{Document, EmbeddingValue, Envelope, Header, Route};
+use crate::deadline::{DEADLINE_HEADER, MAX_DEADLINE_MS};
 use crate::error::ErrorBody;
 
 #[derive(OpenApi)]
 #[openapi(
     paths(executor_endpoint, livez, readyz, metrics),
-    components(schemas(Envelope, Document, Header, Route, ErrorBody))
+    components(schemas(Envelope, Document, EmbeddingValue, Header, Route, ErrorBody))
 )]
 struct ExecutorApi;
 
@@ -24,6 +27,52 @@ pub fn executor_api(title: &str, description: &str) -> utoipa::openapi::OpenApi 
     api.info.title = title.to_owned();
     api.info.description = Some(description.to_owned());
     api
+}
+
+/// The deadline header an executor call may carry, as [`crate::deadline`] reads it.
+pub fn deadline_header() -> Parameter {
+    ParameterBuilder::new()
+        .name(DEADLINE_HEADER)
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "Milliseconds the caller still has for this call (at least 1); past them the work \
+             stops and the answer is 504 `deadline_exceeded`. Absent: no deadline.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Int64,
+                )))
+                .minimum(Some(1))
+                .maximum(Some(MAX_DEADLINE_MS)),
+        ))
+        .build()
+}
+
+/// Adds [`deadline_header`] to `op`, replacing a header of that name it already lists.
+pub fn add_deadline_header(op: &mut Operation) {
+    let params = op.parameters.get_or_insert_with(Vec::new);
+    params.retain(|p| p.name != DEADLINE_HEADER);
+    params.push(deadline_header());
+}
+
+/// Sets each `(status, description)` of `errors` on `op`, with the error body, replacing what
+/// `op` said of that status.
+pub fn set_error_responses(op: &mut Operation, errors: &[(&str, &str)]) {
+    for (status, description) in errors {
+        let content = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build();
+        let response = ResponseBuilder::new()
+            .description(*description)
+            .content("application/json", content)
+            .build();
+        op.responses
+            .responses
+            .insert((*status).to_owned(), response.into());
+    }
 }
 
 /// Run the executor on the envelope's documents. Endpoints the executor does not handle return

@@ -92,6 +92,7 @@ fn complete_responses(api: &mut utoipa::openapi::OpenApi) {
     };
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
+            flowmesh_shared::openapi::add_deadline_header(op);
             for (status, description) in POST_ERRORS {
                 op.responses
                     .responses

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
+use flowmesh_shared::api::EmbeddingValue;
 use flowmesh_shared::codec::{Negotiated, Reply};
 use flowmesh_shared::server::{method_not_allowed, shed_beyond, unknown_route, Limits};
 use flowmesh_shared::telemetry::{metrics_handle, render, track_requests};
@@ -121,7 +122,7 @@ pub fn router(state: AppState) -> Router {
         readyz,
         metrics_text
     ),
-    components(schemas(Envelope, EnvelopeRequest, Document, Header, Route, ErrorBody, PostRequest)),
+    components(schemas(Envelope, EnvelopeRequest, Document, EmbeddingValue, Header, Route, ErrorBody, PostRequest)),
     modifiers(&NullableLists)
 )]
 pub struct ApiDoc;
@@ -301,10 +302,10 @@ pub struct PostRequest {
     #[serde(rename = "execEndpoint", alias = "exec_endpoint", default)]
     pub exec_endpoint: String,
     /// Routing metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flowmesh_shared::api::null_as_default")]
     pub header: Header,
     /// Request parameters.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flowmesh_shared::api::null_as_default")]
     #[schema(value_type = Object)]
     pub parameters: Parameters,
     /// The documents; at least one.

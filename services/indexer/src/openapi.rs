@@ -1,11 +1,8 @@
 //! The indexer's OpenAPI document: the executor API every service shares, its own `/stats`,
 //! and every status each route answers with (the shared document lists the common ones only).
 
-use flowmesh_shared::deadline::DEADLINE_HEADER;
-use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
-use utoipa::openapi::{
-    ContentBuilder, ObjectBuilder, OpenApi, Ref, Required, ResponseBuilder, Type,
-};
+use flowmesh_shared::openapi::{add_deadline_header, set_error_responses as add_errors};
+use utoipa::openapi::OpenApi;
 
 use crate::backend::{Metric, Stats};
 use crate::{BuildState, ShardStats};
@@ -46,8 +43,7 @@ pub fn openapi() -> OpenApi {
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
             add_errors(op, &ENDPOINT_ERRORS);
-            let params = op.parameters.get_or_insert_with(Vec::new);
-            params.push(deadline_header());
+            add_deadline_header(op);
         }
         if let Some(op) = item.get.as_mut() {
             add_errors(op, &GET_ERRORS);
@@ -57,39 +53,4 @@ pub fn openapi() -> OpenApi {
         }
     }
     api
-}
-
-/// Sets each `(status, description)` with the error body (replacing the shared, more general
-/// description of a status the shared document lists).
-fn add_errors(op: &mut utoipa::openapi::path::Operation, errors: &[(&str, &str)]) {
-    for (status, description) in errors {
-        let content = ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("ErrorBody")))
-            .build();
-        let response = ResponseBuilder::new()
-            .description(*description)
-            .content("application/json", content)
-            .build();
-        op.responses
-            .responses
-            .insert((*status).to_owned(), response.into());
-    }
-}
-
-/// The deadline header every executor call may carry.
-fn deadline_header() -> Parameter {
-    ParameterBuilder::new()
-        .name(DEADLINE_HEADER)
-        .parameter_in(ParameterIn::Header)
-        .required(Required::False)
-        .description(Some(
-            "Milliseconds the caller still has for this call; past it the answer is 504 \
-             `deadline_exceeded` and the work stops. Absent: no deadline.",
-        ))
-        .schema(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(0)),
-        ))
-        .build()
 }

@@ -2,11 +2,8 @@
 //! each route answers with (the shared document lists the common ones only) and the deadline
 //! header.
 
-use flowmesh_shared::deadline::DEADLINE_HEADER;
-use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
-use utoipa::openapi::{
-    ContentBuilder, ObjectBuilder, OpenApi, Ref, Required, ResponseBuilder, Type,
-};
+use flowmesh_shared::openapi::{add_deadline_header, set_error_responses as set_errors};
+use utoipa::openapi::OpenApi;
 
 /// The statuses of `POST /{endpoint}`, beyond 200.
 const ENDPOINT_ERRORS: [(&str, &str); 6] = [
@@ -35,9 +32,7 @@ pub fn openapi() -> OpenApi {
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
             set_errors(op, &ENDPOINT_ERRORS);
-            op.parameters
-                .get_or_insert_with(Vec::new)
-                .push(deadline_header());
+            add_deadline_header(op);
         }
         if let Some(op) = item.get.as_mut() {
             set_errors(op, &[("405", "A method other than GET")]);
@@ -50,38 +45,4 @@ pub fn openapi() -> OpenApi {
         }
     }
     api
-}
-
-/// Sets each `(status, description)` with the error body.
-fn set_errors(op: &mut Operation, errors: &[(&str, &str)]) {
-    for (status, description) in errors {
-        let content = ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("ErrorBody")))
-            .build();
-        let response = ResponseBuilder::new()
-            .description(*description)
-            .content("application/json", content)
-            .build();
-        op.responses
-            .responses
-            .insert((*status).to_owned(), response.into());
-    }
-}
-
-/// The deadline header every executor call may carry.
-fn deadline_header() -> Parameter {
-    ParameterBuilder::new()
-        .name(DEADLINE_HEADER)
-        .parameter_in(ParameterIn::Header)
-        .required(Required::False)
-        .description(Some(
-            "Milliseconds the caller still has for this call; past it the answer is 504 \
-             `deadline_exceeded`. Absent: no deadline.",
-        ))
-        .schema(Some(
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(0)),
-        ))
-        .build()
 }
