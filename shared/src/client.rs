@@ -109,9 +109,13 @@ impl ExecutorClient {
             .uri(uri)
             .header(header::CONTENT_TYPE, Format::MsgPack.mime())
             .header(header::ACCEPT, Format::MsgPack.mime())
-            .header("x-request-id", request_id)
             .body(Full::new(body))
             .map_err(|e| CallError::Transport(e.to_string()))?;
+        // The id is the client's: one that is not a valid header value is not sent rather than
+        // failing the call (which would look like a dead replica).
+        if let Ok(id) = http::HeaderValue::from_str(request_id) {
+            req.headers_mut().insert("x-request-id", id);
+        }
         crate::trace::inject(trace, req.headers_mut());
         deadline.insert_into(req.headers_mut());
         let (status, headers, bytes) = self.send(req).await?;

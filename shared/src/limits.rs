@@ -113,6 +113,7 @@ impl Limits {
         }
         self.check_documents(envelope.data.len())?;
         top_k(&envelope.parameters, self.max_top_k)?;
+        check_request_id(&envelope.header.request_id)?;
         for flag in BOOLEAN_PARAMETERS {
             match envelope.parameters.get(*flag) {
                 None | Some(serde_json::Value::Null | serde_json::Value::Bool(_)) => {}
@@ -137,6 +138,24 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// The longest `header.request_id` accepted.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// A request id travels in logs and in the `x-request-id` header of every executor call: at most
+/// [`MAX_REQUEST_ID_BYTES`] of visible ASCII (a UUID, Jina's hex ids), else 400.
+fn check_request_id(id: &str) -> Result<(), ApiError> {
+    if id.len() <= MAX_REQUEST_ID_BYTES && id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(ApiError::InvalidParameter {
+        name: "header.request_id".into(),
+        message: format!(
+            "must be at most {MAX_REQUEST_ID_BYTES} visible ASCII characters (letters, digits, \
+             punctuation; no spaces or control characters)"
+        ),
+    })
 }
 
 /// The parameters that are switches: `true` or `false` (or absent).
@@ -249,6 +268,21 @@ mod tests {
             .unwrap();
         let empty = limits.check(&Envelope::new(Vec::new())).unwrap_err();
         assert_eq!(empty.status(), 400);
+    }
+
+    #[test]
+    fn request_ids_must_be_short_visible_ascii() {
+        let mut env = Envelope::new(vec![crate::Document::default()]);
+        for good in ["", "0f8c2a", "req-1/2:3"] {
+            env.header.request_id = good.into();
+            Limits::default().check(&env).unwrap();
+        }
+        for bad in ["a b", "\u{1}x", "é", &"x".repeat(129)] {
+            env.header.request_id = bad.into();
+            let err = Limits::default().check(&env).unwrap_err();
+            assert_eq!(err.kind(), "invalid_parameter", "{bad:?}");
+            assert!(err.to_string().contains("request_id"), "{err}");
+        }
     }
 
     #[test]

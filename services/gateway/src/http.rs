@@ -263,6 +263,7 @@ async fn matches_search(
 #[utoipa::path(post, path = "/update", request_body = EnvelopeRequest,
     responses(
         (status = 200, description = "The updated documents", body = Envelope),
+        (status = 404, description = "A document to update is not in the index (named; nothing of the request is changed on its shard)", body = ErrorBody),
         (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
         (status = 405, description = "Method not allowed", body = ErrorBody),
         (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
@@ -318,7 +319,7 @@ pub struct PostRequest {
 #[utoipa::path(post, path = "/post", request_body = PostRequest,
     responses(
         (status = 200, description = "The answer of the endpoint", body = Envelope),
-        (status = 404, description = "Unknown execEndpoint", body = ErrorBody),
+        (status = 404, description = "Unknown execEndpoint, or an /update of a document that is not in the index", body = ErrorBody),
         (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
         (status = 405, description = "Method not allowed", body = ErrorBody),
         (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
