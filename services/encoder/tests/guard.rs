@@ -311,17 +311,18 @@ async fn a_job_larger_than_a_batch_runs_as_several_with_the_embeddings_it_gets_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_deadline_is_504_and_the_model_does_no_work() {
     let h = Harness::new(4, 64, true);
-    // Expired on arrival: refused before any work (the shared route, and /encode).
+    // No time left (a budget of 0, which callers never send: a passed deadline is answered by
+    // the caller itself): refused before any work, by the shared route and by /encode.
     let (status, out) = index(&h.app, &json!({"data": docs(2)}), Some(0)).await;
-    assert_eq!(status, 504, "{out}");
-    assert_eq!(out["kind"], "deadline_exceeded");
+    assert_eq!(status, 400, "{out}");
+    assert_eq!(out["kind"], "invalid_parameter");
     let request = Request::post("/encode")
         .header("content-type", "application/json")
         .header("x-flowmesh-deadline-ms", "0")
         .body(Body::from(json!({"texts": ["a"]}).to_string()))
         .unwrap();
     let (status, out) = send(&h.app, request).await;
-    assert_eq!(status.as_u16(), 504, "{out}");
+    assert_eq!(status.as_u16(), 400, "{out}");
     assert!(
         h.batch_sizes().is_empty(),
         "no model work: {:?}",
