@@ -3,10 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowmesh_shared::codec::{Negotiated, Reply};
@@ -109,24 +107,6 @@ fn complete_responses(api: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
-}
-
-/// Answers `/readyz` with 503 `not_ready` while the encoder's batch queue is full; passes every
-/// other request on.
-pub(crate) async fn not_ready_while_full(
-    State(encoder): State<Arc<Encoder>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.uri().path() == "/readyz" {
-        if let Some(capacity) = encoder.queue_full() {
-            return ApiError::NotReady(format!(
-                "the encoder's queue is full ({capacity} requests waiting, --queue-size); send elsewhere until it drains"
-            ))
-            .into_response();
-        }
-    }
-    next.run(request).await
 }
 
 /// The encoder's OpenAPI document as pretty JSON.

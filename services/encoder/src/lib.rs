@@ -248,9 +248,15 @@ impl Config {
 /// traffic elsewhere until it drains.
 pub fn router(encoder: Arc<Encoder>, readiness: Readiness, limits: &Limits) -> Router {
     let own = http::routes(encoder.clone(), limits.max_concurrent_requests);
-    executor_router(SERVICE, encoder.clone(), readiness, limits, own).layer(
-        axum::middleware::from_fn_with_state(encoder, http::not_ready_while_full),
-    )
+    let queue = encoder.clone();
+    readiness.add_check(move || {
+        queue.queue_full().map(|capacity| {
+            format!(
+                "the encoder's queue is full ({capacity} requests waiting, --queue-size); send elsewhere until it drains"
+            )
+        })
+    });
+    executor_router(SERVICE, encoder, readiness, limits, own)
 }
 
 /// The routes of the encoder `config` describes, ready to serve; fails on an invalid

@@ -149,15 +149,12 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
                 config.redis_timeout,
             )?;
             tracing::info!(prefix = %config.redis_prefix, "Redis document store configured");
-            let health = probe::probe_redis(store.clone(), config.redis_probe_interval, &readiness);
+            probe::probe_redis(store.clone(), config.redis_probe_interval, &readiness);
             router(
                 Arc::new(Ranker::new(store, aggregation, reverse)),
                 readiness,
                 limits,
             )
-            .layer(axum::middleware::from_fn(move |request, next| {
-                probe::readyz_names_the_store(health.clone(), request, next)
-            }))
         }
         (StoreKind::Embedded, None) | (StoreKind::Memory, _) => {
             if config.store == StoreKind::Embedded {
