@@ -122,8 +122,16 @@ pub fn router(state: AppState) -> Router {
         readyz,
         metrics_text
     ),
-    components(schemas(Envelope, EnvelopeRequest, Document, EmbeddingValue, Header, Route, ErrorBody, PostRequest)),
-    modifiers(&NullableLists)
+    components(schemas(
+        Envelope,
+        EnvelopeRequest,
+        Document,
+        EmbeddingValue,
+        Header,
+        Route,
+        ErrorBody,
+        PostRequest
+    ))
 )]
 pub struct ApiDoc;
 
@@ -141,28 +149,6 @@ pub struct EnvelopeRequest {
     /// The documents; at least one.
     #[schema(min_items = 1)]
     data: Vec<Document>,
-}
-
-/// Jina clients send `"matches": null` and `"chunks": null` for unset lists, and the server reads
-/// them as empty: the schema says so.
-struct NullableLists;
-
-impl utoipa::Modify for NullableLists {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::schema::{Schema, SchemaType, Type};
-        use utoipa::openapi::RefOr;
-        let Some(components) = openapi.components.as_mut() else {
-            return;
-        };
-        let Some(RefOr::T(Schema::Object(doc))) = components.schemas.get_mut("Document") else {
-            return;
-        };
-        for field in ["matches", "chunks"] {
-            if let Some(RefOr::T(Schema::Array(list))) = doc.properties.get_mut(field) {
-                list.schema_type = SchemaType::Array(vec![Type::Array, Type::Null]);
-            }
-        }
-    }
 }
 
 /// The OpenAPI document as pretty JSON, as committed in `openapi/gateway.json`.
