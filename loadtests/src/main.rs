@@ -12,6 +12,8 @@
 //! and reports their ratios. `flowmesh-bench abuse` measures normal search traffic, calm and
 //! under abusive clients, and what the abusive requests get back.
 
+#![forbid(unsafe_code)]
+
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
 #[global_allocator]

@@ -11,6 +11,8 @@
 //!   traces (OpenTelemetry), and serving;
 //! - [`vector`]: vector math (L2 normalisation).
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod balance;
 pub mod client;

@@ -146,7 +146,7 @@ impl FlowPlan {
             "with": {"request_size": self.request_size, "prefetch": self.prefetch, "timeout_ms": timeout_ms},
             "executors": executors,
         });
-        Ok(serde_yaml::to_string(&flow)?)
+        Ok(serde_yaml_ng::to_string(&flow)?)
     }
 
     /// Writes the Flow for `spec` into `dir` and returns its path.
@@ -283,7 +283,7 @@ mod tests {
         let yaml = plan(Scenario::Text)
             .yaml(&spec, Build::Always)
             .expect("a flow");
-        let flow: Value = serde_yaml::from_str(&yaml).expect("YAML");
+        let flow: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
         let names: Vec<&str> = flow["executors"]
             .as_array()
             .expect("executors")
@@ -309,7 +309,7 @@ mod tests {
         let yaml = plan(Scenario::Image)
             .yaml(&"flat".parse().expect("valid"), Build::Never)
             .expect("a flow");
-        let flow: Value = serde_yaml::from_str(&yaml).expect("YAML");
+        let flow: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
         let names: Vec<&str> = flow["executors"]
             .as_array()
             .expect("executors")

@@ -18,6 +18,8 @@
 //! parts, images and queued batches once its deadline (`x-flowmesh-deadline-ms`) has passed or
 //! its caller has gone; `/readyz` answers 503 while the batch queue is full.
 
+#![forbid(unsafe_code)]
+
 mod batcher;
 pub mod decode;
 mod error;

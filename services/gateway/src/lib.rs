@@ -3,6 +3,8 @@
 //! [`flow`] holds the Flow's YAML spec, its built-in executors and the engine; [`http`] the API;
 //! [`launcher`] the `flowmesh up` command that starts every process a Flow needs.
 
+#![forbid(unsafe_code)]
+
 pub mod flow;
 pub mod http;
 pub mod launcher;

@@ -8,6 +8,8 @@
 //! through unchanged. Stores: [`EmbeddedStore`] (a redb file in the data directory, the
 //! default), [`RedisStore`] (the seed's choice) and [`MemoryStore`] (nothing kept).
 
+#![forbid(unsafe_code)]
+
 mod aggregate;
 mod executor;
 mod openapi;

@@ -1,5 +1,7 @@
 //! `flowmesh-ranker`: the ranker service of a flowmesh Flow (see the library's docs).
 
+#![forbid(unsafe_code)]
+
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
 #[global_allocator]

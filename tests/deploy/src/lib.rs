@@ -5,6 +5,8 @@
 //! models (`scripts/dist.sh`), so they are `#[ignore]`d in a plain `cargo test`;
 //! `scripts/test.sh` prepares all of it and runs them with `--ignored`.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;

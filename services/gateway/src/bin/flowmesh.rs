@@ -3,6 +3,8 @@
 //! `flowmesh validate FLOW.yml` checks a Flow file; `flowmesh openapi` prints the gateway's
 //! OpenAPI document.
 
+#![forbid(unsafe_code)]
+
 /// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
 /// malloc and free took about 12% of the gateway's CPU under load.
 #[global_allocator]

@@ -212,7 +212,7 @@ impl FlowSpec {
     /// Parses and validates a Flow from YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, FlowError> {
         let spec: Self =
-            serde_yaml::from_str(text).map_err(|e| FlowError::Syntax(e.to_string()))?;
+            serde_yaml_ng::from_str(text).map_err(|e| FlowError::Syntax(e.to_string()))?;
         spec.validate()?;
         Ok(spec)
     }
