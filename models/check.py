@@ -17,6 +17,8 @@ import onnxruntime as ort
 from PIL import Image
 from tokenizers import Tokenizer
 
+from bilinear import bilinear_no_aa
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTDATA = os.path.join(HERE, "testdata")
 
@@ -65,23 +67,6 @@ def check_text(mdir):
         cosines += [c_b, c_s]
         print(f"  1-cos batched {1 - c_b:+.1e}  single {1 - c_s:+.1e}  {s[:50]!r}")
     return min(cosines)
-
-
-def bilinear_no_aa(a, oh=224, ow=224):
-    """Bilinear, half-pixel centres, no antialiasing, edge clamped, float result."""
-    h, w = a.shape[:2]
-
-    def coords(o, i):
-        c = np.clip((np.arange(o) + 0.5) * (i / o) - 0.5, 0, None)
-        lo = np.minimum(np.floor(c).astype(int), i - 1)
-        return lo, np.minimum(lo + 1, i - 1), c - lo
-
-    y0, y1, fy = coords(oh, h)
-    x0, x1, fx = coords(ow, w)
-    a = a.astype(np.float64)
-    top = a[y0][:, x0] * (1 - fx)[None, :, None] + a[y0][:, x1] * fx[None, :, None]
-    bot = a[y1][:, x0] * (1 - fx)[None, :, None] + a[y1][:, x1] * fx[None, :, None]
-    return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
 
 
 def check_image(mdir):

@@ -8,26 +8,20 @@
 #
 # Location: ${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}/jina-venv
 # Interpreter: $FLOWMESH_PYTHON if set, else python3.11, else python3 (3.8-3.12).
-#
-# Idempotent: a marker file (holding a hash of the pins and the interpreter) is
-# written only after the install and an import check succeed; when it matches,
-# a second run does nothing and returns at once. A venv without a matching
-# marker (missing, interrupted install, changed pins) is deleted and rebuilt.
-# Concurrent runs are serialised with flock. Everything except the final path
-# goes to stderr. Needs only PyPI.
+# Idempotent and serialised: see scripts/lib/venv.sh.
 set -euo pipefail
+# shellcheck source=lib/venv.sh
+source "$(dirname "$0")/lib/venv.sh"
 
-CACHE_DIR="${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}"
-VENV="$CACHE_DIR/jina-venv"
-MARKER="$VENV/.flowmesh-jina-venv-complete"
-LOCK_FILE="$CACHE_DIR/jina-venv.lock"
-
-log() { printf 'jina-venv: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
+VENV_NAME=jina
+VENV_TAG=v2
+VENV_PYTHONS="python3.11 python3"
+VENV_RANGE="3 8 3 12"
+VENV_PRINTS=python
+VENV_NOTE="pinned; this takes a minute or two"
 # What the test asks for. jina 3.34 breaks with pydantic >= 2.11.4 and with
 # prometheus_client >= 0.21.
-REQUIREMENTS=(
+VENV_REQUIREMENTS=(
   'jina==3.34.*'
   'pydantic<2.11.4'
   'prometheus_client<0.21'
@@ -40,7 +34,7 @@ REQUIREMENTS=(
 
 # Every package of the resolved set, pinned exactly, so that an upstream release
 # cannot break the test (resolved and checked with jina 3.34.0 on Python 3.11).
-CONSTRAINTS='
+VENV_CONSTRAINTS='
 aiofiles==25.1.0
 aiohappyeyeballs==2.7.1
 aiohttp==3.14.5
@@ -138,68 +132,8 @@ yarl==1.25.1
 zipp==4.1.2
 '
 
-pick_python() {
-  local cand
-  for cand in ${FLOWMESH_PYTHON:+"$FLOWMESH_PYTHON"} python3.11 python3; do
-    if command -v "$cand" >/dev/null 2>&1 &&
-      "$cand" -c 'import sys; sys.exit(0 if (3, 8) <= sys.version_info[:2] <= (3, 12) else 1)' 2>/dev/null; then
-      command -v "$cand"
-      return 0
-    fi
-  done
-  return 1
-}
-
-PYTHON="$(pick_python)" || die "no python 3.8-3.12 found (tried ${FLOWMESH_PYTHON:+$FLOWMESH_PYTHON, }python3.11, python3)"
-PY_ID="$("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
-
-# Marker content: changes whenever the pins or the base interpreter change.
-STAMP="$(printf '%s\n' "v2" "$PY_ID" "${REQUIREMENTS[@]}" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
-
-venv_ready() {
-  [[ -f "$MARKER" && -x "$VENV/bin/python" ]] &&
-    [[ "$(cat "$MARKER" 2>/dev/null)" == "$STAMP" ]] &&
-    "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1
-}
-
-if venv_ready; then
-  echo "$VENV/bin/python"
-  exit 0
-fi
-
-mkdir -p "$CACHE_DIR"
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$LOCK_FILE"
-  flock -w 900 9 || die "timed out waiting for another jina-venv.sh (lock $LOCK_FILE)"
-  if venv_ready; then # another run finished it while we waited
-    echo "$VENV/bin/python"
-    exit 0
-  fi
-fi
-
-if [[ -e "$VENV" ]]; then
-  log "removing incomplete or outdated venv at $VENV"
-  case "$VENV" in
-    */jina-venv) rm -rf -- "$VENV" ;;
-    *) die "refusing to remove unexpected path $VENV" ;;
-  esac
-fi
-
-log "creating venv at $VENV with $PY_ID"
-"$PYTHON" -m venv "$VENV" >&2 ||
-  die "'$PYTHON -m venv' failed (on Debian: apt-get install python3-venv)"
-
-CONSTRAINTS_FILE="$VENV/flowmesh-constraints.txt"
-printf '%s' "$CONSTRAINTS" >"$CONSTRAINTS_FILE"
-
-log "installing ${REQUIREMENTS[*]} (pinned; this takes a minute or two)"
-PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install \
-  --no-input --progress-bar off --quiet \
-  --constraint "$CONSTRAINTS_FILE" \
-  "${REQUIREMENTS[@]}" >&2 || die "pip install failed"
-
-log "checking the install"
-JINA_OPTOUT_TELEMETRY=1 JINA_DISABLE_UVLOOP=1 "$VENV/bin/python" - >&2 <<'PYCHECK' || die "import check failed"
+venv_check() {
+  JINA_OPTOUT_TELEMETRY=1 JINA_DISABLE_UVLOOP=1 "$1" - <<'PYCHECK'
 import importlib.metadata as md
 import jina, docarray, pydantic, onnxruntime, tokenizers
 from jina import Client
@@ -210,8 +144,6 @@ assert tuple(int(x) for x in v["pydantic"].split(".")[:3]) < (2, 11, 4), v
 assert tuple(int(x) for x in v["prometheus_client"].split(".")[:2]) < (0, 21), v
 print("jina-venv: ok " + " ".join(f"{k}={x}" for k, x in v.items()))
 PYCHECK
+}
 
-printf '%s\n' "$STAMP" >"$MARKER.tmp"
-mv -f "$MARKER.tmp" "$MARKER"
-log "ready"
-echo "$VENV/bin/python"
+venv_main

@@ -4,34 +4,23 @@
 #
 #   scripts/schemathesis-venv.sh    -> last stdout line: the venv's bin directory
 #
-# Location: ${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}/schemathesis-venv. A marker holding a hash
-# of the pin and the interpreter is written only after the install and a version check pass;
-# when it matches, a second run returns at once. Concurrent runs are serialised with flock.
+# Location: ${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}/schemathesis-venv
+# Interpreter: $FLOWMESH_PYTHON if set, else python3.11, else python3 (3.9-3.13).
+# Idempotent and serialised: see scripts/lib/venv.sh.
 set -euo pipefail
+# shellcheck source=lib/venv.sh
+source "$(dirname "$0")/lib/venv.sh"
 
-CACHE_DIR="${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}"
-VENV="$CACHE_DIR/schemathesis-venv"
-MARKER="$VENV/.flowmesh-complete"
-PIN='schemathesis==4.32.5'
+VENV_NAME=schemathesis
+VENV_TAG=v1
+VENV_PYTHONS="python3.11 python3"
+VENV_RANGE="3 9 3 13"
+VENV_PRINTS=bin
+VENV_NEEDS=schemathesis
+VENV_REQUIREMENTS=(
+  'schemathesis==4.32.5'
+)
 
-log() { printf 'schemathesis-venv: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+venv_check() { "$VENV/bin/schemathesis" --version; }
 
-PYTHON="$(command -v "${FLOWMESH_PYTHON:-python3}")" || die "no python3"
-STAMP="$(printf '%s\n' v1 "$("$PYTHON" -c 'import sys; print(sys.executable, sys.version)')" "$PIN" |
-  sha256sum | cut -d' ' -f1)"
-ready() { [[ -x "$VENV/bin/schemathesis" && "$(cat "$MARKER" 2>/dev/null)" == "$STAMP" ]]; }
-
-mkdir -p "$CACHE_DIR"
-exec 9>"$CACHE_DIR/schemathesis-venv.lock"
-flock -w 900 9 || die "timed out waiting for another schemathesis-venv.sh"
-if ! ready; then
-  case "$VENV" in */schemathesis-venv) rm -rf -- "$VENV" ;; *) die "unexpected path $VENV" ;; esac
-  log "creating $VENV with $PIN"
-  "$PYTHON" -m venv "$VENV" >&2 || die "'$PYTHON -m venv' failed (on Debian: apt-get install python3-venv)"
-  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install --no-input --progress-bar off \
-    --quiet "$PIN" >&2 || die "pip install failed"
-  "$VENV/bin/schemathesis" --version >&2 || die "schemathesis does not run"
-  printf '%s\n' "$STAMP" >"$MARKER"
-fi
-echo "$VENV/bin"
+venv_main

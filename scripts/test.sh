@@ -8,11 +8,17 @@
 # client (for the Jina compatibility test), and the Python venv with Spotify's annoy (for the
 # indexer's Annoy interoperability test; annoy compiles C++ on install, hence g++), cmake and
 # OpenBLAS (faiss is built from source), redis-server (the ranker's tests start their own), and
-# the Python venv with schemathesis (scripts/schemathesis-venv.sh).
+# the Python venv with schemathesis (scripts/schemathesis-venv.sh), and cargo-machete (unused
+# dependencies).
 # The deployment tests need a running Docker engine; they build their own base image.
 # Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Switches meant for a developer's hand, never inherited by a test run: regenerating the committed
+# OpenAPI documents instead of checking them, skipping the model check, skipping the Jina client
+# test's embedding step.
+unset UPDATE_OPENAPI FLOWMESH_SKIP_MODEL_CHECK JINA_CHECK_SKIP_EMBEDDINGS
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -35,6 +41,12 @@ export FLOWMESH_ANNOY_PYTHON
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "unused dependencies (cargo machete)"
+if ! cargo machete --version 2>/dev/null | grep -qx 'cargo-machete 0.9.2'; then
+  cargo install cargo-machete --version 0.9.2 --locked
+fi
+cargo machete
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -16,6 +16,9 @@ import keras
 import tensorflow as tf
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bilinear import bilinear_no_aa  # noqa: E402  (models/bilinear.py)
+
 h5, tdir = sys.argv[1], sys.argv[2]
 full = keras.models.load_model(h5, compile=False)
 backbone = [l for l in full.layers if l.name.startswith("mobilenetv2")][0]
@@ -49,26 +52,6 @@ pads = {l.name: l.get_config()["padding"] for l in model.layers if l.__class__._
 
 def pil_bilinear(img):
     return np.asarray(img.resize((224, 224), Image.BILINEAR), dtype=np.float64)
-
-
-def bilinear_no_aa(a, oh=224, ow=224):
-    """Bilinear, half-pixel centres, no antialiasing, edge clamped, float result (no rounding).
-    Same as tf.image.resize(method='bilinear', antialias=False) and OpenCV INTER_LINEAR."""
-    h, w = a.shape[:2]
-
-    def coords(o, i):
-        c = (np.arange(o) + 0.5) * (i / o) - 0.5
-        c = np.clip(c, 0, None)
-        lo = np.minimum(np.floor(c).astype(int), i - 1)
-        hi = np.minimum(lo + 1, i - 1)
-        return lo, hi, c - lo
-
-    y0, y1, fy = coords(oh, h)
-    x0, x1, fx = coords(ow, w)
-    a = a.astype(np.float64)
-    top = a[y0][:, x0] * (1 - fx)[None, :, None] + a[y0][:, x1] * fx[None, :, None]
-    bot = a[y1][:, x0] * (1 - fx)[None, :, None] + a[y1][:, x1] * fx[None, :, None]
-    return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
 
 
 entries = []
