@@ -74,3 +74,39 @@ pub async fn run_cmd(
     }
     Ok(stdout)
 }
+
+/// Fails, naming `hint`, unless every path of `needed` exists under `dist` (the folder
+/// `scripts/dist.sh` stages binaries, models and Flows in).
+pub fn ensure_staged(dist: &Path, needed: &[&str], hint: &str) -> anyhow::Result<()> {
+    for path in needed {
+        let path = dist.join(path);
+        anyhow::ensure!(path.exists(), "{} is missing: {hint}", path.display());
+    }
+    Ok(())
+}
+
+/// Polls `check` every `every` until it answers `Ok(true)`, for at most `limit`; the error says
+/// what was awaited (`what`) and the last thing `check` said (its error, or that it was not yet).
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => "not yet".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{what}: not within {}s ({last})", limit.as_secs());
+        }
+        tokio::time::sleep(every).await;
+    }
+}

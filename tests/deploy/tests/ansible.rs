@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
-use ansible_support::{docker, host_image, repo_root, run_cmd, tail, Hosts, Http};
+use ansible_support::{docker, ensure_staged, host_image, repo_root, run_cmd, tail, Hosts, Http};
 
 /// Matches per search, checked on every answer.
 const TOP_K: usize = 5;
@@ -58,17 +58,15 @@ impl Setup {
         );
         let dist = std::env::var_os("FLOWMESH_DIST")
             .map_or_else(|| root.join("target/dist"), PathBuf::from);
-        for needed in [
-            "bin/flowmesh-gateway",
-            "bin/flowmesh-bench",
-            "cache/models/minilm",
-        ] {
-            ensure!(
-                dist.join(needed).exists(),
-                "{} is missing (run scripts/dist.sh, or set FLOWMESH_DIST)",
-                dist.join(needed).display()
-            );
-        }
+        ensure_staged(
+            &dist,
+            &[
+                "bin/flowmesh-gateway",
+                "bin/flowmesh-bench",
+                "cache/models/minilm",
+            ],
+            "run scripts/dist.sh, or set FLOWMESH_DIST",
+        )?;
         let base_image = std::env::var("FLOWMESH_BASE_IMAGE")
             .unwrap_or_else(|_| "flowmesh-base:bookworm".to_owned());
         docker(&["image", "inspect", "-f", "{{.Id}}", &base_image])

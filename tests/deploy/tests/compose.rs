@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use compose_support::{base64, load, repo_root, run_cmd, Compose, Http, ProjectGuard};
+use compose_support::{
+    base64, ensure_staged, load, repo_root, run_cmd, Compose, Http, ProjectGuard,
+};
 use serde_json::{json, Value};
 
 /// The image the test builds and runs: a tag of its own, so that a user's `flowmesh:local` is
@@ -42,17 +44,16 @@ const TOP_K: usize = 3;
 /// Fails with the script to run when the base image or the staged folder is missing.
 async fn preflight(base_image: &str) {
     let dist = repo_root().join("target/dist");
-    for needed in [
-        "bin/flowmesh-gateway",
-        "cache/models/minilm/config.json",
-        "flows/compose-text.yml",
-    ] {
-        assert!(
-            dist.join(needed).exists(),
-            "{} is missing: run scripts/dist.sh first (it stages binaries, models and Flows in target/dist)",
-            dist.join(needed).display()
-        );
-    }
+    ensure_staged(
+        &dist,
+        &[
+            "bin/flowmesh-gateway",
+            "cache/models/minilm/config.json",
+            "flows/compose-text.yml",
+        ],
+        "run scripts/dist.sh first (it stages binaries, models and Flows in target/dist)",
+    )
+    .expect("the staged folder is complete");
     let inspect = run_cmd(
         "docker",
         &["image", "inspect", "-f", "{{.Id}}", base_image],

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use bytes::Bytes;
@@ -22,7 +22,7 @@ pub const ROLES: [&str; 5] = ["client", "flow", "encoder", "indexer", "ranker"];
 /// The image the hosts run: the base with a login user and sshd (built by [`host_image`]).
 pub const HOST_IMAGE: &str = "flowmesh-ansible-host:bookworm";
 
-pub use flowmesh_deploy_tests::{repo_root, run_cmd, tail};
+pub use flowmesh_deploy_tests::{ensure_staged, repo_root, run_cmd, tail, wait_until};
 
 /// `docker ARGS` within a minute; its trimmed stdout.
 pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
@@ -152,20 +152,16 @@ impl Hosts {
 
     /// Waits until every host's sshd accepts TCP connections.
     pub async fn wait_for_ssh(&self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
         for (role, (_, ip)) in &self.hosts {
-            loop {
+            let what = format!("the {role} host's sshd ({ip}:22) answers");
+            wait_until(&what, limit, Duration::from_millis(200), || async {
                 let connect = tokio::net::TcpStream::connect((ip.as_str(), 22));
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
-                    break;
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "the {role} host's sshd ({ip}:22) did not answer within {}s",
-                    limit.as_secs()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+                Ok(matches!(
+                    tokio::time::timeout(Duration::from_secs(2), connect).await,
+                    Ok(Ok(_))
+                ))
+            })
+            .await?;
         }
         Ok(())
     }

@@ -1,9 +1,10 @@
 //! A small JSON HTTP/1 client for the tests, and base64 for image blobs.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use bytes::Bytes;
+use flowmesh_deploy_tests::wait_until;
 use http_body_util::{BodyExt, Full};
 use hyper::{header, Method, Request};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -71,20 +72,13 @@ impl Http {
 
     /// Waits until `GET url` answers 200.
     pub async fn wait_ok(&self, url: &str, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let last = match self.get(url, Duration::from_secs(5)).await {
-                Ok(a) if a.status == 200 => return Ok(()),
-                Ok(a) => format!("{}: {}", a.status, a.text()),
-                Err(e) => format!("{e:#}"),
-            };
-            ensure!(
-                Instant::now() < deadline,
-                "{url} did not answer 200 within {}s; last: {last}",
-                limit.as_secs()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let what = format!("{url} answers 200");
+        wait_until(&what, limit, Duration::from_millis(250), || async {
+            let answer = self.get(url, Duration::from_secs(5)).await?;
+            ensure!(answer.status == 200, "{}: {}", answer.status, answer.text());
+            Ok(true)
+        })
+        .await
     }
 }
 

@@ -11,11 +11,11 @@ pub use http::{base64, Http};
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure};
 
-pub use flowmesh_deploy_tests::{repo_root, run_cmd};
+pub use flowmesh_deploy_tests::{ensure_staged, repo_root, run_cmd, wait_until};
 
 /// The Compose command line bound to one project: its files, name and variables.
 #[derive(Clone, Debug)]
@@ -152,20 +152,13 @@ impl Compose {
 
     /// Waits until Docker reports every one of `services` running and healthy.
     pub async fn wait_healthy(&self, services: &[&str], limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
         for service in services {
-            loop {
-                let state = self.health(service).await.unwrap_or_else(|e| e.to_string());
-                if state == "running/healthy" {
-                    break;
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "{service} is not healthy after {}s: {state}",
-                    limit.as_secs()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let what = format!("{service} is running and healthy");
+            wait_until(&what, limit, Duration::from_millis(500), || async {
+                let state = self.health(service).await?;
+                Ok(state == "running/healthy")
+            })
+            .await?;
         }
         Ok(())
     }
