@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use compose_support::{
-    base64, ensure_staged, load, repo_root, run_cmd, Compose, Http, ProjectGuard,
+    base64, ensure_staged, load, repo_root, run_cmd, wait_until, Compose, Http, ProjectGuard,
 };
 use serde_json::{json, Value};
 
@@ -305,18 +305,19 @@ async fn encoder_rejoins(compose: &Compose, http: &Http, gateway: &str) {
         .wait_healthy(&["encoder-2"], Duration::from_secs(120))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let back = || async {
         let replicas = encoder_replicas(http, gateway).await;
-        if replicas.iter().all(|&(up, _)| up) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "encoder-2 is not back in the gateway's pool: {replicas:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        anyhow::ensure!(replicas.iter().all(|&(up, _)| up), "{replicas:?}");
+        Ok(true)
+    };
+    wait_until(
+        "encoder-2 is back in the gateway's pool",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        back,
+    )
+    .await
+    .unwrap();
     every_document_found(http, gateway, "with encoder-2 back").await;
 }
 
