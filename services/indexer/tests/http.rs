@@ -3,25 +3,15 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use clap::Parser;
-use flowmesh_indexer::{app, Indexer, Metric, Shard, VectorIndex};
+use flowmesh_indexer::{Indexer, Metric, Shard, VectorIndex};
 use flowmesh_shared::server::Executor;
 use flowmesh_shared::testing::{post, send};
 use flowmesh_shared::{Document, Envelope};
 use serde_json::{json, Value};
 
-fn indexer(args: &[&str]) -> Router {
-    let argv = std::iter::once("flowmesh-indexer").chain(args.iter().copied());
-    let config = flowmesh_indexer::Config::try_parse_from(argv).expect("valid flags");
-    app(&config).expect("valid configuration")
-}
+mod support;
 
-async fn stats(app: &Router) -> Value {
-    let request = Request::get("/stats").body(Body::empty()).expect("request");
-    let (status, body) = send(app, request).await;
-    assert_eq!(status, StatusCode::OK);
-    body
-}
+use support::{app as indexer, stats};
 
 fn doc(id: &str, embedding: &[f32]) -> Value {
     json!({"id": id, "embedding": embedding})
