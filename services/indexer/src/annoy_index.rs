@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::annoy::{write_index, AnnoyFile, AnnoyMetric};
-use crate::approx::{BuildInput, Builder, Built};
+use crate::approx::{BuildInput, Builder, Built, Ranked};
 use crate::backend::IndexError;
 
 /// Builds Annoy forests.
@@ -84,12 +84,7 @@ struct AnnoyBuilt {
 }
 
 impl Built for AnnoyBuilt {
-    fn search(
-        &self,
-        queries: &[f32],
-        dim: usize,
-        k: usize,
-    ) -> Result<Vec<Vec<(u32, f32)>>, IndexError> {
+    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Ranked, IndexError> {
         queries
             .chunks_exact(dim.max(1))
             .map(|q| {

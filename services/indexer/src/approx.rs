@@ -52,13 +52,11 @@ pub(crate) trait Built: Send + Sync + 'static {
     /// Errors: [`IndexError::Search`] when the structure cannot answer. The caller fails the
     /// request rather than answering from the fresh entries alone, which would lower recall
     /// without anyone knowing.
-    fn search(
-        &self,
-        queries: &[f32],
-        dim: usize,
-        k: usize,
-    ) -> Result<Vec<Vec<(u32, f32)>>, IndexError>;
+    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Ranked, IndexError>;
 }
+
+/// For each query, up to `k` items as `(row, score)`, best first.
+pub(crate) type Ranked = Vec<Vec<(u32, f32)>>;
 
 /// When to rebuild.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context as _};
 use faiss::index::autotune::ParameterSpace;
 use faiss::{index_factory, Index, MetricType};
 
-use crate::approx::{BuildInput, Builder, Built};
+use crate::approx::{BuildInput, Builder, Built, Ranked};
 use crate::backend::{IndexError, Metric};
 
 /// Builds faiss indexes described by an `index_factory` key.
@@ -108,12 +108,7 @@ struct FaissBuilt {
 }
 
 impl Built for FaissBuilt {
-    fn search(
-        &self,
-        queries: &[f32],
-        dim: usize,
-        k: usize,
-    ) -> Result<Vec<Vec<(u32, f32)>>, IndexError> {
+    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Ranked, IndexError> {
         let nq = queries.len().checked_div(dim).unwrap_or(0);
         if nq == 0 || k == 0 {
             return Ok(vec![Vec::new(); nq]);

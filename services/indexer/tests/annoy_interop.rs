@@ -383,6 +383,7 @@ fn assert_same_answers(
             &ids,
             &python,
         );
+        assert_eq!(distances.len(), python.len(), "{what}: one distance per id");
         for ((id, d), (py_id, w)) in got.iter().zip(python.iter().zip(&distances)) {
             if *id as usize == *py_id {
                 assert!(
@@ -435,34 +436,39 @@ fn compare_with_python(
     );
 }
 
-#[test]
-fn python_annoy_reads_flowmesh_files_and_finds_what_annoy_rs_finds() {
-    let dir = TempDir::new("ours");
-    let (rows, queries) = data(1, (400, 100), 8, 3.0);
-    let flat: Vec<f32> = rows.concat();
+/// For each metric: `n` rows (and 100 queries) of `data(seed, ..)`, built into a file of 10
+/// trees by `build`, opened here and compared with Python's answers; `who` built it.
+fn compare_files_built_by(
+    who: &str,
+    seed: u64,
+    n: usize,
+    build: impl Fn(&Path, AnnoyMetric, &[Vec<f32>]),
+) {
+    let dir = TempDir::new(who);
+    let (rows, queries) = data(seed, (n, 100), 8, 3.0);
     for metric in METRICS {
         let path = dir.0.join(format!("{}.ann", metric.as_str()));
-        write_index(&path, DIM, &flat, metric, 10, 99).unwrap();
+        build(&path, metric, &rows);
         let file = AnnoyFile::open(&path, DIM, metric).unwrap();
-        assert_eq!(file.num_trees(), 10);
-        let what = format!("flowmesh's {} file", metric.as_str());
+        assert_eq!((file.len(), file.num_trees()), (rows.len(), 10));
+        let what = format!("{who}'s {} file", metric.as_str());
         compare_with_python(&what, &path, &file, metric, &rows, &queries);
     }
 }
 
 #[test]
+fn python_annoy_reads_flowmesh_files_and_finds_what_annoy_rs_finds() {
+    compare_files_built_by("flowmesh", 1, 400, |path, metric, rows| {
+        write_index(path, DIM, &rows.concat(), metric, 10, 99).unwrap();
+    });
+}
+
+#[test]
 fn flowmesh_reads_python_annoy_files_and_finds_what_python_finds() {
-    let dir = TempDir::new("theirs");
-    let (rows, queries) = data(2, (300, 100), 8, 3.0);
-    for metric in METRICS {
-        let path = dir.0.join(format!("{}.ann", metric.as_str()));
-        let built = python_build(&path, metric, &rows, 10, 7);
+    compare_files_built_by("Python", 2, 300, |path, metric, rows| {
+        let built = python_build(path, metric, rows, 10, 7);
         assert_eq!(built["n_items"], rows.len());
-        let file = AnnoyFile::open(&path, DIM, metric).unwrap();
-        assert_eq!(file.len(), rows.len());
-        let what = format!("Python's {} file", metric.as_str());
-        compare_with_python(&what, &path, &file, metric, &rows, &queries);
-    }
+    });
 }
 
 #[test]

@@ -17,6 +17,15 @@ mod support;
 
 use support::Process as Indexer;
 
+/// Asserts a refusal: the status, the error kind, and an error message naming every one of
+/// `needles`.
+fn assert_refused((status, body): (u16, Value), want: u16, kind: &str, needles: &[&str]) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["kind"], kind, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(needles.iter().all(|n| error.contains(n)), "{error}");
+}
+
 /// `VmHWM` (peak resident memory) of `pid`, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -103,28 +112,17 @@ async fn the_largest_search_is_bounded_and_absurd_top_k_is_refused() {
     // One query more is beyond --max-matches: 413 naming the limit, before any work.
     let mut beyond = queries.clone();
     beyond.extend(docs(&mut rng, "x", 1, 32));
-    let (status, body) = indexer
+    let answer = indexer
         .post_envelope("search", &envelope(beyond, Some(json!(1000))))
         .await;
-    assert_eq!(status, 413, "{body}");
-    assert_eq!(body["kind"], "limit_exceeded", "{body}");
-    let error = body["error"].as_str().unwrap();
-    assert!(
-        error.contains("--max-matches") && error.contains("FLOWMESH_INDEXER_MAX_MATCHES"),
-        "{error}"
-    );
+    let needles = ["--max-matches", "FLOWMESH_INDEXER_MAX_MATCHES"];
+    assert_refused(answer, 413, "limit_exceeded", &needles);
 
     for k in [json!(1_000_000_000_000_u64), json!(1e9)] {
-        let (status, body) = indexer
+        let answer = indexer
             .post_envelope("search", &envelope(queries.clone(), Some(k.clone())))
             .await;
-        assert_eq!(status, 400, "top_k {k}: {body}");
-        assert_eq!(body["kind"], "invalid_parameter", "{body}");
-        let error = body["error"].as_str().unwrap();
-        assert!(
-            error.contains("top_k") && error.contains("--max-top-k"),
-            "{error}"
-        );
+        assert_refused(answer, 400, "invalid_parameter", &["top_k", "--max-top-k"]);
         indexer.assert_alive();
     }
     let (status, body) = indexer

@@ -6,12 +6,7 @@ use super::*;
 struct Broken;
 
 impl Built for Broken {
-    fn search(
-        &self,
-        _queries: &[f32],
-        _dim: usize,
-        _k: usize,
-    ) -> Result<Vec<Vec<(u32, f32)>>, IndexError> {
+    fn search(&self, _queries: &[f32], _dim: usize, _k: usize) -> Result<Ranked, IndexError> {
         Err(IndexError::search("annoy", "cannot map the file"))
     }
 }

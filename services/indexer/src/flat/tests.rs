@@ -140,6 +140,7 @@ fn a_batch_answers_each_query_as_it_would_alone() {
         let queries: Vec<f32> = (0..nq * dim).map(|_| rng.next_f32()).collect();
         let batch = query_entries(&queries, dim);
         let together = index.search(&batch, 7).expect("searched");
+        assert_eq!(together.len(), batch.len(), "one answer per query");
         for (q, answer) in batch.iter().zip(&together) {
             let alone = index.search(std::slice::from_ref(q), 7).expect("searched");
             let pairs = |hits: &[Hit]| -> Vec<(String, u32)> {
