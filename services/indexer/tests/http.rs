@@ -95,10 +95,8 @@ async fn top_k_is_respected() {
     let (status, out) = post(&app, "search", &query).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
     assert_eq!(out["kind"], "invalid_parameter", "{out}");
-    assert!(
-        out["error"].as_str().unwrap_or("").contains("--max-top-k"),
-        "{out}"
-    );
+    let error = out["error"].as_str().unwrap_or("");
+    assert!(error.contains("--max-top-k"), "{out}");
 }
 
 #[tokio::test]
