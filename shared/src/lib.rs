@@ -9,7 +9,8 @@
 //! - [`limits`], [`deadline`]: what one request may ask of a service, and when it must be done;
 //! - [`health`], [`telemetry`], [`trace`], [`server`]: readiness, logs and metrics, distributed
 //!   traces (OpenTelemetry), and serving;
-//! - [`vector`]: vector math (L2 normalisation).
+//! - [`vector`]: vector math (L2 normalisation);
+//! - [`rng`]: a deterministic generator (SplitMix64) for test data and benchmarks.
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod fanout;
 pub mod health;
 pub mod limits;
 pub mod openapi;
+pub mod rng;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::annoy::{write_index, AnnoyFile, AnnoyMetric};
-use crate::approx::{Builder, Built};
-use crate::backend::Metric;
-use crate::wal::Rows;
+use crate::approx::{BuildInput, Builder, Built, Ranked};
+use crate::backend::IndexError;
 
 /// Builds Annoy forests.
 #[derive(Debug, Clone)]
@@ -49,13 +48,13 @@ impl Builder for AnnoyBuilder {
         "annoy"
     }
 
-    fn build(
-        &self,
-        rows: &Rows,
-        metric: Metric,
-        generation: u64,
-    ) -> anyhow::Result<Box<dyn Built>> {
-        let dim = rows.dim.context("no vectors to build from")?;
+    fn build(&self, input: BuildInput<'_>) -> anyhow::Result<Box<dyn Built>> {
+        let BuildInput {
+            rows,
+            dim,
+            metric,
+            generation,
+        } = input;
         let metric = AnnoyMetric::from(metric);
         let path = self.dir.join(format!("annoy-{generation}.ann"));
         write_index(
@@ -85,19 +84,22 @@ struct AnnoyBuilt {
 }
 
 impl Built for AnnoyBuilt {
-    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Ranked, IndexError> {
         queries
             .chunks_exact(dim.max(1))
-            .map(|q| match self.file.search(q, k, self.search_k) {
-                Ok(hits) => hits
+            .map(|q| {
+                let hits = self
+                    .file
+                    .search(q, k, self.search_k)
+                    .map_err(|e| IndexError::search("annoy", e))?;
+                Ok(hits
                     .into_iter()
                     .map(|(item, d)| (item, self.metric.score(d)))
-                    .collect(),
-                Err(e) => {
-                    tracing::error!(error = %e, "annoy search failed; answering from fresh entries only");
-                    Vec::new()
-                }
+                    .collect())
             })
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,10 +25,22 @@ use crate::wal::Rows;
 pub(crate) trait Builder: Send + Sync + 'static {
     /// The backend's name (`annoy`, `faiss`).
     fn name(&self) -> &'static str;
-    /// Builds over `rows` (vectors normalised under cosine). Item `i` is row `i`. May take long;
-    /// runs on a background thread.
-    fn build(&self, rows: &Rows, metric: Metric, generation: u64)
-        -> anyhow::Result<Box<dyn Built>>;
+    /// Builds over `input.rows` (vectors normalised under cosine). Item `i` is row `i`. May take
+    /// long; runs on a background thread.
+    fn build(&self, input: BuildInput<'_>) -> anyhow::Result<Box<dyn Built>>;
+}
+
+/// What a build is over.
+#[derive(Clone, Copy)]
+pub(crate) struct BuildInput<'a> {
+    /// The frozen copy of the shard's entries.
+    pub(crate) rows: &'a Rows,
+    /// Their dimension (the rows hold at least one vector).
+    pub(crate) dim: usize,
+    /// How they are compared.
+    pub(crate) metric: Metric,
+    /// The number of this build since start-up, from 1 (seeds and file names).
+    pub(crate) generation: u64,
 }
 
 /// A built structure.
@@ -36,8 +48,15 @@ pub(crate) trait Built: Send + Sync + 'static {
     /// For each query (row-major, `dim` values each, normalised under cosine), up to `k` items
     /// as `(row, score)`, best first; the score is on the flat backend's scale (cosine
     /// similarity, or minus the Euclidean distance).
-    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Vec<Vec<(u32, f32)>>;
+    ///
+    /// Errors: [`IndexError::Search`] when the structure cannot answer. The caller fails the
+    /// request rather than answering from the fresh entries alone, which would lower recall
+    /// without anyone knowing.
+    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Ranked, IndexError>;
 }
+
+/// For each query, up to `k` items as `(row, score)`, best first.
+pub(crate) type Ranked = Vec<Vec<(u32, f32)>>;
 
 /// When to rebuild.
 #[derive(Debug, Clone, Copy)]
@@ -200,7 +219,15 @@ impl Approx {
         let generation = self.read().generation + 1;
         let started = std::time::Instant::now();
         let count = rows.ids.len();
-        let result = self.builder.build(&rows, self.metric, generation);
+        let result = match rows.dim {
+            Some(dim) => self.builder.build(BuildInput {
+                rows: &rows,
+                dim,
+                metric: self.metric,
+                generation,
+            }),
+            None => Err(anyhow::anyhow!("no vectors to build from")),
+        };
         let mut state = self.write();
         let Some(next) = state.next.take() else {
             return;
@@ -282,7 +309,14 @@ impl Approx {
         }
         // Stale hits are dropped, so ask for more; the rebuild policy keeps `stale` small.
         let extra = state.delta.stale.len().min(k.max(16) * 4);
-        let built_hits = current.built.search(&flat, dim, k + extra);
+        let built_hits = current
+            .built
+            .search(&flat, dim, k + extra)
+            .inspect_err(|_| {
+                // The request fails (and its error is logged there); the count is for alerts.
+                metrics::counter!("flowmesh_indexer_search_errors_total", "backend" => self.name())
+                    .increment(1);
+            })?;
         for (answer, hits) in answers.iter_mut().zip(built_hits) {
             answer.extend(hits.into_iter().filter_map(|(row, score)| {
                 let row = row as usize;
@@ -303,3 +337,6 @@ impl Approx {
         Ok(answers)
     }
 }
+
+#[cfg(test)]
+mod tests;

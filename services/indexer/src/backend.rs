@@ -58,8 +58,8 @@ pub struct Stats {
     pub metric: Metric,
 }
 
-/// Why an index operation was refused. Every variant but [`IndexError::Storage`] is the
-/// caller's fault.
+/// Why an index operation was refused. Every variant but [`IndexError::Storage`] and
+/// [`IndexError::Search`] is the caller's fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IndexError {
     /// A document to store, or one of its chunks, has an empty id.
@@ -107,6 +107,29 @@ pub enum IndexError {
     /// The write could not be made durable (the data directory failed); nothing was changed.
     #[error("cannot write to the shard's data directory: {0}")]
     Storage(String),
+    /// The approximate structure failed a search (an unreadable Annoy file, a faiss error):
+    /// answering from the fresh entries alone would lose recall without anyone knowing.
+    #[error("the {backend} index of shard {shard} failed a search: {message}")]
+    Search {
+        /// The backend (`annoy`, `faiss`).
+        backend: &'static str,
+        /// The shard, as `flowmesh up` names it (`FLOWMESH_EXECUTOR`/`FLOWMESH_SHARD`).
+        shard: String,
+        /// What the backend said.
+        message: String,
+    },
+}
+
+impl IndexError {
+    /// [`IndexError::Search`] of this process's shard.
+    pub(crate) fn search(backend: &'static str, error: impl std::fmt::Display) -> Self {
+        let [(_, executor), (_, shard)] = crate::shard_labels();
+        Self::Search {
+            backend,
+            shard: format!("{executor}/{shard}"),
+            message: error.to_string(),
+        }
+    }
 }
 
 /// A vector index: one shard's storage and search.

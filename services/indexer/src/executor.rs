@@ -16,10 +16,15 @@ use crate::stop::Stop;
 
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> Self {
+        // Exhaustive on purpose: a new variant must choose its status here.
         match e {
-            IndexError::Storage(_) => ApiError::Internal(e.to_string()),
+            IndexError::Storage(_) | IndexError::Search { .. } => ApiError::Internal(e.to_string()),
             IndexError::UnknownId { .. } => ApiError::NotFound(e.to_string()),
-            _ => ApiError::BadRequest(e.to_string()),
+            IndexError::MissingId { .. }
+            | IndexError::MissingEmbedding { .. }
+            | IndexError::EmptyEmbedding { .. }
+            | IndexError::NotFinite { .. }
+            | IndexError::WrongDimension { .. } => ApiError::BadRequest(e.to_string()),
         }
     }
 }
@@ -54,7 +59,62 @@ impl Default for Options {
 /// would be about 4 GB.
 pub(crate) const DEFAULT_MAX_MATCHES: usize = 1_000_000;
 
-type Operation = fn(&dyn VectorIndex, Envelope, Options, &Stop) -> Result<Envelope, ApiError>;
+/// What an endpoint does to the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    /// `index`: store the documents, replacing what was stored of them.
+    Index,
+    /// `update`: as `index`, for documents the shard holds already.
+    Update,
+    /// `search`: set the matches of every query.
+    Search,
+    /// `delete`: forget the documents and their chunks.
+    Delete,
+}
+
+impl Operation {
+    /// The operation of `endpoint`; `None` for the endpoints that pass through.
+    fn of(endpoint: &str) -> Option<Self> {
+        match endpoint {
+            "index" => Some(Self::Index),
+            "update" => Some(Self::Update),
+            "search" => Some(Self::Search),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+
+    /// The path named in deadline errors.
+    fn path(self) -> &'static str {
+        match self {
+            Self::Index => "/index",
+            Self::Update => "/update",
+            Self::Search => "/search",
+            Self::Delete => "/delete",
+        }
+    }
+
+    /// Runs the operation. A write first checks that the call is not over (`stop`), and once
+    /// started it completes: it is never stopped half-way (durability first). A search checks
+    /// `stop` between its units of work instead.
+    fn run(
+        self,
+        index: &dyn VectorIndex,
+        request: Envelope,
+        options: Options,
+        stop: &Stop,
+    ) -> Result<Envelope, ApiError> {
+        if self != Self::Search {
+            stop.check(self.path())?;
+        }
+        match self {
+            Self::Index => Ok(store(index, request, false)?),
+            Self::Update => Ok(store(index, request, true)?),
+            Self::Search => matches_search(index, request, options, stop),
+            Self::Delete => documents_delete(index, request),
+        }
+    }
+}
 
 impl Indexer {
     /// An executor over `shard`.
@@ -92,43 +152,45 @@ impl Executor for Indexer {
         request: Envelope,
         deadline: Deadline,
     ) -> Result<Envelope, ApiError> {
-        let operation: Operation = match endpoint {
-            "index" => documents_upsert,
-            "update" => documents_update,
-            "search" => matches_search,
-            "delete" => documents_delete,
-            _ => return Ok(request),
+        let Some(operation) = Operation::of(endpoint) else {
+            return Ok(request);
         };
-        // A scan is O(n·d) and writers wait for it: large work goes off the async threads. Small
-        // work runs right here, because handing it to the blocking pool costs two thread
-        // switches, more than the work itself.
-        // The blocking work cannot be dropped with this future: it checks `stop` between units
-        // of work, which `_abandon` trips when this future is dropped (deadline, client gone).
+        // The blocking work cannot be dropped with this future: it checks `stop` before it
+        // starts and, for searches, between units of work; `_abandon` trips it when this future
+        // is dropped (deadline, client gone).
         let (stop, _abandon) = Stop::new(deadline);
-        if work(self.index.as_ref(), endpoint, &request) <= INLINE_WORK {
-            return operation(self.index.as_ref(), request, self.options, &stop);
+        // A small search runs right here: handing it to the blocking pool costs two thread
+        // switches, more than the scan itself.
+        if operation == Operation::Search
+            && search_work(self.index.as_ref(), &request) <= INLINE_WORK
+        {
+            return operation.run(self.index.as_ref(), request, self.options, &stop);
         }
+        // Every write, and every large search, runs on the blocking pool. A write waits for the
+        // shard's writer lock, for the index lock (which a running scan holds) and for
+        // `fdatasync`: milliseconds that must not stall an async worker and every request it
+        // serves. `spawn_blocking` rather than a writer thread per shard: the writer lock
+        // already puts the shard's writes in order, the thread switch is small beside the
+        // sync, and a blocking task runs to its end even when this future is dropped, so a
+        // write that has started is completed and logged, exactly as the answer would say.
         let index = Arc::clone(&self.index);
         let options = self.options;
-        tokio::task::spawn_blocking(move || operation(index.as_ref(), request, options, &stop))
+        tokio::task::spawn_blocking(move || operation.run(index.as_ref(), request, options, &stop))
             .await
             .map_err(|e| ApiError::Internal(format!("index task failed: {e}")))?
     }
 }
 
-/// Multiply-adds below which a request runs on the async thread (about a millisecond at most).
+/// Multiply-adds below which a search runs on the async thread (about a millisecond at most).
 const INLINE_WORK: usize = 1 << 22;
 
-/// Roughly how many multiply-adds a request costs: a search scans every stored vector once per
-/// query vector; a write touches each of its vectors (weighted, for the map and lock work).
-fn work(index: &dyn VectorIndex, endpoint: &str, request: &Envelope) -> usize {
+/// Roughly how many multiply-adds a search costs: it scans every stored vector once per query
+/// vector.
+fn search_work(index: &dyn VectorIndex, request: &Envelope) -> usize {
     let stats = index.stats();
     let dim = stats.dimension.unwrap_or(0).max(1);
     let vectors: usize = request.data.iter().map(leaf_count).sum();
-    match endpoint {
-        "search" => vectors.saturating_mul(stats.count).saturating_mul(dim),
-        _ => vectors.saturating_mul(dim).saturating_mul(64),
-    }
+    vectors.saturating_mul(stats.count).saturating_mul(dim)
 }
 
 fn leaf_count(doc: &Document) -> usize {
@@ -139,20 +201,9 @@ fn leaf_count(doc: &Document) -> usize {
     }
 }
 
-/// `index`: stores the leaves of every document, replacing what was stored of it.
-fn documents_upsert(
-    index: &dyn VectorIndex,
-    request: Envelope,
-    _: Options,
-    stop: &Stop,
-) -> Result<Envelope, ApiError> {
-    stop.check("/index")?;
-    Ok(store(index, request, false)?)
-}
-
-/// Stores the leaves of every document (checked first), replacing what was stored of it; with
-/// `must_exist`, only documents the shard holds. A write is never stopped half-way: the caller
-/// checks the deadline before, and once started it completes (durability first).
+/// `index` and `update`: stores the leaves of every document (checked first), replacing what
+/// was stored of it; with `must_exist` (`update`), only documents the shard holds (404 naming
+/// the first that it does not; nothing is changed then).
 fn store(
     index: &dyn VectorIndex,
     request: Envelope,
@@ -181,18 +232,6 @@ fn store(
         "documents stored"
     );
     Ok(request)
-}
-
-/// `update`: as `index`, for documents the shard holds already (404 naming the first that
-/// it does not; nothing is changed then).
-fn documents_update(
-    index: &dyn VectorIndex,
-    request: Envelope,
-    _: Options,
-    stop: &Stop,
-) -> Result<Envelope, ApiError> {
-    stop.check("/update")?;
-    Ok(store(index, request, true)?)
 }
 
 /// `search`: sets the `matches` of every query document, or of its leaf chunks.
@@ -321,13 +360,7 @@ fn distinct_by_parent(hits: Vec<Hit>, k: usize) -> Vec<Hit> {
 }
 
 /// `delete`: removes the documents, their chunks named in the request, and their stored chunks.
-fn documents_delete(
-    index: &dyn VectorIndex,
-    request: Envelope,
-    _: Options,
-    stop: &Stop,
-) -> Result<Envelope, ApiError> {
-    stop.check("/delete")?;
+fn documents_delete(index: &dyn VectorIndex, request: Envelope) -> Result<Envelope, ApiError> {
     let mut ids = Vec::new();
     for doc in &request.data {
         all_ids(doc, &mut ids);
@@ -400,3 +433,6 @@ fn all_ids<'a>(doc: &'a Document, out: &mut Vec<&'a str>) {
         all_ids(chunk, out);
     }
 }
+
+#[cfg(test)]
+mod tests;

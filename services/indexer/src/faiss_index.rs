@@ -13,9 +13,8 @@ use anyhow::{anyhow, bail, Context as _};
 use faiss::index::autotune::ParameterSpace;
 use faiss::{index_factory, Index, MetricType};
 
-use crate::approx::{Builder, Built};
-use crate::backend::Metric;
-use crate::wal::Rows;
+use crate::approx::{BuildInput, Builder, Built, Ranked};
+use crate::backend::{IndexError, Metric};
 
 /// Builds faiss indexes described by an `index_factory` key.
 #[derive(Debug, Clone)]
@@ -62,13 +61,10 @@ impl Builder for FaissBuilder {
         "faiss"
     }
 
-    fn build(
-        &self,
-        rows: &Rows,
-        metric: Metric,
-        _generation: u64,
-    ) -> anyhow::Result<Box<dyn Built>> {
-        let dim = rows.dim.context("no vectors to build from")?;
+    fn build(&self, input: BuildInput<'_>) -> anyhow::Result<Box<dyn Built>> {
+        let BuildInput {
+            rows, dim, metric, ..
+        } = input;
         let dim32 = u32::try_from(dim).context("dimension too large for faiss")?;
         let metric_type = match metric {
             Metric::Cosine => MetricType::InnerProduct,
@@ -112,10 +108,10 @@ struct FaissBuilt {
 }
 
 impl Built for FaissBuilt {
-    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    fn search(&self, queries: &[f32], dim: usize, k: usize) -> Result<Ranked, IndexError> {
         let nq = queries.len().checked_div(dim).unwrap_or(0);
         if nq == 0 || k == 0 {
-            return vec![Vec::new(); nq];
+            return Ok(vec![Vec::new(); nq]);
         }
         let result = {
             // A panic inside faiss's call would abort (C++), not poison: the index is intact.
@@ -125,14 +121,8 @@ impl Built for FaissBuilt {
                 .max(1);
             index.search(queries, k).map(|r| (r, k))
         };
-        let (result, k) = match result {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "faiss search failed; answering from fresh entries only");
-                return vec![Vec::new(); nq];
-            }
-        };
-        result
+        let (result, k) = result.map_err(|e| IndexError::search("faiss", e))?;
+        Ok(result
             .labels
             .chunks(k)
             .zip(result.distances.chunks(k))
@@ -150,6 +140,6 @@ impl Built for FaissBuilt {
                     })
                     .collect()
             })
-            .collect()
+            .collect())
     }
 }

@@ -12,6 +12,12 @@
 //! the document that holds it; indexing or updating a document replaces everything stored of it
 //! (its chunks that the new version no longer has are dropped, so re-segmented text leaves no
 //! stale chunks behind); the first stored vector fixes the dimension for the life of the shard.
+//!
+//! Unsafe code is denied here as in the whole workspace. The one exception is the AVX2 distance
+//! kernel (`kernel.rs`): its module and the call into it allow `unsafe_code`, and each of their
+//! `unsafe` blocks carries a `SAFETY:` comment.
+
+#![deny(unsafe_code)]
 
 mod annoy;
 mod annoy_index;
@@ -65,11 +71,8 @@ pub enum BackendKind {
 
 /// The indexer's configuration: command-line flags, or `FLOWMESH_INDEXER_*` environment variables.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(
-    name = "flowmesh-indexer",
-    version,
-    about = "flowmesh's indexer service (one shard)"
-)]
+#[command(name = "flowmesh-indexer", version)]
+#[command(about = "flowmesh's indexer service (one shard)")]
 pub struct Config {
     /// Index backend.
     #[arg(long, env = "FLOWMESH_INDEXER_BACKEND", value_enum, default_value_t = BackendKind::Flat)]
@@ -205,16 +208,7 @@ pub fn router(indexer: Arc<Indexer>, readiness: Readiness, limits: &Limits) -> R
 /// dropped the hook does nothing.
 fn size_metrics_on_scrape(shard: &Arc<Shard>) {
     let shard = Arc::downgrade(shard);
-    let labels = [
-        (
-            "executor",
-            std::env::var("FLOWMESH_EXECUTOR").unwrap_or_else(|_| SERVICE.to_owned()),
-        ),
-        (
-            "shard",
-            std::env::var("FLOWMESH_SHARD").unwrap_or_else(|_| "0".to_owned()),
-        ),
-    ];
+    let labels = shard_labels();
     flowmesh_shared::telemetry::on_scrape(move || {
         let Some(shard) = shard.upgrade() else {
             return;
@@ -227,6 +221,22 @@ fn size_metrics_on_scrape(shard: &Arc<Shard>) {
             metrics::gauge!("flowmesh_index_fresh_vectors", &labels).set(build.fresh as f64);
         }
     });
+}
+
+/// The executor and shard this process serves, as `flowmesh up` names them in
+/// `FLOWMESH_EXECUTOR` and `FLOWMESH_SHARD` (else `indexer` and `0`): metric labels, and the
+/// shard named in its errors.
+fn shard_labels() -> [(&'static str, String); 2] {
+    [
+        (
+            "executor",
+            std::env::var("FLOWMESH_EXECUTOR").unwrap_or_else(|_| SERVICE.to_owned()),
+        ),
+        (
+            "shard",
+            std::env::var("FLOWMESH_SHARD").unwrap_or_else(|_| "0".to_owned()),
+        ),
+    ]
 }
 
 /// What the shard holds: count, dimension, backend, metric, durability, and for approximate

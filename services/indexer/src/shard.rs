@@ -153,6 +153,14 @@ impl Shard {
     }
 }
 
+#[cfg(test)]
+impl Shard {
+    /// Holds the writer lock, as a long write or a snapshot's copy does (tests).
+    pub(crate) fn hold_writer(&self) -> MutexGuard<'_, Option<Log>> {
+        self.inner.writer()
+    }
+}
+
 impl Inner {
     fn writer(&self) -> MutexGuard<'_, Option<Log>> {
         // A panic while holding it happens before or after a whole append, never inside one.

@@ -1,76 +1,77 @@
 //! Deterministic synthetic vectors for recall tests and benchmarks: points drawn around random
 //! cluster centres, as real embeddings group by topic, and exact ground truth to compare with.
 
-use crate::backend::Metric;
+use crate::backend::{Entry, Metric};
 use flowmesh_shared::vector::l2_normalise;
 
-/// SplitMix64: small, fast and good enough for test data; the same sequence on every platform.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub use flowmesh_shared::rng::SplitMix64;
 
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f32 {
-        let u1 = self.uniform().max(f64::MIN_POSITIVE);
-        let u2 = self.uniform();
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
-}
+/// The generator under its earlier name, for callers that still use it.
+pub type Rng = SplitMix64;
 
 /// `n` vectors of `dim` values (row-major) around `clusters` centres drawn from a standard
 /// normal; each point is its centre plus normal noise of standard deviation `spread`.
-pub fn clustered(n: usize, dim: usize, clusters: usize, spread: f32, rng: &mut Rng) -> Vec<f32> {
+pub fn clustered(
+    n: usize,
+    dim: usize,
+    clusters: usize,
+    spread: f32,
+    rng: &mut SplitMix64,
+) -> Vec<f32> {
     let clusters = clusters.max(1);
     let centres: Vec<f32> = (0..clusters * dim).map(|_| rng.normal()).collect();
-    let mut out = Vec::with_capacity(n * dim);
-    for _ in 0..n {
-        let c = rng.below(clusters);
-        out.extend(
-            centres[c * dim..(c + 1) * dim]
-                .iter()
-                .map(|x| x + spread * rng.normal()),
-        );
-    }
-    out
+    jittered(&centres, dim, n, spread, rng)
 }
 
 /// `n` queries: stored vectors (chosen at random) moved by normal noise of deviation `noise`.
-pub fn queries_near(data: &[f32], dim: usize, n: usize, noise: f32, rng: &mut Rng) -> Vec<f32> {
-    let rows = data.len() / dim.max(1);
+pub fn queries_near(
+    data: &[f32],
+    dim: usize,
+    n: usize,
+    noise: f32,
+    rng: &mut SplitMix64,
+) -> Vec<f32> {
+    jittered(data, dim, n, noise, rng)
+}
+
+/// `n` points, each a row of `rows` chosen at random plus normal noise of deviation `noise`.
+fn jittered(rows: &[f32], dim: usize, n: usize, noise: f32, rng: &mut SplitMix64) -> Vec<f32> {
+    let count = rows.len() / dim.max(1);
     let mut out = Vec::with_capacity(n * dim);
     for _ in 0..n {
-        let r = rng.below(rows);
+        let r = rng.below(count);
         out.extend(
-            data[r * dim..(r + 1) * dim]
+            rows[r * dim..(r + 1) * dim]
                 .iter()
                 .map(|x| x + noise * rng.normal()),
         );
     }
     out
+}
+
+/// The rows of `data` (row-major, `dim` values each) as entries named by `ids`, in order,
+/// without parents: what [`crate::VectorIndex::upsert`] stores.
+pub fn entries<'a, S: AsRef<str>>(ids: &'a [S], data: &'a [f32], dim: usize) -> Vec<Entry<'a>> {
+    ids.iter()
+        .zip(data.chunks_exact(dim.max(1)))
+        .map(|(id, vector)| Entry {
+            id: id.as_ref(),
+            parent_id: None,
+            vector,
+        })
+        .collect()
+}
+
+/// The rows of `queries` (row-major, `dim` values each) as entries to search with (id `q`).
+pub fn query_entries(queries: &[f32], dim: usize) -> Vec<Entry<'_>> {
+    queries
+        .chunks_exact(dim.max(1))
+        .map(|vector| Entry {
+            id: "q",
+            parent_id: None,
+            vector,
+        })
+        .collect()
 }
 
 /// The exact top `k` rows of `data` for each query, best first (f64 arithmetic, ties by row).

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use flowmesh_indexer::{write_index, AnnoyFile, AnnoyMetric};
+use flowmesh_shared::rng::SplitMix64;
 use serde_json::{json, Value};
 
 const METRICS: [AnnoyMetric; 2] = [AnnoyMetric::Angular, AnnoyMetric::Euclidean];
@@ -53,6 +54,25 @@ fn python(request: &Value) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Python's annoy builds `rows` into `path` with `trees` trees and `seed`; its answer.
+fn python_build(
+    path: &Path,
+    metric: AnnoyMetric,
+    rows: &[Vec<f32>],
+    trees: usize,
+    seed: u64,
+) -> Value {
+    python(&json!({
+        "action": "build",
+        "path": path,
+        "dim": DIM,
+        "metric": metric.as_str(),
+        "vectors": rows,
+        "trees": trees,
+        "seed": seed,
+    }))
+}
+
 /// A directory of its own under the system's temporary directory, removed on drop.
 struct TempDir(PathBuf);
 
@@ -74,25 +94,6 @@ impl Drop for TempDir {
     }
 }
 
-/// Deterministic pseudo-random numbers for test data (SplitMix64, Box-Muller).
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn normal(&mut self) -> f32 {
-        let mut uniform = || (self.next() >> 11) as f64 / (1_u64 << 53) as f64;
-        let (u, v) = (uniform().max(1e-300), uniform());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-}
-
 /// `n` rows around `clusters` centres (unit spread around centres of spread `scale`), and
 /// `queries` queries, half near rows, half anywhere.
 fn data(
@@ -101,7 +102,7 @@ fn data(
     clusters: usize,
     scale: f32,
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let mut gen = Gen(seed);
+    let mut gen = SplitMix64::new(seed);
     let centres: Vec<Vec<f32>> = (0..clusters)
         .map(|_| (0..DIM).map(|_| scale * gen.normal()).collect())
         .collect();
@@ -114,7 +115,7 @@ fn data(
     let queries = (0..queries)
         .map(|q| {
             if q % 2 == 0 {
-                let row = &rows[(gen.next() % n as u64) as usize];
+                let row = &rows[gen.below(n)];
                 row.iter().map(|x| x + 0.1 * gen.normal()).collect()
             } else {
                 (0..DIM).map(|_| gen.normal()).collect()
@@ -382,6 +383,7 @@ fn assert_same_answers(
             &ids,
             &python,
         );
+        assert_eq!(distances.len(), python.len(), "{what}: one distance per id");
         for ((id, d), (py_id, w)) in got.iter().zip(python.iter().zip(&distances)) {
             if *id as usize == *py_id {
                 assert!(
@@ -434,42 +436,39 @@ fn compare_with_python(
     );
 }
 
-#[test]
-fn python_annoy_reads_flowmesh_files_and_finds_what_annoy_rs_finds() {
-    let dir = TempDir::new("ours");
-    let (rows, queries) = data(1, (400, 100), 8, 3.0);
-    let flat: Vec<f32> = rows.concat();
+/// For each metric: `n` rows (and 100 queries) of `data(seed, ..)`, built into a file of 10
+/// trees by `build`, opened here and compared with Python's answers; `who` built it.
+fn compare_files_built_by(
+    who: &str,
+    seed: u64,
+    n: usize,
+    build: impl Fn(&Path, AnnoyMetric, &[Vec<f32>]),
+) {
+    let dir = TempDir::new(who);
+    let (rows, queries) = data(seed, (n, 100), 8, 3.0);
     for metric in METRICS {
         let path = dir.0.join(format!("{}.ann", metric.as_str()));
-        write_index(&path, DIM, &flat, metric, 10, 99).unwrap();
+        build(&path, metric, &rows);
         let file = AnnoyFile::open(&path, DIM, metric).unwrap();
-        assert_eq!(file.num_trees(), 10);
-        let what = format!("flowmesh's {} file", metric.as_str());
+        assert_eq!((file.len(), file.num_trees()), (rows.len(), 10));
+        let what = format!("{who}'s {} file", metric.as_str());
         compare_with_python(&what, &path, &file, metric, &rows, &queries);
     }
 }
 
 #[test]
+fn python_annoy_reads_flowmesh_files_and_finds_what_annoy_rs_finds() {
+    compare_files_built_by("flowmesh", 1, 400, |path, metric, rows| {
+        write_index(path, DIM, &rows.concat(), metric, 10, 99).unwrap();
+    });
+}
+
+#[test]
 fn flowmesh_reads_python_annoy_files_and_finds_what_python_finds() {
-    let dir = TempDir::new("theirs");
-    let (rows, queries) = data(2, (300, 100), 8, 3.0);
-    for metric in METRICS {
-        let path = dir.0.join(format!("{}.ann", metric.as_str()));
-        let built = python(&json!({
-            "action": "build",
-            "path": path,
-            "dim": DIM,
-            "metric": metric.as_str(),
-            "vectors": rows,
-            "trees": 10,
-            "seed": 7,
-        }));
+    compare_files_built_by("Python", 2, 300, |path, metric, rows| {
+        let built = python_build(path, metric, rows, 10, 7);
         assert_eq!(built["n_items"], rows.len());
-        let file = AnnoyFile::open(&path, DIM, metric).unwrap();
-        assert_eq!(file.len(), rows.len());
-        let what = format!("Python's {} file", metric.as_str());
-        compare_with_python(&what, &path, &file, metric, &rows, &queries);
-    }
+    });
 }
 
 #[test]
@@ -484,10 +483,7 @@ fn flowmesh_trees_find_as_much_as_python_annoy_trees() {
         let ours = dir.0.join(format!("ours-{}.ann", metric.as_str()));
         let theirs = dir.0.join(format!("theirs-{}.ann", metric.as_str()));
         write_index(&ours, DIM, &flat, metric, 5, 1).unwrap();
-        python(&json!({
-            "action": "build", "path": theirs, "dim": DIM, "metric": metric.as_str(),
-            "vectors": rows, "trees": 5, "seed": 1,
-        }));
+        python_build(&theirs, metric, &rows, 5, 1);
         let exact = AnnoyFile::open(&ours, DIM, metric).unwrap();
         let mut recall = [0.0_f64; 2];
         for (r, path) in recall.iter_mut().zip([&ours, &theirs]) {

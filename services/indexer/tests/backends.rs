@@ -4,8 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use clap::Parser;
-use flowmesh_indexer::synthetic::{clustered, exact_top_k, queries_near, recall, Rng};
-use flowmesh_indexer::{Config, Entry, Metric, Shard, VectorIndex};
+use flowmesh_indexer::synthetic::{
+    clustered, entries, exact_top_k, queries_near, query_entries, recall, SplitMix64,
+};
+use flowmesh_indexer::{Config, Metric, Shard, VectorIndex};
 
 /// An in-memory shard from command-line flags.
 fn shard(args: &[&str]) -> Shard {
@@ -20,29 +22,12 @@ fn ids(n: usize) -> Vec<String> {
 }
 
 fn store(shard: &Shard, ids: &[String], data: &[f32], dim: usize) {
-    let entries: Vec<Entry<'_>> = ids
-        .iter()
-        .zip(data.chunks_exact(dim))
-        .map(|(id, v)| Entry {
-            id,
-            parent_id: None,
-            vector: v,
-        })
-        .collect();
-    shard.upsert(&[], &entries).unwrap();
+    shard.upsert(&[], &entries(ids, data, dim)).unwrap();
 }
 
 fn search(shard: &Shard, queries: &[f32], dim: usize, k: usize) -> Vec<Vec<String>> {
-    let entries: Vec<Entry<'_>> = queries
-        .chunks_exact(dim)
-        .map(|v| Entry {
-            id: "q",
-            parent_id: None,
-            vector: v,
-        })
-        .collect();
     shard
-        .search(&entries, k)
+        .search(&query_entries(queries, dim), k)
         .unwrap()
         .into_iter()
         .map(|hits| hits.into_iter().map(|h| h.id).collect())
@@ -55,7 +40,7 @@ const K: usize = 10;
 
 /// 10,000 vectors of 64 dimensions around 100 centres, 200 queries near stored vectors.
 fn data_set() -> (Vec<f32>, Vec<f32>) {
-    let mut rng = Rng::new(2024);
+    let mut rng = SplitMix64::new(2024);
     let data = clustered(N, DIM, 100, 0.8, &mut rng);
     let queries = queries_near(&data, DIM, 200, 0.1, &mut rng);
     (data, queries)
@@ -171,14 +156,7 @@ fn fresh_writes_are_searchable_before_the_rebuild() {
     assert_eq!(shard.delete(&[a.as_str()]).unwrap(), 1);
     let moved = vec![-50.0_f32; DIM];
     shard
-        .upsert(
-            &[b.as_str()],
-            &[Entry {
-                id: b,
-                parent_id: None,
-                vector: &moved,
-            }],
-        )
+        .upsert(&[b.as_str()], &entries(&[b], &moved, DIM))
         .unwrap();
     let found = search(&shard, &data[..2 * DIM], DIM, 3);
     assert!(

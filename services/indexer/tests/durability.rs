@@ -6,79 +6,31 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flowmesh_indexer::synthetic::Rng;
+use flowmesh_indexer::synthetic::SplitMix64 as Rng;
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::codec::Format;
 use flowmesh_shared::{Document, Envelope};
 use http::Uri;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+mod support;
+
+use support::Process as Indexer;
 
 const DIM: usize = 16;
 
-/// A running `flowmesh-indexer` on 127.0.0.1:0.
-struct Indexer {
-    child: Child,
-    base: String,
-}
-
-impl Indexer {
-    async fn start(data_dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flowmesh-indexer"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(args)
-            .env_remove("FLOWMESH_WORKSPACE")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the indexer prints its address within a minute")
-            .unwrap()
-            .expect("a `listening on` line");
-        let base = line
-            .split_once("listening on ")
-            .map(|(_, url)| url.trim().to_owned())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        // Keep reading stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base }
-    }
-
-    fn uri(&self, path: &str) -> Uri {
-        format!("{}/{path}", self.base).parse().unwrap()
-    }
-
-    /// `kill -9`: no shutdown hook runs.
-    async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-
-    async fn stop(mut self) {
-        let pid = self.child.id().unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("stops on SIGTERM")
-            .unwrap();
-    }
+/// The real indexer process over the data directory `dir`.
+async fn start(dir: &Path, args: &[&str]) -> Indexer {
+    let dir = dir.to_str().expect("a UTF-8 path");
+    let args: Vec<&str> = ["--data-dir", dir]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    Indexer::start(&[], &args).await
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -131,6 +83,7 @@ async fn best_matches(
         let answer = post(client, indexer, "search", queries, Some(1))
             .await
             .unwrap();
+        assert_eq!(answer.data.len(), batch.len(), "one answer per query");
         for (query, (id, _)) in answer.data.iter().zip(batch) {
             out.insert((*id).clone(), query.matches.first().map(|m| m.id.clone()));
         }
@@ -154,7 +107,7 @@ async fn stats(indexer: &Indexer) -> Value {
 /// run. Every document whose `/index` was answered must be found after a restart.
 async fn kill9_loses_nothing_acknowledged(backend_args: &[&str], name: &str) {
     let dir = temp_dir(name);
-    let indexer = Indexer::start(&dir, backend_args).await;
+    let indexer = start(&dir, backend_args).await;
     let client = ExecutorClient::new();
     let acked: Arc<Mutex<BTreeMap<String, Vec<f32>>>> = Arc::default();
     let base = indexer.base.clone();
@@ -199,7 +152,7 @@ async fn kill9_loses_nothing_acknowledged(backend_args: &[&str], name: &str) {
         acked.len()
     );
 
-    let indexer = Indexer::start(&dir, backend_args).await;
+    let indexer = start(&dir, backend_args).await;
     let count = stats(&indexer).await["count"].as_u64().unwrap() as usize;
     // Writes in flight at the kill may have been logged without being answered: more is fine.
     assert!(
@@ -227,27 +180,6 @@ async fn kill9_loses_nothing_acknowledged(backend_args: &[&str], name: &str) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_during_indexing_loses_no_acknowledged_document_flat() {
-    kill9_loses_nothing_acknowledged(&[], "kill9-flat").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_during_indexing_loses_no_acknowledged_document_faiss() {
-    kill9_loses_nothing_acknowledged(
-        &[
-            "--backend",
-            "faiss",
-            "--index-key",
-            "Flat",
-            "--rebuild-min",
-            "500",
-        ],
-        "kill9-faiss",
-    )
-    .await;
-}
-
 /// Update and delete, through two restarts (one clean, one `kill -9`).
 async fn updates_and_deletes_survive_restarts(backend_args: &[&str], name: &str) {
     let dir = temp_dir(name);
@@ -256,7 +188,7 @@ async fn updates_and_deletes_survive_restarts(backend_args: &[&str], name: &str)
     let mut docs: BTreeMap<String, Vec<f32>> = (0..300)
         .map(|i| (format!("doc-{i:03}"), vector(&mut rng)))
         .collect();
-    let indexer = Indexer::start(&dir, backend_args).await;
+    let indexer = start(&dir, backend_args).await;
     let all: Vec<Document> = docs.iter().map(|(id, v)| doc(id, v)).collect();
     post(&client, &indexer, "index", all, None).await.unwrap();
 
@@ -324,53 +256,48 @@ async fn updates_and_deletes_survive_restarts(backend_args: &[&str], name: &str)
     };
     let indexer = check(indexer, "before restart").await;
     indexer.stop().await;
-    let indexer = check(
-        Indexer::start(&dir, backend_args).await,
-        "after a clean restart",
-    )
-    .await;
+    let indexer = check(start(&dir, backend_args).await, "after a clean restart").await;
     indexer.kill9().await;
-    let indexer = check(Indexer::start(&dir, backend_args).await, "after kill -9").await;
+    let indexer = check(start(&dir, backend_args).await, "after kill -9").await;
     indexer.stop().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_and_deletes_survive_restarts_flat() {
-    updates_and_deletes_survive_restarts(&[], "update-flat").await;
+/// Runs `scenario` on every backend, as one test each: flat, and faiss (`Flat`) and annoy with a
+/// rebuild after `rebuild_min` changes, so that a built structure exists during the scenario
+/// and its stale entries are filtered. `dir` names the scenario's data directories.
+macro_rules! on_every_backend {
+    ($scenario:ident, $dir:literal, $rebuild_min:literal => $flat:ident, $faiss:ident, $annoy:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $flat() {
+            $scenario(&[], concat!($dir, "-flat")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $faiss() {
+            let args = ["--backend", "faiss", "--index-key", "Flat"];
+            let args = [&args[..], &["--rebuild-min", $rebuild_min]].concat();
+            $scenario(&args, concat!($dir, "-faiss")).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $annoy() {
+            let args = ["--backend", "annoy", "--rebuild-min", $rebuild_min];
+            $scenario(&args, concat!($dir, "-annoy")).await;
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_and_deletes_survive_restarts_faiss() {
-    // A built structure exists (rebuild after 100 changes), so the stale filtering is exercised.
-    updates_and_deletes_survive_restarts(
-        &[
-            "--backend",
-            "faiss",
-            "--index-key",
-            "Flat",
-            "--rebuild-min",
-            "100",
-        ],
-        "update-faiss",
-    )
-    .await;
-}
+on_every_backend!(
+    kill9_loses_nothing_acknowledged, "kill9", "500" =>
+    kill9_during_indexing_loses_no_acknowledged_document_flat,
+    kill9_during_indexing_loses_no_acknowledged_document_faiss,
+    kill9_during_indexing_loses_no_acknowledged_document_annoy
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_during_indexing_loses_no_acknowledged_document_annoy() {
-    kill9_loses_nothing_acknowledged(
-        &["--backend", "annoy", "--rebuild-min", "500"],
-        "kill9-annoy",
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_and_deletes_survive_restarts_annoy() {
-    updates_and_deletes_survive_restarts(
-        &["--backend", "annoy", "--rebuild-min", "100"],
-        "update-annoy",
-    )
-    .await;
-}
+on_every_backend!(
+    updates_and_deletes_survive_restarts, "update", "100" =>
+    updates_and_deletes_survive_restarts_flat,
+    updates_and_deletes_survive_restarts_faiss,
+    updates_and_deletes_survive_restarts_annoy
+);

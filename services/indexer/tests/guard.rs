@@ -5,104 +5,25 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flowmesh_indexer::synthetic::Rng;
+use flowmesh_indexer::synthetic::SplitMix64 as Rng;
 use flowmesh_shared::codec::Format;
 use flowmesh_shared::{Document, Envelope};
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-/// A running `flowmesh-indexer` on 127.0.0.1:0, in memory only.
-struct Indexer {
-    child: Child,
-    base: String,
-}
+mod support;
 
-impl Indexer {
-    /// Starts `prefix... flowmesh-indexer args...` (`prefix` is e.g. `prlimit --as=N`).
-    async fn start(prefix: &[&str], args: &[&str]) -> Self {
-        let binary = env!("CARGO_BIN_EXE_flowmesh-indexer");
-        let mut command = match prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(binary);
-                c
-            }
-            None => Command::new(binary),
-        };
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("FLOWMESH_WORKSPACE")
-            .env_remove("FLOWMESH_INDEXER_DATA_DIR")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the indexer prints its address within a minute")
-            .unwrap()
-            .expect("a `listening on` line");
-        let base = line
-            .split_once("listening on ")
-            .map(|(_, url)| url.trim().to_owned())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, base }
-    }
+use support::Process as Indexer;
 
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap()
-    }
-
-    fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().unwrap().is_none(),
-            "the indexer process exited"
-        );
-    }
-
-    /// `POST /{endpoint}` with `body` in `format`, and `headers`; the status and the body.
-    async fn post(
-        &self,
-        endpoint: &str,
-        format: Format,
-        body: Bytes,
-        headers: &[(&str, &str)],
-    ) -> (u16, Bytes) {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Full<Bytes>>();
-        let mut request = http::Request::post(format!("{}/{endpoint}", self.base))
-            .header("content-type", format.mime())
-            .header("accept", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = client
-            .request(request.body(Full::new(body)).unwrap())
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, body)
-    }
-
-    async fn post_envelope(&self, endpoint: &str, envelope: &Envelope) -> (u16, Value) {
-        let body = Format::MsgPack.encode(envelope).unwrap();
-        let (status, body) = self.post(endpoint, Format::MsgPack, body, &[]).await;
-        (status, serde_json::from_slice(&body).unwrap())
-    }
+/// Asserts a refusal: the status, the error kind, and an error message naming every one of
+/// `needles`.
+fn assert_refused((status, body): (u16, Value), want: u16, kind: &str, needles: &[&str]) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["kind"], kind, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(needles.iter().all(|n| error.contains(n)), "{error}");
 }
 
 /// `VmHWM` (peak resident memory) of `pid`, in KiB.
@@ -191,28 +112,17 @@ async fn the_largest_search_is_bounded_and_absurd_top_k_is_refused() {
     // One query more is beyond --max-matches: 413 naming the limit, before any work.
     let mut beyond = queries.clone();
     beyond.extend(docs(&mut rng, "x", 1, 32));
-    let (status, body) = indexer
+    let answer = indexer
         .post_envelope("search", &envelope(beyond, Some(json!(1000))))
         .await;
-    assert_eq!(status, 413, "{body}");
-    assert_eq!(body["kind"], "limit_exceeded", "{body}");
-    let error = body["error"].as_str().unwrap();
-    assert!(
-        error.contains("--max-matches") && error.contains("FLOWMESH_INDEXER_MAX_MATCHES"),
-        "{error}"
-    );
+    let needles = ["--max-matches", "FLOWMESH_INDEXER_MAX_MATCHES"];
+    assert_refused(answer, 413, "limit_exceeded", &needles);
 
     for k in [json!(1_000_000_000_000_u64), json!(1e9)] {
-        let (status, body) = indexer
+        let answer = indexer
             .post_envelope("search", &envelope(queries.clone(), Some(k.clone())))
             .await;
-        assert_eq!(status, 400, "top_k {k}: {body}");
-        assert_eq!(body["kind"], "invalid_parameter", "{body}");
-        let error = body["error"].as_str().unwrap();
-        assert!(
-            error.contains("top_k") && error.contains("--max-top-k"),
-            "{error}"
-        );
+        assert_refused(answer, 400, "invalid_parameter", &["top_k", "--max-top-k"]);
         indexer.assert_alive();
     }
     let (status, body) = indexer
@@ -224,18 +134,38 @@ async fn the_largest_search_is_bounded_and_absurd_top_k_is_refused() {
     indexer.assert_alive();
 }
 
+/// An indexer holding 20,000 vectors of 64 values, and the MessagePack body of a search of
+/// 10,000 queries over them (about 10^10 multiply-adds, seconds of CPU).
+async fn long_scan(seed: u64) -> (Indexer, Bytes) {
+    const DIM: usize = 64;
+    let indexer = Indexer::start(&[], &[]).await;
+    let mut rng = Rng::new(seed);
+    fill(&indexer, &mut rng, 20_000, DIM).await;
+    let queries = envelope(docs(&mut rng, "q", 10_000, DIM), Some(json!(10)));
+    (indexer, Format::MsgPack.encode(&queries).unwrap())
+}
+
+/// Lets a stopped scan notice (a unit of work is tens of milliseconds), then fails the test if
+/// the process still burns CPU: under 300 ms of it in the next 1.5 s.
+async fn assert_scan_stopped(indexer: &mut Indexer, when: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_time(indexer.pid());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let burnt = cpu_time(indexer.pid()) - before;
+    eprintln!("CPU used in the 1.5 s {when}: {burnt:?}");
+    assert!(
+        burnt < Duration::from_millis(300),
+        "the scan kept running {when}: {burnt:?} of CPU in 1.5 s"
+    );
+    indexer.assert_alive();
+}
+
 /// A flat scan of 10,000 queries over 20,000 vectors (about 10^10 multiply-adds, seconds of
 /// CPU) sent with a 300 ms deadline: 504 `deadline_exceeded`, and the scan stops, rather than
 /// running on in the blocking pool after the answer.
 #[tokio::test]
 async fn a_search_past_its_deadline_stops_burning_cpu() {
-    const DIM: usize = 64;
-    let mut indexer = Indexer::start(&[], &[]).await;
-    let mut rng = Rng::new(7);
-    fill(&indexer, &mut rng, 20_000, DIM).await;
-    let queries = envelope(docs(&mut rng, "q", 10_000, DIM), Some(json!(10)));
-    let body = Format::MsgPack.encode(&queries).unwrap();
-
+    let (mut indexer, body) = long_scan(7).await;
     let started = Instant::now();
     let (status, answer) = indexer
         .post(
@@ -251,17 +181,7 @@ async fn a_search_past_its_deadline_stops_burning_cpu() {
     assert_eq!(answer["kind"], "deadline_exceeded", "{answer}");
     assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
 
-    // Let the scan notice (a unit of work is tens of milliseconds), then measure.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = cpu_time(indexer.pid());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let burnt = cpu_time(indexer.pid()) - before;
-    eprintln!("CPU used in the 1.5 s after the 504: {burnt:?}");
-    assert!(
-        burnt < Duration::from_millis(300),
-        "the scan kept running: {burnt:?} of CPU in 1.5 s after the answer"
-    );
-    indexer.assert_alive();
+    assert_scan_stopped(&mut indexer, "after the 504").await;
 }
 
 /// NaN and infinite embeddings, sent as MessagePack (JSON cannot carry them), are 400 naming
@@ -328,13 +248,7 @@ async fn non_finite_embeddings_are_refused_naming_the_document() {
 #[tokio::test]
 async fn a_search_whose_caller_left_stops_burning_cpu() {
     use tokio::io::AsyncWriteExt;
-    const DIM: usize = 64;
-    let mut indexer = Indexer::start(&[], &[]).await;
-    let mut rng = Rng::new(8);
-    fill(&indexer, &mut rng, 20_000, DIM).await;
-    let queries = envelope(docs(&mut rng, "q", 10_000, DIM), Some(json!(10)));
-    let body = Format::MsgPack.encode(&queries).unwrap();
-
+    let (mut indexer, body) = long_scan(8).await;
     let address = indexer.base.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
     let head = format!(
@@ -347,15 +261,6 @@ async fn a_search_whose_caller_left_stops_burning_cpu() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let busy = cpu_time(indexer.pid());
     drop(stream);
-
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = cpu_time(indexer.pid());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let burnt = cpu_time(indexer.pid()) - before;
-    eprintln!("CPU used before the client left: {busy:?}; in 1.5 s after: {burnt:?}");
-    assert!(
-        burnt < Duration::from_millis(300),
-        "the scan kept running for nobody: {burnt:?} of CPU in 1.5 s"
-    );
-    indexer.assert_alive();
+    eprintln!("CPU used before the client left: {busy:?}");
+    assert_scan_stopped(&mut indexer, "after the client left").await;
 }

@@ -3,25 +3,15 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use clap::Parser;
-use flowmesh_indexer::{app, Indexer, Metric, Shard, VectorIndex};
+use flowmesh_indexer::{Indexer, Metric, Shard, VectorIndex};
 use flowmesh_shared::server::Executor;
 use flowmesh_shared::testing::{post, send};
 use flowmesh_shared::{Document, Envelope};
 use serde_json::{json, Value};
 
-fn indexer(args: &[&str]) -> Router {
-    let argv = std::iter::once("flowmesh-indexer").chain(args.iter().copied());
-    let config = flowmesh_indexer::Config::try_parse_from(argv).expect("valid flags");
-    app(&config).expect("valid configuration")
-}
+mod support;
 
-async fn stats(app: &Router) -> Value {
-    let request = Request::get("/stats").body(Body::empty()).expect("request");
-    let (status, body) = send(app, request).await;
-    assert_eq!(status, StatusCode::OK);
-    body
-}
+use support::{app as indexer, stats};
 
 fn doc(id: &str, embedding: &[f32]) -> Value {
     json!({"id": id, "embedding": embedding})
@@ -105,10 +95,8 @@ async fn top_k_is_respected() {
     let (status, out) = post(&app, "search", &query).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
     assert_eq!(out["kind"], "invalid_parameter", "{out}");
-    assert!(
-        out["error"].as_str().unwrap_or("").contains("--max-top-k"),
-        "{out}"
-    );
+    let error = out["error"].as_str().unwrap_or("");
+    assert!(error.contains("--max-top-k"), "{out}");
 }
 
 #[tokio::test]

@@ -2,25 +2,17 @@
 //! failed or timed-out request) leaves one copy of every vector, chunks included, and a new
 //! version of a document leaves none of the chunks of the older one, on every backend.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use clap::Parser;
-use flowmesh_indexer::app;
-use flowmesh_shared::testing::{post, send};
+use flowmesh_shared::testing::post;
 use serde_json::{json, Value};
 
-fn indexer(args: &[&str]) -> Router {
-    let argv = std::iter::once("flowmesh-indexer").chain(args.iter().copied());
-    let config = flowmesh_indexer::Config::try_parse_from(argv).expect("valid flags");
-    app(&config).expect("valid configuration")
-}
+mod support;
+
+use support::{app as indexer, stats};
 
 async fn count(app: &Router) -> u64 {
-    let request = Request::get("/stats").body(Body::empty()).expect("request");
-    let (status, body) = send(app, request).await;
-    assert_eq!(status, StatusCode::OK);
-    body["count"].as_u64().expect("count")
+    stats(app).await["count"].as_u64().expect("count")
 }
 
 /// A document of `chunks` chunks, chunk `i` of it along axis `i` (scaled by `version`).

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::{io, slice, thread};
 
+use flowmesh_shared::rng::SplitMix64;
+
 use super::AnnoyMetric;
 use crate::kernel::{score_rows, Kernel};
 
@@ -367,29 +369,22 @@ fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
     -out
 }
 
-/// SplitMix64: small, fast and plenty for choosing centroids and breaking ties.
-struct Rng(u64);
+/// Each tree's generator (the shared SplitMix64), with the two draws a split needs.
+struct Rng(SplitMix64);
 
 impl Rng {
+    /// Tree `tree_index`'s generator: the seed mixed with the first output for that index.
     fn for_tree(seed: u64, tree_index: usize) -> Self {
-        let mut mix = Rng(tree_index as u64);
-        Rng(seed ^ mix.next())
+        let mix = SplitMix64::new(tree_index as u64).next_u64();
+        Rng(SplitMix64::new(seed ^ mix))
     }
 
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
+    /// Uniform in `0..n` (`n > 0`), by multiply-shift rather than a remainder.
     fn index(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
+        ((u128::from(self.0.next_u64()) * n as u128) >> 64) as usize
     }
 
     fn flip(&mut self) -> bool {
-        self.next() >> 63 == 1
+        self.0.next_u64() >> 63 == 1
     }
 }

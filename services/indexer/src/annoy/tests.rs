@@ -3,6 +3,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use flowmesh_shared::rng::SplitMix64;
+
 use super::layout::{get_i32, Layout};
 use super::{write_index, AnnoyFile, AnnoyMetric};
 
@@ -34,31 +36,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Deterministic pseudo-random numbers for test data (SplitMix64, Box-Muller).
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1_u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f32 {
-        let u = self.uniform().max(1e-300);
-        let v = self.uniform();
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-}
-
 /// `n` vectors of dimension `dim` around `clusters` Gaussian centres; row-major.
-fn clustered(gen: &mut Gen, n: usize, dim: usize, clusters: usize, spread: f32) -> Vec<f32> {
+fn clustered(gen: &mut SplitMix64, n: usize, dim: usize, clusters: usize, spread: f32) -> Vec<f32> {
     let centres: Vec<f32> = (0..clusters * dim).map(|_| gen.normal()).collect();
     let mut out = Vec::with_capacity(n * dim);
     for i in 0..n {
@@ -148,7 +127,7 @@ fn one_item_is_found() {
 fn fewer_items_than_a_bucket_are_all_found_in_order() {
     // K = dim + 2 = 8: six items make every root a bucket.
     let dim = 6;
-    let mut gen = Gen(11);
+    let mut gen = SplitMix64::new(11);
     let rows: Vec<f32> = (0..6 * dim).map(|_| gen.normal()).collect();
     let dir = TempDir::new("few");
     for metric in METRICS {
@@ -202,7 +181,7 @@ fn duplicates_and_zero_vectors_split_at_random_and_stay_findable() {
 
 #[test]
 fn the_same_seed_writes_the_same_bytes() {
-    let mut gen = Gen(3);
+    let mut gen = SplitMix64::new(3);
     let rows = clustered(&mut gen, 500, 16, 5, 0.5);
     let dir = TempDir::new("seed");
     let (a, b, c) = (dir.file("a"), dir.file("b"), dir.file("c"));
@@ -273,7 +252,7 @@ fn broken_files_are_errors_not_panics() {
     let dim = 8;
     let metric = AnnoyMetric::Angular;
     let size = Layout { dim, metric }.node_size().unwrap();
-    let mut gen = Gen(5);
+    let mut gen = SplitMix64::new(5);
     let rows = clustered(&mut gen, 200, dim, 4, 0.3);
     let good = dir.file("good");
     write_index(&good, dim, &rows, metric, 3, 9).unwrap();
@@ -335,11 +314,11 @@ fn broken_files_are_errors_not_panics() {
 fn recall_on_clustered_data() {
     // 5,000 vectors of dimension 64 in 50 Gaussian clusters; 100 queries near data points.
     let (n, dim, k, trees) = (5_000, 64, 10, 20);
-    let mut gen = Gen(2024);
+    let mut gen = SplitMix64::new(2024);
     let rows = clustered(&mut gen, n, dim, 50, 0.35);
     let queries: Vec<Vec<f32>> = (0..100)
         .map(|_| {
-            let i = (gen.next() % n as u64) as usize;
+            let i = gen.below(n);
             rows[i * dim..(i + 1) * dim]
                 .iter()
                 .map(|x| x + 0.05 * gen.normal())
@@ -370,7 +349,7 @@ fn every_thread_searches_and_dropped_files_release_their_handles() {
     use std::sync::Arc;
 
     let dim = 16;
-    let mut gen = Gen(8);
+    let mut gen = SplitMix64::new(8);
     let rows = Arc::new(clustered(&mut gen, 1_000, dim, 10, 0.4));
     let dir = TempDir::new("threads");
     let file = Arc::new(write_and_open(
@@ -430,7 +409,7 @@ fn every_thread_searches_and_dropped_files_release_their_handles() {
 #[test]
 fn replacing_the_path_does_not_change_an_open_file() {
     let dim = 8;
-    let mut gen = Gen(21);
+    let mut gen = SplitMix64::new(21);
     let old_rows = clustered(&mut gen, 300, dim, 3, 0.5);
     let new_rows = clustered(&mut gen, 50, dim, 3, 0.5);
     let dir = TempDir::new("replace");
@@ -464,7 +443,7 @@ fn replacing_the_path_does_not_change_an_open_file() {
 #[ignore = "a timing, not a check: run it in release mode"]
 fn annoy_build_time_100k_384() {
     let (n, dim, trees) = (100_000, 384, 10);
-    let mut gen = Gen(77);
+    let mut gen = SplitMix64::new(77);
     let rows = clustered(&mut gen, n, dim, 1_000, 0.5);
     let dir = TempDir::new("build-time");
     let path = dir.file("index");
