@@ -11,7 +11,6 @@
 
 mod attack;
 mod health;
-mod normal;
 mod report;
 mod tally;
 
@@ -19,15 +18,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::launch::Launched;
-use crate::load;
+use crate::load::{self, LoadConfig};
+use crate::short;
 use attack::{Kind, Target};
-use normal::NormalLoad;
 use report::{Report, Round};
+use tally::PhaseSummary;
 
 /// The settings of `flowmesh-bench abuse`.
 #[derive(Debug, Clone, clap::Args)]
@@ -105,18 +104,9 @@ impl Kind {
 
 /// Runs the benchmark: start (or reach) the mesh, index, then the rounds.
 pub(crate) async fn run(args: AbuseArgs) -> anyhow::Result<()> {
-    let launched = match &args.gateway {
-        Some(_) => None,
-        None => {
-            let limit = (args.process_memory_mib > 0).then_some(args.process_memory_mib << 20);
-            Some(Launched::flow_limited(&args.flow, limit).await?)
-        }
-    };
-    let gateway = match (&args.gateway, &launched) {
-        (Some(g), _) => g.trim_end_matches('/').to_owned(),
-        (None, Some(l)) => l.base.clone(),
-        (None, None) => unreachable!("launched when no gateway is given"),
-    };
+    let limit = (args.process_memory_mib > 0).then_some(args.process_memory_mib << 20);
+    let (launched, gateway) =
+        Launched::unless_given(args.gateway.as_deref(), &args.flow, limit).await?;
     let outcome = measure(&args, &gateway).await;
     if let Some(l) = launched {
         l.stop().await;
@@ -141,13 +131,17 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
     let client = load::http_client();
     let replicas = health::replicas(&health::status(&client, gateway).await?);
     index(&client, gateway, args.docs).await?;
-    let normal = NormalLoad {
-        url: format!("{gateway}/search"),
-        clients: args.clients,
-        max_requests: args.requests,
-        duration: Duration::from_secs(args.duration_secs),
-        top_k: args.top_k,
-        timeout: Duration::from_secs(args.request_timeout_secs),
+    let mut normal = LoadConfig::new(
+        args.clients,
+        args.requests,
+        Duration::from_secs(args.duration_secs),
+    );
+    normal.timeout = Duration::from_secs(args.request_timeout_secs);
+    // The normal traffic: the same bounded closed-loop search load in every phase (each
+    // request bounded by its timeout, so a phase ends by its duration + the timeout).
+    let (normal, http, top_k) = (&normal, &client, args.top_k);
+    let normal_phase = move || async move {
+        PhaseSummary::of(&short::search(http, gateway, normal, top_k, short::query_text).await)
     };
     let addresses: Vec<String> = replicas.iter().map(|r| r.address.clone()).collect();
     let requests = Arc::new(attack::requests(
@@ -170,11 +164,11 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}: calm ...", args.rounds);
-        let calm = normal::run(&client, &normal).await;
+        let calm = normal_phase().await;
         eprintln!("round {round}/{}: abused ...", args.rounds);
         let until = Instant::now() + normal.duration;
         let (abused, abusive_requests, abusive_connections) = tokio::join!(
-            normal::run(&client, &normal),
+            normal_phase(),
             attack::requests_loop(
                 &abusive_client,
                 requests.clone(),
@@ -221,47 +215,63 @@ async fn index(client: &load::HttpClient, gateway: &str, docs: usize) -> anyhow:
     const SIZE: usize = 50;
     const INDEX_TIMEOUT: Duration = Duration::from_secs(600);
     eprintln!("indexing {docs} documents into {gateway} ...");
-    // `load::run` stops sending after its duration but waits for answers without a bound.
-    let url = format!("{gateway}/index");
-    let indexing = load::run(
-        client,
-        &url,
-        2,
-        docs.div_ceil(SIZE),
-        INDEX_TIMEOUT,
-        move |b| {
-            let data: Vec<Value> = (b * SIZE..((b + 1) * SIZE).min(docs))
-                .map(|i| json!({"id": format!("doc-{i}"), "text": crate::text(i)}))
-                .collect();
-            Bytes::from(json!({ "data": data }).to_string())
-        },
-        |_| Ok(()),
-    );
+    // The driver stops sending after its duration but waits for answers without a bound.
+    let docs = Arc::new(short::documents(docs));
+    let indexing = short::index(client, gateway, docs, SIZE, 2, INDEX_TIMEOUT);
     let m = tokio::time::timeout(INDEX_TIMEOUT, indexing)
         .await
         .map_err(|_| anyhow::anyhow!("indexing took over {INDEX_TIMEOUT:?}"))?;
-    anyhow::ensure!(m.errors == 0, "indexing failed: {:?}", m.error_samples);
+    anyhow::ensure!(
+        m.error_count() == 0,
+        "indexing failed: {:?}",
+        m.error_samples()
+    );
     Ok(())
 }
 
-fn settings(args: &AbuseArgs) -> Value {
-    json!({
-        "flow": args.gateway.is_none().then(|| args.flow.display().to_string()),
-        "process_memory_mib": args.process_memory_mib,
-        "docs": args.docs,
-        "clients": args.clients,
-        "abusers": args.abusers,
-        "rounds": args.rounds,
-        "duration_secs": args.duration_secs,
-        "requests": args.requests,
-        "abusive_requests": args.abusive_requests,
-        "top_k": args.top_k,
-        "kinds": args.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
-        "huge_texts": args.huge_texts,
-        "slowloris": args.slowloris,
-        "idle": args.idle,
-        "max_documents": args.max_documents,
-        "abusive_timeout_secs": args.abusive_timeout_secs,
-        "request_timeout_secs": args.request_timeout_secs,
-    })
+/// Every setting of a run, as reported.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Settings {
+    flow: Option<String>,
+    process_memory_mib: u64,
+    docs: usize,
+    clients: usize,
+    abusers: usize,
+    rounds: usize,
+    duration_secs: u64,
+    requests: usize,
+    abusive_requests: usize,
+    top_k: usize,
+    kinds: Vec<String>,
+    huge_texts: usize,
+    slowloris: usize,
+    idle: usize,
+    max_documents: usize,
+    abusive_timeout_secs: u64,
+    request_timeout_secs: u64,
+}
+
+fn settings(args: &AbuseArgs) -> Settings {
+    Settings {
+        flow: args
+            .gateway
+            .is_none()
+            .then(|| args.flow.display().to_string()),
+        process_memory_mib: args.process_memory_mib,
+        docs: args.docs,
+        clients: args.clients,
+        abusers: args.abusers,
+        rounds: args.rounds,
+        duration_secs: args.duration_secs,
+        requests: args.requests,
+        abusive_requests: args.abusive_requests,
+        top_k: args.top_k,
+        kinds: args.kinds.iter().map(|k| k.name()).collect(),
+        huge_texts: args.huge_texts,
+        slowloris: args.slowloris,
+        idle: args.idle,
+        max_documents: args.max_documents,
+        abusive_timeout_secs: args.abusive_timeout_secs,
+        request_timeout_secs: args.request_timeout_secs,
+    }
 }

@@ -24,9 +24,9 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use flowmesh_indexer::synthetic::{clustered, exact_top_k, queries_near, recall, Rng};
 use flowmesh_indexer::{Entry, Shard, VectorIndex};
-use serde_json::{json, Value};
 
 use measure::{row_id, Bounds, Calls, Slice, Workload};
+use report::{BackendRow, Codec, DataSummary, HeadToHead, IndexerResult, SetResult};
 use spec::BackendSpec;
 
 #[derive(Debug, clap::Args)]
@@ -188,7 +188,7 @@ struct DataSet {
     data: Vec<f32>,
     workload: Arc<Workload>,
     /// What producing the ground truth took and how well it agrees with f64 arithmetic.
-    summary: Value,
+    summary: DataSummary,
 }
 
 fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
@@ -262,13 +262,13 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
             queries,
             truth,
         }),
-        summary: json!({
-            "generate_s": generate_s,
-            "ground_truth": "flat backend in-process (f32, exact scan)",
-            "ground_truth_s": truth_s,
-            "f64_verified_queries": verify,
-            "f64_agreement_recall": agreement,
-        }),
+        summary: DataSummary {
+            generate_s,
+            ground_truth: "flat backend in-process (f32, exact scan)",
+            ground_truth_s: truth_s,
+            f64_verified_queries: verify,
+            f64_agreement_recall: agreement,
+        },
     })
 }
 
@@ -299,7 +299,7 @@ async fn measure_backend(
     args: &IndexerArgs,
     spec: &BackendSpec,
     set: &DataSet,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<BackendRow> {
     let (shard, build_s) = tokio::task::block_in_place(|| built_shard(args, spec, set))?;
     let service = match args.no_http {
         true => None,
@@ -322,7 +322,11 @@ async fn measure_backend(
         };
         if let (Some(service), Some(body)) = (&service, bodies.first()) {
             let (in_service, in_client) = service.codec_ms(body).await?;
-            codec.push(json!({"batch": batch, "service_ms": in_service, "client_ms": in_client}));
+            codec.push(Codec {
+                batch,
+                service_ms: in_service,
+                client_ms: in_client,
+            });
         }
         for &concurrency in &args.concurrency {
             let (mut local, mut remote) = (Slice::default(), Slice::default());
@@ -352,18 +356,20 @@ async fn measure_backend(
         }
     }
     drop(shard);
-    let mut row = json!({
-        "backend": spec.name,
-        "params": spec.params,
-        "flags": args.flags(spec),
-        "build_s": build_s,
-        "load_average": report::load_average(),
-        "phases": phases,
-        "codec_ms": codec,
-    });
+    let mut row = BackendRow {
+        backend: spec.name.clone(),
+        params: spec.params.clone(),
+        flags: args.flags(spec),
+        build_s,
+        load_average: report::load_average(),
+        phases,
+        codec_ms: codec,
+        http_index_s: None,
+        http_load_s: None,
+    };
     if let Some(service) = service {
-        row["http_index_s"] = json!(service.index_s);
-        row["http_load_s"] = json!(service.load_s);
+        row.http_index_s = Some(service.index_s);
+        row.http_load_s = Some(service.load_s);
         service.stop().await;
     }
     Ok(row)
@@ -372,7 +378,10 @@ async fn measure_backend(
 /// `flat` against `faiss:Flat` in-process at concurrency 1, in alternating slices: the two are
 /// compared directly, so a change in the machine's load between their own rows cannot decide
 /// the ratio. `None` unless both are among the backends.
-fn flat_against_faiss(args: &IndexerArgs, set: &DataSet) -> anyhow::Result<Option<Value>> {
+fn flat_against_faiss(
+    args: &IndexerArgs,
+    set: &DataSet,
+) -> anyhow::Result<Option<Vec<HeadToHead>>> {
     let find = |name: &str| {
         args.backends
             .iter()
@@ -411,15 +420,15 @@ fn flat_against_faiss(args: &IndexerArgs, set: &DataSet) -> anyhow::Result<Optio
             b.queries_per_s,
             100.0 * a.queries_per_s / b.queries_per_s
         );
-        rows.push(json!({
-            "batch": batch,
-            "flat_queries_per_s": a.queries_per_s,
-            "faiss_flat_queries_per_s": b.queries_per_s,
-            "ratio": a.queries_per_s / b.queries_per_s,
-            "errors": a.errors + b.errors,
-        }));
+        rows.push(HeadToHead {
+            batch,
+            flat_queries_per_s: a.queries_per_s,
+            faiss_flat_queries_per_s: b.queries_per_s,
+            ratio: a.queries_per_s / b.queries_per_s,
+            errors: a.errors + b.errors,
+        });
     }
-    Ok(Some(json!(rows)))
+    Ok(Some(rows))
 }
 
 pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
@@ -433,38 +442,37 @@ pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
         for spec in &args.backends {
             rows.push(measure_backend(&args, spec, &set).await?);
         }
-        let result = json!({"dim": dim, "n": args.n, "queries": args.queries, "k": args.k, "batch": args.batch, "data": set.summary, "flat_vs_faiss_flat": head_to_head, "backends": rows});
+        let result = SetResult {
+            dim,
+            n: args.n,
+            queries: args.queries,
+            k: args.k,
+            batch: args.batch,
+            data: set.summary,
+            flat_vs_faiss_flat: head_to_head,
+            backends: rows,
+        };
         let table = report::table(&result);
         eprintln!("\n{table}");
         tables.push(table);
         results.push(result);
     }
     println!("{}", tables.join("\n"));
-    let errors: u64 = results
-        .iter()
-        .flat_map(|r| r["backends"].as_array().into_iter().flatten())
-        .flat_map(|b| b["phases"].as_array().into_iter().flatten())
-        .chain(
-            results
-                .iter()
-                .flat_map(|r| r["flat_vs_faiss_flat"].as_array().into_iter().flatten()),
-        )
-        .filter_map(|p| p["errors"].as_u64())
-        .sum();
-    let result = json!({
-        "benchmark": "indexer",
-        "metric": args.metric,
-        "clusters": args.clusters,
-        "spread": args.spread,
-        "noise": args.noise,
-        "seed": args.seed,
-        "seconds": args.seconds,
-        "max_queries": args.max_queries,
-        "concurrency": args.concurrency,
-        "index_batch": args.index_batch,
-        "machine": report::machine(),
-        "sets": results,
-    });
+    let errors: usize = results.iter().map(SetResult::errors).sum();
+    let result = IndexerResult {
+        benchmark: "indexer",
+        metric: args.metric.clone(),
+        clusters: args.clusters,
+        spread: args.spread,
+        noise: args.noise,
+        seed: args.seed,
+        seconds: args.seconds,
+        max_queries: args.max_queries,
+        concurrency: args.concurrency.clone(),
+        index_batch: args.index_batch,
+        machine: report::machine(),
+        sets: results,
+    };
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
     }

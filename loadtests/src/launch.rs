@@ -42,6 +42,23 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl Launched {
+    /// The gateway to measure: `given` as it is, or a Flow started here from `flow` (each
+    /// process limited to `address_space` bytes when given), which the caller stops.
+    pub(crate) async fn unless_given(
+        given: Option<&str>,
+        flow: &Path,
+        address_space: Option<u64>,
+    ) -> anyhow::Result<(Option<Self>, String)> {
+        match given {
+            Some(g) => Ok((None, g.trim_end_matches('/').to_owned())),
+            None => {
+                let launched = Self::flow_limited(flow, address_space).await?;
+                let base = launched.base.clone();
+                Ok((Some(launched), base))
+            }
+        }
+    }
+
     /// Runs `flowmesh up FLOW` on a free port with a fresh workspace, until its `gateway:` line.
     pub(crate) async fn flow(flow: &Path) -> anyhow::Result<Self> {
         Self::flow_limited(flow, None).await

@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 pub(crate) use flow::{Encoder, Store};
-pub(crate) use phase::{recall, run_phase, Limits, Phase, PhaseOptions, PhaseResult, NO_LIMIT};
+pub(crate) use phase::{recall, run_phase, Phase, PhaseOptions, PhaseResult};
 pub(crate) use progress::Display;
 pub(crate) use report::{Report, Row};
 pub(crate) use target::{Operation, Protocol, Target};
@@ -38,7 +38,7 @@ pub(crate) use workload::{ImageField, ImageFormat, Scenario, Workload, WorkloadS
 
 use crate::indexer::spec::BackendSpec;
 use crate::launch::{Launched, TempDir};
-use crate::load::{http_client, HttpClient};
+use crate::load::{http_client, HttpClient, LoadConfig, NO_LIMIT};
 use flow::{Build, FlowPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -170,13 +170,45 @@ pub(crate) struct RunArgs {
     out: Option<PathBuf>,
 }
 
+/// Every setting of a run, as reported in `results.json`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Settings {
+    pub(crate) scenario: Scenario,
+    pub(crate) gateway: Option<String>,
+    pub(crate) protocol: Protocol,
+    pub(crate) concurrency: usize,
+    pub(crate) request_size: usize,
+    pub(crate) query_request_size: usize,
+    pub(crate) docs: usize,
+    pub(crate) queries: usize,
+    pub(crate) index_limits: LoadConfig,
+    pub(crate) query_limits: LoadConfig,
+    pub(crate) top_k: usize,
+    pub(crate) shards: usize,
+    pub(crate) replicas: usize,
+    pub(crate) indexers: Vec<String>,
+    pub(crate) store: String,
+    pub(crate) redis_url: Option<String>,
+    pub(crate) seed: u64,
+    pub(crate) encoder: Encoder,
+    pub(crate) dim: usize,
+    pub(crate) encoder_threads: usize,
+    pub(crate) prefetch: usize,
+    pub(crate) timeout_s: f64,
+    pub(crate) image_size: u32,
+    pub(crate) image_format: ImageFormat,
+    pub(crate) image_pool: usize,
+    pub(crate) skip_index: bool,
+    pub(crate) started_unix_s: u64,
+}
+
 /// Both phases against one target.
 #[derive(Debug, Clone)]
 pub(crate) struct RunOptions {
     pub(crate) phase: PhaseOptions,
-    /// The index phase's limits; `None` skips it.
-    pub(crate) index: Option<Limits>,
-    pub(crate) query: Limits,
+    /// The index phase's load; `None` skips it.
+    pub(crate) index: Option<LoadConfig>,
+    pub(crate) query: LoadConfig,
     /// Documents the index holds before the index phase (0 for a fresh Flow).
     pub(crate) indexed_before: usize,
 }
@@ -198,22 +230,22 @@ pub(crate) async fn run_phases(
 ) -> PhaseResults {
     let http = http_client();
     let index = match opts.index {
-        Some(limits) => {
+        Some(load) => {
             let phase = Phase {
                 label: "index".into(),
                 op: Operation::Index,
-                limits,
+                load,
                 expected_matches: 0,
             };
             Some(run_phase(&http, target, workload, &phase, &opts.phase).await)
         }
         None => None,
     };
-    let indexed = opts.indexed_before + index.as_ref().map_or(0, |r| r.documents);
+    let indexed = opts.indexed_before + index.as_ref().map_or(0, |r| r.measured.documents);
     let phase = Phase {
         label: "query".into(),
         op: Operation::Search,
-        limits: opts.query,
+        load: opts.query,
         expected_matches: workload.spec.top_k.min(indexed),
     };
     let query = run_phase(&http, target, workload, &phase, &opts.phase).await;
@@ -241,30 +273,29 @@ impl RunArgs {
         }
     }
 
-    fn index_limits(&self, workload: &Workload) -> Limits {
-        Limits {
-            max_requests: workload.index_batches().min(self.max_requests),
-            duration: self.index_duration.or(self.duration).unwrap_or(NO_LIMIT),
-        }
+    /// `--concurrency` clients, each answer within `--timeout`, under these bounds.
+    fn load(&self, max_requests: usize, duration: Duration) -> LoadConfig {
+        let mut load = LoadConfig::new(self.concurrency, max_requests, duration);
+        load.timeout = self.timeout;
+        load
     }
 
-    fn query_limits(&self, workload: &Workload) -> Limits {
+    fn index_limits(&self, workload: &Workload) -> LoadConfig {
+        self.load(
+            workload.index_batches().min(self.max_requests),
+            self.index_duration.or(self.duration).unwrap_or(NO_LIMIT),
+        )
+    }
+
+    fn query_limits(&self, workload: &Workload) -> LoadConfig {
         match self.query_duration.or(self.duration) {
-            Some(duration) => Limits {
-                max_requests: self.max_requests,
-                duration,
-            },
-            None => Limits {
-                max_requests: workload.query_batches().min(self.max_requests),
-                duration: NO_LIMIT,
-            },
+            Some(duration) => self.load(self.max_requests, duration),
+            None => self.load(workload.query_batches().min(self.max_requests), NO_LIMIT),
         }
     }
 
     fn phase_options(&self) -> PhaseOptions {
         PhaseOptions {
-            concurrency: self.concurrency,
-            timeout: self.timeout,
             report_every: self.report_every,
             display: if self.quiet {
                 Display::Quiet
@@ -314,38 +345,38 @@ impl RunArgs {
         }
     }
 
-    fn settings(&self, specs: &[BackendSpec], workload: &Workload) -> Value {
-        json!({
-            "scenario": self.scenario,
-            "gateway": self.gateway,
-            "protocol": self.protocol,
-            "concurrency": self.concurrency,
-            "request_size": self.request_size,
-            "query_request_size": workload.spec.query_request_size,
-            "docs": self.docs,
-            "queries": self.queries,
-            "index_limits": self.index_limits(workload),
-            "query_limits": self.query_limits(workload),
-            "top_k": self.top_k,
-            "shards": self.shards,
-            "replicas": self.replicas,
-            "indexers": specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "store": self.store_label(),
-            "redis_url": self.redis_url,
-            "seed": self.seed,
-            "encoder": self.encoder,
-            "dim": self.dim,
-            "encoder_threads": self.encoder_threads,
-            "prefetch": self.prefetch,
-            "timeout_s": self.timeout.as_secs_f64(),
-            "image_size": self.image_size,
-            "image_format": self.image_format,
-            "image_pool": self.image_pool,
-            "skip_index": self.skip_index,
-            "started_unix_s": std::time::SystemTime::now()
+    fn settings(&self, specs: &[BackendSpec], workload: &Workload) -> Settings {
+        Settings {
+            scenario: self.scenario,
+            gateway: self.gateway.clone(),
+            protocol: self.protocol,
+            concurrency: self.concurrency,
+            request_size: self.request_size,
+            query_request_size: workload.spec.query_request_size,
+            docs: self.docs,
+            queries: self.queries,
+            index_limits: self.index_limits(workload),
+            query_limits: self.query_limits(workload),
+            top_k: self.top_k,
+            shards: self.shards,
+            replicas: self.replicas,
+            indexers: specs.iter().map(ToString::to_string).collect(),
+            store: self.store_label(),
+            redis_url: self.redis_url.clone(),
+            seed: self.seed,
+            encoder: self.encoder,
+            dim: self.dim,
+            encoder_threads: self.encoder_threads,
+            prefetch: self.prefetch,
+            timeout_s: self.timeout.as_secs_f64(),
+            image_size: self.image_size,
+            image_format: self.image_format,
+            image_pool: self.image_pool,
+            skip_index: self.skip_index,
+            started_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-        })
+        }
     }
 
     fn flow_plan(&self) -> FlowPlan {
@@ -423,7 +454,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         let plots = report.write(out)?;
         eprintln!("results in {} ({} plots)", out.display(), plots.len());
     }
-    let errors: usize = report.rows.iter().map(|r| r.result.error_count()).sum();
+    let errors: usize = report
+        .rows
+        .iter()
+        .map(|r| r.result.measured.error_count())
+        .sum();
     anyhow::ensure!(
         errors == 0,
         "{errors} requests failed (errors by kind in results.json)"
@@ -437,7 +472,7 @@ async fn against_gateway(
     gateway: &str,
     specs: &[BackendSpec],
     workload: &Arc<Workload>,
-    settings: Value,
+    settings: Settings,
 ) -> anyhow::Result<Report> {
     anyhow::ensure!(
         specs.len() == 1,
@@ -479,7 +514,7 @@ async fn launched(
     args: &RunArgs,
     specs: &[BackendSpec],
     workload: &Arc<Workload>,
-    settings: Value,
+    settings: Settings,
 ) -> anyhow::Result<Report> {
     // A memory store does not outlive its Flow: index and query in one.
     let one_flow = args.scenario == Scenario::Text && args.store == Store::Memory;
@@ -509,18 +544,19 @@ async fn launched(
     let phase = Phase {
         label: "index".into(),
         op: Operation::Index,
-        limits: args.index_limits(workload),
+        load: args.index_limits(workload),
         expected_matches: 0,
     };
     let target = Target::new(&gateway, args.protocol);
     let index = run_phase(&http, &target, workload, &phase, &args.phase_options()).await;
+    let m = &index.measured;
     eprintln!(
         "indexed {} documents at {:.1} documents/s, {} errors",
-        index.documents,
-        index.docs_per_s(),
-        index.error_count()
+        m.documents,
+        m.docs_per_s(),
+        m.error_count()
     );
-    let indexed = index.documents;
+    let indexed = m.documents;
     let mut rows = vec![args.row(Operation::Index, &index_spec.to_string(), index)];
     let mut truth: Option<std::collections::BTreeMap<usize, Vec<String>>> = None;
     for (n, spec) in specs.iter().enumerate() {
@@ -572,23 +608,40 @@ async fn query_phase(
     let phase = Phase {
         label: format!("query {spec}"),
         op: Operation::Search,
-        limits: args.query_limits(workload),
+        load: args.query_limits(workload),
         expected_matches: args.top_k.min(indexed),
     };
     let target = Target::new(gateway, args.protocol);
     let result = run_phase(http, &target, workload, &phase, &args.phase_options()).await;
+    let m = &result.measured;
     eprintln!(
         "query {spec}: {:.1} documents/s, p50 {:.0} ms, {} errors",
-        result.docs_per_s(),
-        result.latency_ms(0.5),
-        result.error_count()
+        m.docs_per_s(),
+        m.latency_ms(0.5),
+        m.error_count()
     );
     result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use clap::Parser as _;
+
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// The settings of `run --top-k K --docs 10 --request-size 50` on the test workload.
+    pub(crate) fn settings(top_k: usize) -> Settings {
+        let k = top_k.to_string();
+        let cli = Cli::parse_from(["run", "--top-k", &k, "--docs", "10"]);
+        let workload = Workload::new(cli.run.workload_spec()).expect("valid");
+        cli.run.settings(&[], &workload)
+    }
 
     #[test]
     fn indexer_lists_keep_faiss_commas() {

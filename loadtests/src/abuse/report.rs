@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use super::health::Alive;
 use super::tally::{goal_met, median, ratio, PhaseSummary, Tally};
+use super::Settings;
+use crate::table::{Align, Table};
 
 /// The goal of the issue: abused p99 within this factor of calm p99.
 pub(crate) const MAX_P99_RATIO: f64 = 2.0;
@@ -73,7 +75,7 @@ impl PhaseMedians {
 pub(crate) struct Report {
     pub(crate) benchmark: &'static str,
     pub(crate) gateway: String,
-    pub(crate) settings: serde_json::Value,
+    pub(crate) settings: Settings,
     pub(crate) rounds: Vec<Round>,
     pub(crate) calm: PhaseMedians,
     pub(crate) abused: PhaseMedians,
@@ -91,7 +93,7 @@ pub(crate) struct Report {
 impl Report {
     pub(crate) fn new(
         gateway: String,
-        settings: serde_json::Value,
+        settings: Settings,
         rounds: Vec<Round>,
         alive_at_end: Alive,
     ) -> Self {
@@ -129,21 +131,33 @@ impl Report {
     /// The Markdown tables: the normal traffic per round and as medians, then the outcomes of
     /// the abuse.
     pub(crate) fn markdown(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "| round | phase | requests | QPS | p50 ms | p99 ms | errors | p99 abused/calm |"
-        );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let right = |name| (name, Align::Right);
+        let mut phases = Table::new([
+            ("round", Align::Left),
+            ("phase", Align::Left),
+            right("requests"),
+            right("QPS"),
+            right("p50 ms"),
+            right("p99 ms"),
+            right("errors"),
+            right("p99 abused/calm"),
+        ]);
+        let one = |round: String, phase: &str, p: &PhaseSummary, ratio: String| {
+            vec![
+                round,
+                phase.to_owned(),
+                p.ok.to_string(),
+                format!("{:.1}", p.qps),
+                format!("{:.1}", p.p50_ms),
+                format!("{:.1}", p.p99_ms),
+                p.errors.to_string(),
+                ratio,
+            ]
+        };
         for r in &self.rounds {
-            phase_row(&mut s, &r.round.to_string(), "calm", &r.calm, "");
-            phase_row(
-                &mut s,
-                &r.round.to_string(),
-                "abused",
-                &r.abused,
-                &format!("{:.2}", r.p99_ratio),
-            );
+            phases.row(one(r.round.to_string(), "calm", &r.calm, String::new()));
+            let ratio = format!("{:.2}", r.p99_ratio);
+            phases.row(one(r.round.to_string(), "abused", &r.abused, ratio));
         }
         for (name, m) in [("calm", &self.calm), ("abused", &self.abused)] {
             let ratio = if name == "abused" {
@@ -151,15 +165,22 @@ impl Report {
             } else {
                 String::new()
             };
-            let _ = writeln!(
-                s,
-                "| median | {name} | | {:.1} | {:.1} | {:.1} | {} (sum) | {ratio} |",
-                m.qps, m.p50_ms, m.p99_ms, m.errors
-            );
+            phases.row(vec![
+                "median".into(),
+                name.into(),
+                String::new(),
+                format!("{:.1}", m.qps),
+                format!("{:.1}", m.p50_ms),
+                format!("{:.1}", m.p99_ms),
+                format!("{} (sum)", m.errors),
+                ratio,
+            ]);
         }
-        let _ = writeln!(s);
-        let _ = writeln!(s, "| abuse | outcomes (all rounds) | longest ms |");
-        let _ = writeln!(s, "|---|---|---:|");
+        let mut abuse = Table::new([
+            ("abuse", Align::Left),
+            ("outcomes (all rounds)", Align::Left),
+            right("longest ms"),
+        ]);
         for tally in [&self.abusive_requests, &self.abusive_connections] {
             for (kind, outcomes) in &tally.by_kind {
                 let list: Vec<String> = outcomes.iter().map(|(l, n)| format!("{l}: {n}")).collect();
@@ -167,9 +188,10 @@ impl Report {
                     .slowest_ms
                     .get(kind)
                     .map_or_else(String::new, |ms| format!("{ms:.0}"));
-                let _ = writeln!(s, "| {kind} | {} | {slowest} |", list.join(", "));
+                abuse.row(vec![kind.clone(), list.join(", "), slowest]);
             }
         }
+        let mut s = format!("{}\n{}", phases.render(), abuse.render());
         let _ = writeln!(s);
         let dead = if self.alive_at_end.dead.is_empty() {
             "none".to_owned()
@@ -206,27 +228,15 @@ fn met(yes: bool) -> &'static str {
     }
 }
 
-fn phase_row(s: &mut String, round: &str, phase: &str, p: &PhaseSummary, ratio: &str) {
-    let _ = writeln!(
-        s,
-        "| {round} | {phase} | {} | {:.1} | {:.1} | {:.1} | {} | {ratio} |",
-        p.ok, p.qps, p.p50_ms, p.p99_ms, p.errors
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::abuse::tally::{Latencies, Outcome};
+    use crate::abuse::tally::{measured, Outcome};
 
-    fn phase(ms: u64, n: u64, errors: u64) -> PhaseSummary {
-        let mut l = Latencies::default();
-        for _ in 0..n {
-            l.record(Duration::from_millis(ms));
-        }
-        PhaseSummary::new(&l, errors, vec![], Duration::from_secs(1))
+    fn phase(ms: u64, n: u64, errors: usize) -> PhaseSummary {
+        PhaseSummary::of(&measured(ms, n, errors, Duration::from_secs(1)))
     }
 
     fn alive(all: bool) -> Alive {
@@ -274,7 +284,7 @@ mod tests {
                 alive(true),
             ),
         ];
-        let r = Report::new("gw".into(), serde_json::json!({}), rounds, alive(true));
+        let r = Report::new("gw".into(), Settings::default(), rounds, alive(true));
         // Per-round ratios 1.5, 2.5, 1.8: the median is 1.8, within the goal.
         assert!((r.p99_ratio - 1.8).abs() < 0.01, "{}", r.p99_ratio);
         assert!((r.calm.qps - 100.0).abs() < 1e-9);
@@ -296,7 +306,7 @@ mod tests {
             Tally::default(),
             alive(true),
         )];
-        let r = Report::new("gw".into(), serde_json::json!({}), rounds, alive(false));
+        let r = Report::new("gw".into(), Settings::default(), rounds, alive(false));
         assert!(!r.normal_traffic_goal_met, "an error on the normal traffic");
         assert!(!r.abuse_goal_met);
         assert_eq!(r.abused.errors, 1);

@@ -9,9 +9,9 @@ use base64::Engine as _;
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::ImageEncoder as _;
-use rand::rngs::SmallRng;
-use rand::{Rng as _, SeedableRng as _};
 use serde_json::{json, Value};
+
+use crate::texts::{paragraph, SplitMix64};
 
 /// What is searched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -153,7 +153,7 @@ impl Workload {
         match self.spec.scenario {
             Scenario::Text => {
                 let sentences = if stream == DOC_STREAM { 2..=5 } else { 2..=3 };
-                json!({"id": id, "text": text(self.spec.seed, stream, i, sentences)})
+                json!({"id": id, "text": paragraph(self.spec.seed, stream, i, sentences)})
             }
             Scenario::Image => {
                 let pool = if stream == DOC_STREAM {
@@ -182,149 +182,9 @@ impl Workload {
     }
 }
 
-/// A generator for item `i` of `stream`, the same for the same seed.
-fn rng(seed: u64, stream: u64, i: usize) -> SmallRng {
-    let mixed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17)
-        ^ stream.wrapping_mul(0xbf58_476d_1ce4_e5b9)
-        ^ (i as u64).wrapping_mul(0x94d0_49bb_1331_11eb);
-    SmallRng::seed_from_u64(mixed)
-}
-
-const WORDS: &[&str] = &[
-    "search",
-    "engine",
-    "finds",
-    "similar",
-    "documents",
-    "quickly",
-    "people",
-    "walk",
-    "along",
-    "quiet",
-    "river",
-    "under",
-    "bright",
-    "summer",
-    "light",
-    "talk",
-    "about",
-    "music",
-    "horses",
-    "mountains",
-    "cities",
-    "old",
-    "stone",
-    "bridges",
-    "green",
-    "garden",
-    "winter",
-    "storm",
-    "market",
-    "signal",
-    "neural",
-    "network",
-    "vector",
-    "index",
-    "shard",
-    "replica",
-    "query",
-    "model",
-    "token",
-    "sentence",
-    "image",
-    "camera",
-    "forest",
-    "ocean",
-    "island",
-    "harbour",
-    "train",
-    "station",
-    "morning",
-    "evening",
-    "coffee",
-    "bread",
-    "kitchen",
-    "window",
-    "library",
-    "student",
-    "teacher",
-    "doctor",
-    "farmer",
-    "painter",
-    "singer",
-    "soldier",
-    "sailor",
-    "child",
-    "red",
-    "blue",
-    "yellow",
-    "silver",
-    "golden",
-    "small",
-    "large",
-    "ancient",
-    "modern",
-    "busy",
-    "empty",
-    "warm",
-    "cold",
-    "slowly",
-    "loudly",
-    "gently",
-    "carefully",
-    "builds",
-    "reads",
-    "writes",
-    "sings",
-    "paints",
-    "watches",
-    "opens",
-    "closes",
-    "carries",
-    "follows",
-    "remembers",
-    "forgets",
-    "chooses",
-    "the",
-    "a",
-    "and",
-    "with",
-    "near",
-    "behind",
-    "before",
-    "after",
-    "every",
-];
-
-/// A text of `sentences` sentences of 6 to 14 words.
-fn text(seed: u64, stream: u64, i: usize, sentences: std::ops::RangeInclusive<usize>) -> String {
-    let mut rng = rng(seed, stream, i);
-    let n = rng.random_range(sentences);
-    let mut out = String::new();
-    for s in 0..n {
-        if s > 0 {
-            out.push(' ');
-        }
-        let words = rng.random_range(6..=14);
-        for w in 0..words {
-            let word = WORDS[rng.random_range(0..WORDS.len())];
-            if w == 0 {
-                let mut chars = word.chars();
-                out.extend(chars.next().map(|c| c.to_ascii_uppercase()));
-                out.push_str(chars.as_str());
-            } else {
-                out.push(' ');
-                out.push_str(word);
-            }
-        }
-        out.push(['.', '.', '!', '?'][rng.random_range(0..4)]);
-    }
-    out
-}
-
 /// Image `i` of `stream` as base64 JPEG (quality 90) or PNG.
 fn image_base64(spec: &WorkloadSpec, stream: u64, i: usize) -> anyhow::Result<String> {
-    let variant = rng(spec.seed, stream, i).random::<u32>() as usize;
+    let variant = SplitMix64::for_item(spec.seed, stream, i).below(1 << 32);
     let picture = crate::workload::picture(variant, spec.image_size);
     let mut bytes = Cursor::new(Vec::new());
     match spec.image_format {
@@ -378,16 +238,6 @@ mod tests {
         assert_eq!(w.query_docs(3), w.query_docs(0));
         assert_eq!(w.query_docs(2).0, 4);
         assert_eq!(w.query_docs(2).1.len(), 1);
-    }
-
-    #[test]
-    fn texts_are_deterministic_and_multi_sentence() {
-        let a = text(1, DOC_STREAM, 5, 2..=5);
-        assert_eq!(a, text(1, DOC_STREAM, 5, 2..=5));
-        assert_ne!(a, text(2, DOC_STREAM, 5, 2..=5));
-        assert_ne!(a, text(1, QUERY_STREAM, 5, 2..=5));
-        let ends = a.matches(['.', '!', '?']).count();
-        assert!((2..=5).contains(&ends), "{a}");
     }
 
     #[test]
