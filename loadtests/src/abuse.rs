@@ -29,14 +29,16 @@ use report::{Report, Round};
 use tally::PhaseSummary;
 
 /// The settings of `flowmesh-bench abuse`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, Serialize)]
 pub(crate) struct AbuseArgs {
     /// A running gateway to target; without it the Flow is started with `flowmesh up`.
     #[arg(long)]
+    #[serde(skip)]
     gateway: Option<String>,
     /// The Flow to start when no gateway is given (flows/overhead.yml, with a hash encoder, for
     /// a quick run).
     #[arg(long, default_value = "flows/text.yml")]
+    #[serde(skip)]
     flow: PathBuf,
     /// Virtual memory allowed to each process of the started Flow, in MiB (`prlimit --as`), so
     /// that a request that allocates without bound fails that process, not the machine (needs
@@ -69,6 +71,7 @@ pub(crate) struct AbuseArgs {
     top_k: usize,
     /// Kinds of abuse, comma separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Kind::all())]
+    #[serde(serialize_with = "kind_names")]
     kinds: Vec<Kind>,
     /// 5 MB texts sent per abused phase (each can keep an unprotected encoder busy for long).
     #[arg(long, default_value_t = 1)]
@@ -90,9 +93,11 @@ pub(crate) struct AbuseArgs {
     request_timeout_secs: u64,
     /// Where to write the JSON results.
     #[arg(long)]
+    #[serde(skip)]
     out: Option<PathBuf>,
     /// Exit non-zero unless both goals are met (by default only a failure to run does).
     #[arg(long)]
+    #[serde(skip)]
     check: bool,
 }
 
@@ -112,10 +117,7 @@ pub(crate) async fn run(args: AbuseArgs) -> anyhow::Result<()> {
         l.stop().await;
     }
     let report = outcome?;
-    println!("{}", report.markdown());
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
-    }
+    crate::report::publish(&report.markdown(), &report, args.out.as_deref())?;
     if args.check {
         anyhow::ensure!(
             report.normal_traffic_goal_met && report.abuse_goal_met,
@@ -229,26 +231,17 @@ async fn index(client: &load::HttpClient, gateway: &str, docs: usize) -> anyhow:
     Ok(())
 }
 
-/// Every setting of a run, as reported.
-#[derive(Debug, Clone, Default, Serialize)]
+/// `kinds` by their flag names.
+fn kind_names<S: serde::Serializer>(kinds: &[Kind], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(kinds.iter().map(|k| k.name()))
+}
+
+/// Every setting of a run, as reported: the flags, and the Flow when one was started here.
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Settings {
     flow: Option<String>,
-    process_memory_mib: u64,
-    docs: usize,
-    clients: usize,
-    abusers: usize,
-    rounds: usize,
-    duration_secs: u64,
-    requests: usize,
-    abusive_requests: usize,
-    top_k: usize,
-    kinds: Vec<String>,
-    huge_texts: usize,
-    slowloris: usize,
-    idle: usize,
-    max_documents: usize,
-    abusive_timeout_secs: u64,
-    request_timeout_secs: u64,
+    #[serde(flatten)]
+    args: AbuseArgs,
 }
 
 fn settings(args: &AbuseArgs) -> Settings {
@@ -257,21 +250,19 @@ fn settings(args: &AbuseArgs) -> Settings {
             .gateway
             .is_none()
             .then(|| args.flow.display().to_string()),
-        process_memory_mib: args.process_memory_mib,
-        docs: args.docs,
-        clients: args.clients,
-        abusers: args.abusers,
-        rounds: args.rounds,
-        duration_secs: args.duration_secs,
-        requests: args.requests,
-        abusive_requests: args.abusive_requests,
-        top_k: args.top_k,
-        kinds: args.kinds.iter().map(|k| k.name()).collect(),
-        huge_texts: args.huge_texts,
-        slowloris: args.slowloris,
-        idle: args.idle,
-        max_documents: args.max_documents,
-        abusive_timeout_secs: args.abusive_timeout_secs,
-        request_timeout_secs: args.request_timeout_secs,
+        args: args.clone(),
     }
+}
+
+/// The settings of `abuse` with its defaults.
+#[cfg(test)]
+pub(crate) fn default_settings() -> Settings {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AbuseArgs,
+    }
+    settings(&Cli::parse_from(["abuse"]).args)
 }

@@ -86,10 +86,7 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
         prepare_ms_per_input: workload.prepare_seconds() * 1e3,
         service: measured?,
     };
-    println!("{}", table(&result));
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
-    }
+    crate::report::publish(&table(&result), &result, args.out.as_deref())?;
     let errors: usize = result.service.iter().map(|r| r.errors).sum();
     anyhow::ensure!(errors == 0, "{errors} requests failed");
     Ok(())

@@ -457,7 +457,6 @@ pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
         tables.push(table);
         results.push(result);
     }
-    println!("{}", tables.join("\n"));
     let errors: usize = results.iter().map(SetResult::errors).sum();
     let result = IndexerResult {
         benchmark: "indexer",
@@ -473,9 +472,7 @@ pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
         machine: report::machine(),
         sets: results,
     };
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
-    }
+    crate::report::publish(&tables.join("\n"), &result, args.out.as_deref())?;
     anyhow::ensure!(
         errors == 0,
         "{errors} search calls failed or had wrong match counts"

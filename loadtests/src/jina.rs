@@ -60,7 +60,8 @@ pub(crate) enum Order {
     JinaFirst,
 }
 
-#[derive(Debug, clap::Args)]
+/// The settings of `flowmesh-bench compare`; the JSON reports those that shape the figures.
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub(crate) struct CompareArgs {
     /// Workloads to run, comma separated.
     #[arg(
@@ -69,9 +70,11 @@ pub(crate) struct CompareArgs {
         value_delimiter = ',',
         default_value = "overhead,search,index"
     )]
+    #[serde(skip)]
     workload: Vec<WorkloadKind>,
     /// Which side runs first in each workload (alternate it between runs to interleave).
     #[arg(long, value_enum, default_value = "flowmesh-first")]
+    #[serde(serialize_with = "debug")]
     order: Order,
     /// overhead: documents indexed before searching.
     #[arg(long, default_value_t = 10_000)]
@@ -115,17 +118,26 @@ pub(crate) struct CompareArgs {
     /// The text model's config (`models/prepare.sh` writes it); default
     /// `$FLOWMESH_CACHE/models/minilm/config.json`.
     #[arg(long)]
+    #[serde(skip)]
     model_config: Option<PathBuf>,
     /// The Python of a venv with Jina 3.34 (and onnxruntime, tokenizers); default: the one
     /// `scripts/jina-venv.sh` makes or finds.
     #[arg(long, env = "FLOWMESH_JINA_PYTHON")]
+    #[serde(skip)]
     jina_python: Option<PathBuf>,
     /// The folder of the Jina side's Python files.
     #[arg(long, default_value_os_t = python::repo().join("loadtests/jina"))]
+    #[serde(skip)]
     jina_dir: PathBuf,
     /// Where to write compare.json, compare.md and the Jina Flows' logs.
     #[arg(long)]
+    #[serde(skip)]
     out: Option<PathBuf>,
+}
+
+/// `value` as `{:?}` writes it.
+fn debug<S: serde::Serializer>(value: &impl std::fmt::Debug, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{value:?}"))
 }
 
 /// Encoder replicas and indexer shards of both Flows (flows/*.yml and the Jina runner).

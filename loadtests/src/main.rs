@@ -29,6 +29,7 @@ mod launch;
 mod load;
 mod overhead;
 mod procstat;
+mod report;
 mod seed;
 mod short;
 mod table;

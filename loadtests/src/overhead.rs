@@ -108,10 +108,7 @@ pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
         l.stop().await;
     }
     let result = result?;
-    println!("{}", table(&result));
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
-    }
+    crate::report::publish(&table(&result), &result, args.out.as_deref())?;
     let errors: usize = result.search.iter().map(|r| r.errors).sum();
     anyhow::ensure!(errors == 0, "{errors} search requests failed");
     Ok(())

@@ -48,7 +48,9 @@ pub(crate) enum IndexerKind {
     Faiss,
 }
 
-#[derive(Debug, clap::Args)]
+/// The settings of `flowmesh-bench run`; those that are not derived (limits, indexers, store)
+/// are reported as given.
+#[derive(Debug, Clone, clap::Args, Serialize)]
 pub(crate) struct RunArgs {
     /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
     /// shards).
@@ -69,6 +71,7 @@ pub(crate) struct RunArgs {
     request_size: usize,
     /// Query documents per search request (default: `--request-size`).
     #[arg(long)]
+    #[serde(skip)]
     query_request_size: Option<usize>,
     /// Documents to index.
     #[arg(long, default_value_t = 2000)]
@@ -78,16 +81,20 @@ pub(crate) struct RunArgs {
     queries: usize,
     /// Limit of both phases ("30s", "2h"); the queries repeat until it has passed.
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     duration: Option<Duration>,
     /// Limit of the index phase (default: `--duration`, else none).
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     index_duration: Option<Duration>,
     /// Duration of the query phase, queries repeating (default: `--duration`, else each query
     /// once).
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     query_duration: Option<Duration>,
     /// Most requests of one phase.
     #[arg(long, default_value_t = 1_000_000)]
+    #[serde(skip)]
     max_requests: usize,
     /// Matches per query; every query must get exactly this many (fewer only when the index
     /// holds fewer documents).
@@ -102,26 +109,33 @@ pub(crate) struct RunArgs {
     /// The index backend (one indexer; see `--indexers` for a comparison). Default `flat`;
     /// with `--gateway` it only labels the results.
     #[arg(long, value_enum)]
+    #[serde(skip)]
     indexer: Option<IndexerKind>,
     /// annoy: trees.
     #[arg(long, default_value_t = 100)]
+    #[serde(skip)]
     num_trees: usize,
     /// annoy: nodes inspected per search (Annoy's default when unset).
     #[arg(long)]
+    #[serde(skip)]
     search_k: Option<usize>,
     /// faiss: the `index_factory` key.
     #[arg(long, default_value = "IVF50,Flat")]
+    #[serde(skip)]
     index_key: String,
     /// faiss IVF: lists visited per search (faiss's default, 1, when unset).
     #[arg(long)]
+    #[serde(skip)]
     nprobe: Option<usize>,
     /// Indexers to compare on the same data and queries, comma separated (faiss keys keep
     /// their commas): `flat,annoy:trees=100,faiss:IVF50,Flat:nprobe=8`. Recall@k is measured
     /// against the first `flat` (added first when missing).
     #[arg(long)]
+    #[serde(skip)]
     indexers: Option<String>,
     /// The ranker's document store (texts).
     #[arg(long, value_enum, default_value = "embedded")]
+    #[serde(skip)]
     store: Store,
     /// Redis for `--store redis`: `redis://host:port/db`.
     #[arg(long)]
@@ -143,12 +157,15 @@ pub(crate) struct RunArgs {
     prefetch: usize,
     /// Interval of the summary lines of long phases.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     report_every: Duration,
     /// Longest wait for one answer (also the Flow's executor timeout).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     timeout: Duration,
     /// Longest wait for the indexers' builds before a query phase.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     build_timeout: Duration,
     /// Side of the generated images, in pixels.
     #[arg(long, default_value_t = 224)]
@@ -164,41 +181,26 @@ pub(crate) struct RunArgs {
     skip_index: bool,
     /// No progress bar, progress lines nor interval summaries.
     #[arg(long)]
+    #[serde(skip)]
     quiet: bool,
     /// Where to write results.json, results.md and the plots.
     #[arg(long)]
+    #[serde(skip)]
     out: Option<PathBuf>,
 }
 
-/// Every setting of a run, as reported in `results.json`.
+/// Every setting of a run, as reported in `results.json`: the flags, and what follows from
+/// them.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Settings {
-    pub(crate) scenario: Scenario,
-    pub(crate) gateway: Option<String>,
-    pub(crate) protocol: Protocol,
-    pub(crate) concurrency: usize,
-    pub(crate) request_size: usize,
+    #[serde(flatten)]
+    pub(crate) args: RunArgs,
     pub(crate) query_request_size: usize,
-    pub(crate) docs: usize,
-    pub(crate) queries: usize,
     pub(crate) index_limits: LoadConfig,
     pub(crate) query_limits: LoadConfig,
-    pub(crate) top_k: usize,
-    pub(crate) shards: usize,
-    pub(crate) replicas: usize,
     pub(crate) indexers: Vec<String>,
     pub(crate) store: String,
-    pub(crate) redis_url: Option<String>,
-    pub(crate) seed: u64,
-    pub(crate) encoder: Encoder,
-    pub(crate) dim: usize,
-    pub(crate) encoder_threads: usize,
-    pub(crate) prefetch: usize,
     pub(crate) timeout_s: f64,
-    pub(crate) image_size: u32,
-    pub(crate) image_format: ImageFormat,
-    pub(crate) image_pool: usize,
-    pub(crate) skip_index: bool,
     pub(crate) started_unix_s: u64,
 }
 
@@ -347,32 +349,13 @@ impl RunArgs {
 
     fn settings(&self, specs: &[BackendSpec], workload: &Workload) -> Settings {
         Settings {
-            scenario: self.scenario,
-            gateway: self.gateway.clone(),
-            protocol: self.protocol,
-            concurrency: self.concurrency,
-            request_size: self.request_size,
+            args: self.clone(),
             query_request_size: workload.spec.query_request_size,
-            docs: self.docs,
-            queries: self.queries,
             index_limits: self.index_limits(workload),
             query_limits: self.query_limits(workload),
-            top_k: self.top_k,
-            shards: self.shards,
-            replicas: self.replicas,
             indexers: specs.iter().map(ToString::to_string).collect(),
             store: self.store_label(),
-            redis_url: self.redis_url.clone(),
-            seed: self.seed,
-            encoder: self.encoder,
-            dim: self.dim,
-            encoder_threads: self.encoder_threads,
-            prefetch: self.prefetch,
             timeout_s: self.timeout.as_secs_f64(),
-            image_size: self.image_size,
-            image_format: self.image_format,
-            image_pool: self.image_pool,
-            skip_index: self.skip_index,
             started_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -284,7 +284,12 @@ mod tests {
                 alive(true),
             ),
         ];
-        let r = Report::new("gw".into(), Settings::default(), rounds, alive(true));
+        let r = Report::new(
+            "gw".into(),
+            super::super::default_settings(),
+            rounds,
+            alive(true),
+        );
         // Per-round ratios 1.5, 2.5, 1.8: the median is 1.8, within the goal.
         assert!((r.p99_ratio - 1.8).abs() < 0.01, "{}", r.p99_ratio);
         assert!((r.calm.qps - 100.0).abs() < 1e-9);
@@ -306,7 +311,12 @@ mod tests {
             Tally::default(),
             alive(true),
         )];
-        let r = Report::new("gw".into(), Settings::default(), rounds, alive(false));
+        let r = Report::new(
+            "gw".into(),
+            super::super::default_settings(),
+            rounds,
+            alive(false),
+        );
         assert!(!r.normal_traffic_goal_met, "an error on the normal traffic");
         assert!(!r.abuse_goal_met);
         assert_eq!(r.abused.errors, 1);

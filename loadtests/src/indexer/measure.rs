@@ -321,15 +321,11 @@ pub(crate) async fn over_http(
     bodies: &Arc<Vec<Bytes>>,
     calls: Calls,
 ) -> Slice {
-    let Calls {
-        batch,
-        concurrency,
-        bounds,
-        warm_up,
-    } = calls;
-    let mut config = LoadConfig::new(concurrency, max_calls(bounds, batch), bounds.duration);
+    let batch = calls.batch;
+    let (max, duration) = (max_calls(calls.bounds, batch), calls.bounds.duration);
+    let mut config = LoadConfig::new(calls.concurrency, max, duration);
     // One untimed call opens a connection and warms the service.
-    config.warmup = usize::from(warm_up && !bodies.is_empty());
+    config.warmup = usize::from(calls.warm_up && !bodies.is_empty());
     let recall_sum = Arc::new(Mutex::new(0.0_f64));
     let (client, url, w, bodies, sum) = (
         client.clone(),

@@ -1,7 +1,6 @@
 //! The comparison's rows, its Markdown table and its JSON.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -141,25 +140,6 @@ impl Row {
     }
 }
 
-/// The settings of a run, as reported.
-#[derive(Debug, Clone, Serialize)]
-struct Settings {
-    order: String,
-    docs: usize,
-    concurrency: Vec<usize>,
-    search_docs: usize,
-    search_concurrency: usize,
-    index_docs: usize,
-    sentences_per_doc: usize,
-    request_size: usize,
-    index_concurrency: usize,
-    duration_secs: u64,
-    requests: usize,
-    top_k: usize,
-    overhead_flow: PathBuf,
-    text_flow: PathBuf,
-}
-
 /// What the search and index workloads add to the results.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Extras {
@@ -174,7 +154,7 @@ pub(crate) struct Extras {
 pub(crate) struct CompareResult<'a> {
     benchmark: &'static str,
     jina: &'static str,
-    settings: Settings,
+    settings: &'a CompareArgs,
     rows: &'a [Row],
     network_guard_refusals: &'a [String],
     #[serde(flatten)]
@@ -183,7 +163,7 @@ pub(crate) struct CompareResult<'a> {
 
 /// The results of a run.
 pub(crate) fn result<'a>(
-    args: &CompareArgs,
+    args: &'a CompareArgs,
     rows: &'a [Row],
     extras: Extras,
     refused: &'a [String],
@@ -191,22 +171,7 @@ pub(crate) fn result<'a>(
     CompareResult {
         benchmark: "compare",
         jina: "3.34 (HTTP gateway, docarray v2, Python executors in loadtests/jina)",
-        settings: Settings {
-            order: format!("{:?}", args.order),
-            docs: args.docs,
-            concurrency: args.concurrency.clone(),
-            search_docs: args.search_docs,
-            search_concurrency: args.search_concurrency,
-            index_docs: args.index_docs,
-            sentences_per_doc: args.sentences_per_doc,
-            request_size: args.request_size,
-            index_concurrency: args.index_concurrency,
-            duration_secs: args.duration_secs,
-            requests: args.requests,
-            top_k: args.top_k,
-            overhead_flow: args.overhead_flow.clone(),
-            text_flow: args.text_flow.clone(),
-        },
+        settings: args,
         rows,
         network_guard_refusals: refused,
         extras,
