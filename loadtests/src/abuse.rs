@@ -21,11 +21,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::launch::Launched;
+use crate::launch::Gateway;
 use crate::load::{self, LoadConfig};
 use crate::short;
 use attack::{Kind, Target};
-use report::{Report, Round};
+use report::{Abuse, Report, Round};
 use tally::PhaseSummary;
 
 /// The settings of `flowmesh-bench abuse`.
@@ -110,12 +110,9 @@ impl Kind {
 /// Runs the benchmark: start (or reach) the mesh, index, then the rounds.
 pub(crate) async fn run(args: AbuseArgs) -> anyhow::Result<()> {
     let limit = (args.process_memory_mib > 0).then_some(args.process_memory_mib << 20);
-    let (launched, gateway) =
-        Launched::unless_given(args.gateway.as_deref(), &args.flow, limit).await?;
-    let outcome = measure(&args, &gateway).await;
-    if let Some(l) = launched {
-        l.stop().await;
-    }
+    let gateway = Gateway::given_or_started(args.gateway.as_deref(), &args.flow, limit).await?;
+    let outcome = measure(&args, &gateway.base).await;
+    gateway.stop().await;
     let report = outcome?;
     crate::report::publish(&report.markdown(), &report, args.out.as_deref())?;
     if args.check {
@@ -193,14 +190,11 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
             abusive_requests.total,
             alive_after.all_alive
         );
-        rounds.push(Round::new(
-            round,
-            calm,
-            abused,
+        let abuse = Abuse {
             abusive_requests,
             abusive_connections,
-            alive_after,
-        ));
+        };
+        rounds.push(Round::new(round, (calm, abused), abuse, alive_after));
     }
     let alive_at_end = health::check(&client, gateway, &replicas).await;
     Ok(Report::new(

@@ -16,6 +16,39 @@ pub(crate) struct Launched {
     _workspace: Option<TempDir>,
 }
 
+/// The gateway a benchmark measures: one given, or a Flow started here.
+pub(crate) struct Gateway {
+    /// Its base URL, without a trailing `/`.
+    pub(crate) base: String,
+    launched: Option<Launched>,
+}
+
+impl Gateway {
+    /// `given` as it is, or a Flow started here from `flow` (each process limited to
+    /// `address_space` bytes when given); [`Gateway::stop`] stops what was started.
+    pub(crate) async fn given_or_started(
+        given: Option<&str>,
+        flow: &Path,
+        address_space: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let launched = match given {
+            Some(_) => None,
+            None => Some(Launched::flow_limited(flow, address_space).await?),
+        };
+        let base = match (&launched, given) {
+            (Some(l), _) => l.base.clone(),
+            (None, g) => g.unwrap_or_default().trim_end_matches('/').to_owned(),
+        };
+        Ok(Self { base, launched })
+    }
+
+    pub(crate) async fn stop(self) {
+        if let Some(l) = self.launched {
+            l.stop().await;
+        }
+    }
+}
+
 /// A directory removed on drop.
 pub(crate) struct TempDir(pub(crate) PathBuf);
 
@@ -42,23 +75,6 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl Launched {
-    /// The gateway to measure: `given` as it is, or a Flow started here from `flow` (each
-    /// process limited to `address_space` bytes when given), which the caller stops.
-    pub(crate) async fn unless_given(
-        given: Option<&str>,
-        flow: &Path,
-        address_space: Option<u64>,
-    ) -> anyhow::Result<(Option<Self>, String)> {
-        match given {
-            Some(g) => Ok((None, g.trim_end_matches('/').to_owned())),
-            None => {
-                let launched = Self::flow_limited(flow, address_space).await?;
-                let base = launched.base.clone();
-                Ok((Some(launched), base))
-            }
-        }
-    }
-
     /// Runs `flowmesh up FLOW` on a free port with a fresh workspace, until its `gateway:` line.
     pub(crate) async fn flow(flow: &Path) -> anyhow::Result<Self> {
         Self::flow_limited(flow, None).await

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::launch::Launched;
+use crate::launch::Gateway;
 use crate::load::{self, LoadConfig, Measured};
 use crate::short;
 use crate::table::{Align, Table};
@@ -101,12 +101,9 @@ impl SearchRow {
 
 /// `flowmesh-bench overhead`.
 pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
-    let (launched, gateway) =
-        Launched::unless_given(args.gateway.as_deref(), &args.flow, None).await?;
-    let result = measure(&args, &gateway).await;
-    if let Some(l) = launched {
-        l.stop().await;
-    }
+    let gateway = Gateway::given_or_started(args.gateway.as_deref(), &args.flow, None).await?;
+    let result = measure(&args, &gateway.base).await;
+    gateway.stop().await;
     let result = result?;
     crate::report::publish(&table(&result), &result, args.out.as_deref())?;
     let errors: usize = result.search.iter().map(|r| r.errors).sum();

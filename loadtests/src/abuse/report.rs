@@ -20,10 +20,8 @@ pub(crate) struct Round {
     pub(crate) abused: PhaseSummary,
     /// `abused.p99_ms / calm.p99_ms`.
     pub(crate) p99_ratio: f64,
-    /// What the abusive requests got, by kind and status.
-    pub(crate) abusive_requests: Tally,
-    /// What became of the slowloris and idle connections.
-    pub(crate) abusive_connections: Tally,
+    #[serde(flatten)]
+    pub(crate) abuse: Abuse,
     /// Health after the abused phase.
     pub(crate) alive_after: Alive,
 }
@@ -31,10 +29,8 @@ pub(crate) struct Round {
 impl Round {
     pub(crate) fn new(
         round: usize,
-        calm: PhaseSummary,
-        abused: PhaseSummary,
-        abusive_requests: Tally,
-        abusive_connections: Tally,
+        (calm, abused): (PhaseSummary, PhaseSummary),
+        abuse: Abuse,
         alive_after: Alive,
     ) -> Self {
         Self {
@@ -42,10 +38,30 @@ impl Round {
             p99_ratio: ratio(abused.p99_ms, calm.p99_ms),
             calm,
             abused,
-            abusive_requests,
-            abusive_connections,
+            abuse,
             alive_after,
         }
+    }
+}
+
+/// What the abusive clients got: their requests, and their held connections.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Abuse {
+    /// What the abusive requests got, by kind and status.
+    pub(crate) abusive_requests: Tally,
+    /// What became of the slowloris and idle connections.
+    pub(crate) abusive_connections: Tally,
+}
+
+impl Abuse {
+    fn merge(&mut self, other: &Self) {
+        self.abusive_requests.merge(&other.abusive_requests);
+        self.abusive_connections.merge(&other.abusive_connections);
+    }
+
+    /// Whether every request and connection got an acceptable outcome.
+    fn all_acceptable(&self) -> bool {
+        self.abusive_requests.unacceptable == 0 && self.abusive_connections.unacceptable == 0
     }
 }
 
@@ -81,8 +97,9 @@ pub(crate) struct Report {
     pub(crate) abused: PhaseMedians,
     /// The median of the rounds' p99 ratios.
     pub(crate) p99_ratio: f64,
-    pub(crate) abusive_requests: Tally,
-    pub(crate) abusive_connections: Tally,
+    /// The abuse of every round.
+    #[serde(flatten)]
+    pub(crate) abuse: Abuse,
     pub(crate) alive_at_end: Alive,
     /// p99 within [`MAX_P99_RATIO`] and no error on the normal traffic.
     pub(crate) normal_traffic_goal_met: bool,
@@ -100,16 +117,13 @@ impl Report {
         let calm = PhaseMedians::of(rounds.iter().map(|r| &r.calm));
         let abused = PhaseMedians::of(rounds.iter().map(|r| &r.abused));
         let p99_ratio = median(rounds.iter().map(|r| r.p99_ratio));
-        let mut abusive_requests = Tally::default();
-        let mut abusive_connections = Tally::default();
+        let mut abuse = Abuse::default();
         for r in &rounds {
-            abusive_requests.merge(&r.abusive_requests);
-            abusive_connections.merge(&r.abusive_connections);
+            abuse.merge(&r.abuse);
         }
         let normal_traffic_goal_met =
             goal_met(p99_ratio, calm.errors + abused.errors, MAX_P99_RATIO);
-        let abuse_goal_met = abusive_requests.unacceptable == 0
-            && abusive_connections.unacceptable == 0
+        let abuse_goal_met = abuse.all_acceptable()
             && alive_at_end.all_alive
             && rounds.iter().all(|r| r.alive_after.all_alive);
         Self {
@@ -120,8 +134,7 @@ impl Report {
             calm,
             abused,
             p99_ratio,
-            abusive_requests,
-            abusive_connections,
+            abuse,
             alive_at_end,
             normal_traffic_goal_met,
             abuse_goal_met,
@@ -181,7 +194,10 @@ impl Report {
             ("outcomes (all rounds)", Align::Left),
             right("longest ms"),
         ]);
-        for tally in [&self.abusive_requests, &self.abusive_connections] {
+        for tally in [
+            &self.abuse.abusive_requests,
+            &self.abuse.abusive_connections,
+        ] {
             for (kind, outcomes) in &tally.by_kind {
                 let list: Vec<String> = outcomes.iter().map(|(l, n)| format!("{l}: {n}")).collect();
                 let slowest = tally
@@ -206,8 +222,8 @@ impl Report {
             self.p99_ratio,
             self.calm.errors + self.abused.errors,
             met(self.normal_traffic_goal_met),
-            self.abusive_requests.unacceptable,
-            self.abusive_requests.total,
+            self.abuse.abusive_requests.unacceptable,
+            self.abuse.abusive_requests.total,
             met(self.abuse_goal_met),
             if self.alive_at_end.gateway {
                 "answers"
@@ -252,6 +268,13 @@ mod tests {
         }
     }
 
+    fn requests(abusive_requests: Tally) -> Abuse {
+        Abuse {
+            abusive_requests,
+            ..Abuse::default()
+        }
+    }
+
     #[test]
     fn medians_ratios_and_verdicts_over_rounds() {
         let mut ok = Tally::default();
@@ -261,26 +284,20 @@ mod tests {
         let rounds = vec![
             Round::new(
                 1,
-                phase(10, 100, 0),
-                phase(15, 90, 0),
-                ok.clone(),
-                Tally::default(),
+                (phase(10, 100, 0), phase(15, 90, 0)),
+                requests(ok.clone()),
                 alive(true),
             ),
             Round::new(
                 2,
-                phase(20, 50, 0),
-                phase(50, 40, 0),
-                ok.clone(),
-                Tally::default(),
+                (phase(20, 50, 0), phase(50, 40, 0)),
+                requests(ok.clone()),
                 alive(true),
             ),
             Round::new(
                 3,
-                phase(10, 100, 0),
-                phase(18, 80, 0),
-                ok.clone(),
-                Tally::default(),
+                (phase(10, 100, 0), phase(18, 80, 0)),
+                requests(ok.clone()),
                 alive(true),
             ),
         ];
@@ -295,7 +312,7 @@ mod tests {
         assert!((r.calm.qps - 100.0).abs() < 1e-9);
         assert!((r.abused.qps - 80.0).abs() < 1e-9);
         assert!((r.abused.p99_ms - 18.0).abs() < 0.05);
-        assert_eq!(r.abusive_requests.by_kind["top-k-1e12"]["400"], 3);
+        assert_eq!(r.abuse.abusive_requests.by_kind["top-k-1e12"]["400"], 3);
         assert!(r.normal_traffic_goal_met && r.abuse_goal_met);
         let md = r.markdown();
         assert_eq!(md.lines().filter(|l| l.starts_with("| 2 |")).count(), 2);
@@ -305,10 +322,8 @@ mod tests {
         // One normal error anywhere, one hang, one dead process: each fails its goal.
         let rounds = vec![Round::new(
             1,
-            phase(10, 10, 0),
-            phase(11, 10, 1),
-            hang,
-            Tally::default(),
+            (phase(10, 10, 0), phase(11, 10, 1)),
+            requests(hang),
             alive(true),
         )];
         let r = Report::new(
