@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::launch::Launched;
 use crate::load::{self, Done, Failure, LoadConfig, Measured};
 use crate::procstat;
-use crate::table::{Align, Table};
+use crate::table::{opt, Align, Table};
 use crate::workload::Workload;
 
 #[derive(Debug, clap::Args)]
@@ -379,7 +379,7 @@ fn table(result: &EncoderResult) -> String {
             ms(r.raw_cpu_ms_per_input),
             ms(r.service_cpu_ms_per_input),
             ms(r.client_cpu_ms_per_input),
-            format!("{:.1}", r.mean_batch.unwrap_or(f64::NAN)),
+            opt(r.mean_batch, 1),
             r.errors.to_string(),
         ]);
     }

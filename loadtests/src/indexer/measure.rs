@@ -198,6 +198,10 @@ impl Slice {
     /// The measurement these slices make up.
     pub(crate) fn phase(self, mode: &'static str, batch: usize, concurrency: usize) -> Phase {
         let t = self.tally;
+        debug_assert!(
+            t.recall_sum <= t.queries as f64 + 1e-9,
+            "recall counted for queries not counted"
+        );
         let seconds = self.elapsed.as_secs_f64();
         Phase {
             mode,
@@ -323,9 +327,14 @@ pub(crate) async fn over_http(
 ) -> Slice {
     let batch = calls.batch;
     let (max, duration) = (max_calls(calls.bounds, batch), calls.bounds.duration);
-    let mut config = LoadConfig::new(calls.concurrency, max, duration);
-    // One untimed call opens a connection and warms the service.
-    config.warmup = usize::from(calls.warm_up && !bodies.is_empty());
+    if let Some(body) = bodies.first().filter(|_| calls.warm_up) {
+        // One untimed call opens a connection and warms the service; sent here rather than as
+        // the driver's warm-up, so that its answer is not scored.
+        let _ = client
+            .post(url.clone(), body.clone(), "bench-warm-up")
+            .await;
+    }
+    let config = LoadConfig::new(calls.concurrency, max, duration);
     let recall_sum = Arc::new(Mutex::new(0.0_f64));
     let (client, url, w, bodies, sum) = (
         client.clone(),
