@@ -170,14 +170,13 @@ def _patch_socket():
         _check_host("create_connection", address[0] if address else None)
         return real["create_connection"](address, *args, **kwargs)
 
-    socket.socket.connect = connect
-    socket.socket.connect_ex = connect_ex
-    socket.socket.sendto = sendto
-    socket.getaddrinfo = getaddrinfo
-    socket.gethostbyname = gethostbyname
-    socket.gethostbyname_ex = gethostbyname_ex
-    socket.gethostbyaddr = gethostbyaddr
-    socket.create_connection = create_connection
+    # Each guarded function replaces the one of the same name in `real`.
+    for owner, guarded in (
+        (socket.socket, (connect, connect_ex, sendto)),
+        (socket, (getaddrinfo, gethostbyname, gethostbyname_ex, gethostbyaddr, create_connection)),
+    ):
+        for function in guarded:
+            setattr(owner, function.__name__, function)
 
 
 def _patch_uvloop(module):
