@@ -165,7 +165,10 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
         eprintln!("round {round}/{}: calm ...", args.rounds);
         let calm = normal_phase().await;
         eprintln!("round {round}/{}: abused ...", args.rounds);
-        let until = Instant::now() + normal.duration;
+        let now = Instant::now();
+        let until = now
+            .checked_add(normal.duration)
+            .unwrap_or(now + load::NO_LIMIT);
         let (abused, abusive_requests, abusive_connections) = tokio::join!(
             normal_phase(),
             attack::requests_loop(

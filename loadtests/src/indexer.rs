@@ -170,13 +170,11 @@ fn shard(flags: &[String]) -> anyhow::Result<Shard> {
 /// Stores rows `0..n` of `data` as `v{row}` in one call.
 fn store(shard: &Shard, data: &[f32], dim: usize) -> anyhow::Result<()> {
     let ids: Vec<String> = (0..data.len() / dim).map(row_id).collect();
-    let entries: Vec<Entry<'_>> = ids
-        .iter()
-        .zip(data.chunks_exact(dim))
-        .map(|(id, vector)| Entry {
-            id,
+    let entries: Vec<Entry<'_>> = (0..ids.len())
+        .map(|row| Entry {
+            id: &ids[row],
             parent_id: None,
-            vector,
+            vector: &data[row * dim..(row + 1) * dim],
         })
         .collect();
     shard.upsert(&[], &entries)?;

@@ -172,11 +172,9 @@ pub(crate) fn goal_met(p99_ratio: f64, normal_errors: u64, max_ratio: f64) -> bo
 pub(crate) fn measured(ms: u64, n: u64, errors: usize, elapsed: Duration) -> Measured {
     let mut m = Measured {
         elapsed,
+        latencies: crate::load::Latencies::of_ms(std::iter::repeat_n(ms, n as usize)),
         ..Measured::default()
     };
-    for _ in 0..n {
-        m.latencies.record(Duration::from_millis(ms));
-    }
     if errors > 0 {
         let kind = m.errors.entry("http_503".into()).or_default();
         kind.count = errors;

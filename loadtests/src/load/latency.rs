@@ -37,6 +37,16 @@ impl Latencies {
         }
     }
 
+    /// A histogram of these latencies in milliseconds (for tests).
+    #[cfg(test)]
+    pub(crate) fn of_ms(values: impl IntoIterator<Item = u64>) -> Self {
+        let mut l = Self::default();
+        for ms in values {
+            l.record(Duration::from_millis(ms));
+        }
+        l
+    }
+
     pub(crate) fn add(&mut self, other: &Self) {
         // Both have the same bounds, so adding cannot fail; a failure would only lose counts.
         let _ = self.0.add(&other.0);

@@ -279,7 +279,10 @@ where
     }
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let deadline = started + config.duration;
+    // A bound past what an Instant holds is no bound: a week is longer than any phase.
+    let deadline = started
+        .checked_add(config.duration)
+        .unwrap_or(started + NO_LIMIT);
     // Each client counts into its own tally, which the driver reads at the end whether or not
     // the client finished: a panic loses nothing counted before it.
     let mut clients = Vec::with_capacity(config.concurrency.max(1));

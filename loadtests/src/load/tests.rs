@@ -93,3 +93,10 @@ async fn warm_up_requests_are_sent_first_and_not_measured() {
     assert_eq!(live.take_recent().len(), 3);
     assert!(live.take_recent().is_empty());
 }
+
+#[tokio::test]
+async fn an_unbounded_duration_does_not_overflow() {
+    let cfg = LoadConfig::new(2, 4, Duration::MAX);
+    let m = run(&cfg, |_| async { Ok(Done::documents(1)) }).await;
+    assert_eq!((m.requests(), m.documents), (4, 4));
+}

@@ -145,11 +145,7 @@ mod tests {
 
     #[test]
     fn summaries_give_rates_and_percentiles() {
-        let mut lat = Latencies::default();
-        for ms in [3, 1, 2] {
-            lat.record(Duration::from_millis(ms));
-        }
-        let line = interval_summary("query", 10.0, 50, 1, &lat);
+        let line = interval_summary("query", 10.0, 50, 1, &Latencies::of_ms([3, 1, 2]));
         assert!(line.contains("5.0 docs/s"), "{line}");
         assert!(line.contains("p50 2.0 ms"), "{line}");
         assert!(line.contains("1 errors"), "{line}");

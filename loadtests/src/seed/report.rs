@@ -200,13 +200,12 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::load::Latencies;
 
     #[test]
     fn the_table_has_a_line_per_phase_with_recall() {
         let mut result = PhaseResult::default();
-        for ms in [10, 20, 30] {
-            result.measured.latencies.record(Duration::from_millis(ms));
-        }
+        result.measured.latencies = Latencies::of_ms([10, 20, 30]);
         result.measured.documents = 150;
         result.measured.elapsed = Duration::from_secs(3);
         let report = Report {
