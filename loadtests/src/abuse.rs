@@ -25,7 +25,7 @@ use crate::launch::Gateway;
 use crate::load::{self, LoadConfig};
 use crate::short;
 use attack::{Kind, Target};
-use report::{Abuse, Report, Round};
+use report::{Abuse, CalmAbused, Report, Round};
 use tally::PhaseSummary;
 
 /// The settings of `flowmesh-bench abuse`.
@@ -185,10 +185,10 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
         eprintln!(
             "round {round}: calm p99 {:.1} ms ({} errors), abused p99 {:.1} ms ({} errors), \
              {} of {} abusive requests unacceptable, all alive: {}",
-            calm.p99_ms,
-            calm.errors,
-            abused.p99_ms,
-            abused.errors,
+            calm.load.p99_ms,
+            calm.load.errors,
+            abused.load.p99_ms,
+            abused.load.errors,
             abusive_requests.unacceptable,
             abusive_requests.total,
             alive_after.all_alive
@@ -197,7 +197,12 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
             abusive_requests,
             abusive_connections,
         };
-        rounds.push(Round::new(round, (calm, abused), abuse, alive_after));
+        rounds.push(Round::new(
+            round,
+            CalmAbused { calm, abused },
+            abuse,
+            alive_after,
+        ));
     }
     let alive_at_end = health::check(&client, gateway, &replicas).await;
     Ok(Report::new(

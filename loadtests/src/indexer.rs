@@ -29,7 +29,9 @@ use measure::{row_id, Bounds, Calls, Slice, Workload};
 use report::{BackendRow, Codec, DataSummary, HeadToHead, IndexerResult, SetResult};
 use spec::BackendSpec;
 
-#[derive(Debug, clap::Args)]
+/// The flags of `flowmesh-bench indexer`, reported as they are in its JSON (but the backends,
+/// which its rows list, and the output file).
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub(crate) struct IndexerArgs {
     /// Stored vectors per data set.
     #[arg(long, default_value_t = 100_000)]
@@ -56,6 +58,7 @@ pub(crate) struct IndexerArgs {
             "faiss:IVF256,PQ16np:nprobe=16",
         ]
     )]
+    #[serde(skip)]
     backends: Vec<BackendSpec>,
     /// How vectors are compared (`cosine` or `l2`).
     #[arg(long, default_value = "cosine")]
@@ -102,6 +105,7 @@ pub(crate) struct IndexerArgs {
     no_http: bool,
     /// Where to write the JSON results.
     #[arg(long)]
+    #[serde(skip)]
     out: Option<PathBuf>,
 }
 
@@ -423,7 +427,7 @@ fn flat_against_faiss(
             flat_queries_per_s: a.queries_per_s,
             faiss_flat_queries_per_s: b.queries_per_s,
             ratio: a.queries_per_s / b.queries_per_s,
-            errors: a.errors + b.errors,
+            errors: a.load.errors + b.load.errors,
         });
     }
     Ok(Some(rows))
@@ -458,15 +462,7 @@ pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
     let errors: usize = results.iter().map(SetResult::errors).sum();
     let result = IndexerResult {
         benchmark: "indexer",
-        metric: args.metric.clone(),
-        clusters: args.clusters,
-        spread: args.spread,
-        noise: args.noise,
-        seed: args.seed,
-        seconds: args.seconds,
-        max_queries: args.max_queries,
-        concurrency: args.concurrency.clone(),
-        index_batch: args.index_batch,
+        settings: &args,
         machine: report::machine(),
         sets: results,
     };

@@ -220,7 +220,10 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
         refused.len(),
         &refused[..refused.len().min(3)]
     );
-    let errors: usize = rows.iter().map(|r| r.flowmesh.errors + r.jina.errors).sum();
+    let errors: usize = rows
+        .iter()
+        .map(|r| r.flowmesh.load.errors + r.jina.load.errors)
+        .sum();
     anyhow::ensure!(
         errors == 0,
         "{errors} requests failed or were wrong (see the table)"

@@ -12,12 +12,27 @@ use crate::table::{Align, Table};
 /// The goal of the issue: abused p99 within this factor of calm p99.
 pub(crate) const MAX_P99_RATIO: f64 = 2.0;
 
+/// The same figures of a calm phase and of the abused phase after it (`calm` and `abused` in
+/// the JSON of the report that embeds them).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CalmAbused<T> {
+    pub(crate) calm: T,
+    pub(crate) abused: T,
+}
+
+impl<T> CalmAbused<T> {
+    /// Both, named as in the tables.
+    fn named(&self) -> [(&'static str, &T); 2] {
+        [("calm", &self.calm), ("abused", &self.abused)]
+    }
+}
+
 /// One calm phase and the abused phase after it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Round {
     pub(crate) round: usize,
-    pub(crate) calm: PhaseSummary,
-    pub(crate) abused: PhaseSummary,
+    #[serde(flatten)]
+    pub(crate) phases: CalmAbused<PhaseSummary>,
     /// `abused.p99_ms / calm.p99_ms`.
     pub(crate) p99_ratio: f64,
     #[serde(flatten)]
@@ -29,15 +44,14 @@ pub(crate) struct Round {
 impl Round {
     pub(crate) fn new(
         round: usize,
-        (calm, abused): (PhaseSummary, PhaseSummary),
+        phases: CalmAbused<PhaseSummary>,
         abuse: Abuse,
         alive_after: Alive,
     ) -> Self {
         Self {
             round,
-            p99_ratio: ratio(abused.p99_ms, calm.p99_ms),
-            calm,
-            abused,
+            p99_ratio: ratio(phases.abused.load.p99_ms, phases.calm.load.p99_ms),
+            phases,
             abuse,
             alive_after,
         }
@@ -72,16 +86,24 @@ pub(crate) struct PhaseMedians {
     pub(crate) p50_ms: f64,
     pub(crate) p99_ms: f64,
     /// Summed over the rounds, not a median: one error is one too many.
-    pub(crate) errors: u64,
+    pub(crate) errors: usize,
 }
 
 impl PhaseMedians {
     fn of<'a>(phases: impl Iterator<Item = &'a PhaseSummary> + Clone) -> Self {
         Self {
             qps: median(phases.clone().map(|p| p.qps)),
-            p50_ms: median(phases.clone().map(|p| p.p50_ms)),
-            p99_ms: median(phases.clone().map(|p| p.p99_ms)),
-            errors: phases.map(|p| p.errors).sum(),
+            p50_ms: median(phases.clone().map(|p| p.load.p50_ms)),
+            p99_ms: median(phases.clone().map(|p| p.load.p99_ms)),
+            errors: phases.map(|p| p.load.errors).sum(),
+        }
+    }
+
+    /// The medians of the calm and of the abused phases of `rounds`.
+    fn of_rounds(rounds: &[Round]) -> CalmAbused<Self> {
+        CalmAbused {
+            calm: Self::of(rounds.iter().map(|r| &r.phases.calm)),
+            abused: Self::of(rounds.iter().map(|r| &r.phases.abused)),
         }
     }
 }
@@ -93,8 +115,8 @@ pub(crate) struct Report {
     pub(crate) gateway: String,
     pub(crate) settings: Settings,
     pub(crate) rounds: Vec<Round>,
-    pub(crate) calm: PhaseMedians,
-    pub(crate) abused: PhaseMedians,
+    #[serde(flatten)]
+    pub(crate) medians: CalmAbused<PhaseMedians>,
     /// The median of the rounds' p99 ratios.
     pub(crate) p99_ratio: f64,
     /// The abuse of every round.
@@ -114,15 +136,17 @@ impl Report {
         rounds: Vec<Round>,
         alive_at_end: Alive,
     ) -> Self {
-        let calm = PhaseMedians::of(rounds.iter().map(|r| &r.calm));
-        let abused = PhaseMedians::of(rounds.iter().map(|r| &r.abused));
+        let medians = PhaseMedians::of_rounds(&rounds);
         let p99_ratio = median(rounds.iter().map(|r| r.p99_ratio));
         let mut abuse = Abuse::default();
         for r in &rounds {
             abuse.merge(&r.abuse);
         }
-        let normal_traffic_goal_met =
-            goal_met(p99_ratio, calm.errors + abused.errors, MAX_P99_RATIO);
+        let normal_traffic_goal_met = goal_met(
+            p99_ratio,
+            medians.calm.errors + medians.abused.errors,
+            MAX_P99_RATIO,
+        );
         let abuse_goal_met = abuse.all_acceptable()
             && alive_at_end.all_alive
             && rounds.iter().all(|r| r.alive_after.all_alive);
@@ -131,8 +155,7 @@ impl Report {
             gateway,
             settings,
             rounds,
-            calm,
-            abused,
+            medians,
             p99_ratio,
             abuse,
             alive_at_end,
@@ -161,18 +184,23 @@ impl Report {
                 phase.to_owned(),
                 p.ok.to_string(),
                 format!("{:.1}", p.qps),
-                format!("{:.1}", p.p50_ms),
-                format!("{:.1}", p.p99_ms),
-                p.errors.to_string(),
+                format!("{:.1}", p.load.p50_ms),
+                format!("{:.1}", p.load.p99_ms),
+                p.load.errors.to_string(),
                 ratio,
             ]
         };
         for r in &self.rounds {
-            phases.row(one(r.round.to_string(), "calm", &r.calm, String::new()));
-            let ratio = format!("{:.2}", r.p99_ratio);
-            phases.row(one(r.round.to_string(), "abused", &r.abused, ratio));
+            for (name, p) in r.phases.named() {
+                let ratio = if name == "abused" {
+                    format!("{:.2}", r.p99_ratio)
+                } else {
+                    String::new()
+                };
+                phases.row(one(r.round.to_string(), name, p, ratio));
+            }
         }
-        for (name, m) in [("calm", &self.calm), ("abused", &self.abused)] {
+        for (name, m) in self.medians.named() {
             let ratio = if name == "abused" {
                 format!("**{:.2}**", self.p99_ratio)
             } else {
@@ -220,7 +248,7 @@ impl Report {
              Abusive requests: {} of {} not a 4xx/503/504 -> goal {}. At the end: gateway {}, \
              ready {}, executors not live: {dead}.",
             self.p99_ratio,
-            self.calm.errors + self.abused.errors,
+            self.medians.calm.errors + self.medians.abused.errors,
             met(self.normal_traffic_goal_met),
             self.abuse.abusive_requests.unacceptable,
             self.abuse.abusive_requests.total,
@@ -284,19 +312,28 @@ mod tests {
         let rounds = vec![
             Round::new(
                 1,
-                (phase(10, 100, 0), phase(15, 90, 0)),
+                CalmAbused {
+                    calm: phase(10, 100, 0),
+                    abused: phase(15, 90, 0),
+                },
                 requests(ok.clone()),
                 alive(true),
             ),
             Round::new(
                 2,
-                (phase(20, 50, 0), phase(50, 40, 0)),
+                CalmAbused {
+                    calm: phase(20, 50, 0),
+                    abused: phase(50, 40, 0),
+                },
                 requests(ok.clone()),
                 alive(true),
             ),
             Round::new(
                 3,
-                (phase(10, 100, 0), phase(18, 80, 0)),
+                CalmAbused {
+                    calm: phase(10, 100, 0),
+                    abused: phase(18, 80, 0),
+                },
                 requests(ok.clone()),
                 alive(true),
             ),
@@ -309,9 +346,9 @@ mod tests {
         );
         // Per-round ratios 1.5, 2.5, 1.8: the median is 1.8, within the goal.
         assert!((r.p99_ratio - 1.8).abs() < 0.01, "{}", r.p99_ratio);
-        assert!((r.calm.qps - 100.0).abs() < 1e-9);
-        assert!((r.abused.qps - 80.0).abs() < 1e-9);
-        assert!((r.abused.p99_ms - 18.0).abs() < 0.05);
+        assert!((r.medians.calm.qps - 100.0).abs() < 1e-9);
+        assert!((r.medians.abused.qps - 80.0).abs() < 1e-9);
+        assert!((r.medians.abused.p99_ms - 18.0).abs() < 0.05);
         assert_eq!(r.abuse.abusive_requests.by_kind["top-k-1e12"]["400"], 3);
         assert!(r.normal_traffic_goal_met && r.abuse_goal_met);
         let md = r.markdown();
@@ -322,7 +359,10 @@ mod tests {
         // One normal error anywhere, one hang, one dead process: each fails its goal.
         let rounds = vec![Round::new(
             1,
-            (phase(10, 10, 0), phase(11, 10, 1)),
+            CalmAbused {
+                calm: phase(10, 10, 0),
+                abused: phase(11, 10, 1),
+            },
             requests(hang),
             alive(true),
         )];
@@ -334,7 +374,7 @@ mod tests {
         );
         assert!(!r.normal_traffic_goal_met, "an error on the normal traffic");
         assert!(!r.abuse_goal_met);
-        assert_eq!(r.abused.errors, 1);
+        assert_eq!(r.medians.abused.errors, 1);
         assert!(r
             .markdown()
             .contains("executors not live: encoder http://x"));

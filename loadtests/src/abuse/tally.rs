@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::load::Measured;
+use crate::load::{Measured, Summary};
 
 /// What one abusive request or connection got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,37 +102,31 @@ impl Tally {
     }
 }
 
-/// The normal traffic of one phase, as reported.
+/// The normal traffic of one phase, as reported: the driver's summary, and the successful
+/// requests, their rate and the slowest.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PhaseSummary {
     pub(crate) ok: u64,
-    pub(crate) errors: u64,
-    pub(crate) error_samples: Vec<String>,
-    pub(crate) seconds: f64,
     pub(crate) qps: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
+    #[serde(flatten)]
+    pub(crate) load: Summary,
 }
 
 impl PhaseSummary {
     /// The summary of a phase of the load driver.
     pub(crate) fn of(m: &Measured) -> Self {
-        let seconds = m.elapsed.as_secs_f64();
-        let (ok, latencies) = (m.latencies.len(), &m.latencies);
+        let load = Summary::of(m);
+        let ok = m.latencies.len();
         Self {
             ok,
-            errors: m.error_count() as u64,
-            error_samples: m.error_samples(),
-            seconds,
-            qps: if seconds > 0.0 {
-                ok as f64 / seconds
+            qps: if load.seconds > 0.0 {
+                ok as f64 / load.seconds
             } else {
                 0.0
             },
-            p50_ms: latencies.quantile_ms(0.5),
-            p99_ms: latencies.quantile_ms(0.99),
-            max_ms: latencies.quantile_ms(1.0),
+            max_ms: m.latency_ms(1.0),
+            load,
         }
     }
 }
@@ -163,7 +157,7 @@ pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// The goal for the normal traffic: abused p99 within `max_ratio` of calm, and no error.
-pub(crate) fn goal_met(p99_ratio: f64, normal_errors: u64, max_ratio: f64) -> bool {
+pub(crate) fn goal_met(p99_ratio: f64, normal_errors: usize, max_ratio: f64) -> bool {
     p99_ratio.is_finite() && p99_ratio <= max_ratio && normal_errors == 0
 }
 
@@ -232,16 +226,16 @@ mod tests {
     #[test]
     fn phase_summary_computes_qps_from_successes() {
         let s = PhaseSummary::of(&measured(4, 50, 3, Duration::from_secs(2)));
-        assert_eq!((s.ok, s.errors), (50, 3));
+        assert_eq!((s.ok, s.load.errors), (50, 3));
         assert_eq!(
-            s.error_samples,
+            s.load.error_samples,
             ["http_503: x", "http_503: x", "http_503: x"]
         );
         assert!((s.qps - 25.0).abs() < 1e-9);
-        assert!((s.p99_ms - 4.0).abs() < 0.01);
+        assert!((s.load.p99_ms - 4.0).abs() < 0.01);
         let empty = PhaseSummary::of(&Measured::default());
         assert_eq!(empty.qps, 0.0);
-        assert!(empty.p99_ms.is_nan());
+        assert!(empty.load.p99_ms.is_nan());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use flowmesh_shared::{Document, Envelope};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::load::{self, Done, Failure, Latencies, LoadConfig};
+use crate::load::{self, Done, Failure, Latencies, LoadConfig, Summary};
 
 /// The queries of one data set, with their exact answers.
 pub(crate) struct Workload {
@@ -70,17 +70,24 @@ pub(crate) struct Calls {
     pub(crate) warm_up: bool,
 }
 
-/// What one measurement found.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Phase {
+/// Which measurement a [`Phase`] is: how it called, with how many queries a call, from how
+/// many callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct PhaseKey {
     /// `in-process` or `http`.
     pub(crate) mode: &'static str,
     pub(crate) batch: usize,
     pub(crate) concurrency: usize,
+}
+
+/// What one measurement found.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Phase {
+    #[serde(flatten)]
+    pub(crate) key: PhaseKey,
     /// Successful calls and the queries they held.
     pub(crate) calls: usize,
     pub(crate) queries: usize,
-    pub(crate) seconds: f64,
     pub(crate) queries_per_s: f64,
     /// Mean recall@k over the answered queries.
     pub(crate) recall: f64,
@@ -90,10 +97,9 @@ pub(crate) struct Phase {
     /// answer (decoding, search, encoding); the rest of `mean_ms` is transport and the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_mean_ms: Option<f64>,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) errors: usize,
-    pub(crate) error_samples: Vec<String>,
+    /// Its length, latency percentiles and failed calls.
+    #[serde(flatten)]
+    pub(crate) load: Summary,
 }
 
 /// Recall@k summed over the answers of a call's queries, from `first` on; any answer without
@@ -202,25 +208,23 @@ impl Slice {
             t.recall_sum <= t.queries as f64 + 1e-9,
             "recall counted for queries not counted"
         );
-        let seconds = self.elapsed.as_secs_f64();
+        let load = Summary::new(&t.latencies, self.elapsed, t.errors, t.error_samples);
         Phase {
-            mode,
-            batch,
-            concurrency,
+            key: PhaseKey {
+                mode,
+                batch,
+                concurrency,
+            },
             calls: usize::try_from(t.latencies.len()).unwrap_or(usize::MAX),
             queries: t.queries,
-            seconds,
-            queries_per_s: t.queries as f64 / seconds,
+            queries_per_s: t.queries as f64 / load.seconds,
             recall: t.recall_sum / t.queries.max(1) as f64,
             mean_ms: t.latencies.mean_ms(),
             server_mean_ms: self
                 .server
                 .filter(|&(_, n)| n > 0.0)
                 .map(|(s, n)| s / n * 1e3),
-            p50_ms: t.latencies.quantile_ms(0.5),
-            p99_ms: t.latencies.quantile_ms(0.99),
-            errors: t.errors,
-            error_samples: t.error_samples,
+            load,
         }
     }
 }
@@ -436,7 +440,7 @@ mod tests {
         assert!((phase.recall - 0.75).abs() < 1e-12);
         assert_eq!(phase.calls, 1);
         assert!((phase.mean_ms - 100.0).abs() < 0.1, "{}", phase.mean_ms);
-        assert_eq!(phase.error_samples.len(), 3);
+        assert_eq!(phase.load.error_samples.len(), 3);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use super::measure::Phase;
+use super::measure::{Phase, PhaseKey};
+use super::IndexerArgs;
 use crate::table::{Align, Table};
 
 /// One line on stderr per measurement, as it finishes.
@@ -13,26 +14,19 @@ pub(super) fn progress(p: &Phase) {
         .map_or(String::new(), |ms| format!(" (in the service {ms:.2} ms)"));
     eprintln!(
         "    {:<10} batch {:>3} c={}: {:>9.1} q/s, recall {:.4}, mean {:.2} ms{server}, {} queries, errors {}",
-        p.mode, p.batch, p.concurrency, p.queries_per_s, p.recall, p.mean_ms, p.queries, p.errors
+        p.key.mode, p.key.batch, p.key.concurrency, p.queries_per_s, p.recall, p.mean_ms, p.queries, p.load.errors
     );
-    for e in &p.error_samples {
+    for e in &p.load.error_samples {
         eprintln!("      error: {e}");
     }
 }
 
-/// The whole benchmark (`--out`).
+/// The whole benchmark (`--out`): its flags, the machine, and every data set.
 #[derive(Debug, Serialize)]
-pub(super) struct IndexerResult {
+pub(super) struct IndexerResult<'a> {
     pub(super) benchmark: &'static str,
-    pub(super) metric: String,
-    pub(super) clusters: usize,
-    pub(super) spread: f32,
-    pub(super) noise: f32,
-    pub(super) seed: u64,
-    pub(super) seconds: f64,
-    pub(super) max_queries: usize,
-    pub(super) concurrency: Vec<usize>,
-    pub(super) index_batch: usize,
+    #[serde(flatten)]
+    pub(super) settings: &'a IndexerArgs,
     pub(super) machine: Machine,
     pub(super) sets: Vec<SetResult>,
 }
@@ -75,7 +69,7 @@ impl SetResult {
             .backends
             .iter()
             .flat_map(|b| &b.phases)
-            .map(|p| p.errors);
+            .map(|p| p.load.errors);
         let heads = self.flat_vs_faiss_flat.iter().flatten().map(|h| h.errors);
         phases.chain(heads).sum()
     }
@@ -119,13 +113,18 @@ pub(super) struct Codec {
 
 impl BackendRow {
     /// The measurement with this mode, call size and concurrency.
-    fn phase(&self, mode: &str, batch: usize, c: usize) -> Option<&Phase> {
-        self.phases
-            .iter()
-            .find(|p| p.mode == mode && p.batch == batch && p.concurrency == c)
+    fn phase(&self, mode: &'static str, batch: usize, c: usize) -> Option<&Phase> {
+        self.phases.iter().find(|p| {
+            p.key
+                == PhaseKey {
+                    mode,
+                    batch,
+                    concurrency: c,
+                }
+        })
     }
 
-    fn qps(&self, mode: &str, batch: usize, c: usize) -> Option<f64> {
+    fn qps(&self, mode: &'static str, batch: usize, c: usize) -> Option<f64> {
         self.phase(mode, batch, c).map(|p| p.queries_per_s)
     }
 
@@ -229,7 +228,7 @@ fn concurrency_tables(s: &mut String, rows: &[BackendRow], batch: usize) {
     let mut levels: Vec<usize> = rows
         .iter()
         .flat_map(|r| &r.phases)
-        .map(|p| p.concurrency)
+        .map(|p| p.key.concurrency)
         .filter(|&c| c > 1)
         .collect();
     levels.sort_unstable();

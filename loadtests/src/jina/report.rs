@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::model::{EmbeddingCheck, RawOnnx};
 use super::CompareArgs;
-use crate::load::Measured;
+use crate::load::{Measured, Summary};
 use crate::table::{num, Align, Table};
 
 /// What one side did in one phase.
@@ -15,11 +15,8 @@ pub(crate) struct Side {
     /// Units (requests or documents) per second.
     pub(crate) per_s: f64,
     pub(crate) requests: usize,
-    pub(crate) seconds: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) errors: usize,
-    pub(crate) error_samples: Vec<String>,
+    #[serde(flatten)]
+    pub(crate) load: Summary,
     /// CPU milliseconds per unit of every process of the side, by process name, and of the
     /// load generator.
     #[serde(rename = "cpu_ms_per_unit")]
@@ -59,11 +56,7 @@ impl Side {
         Self {
             per_s: units / m.seconds(),
             requests: m.requests(),
-            seconds: m.elapsed.as_secs_f64(),
-            p50_ms: m.latency_ms(0.5),
-            p99_ms: m.latency_ms(0.99),
-            errors: m.error_count(),
-            error_samples: m.error_samples(),
+            load: Summary::of(m),
             cpu_ms,
             service_cpu_ms,
             raw_per_s: None,
@@ -81,14 +74,14 @@ impl Side {
         format!(
             "{:.1}/s, p50 {:.2} ms, p99 {:.2} ms, CPU {:.2} ms per unit, errors {}{}",
             self.per_s,
-            self.p50_ms,
-            self.p99_ms,
+            self.load.p50_ms,
+            self.load.p99_ms,
             self.service_cpu_ms,
-            self.errors,
-            if self.error_samples.is_empty() {
+            self.load.errors,
+            if self.load.error_samples.is_empty() {
                 String::new()
             } else {
-                format!(" {:?}", self.error_samples)
+                format!(" {:?}", self.load.error_samples)
             }
         )
     }
@@ -224,9 +217,9 @@ pub(crate) fn table(rows: &[Row]) -> String {
             num(j.per_s),
             format!("{:.1}x", r.ratio),
             target,
-            format!("{} / {}", num(f.p50_ms), num(f.p99_ms)),
-            format!("{} / {}", num(j.p50_ms), num(j.p99_ms)),
-            format!("{} / {}", f.errors, j.errors),
+            format!("{} / {}", num(f.load.p50_ms), num(f.load.p99_ms)),
+            format!("{} / {}", num(j.load.p50_ms), num(j.load.p99_ms)),
+            format!("{} / {}", f.load.errors, j.load.errors),
             format!("{} / {}", num(f.service_cpu_ms), num(j.service_cpu_ms)),
             of_raw,
         ]);

@@ -6,6 +6,7 @@
 
 mod http;
 mod latency;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 pub(crate) use http::{get, http_client, parse_server_timing, post, post_ok, HttpClient};
 pub(crate) use latency::Latencies;
+pub(crate) use summary::Summary;
 
 /// Sample messages kept per kind of error.
 const SAMPLES: usize = 3;
