@@ -29,17 +29,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 
-pub(crate) use flow::{Encoder, Store};
+pub(crate) use flow::Store;
 pub(crate) use phase::{recall, run_phase, Phase, PhaseOptions, PhaseResult};
 pub(crate) use progress::Display;
 pub(crate) use report::{Report, Row};
 pub(crate) use target::{Operation, Protocol, Target};
-pub(crate) use workload::{ImageField, ImageFormat, Scenario, Workload, WorkloadSpec};
+pub(crate) use workload::{ImageField, Scenario, Workload, WorkloadSpec};
 
 use crate::indexer::spec::BackendSpec;
 use crate::launch::{Launched, TempDir};
 use crate::load::{http_client, HttpClient, LoadConfig, NO_LIMIT};
-use flow::{Build, FlowPlan};
+use flow::{Build, FlowArgs, FlowPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum IndexerKind {
@@ -52,10 +52,6 @@ pub(crate) enum IndexerKind {
 /// are reported as given.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub(crate) struct RunArgs {
-    /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
-    /// shards).
-    #[arg(long, value_enum, default_value = "text")]
-    scenario: Scenario,
     /// A running gateway (`http://host:port`) to measure as it is; without it the Flows are
     /// started here with `flowmesh up` (release binaries next to this one).
     #[arg(long)]
@@ -66,19 +62,6 @@ pub(crate) struct RunArgs {
     /// Concurrent clients, each sending its next request when answered.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Documents per index request.
-    #[arg(long, default_value_t = 50)]
-    request_size: usize,
-    /// Query documents per search request (default: `--request-size`).
-    #[arg(long)]
-    #[serde(skip)]
-    query_request_size: Option<usize>,
-    /// Documents to index.
-    #[arg(long, default_value_t = 2000)]
-    docs: usize,
-    /// Distinct query documents; each is searched once, or they repeat for the query duration.
-    #[arg(long, default_value_t = 500)]
-    queries: usize,
     /// Limit of both phases ("30s", "2h"); the queries repeat until it has passed.
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(skip)]
@@ -96,16 +79,14 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 1_000_000)]
     #[serde(skip)]
     max_requests: usize,
-    /// Matches per query; every query must get exactly this many (fewer only when the index
-    /// holds fewer documents).
-    #[arg(long, default_value_t = 50)]
-    top_k: usize,
-    /// Indexer shards.
-    #[arg(long, default_value_t = 2)]
-    shards: usize,
-    /// Encoder replicas.
-    #[arg(long, default_value_t = 2)]
-    replicas: usize,
+    /// The documents and queries.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) workload: WorkloadSpec,
+    /// The Flow's shards, replicas, encoder and store.
+    #[command(flatten)]
+    #[serde(flatten)]
+    flow: FlowArgs,
     /// The index backend (one indexer; see `--indexers` for a comparison). Default `flat`;
     /// with `--gateway` it only labels the results.
     #[arg(long, value_enum)]
@@ -133,28 +114,6 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip)]
     indexers: Option<String>,
-    /// The ranker's document store (texts).
-    #[arg(long, value_enum, default_value = "embedded")]
-    #[serde(skip)]
-    store: Store,
-    /// Redis for `--store redis`: `redis://host:port/db`.
-    #[arg(long)]
-    redis_url: Option<String>,
-    /// Seed of the generated documents and queries.
-    #[arg(long, default_value_t = 2024)]
-    seed: u64,
-    /// The encoder: `onnx` (MiniLM or MobileNetV2) or `hash` (texts; cheap, for tests).
-    #[arg(long, value_enum, default_value = "onnx")]
-    encoder: Encoder,
-    /// Dimensions of the hash encoder.
-    #[arg(long, default_value_t = 64)]
-    dim: usize,
-    /// ONNX Runtime threads per encoder replica.
-    #[arg(long, default_value_t = 1)]
-    encoder_threads: usize,
-    /// Batches of one request in flight in the Flow.
-    #[arg(long, default_value_t = 4)]
-    prefetch: usize,
     /// Interval of the summary lines of long phases.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     #[serde(skip)]
@@ -167,15 +126,6 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
     #[serde(skip)]
     build_timeout: Duration,
-    /// Side of the generated images, in pixels.
-    #[arg(long, default_value_t = 224)]
-    image_size: u32,
-    /// Encoding of the generated images.
-    #[arg(long, value_enum, default_value = "jpeg")]
-    image_format: ImageFormat,
-    /// Most distinct images generated; further documents reuse them under their own ids.
-    #[arg(long, default_value_t = 2000)]
-    image_pool: usize,
     /// With `--gateway`: query what the Flow holds (`--docs` documents) without indexing.
     #[arg(long)]
     skip_index: bool,
@@ -257,21 +207,12 @@ pub(crate) async fn run_phases(
 impl RunArgs {
     fn workload_spec(&self) -> WorkloadSpec {
         WorkloadSpec {
-            scenario: self.scenario,
-            docs: self.docs,
-            queries: self.queries,
-            request_size: self.request_size,
-            query_request_size: self.query_request_size.unwrap_or(self.request_size),
-            top_k: self.top_k,
-            seed: self.seed,
-            image_size: self.image_size,
-            image_format: self.image_format,
             // Jina's DocArray reads images from data URIs; flowmesh takes either.
             image_field: match self.protocol {
                 Protocol::Native => ImageField::Blob,
                 Protocol::Jina => ImageField::DataUri,
             },
-            image_pool: self.image_pool,
+            ..self.workload.clone()
         }
     }
 
@@ -341,8 +282,8 @@ impl RunArgs {
     }
 
     fn store_label(&self) -> String {
-        match self.scenario {
-            Scenario::Text => self.store.as_str().to_owned(),
+        match self.workload.scenario {
+            Scenario::Text => self.flow.store.as_str().to_owned(),
             Scenario::Image => "none".to_owned(),
         }
     }
@@ -350,7 +291,7 @@ impl RunArgs {
     fn settings(&self, specs: &[BackendSpec], workload: &Workload) -> Settings {
         Settings {
             args: self.clone(),
-            query_request_size: workload.spec.query_request_size,
+            query_request_size: workload.spec.query_request_size(),
             index_limits: self.index_limits(workload),
             query_limits: self.query_limits(workload),
             indexers: specs.iter().map(ToString::to_string).collect(),
@@ -364,17 +305,10 @@ impl RunArgs {
 
     fn flow_plan(&self) -> FlowPlan {
         FlowPlan {
-            scenario: self.scenario,
-            encoder: self.encoder,
-            dim: self.dim,
-            encoder_threads: self.encoder_threads,
-            replicas: self.replicas,
-            shards: self.shards,
-            request_size: self.request_size,
-            prefetch: self.prefetch,
+            flags: self.flow.clone(),
+            scenario: self.workload.scenario,
+            request_size: self.workload.request_size,
             timeout: self.timeout,
-            store: self.store,
-            redis_url: self.redis_url.clone(),
         }
     }
 
@@ -417,7 +351,7 @@ fn split_specs(list: &str) -> Vec<String> {
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be positive");
     anyhow::ensure!(
-        args.shards > 0 && args.replicas > 0,
+        args.flow.shards > 0 && args.flow.replicas > 0,
         "--shards and --replicas must be positive"
     );
     anyhow::ensure!(
@@ -473,7 +407,11 @@ async fn against_gateway(
         phase: args.phase_options(),
         index: (!args.skip_index).then(|| args.index_limits(workload)),
         query: args.query_limits(workload),
-        indexed_before: if args.skip_index { args.docs } else { 0 },
+        indexed_before: if args.skip_index {
+            args.workload.docs
+        } else {
+            0
+        },
     };
     let results = run_phases(&target, workload, &opts).await;
     let indexer = match (&args.indexer, &args.indexers) {
@@ -500,7 +438,7 @@ async fn launched(
     settings: Settings,
 ) -> anyhow::Result<Report> {
     // A memory store does not outlive its Flow: index and query in one.
-    let one_flow = args.scenario == Scenario::Text && args.store == Store::Memory;
+    let one_flow = args.workload.scenario == Scenario::Text && args.flow.store == Store::Memory;
     anyhow::ensure!(
         !one_flow || specs.len() == 1,
         "--store memory loses the documents between Flows: compare indexers with embedded or redis"
@@ -592,7 +530,7 @@ async fn query_phase(
         label: format!("query {spec}"),
         op: Operation::Search,
         load: args.query_limits(workload),
-        expected_matches: args.top_k.min(indexed),
+        expected_matches: args.workload.top_k.min(indexed),
     };
     let target = Target::new(gateway, args.protocol);
     let result = run_phase(http, &target, workload, &phase, &args.phase_options()).await;

@@ -58,21 +58,45 @@ pub(crate) enum Build {
     Always,
 }
 
-/// Everything a Flow is written from.
+/// The flags of `flowmesh-bench run` that shape the Flows it starts (reported as given).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub(crate) struct FlowArgs {
+    /// Indexer shards.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) shards: usize,
+    /// Encoder replicas.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) replicas: usize,
+    /// The ranker's document store (texts).
+    #[arg(long, value_enum, default_value = "embedded")]
+    #[serde(skip)]
+    pub(crate) store: Store,
+    /// Redis for `--store redis`: `redis://host:port/db`.
+    #[arg(long)]
+    pub(crate) redis_url: Option<String>,
+    /// The encoder: `onnx` (MiniLM or MobileNetV2) or `hash` (texts; cheap, for tests).
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub(crate) encoder: Encoder,
+    /// Dimensions of the hash encoder.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) dim: usize,
+    /// ONNX Runtime threads per encoder replica.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) encoder_threads: usize,
+    /// Batches of one request in flight in the Flow.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) prefetch: usize,
+}
+
+/// Everything a Flow is written from: the Flow's flags, and what the workload sets.
 #[derive(Debug, Clone)]
 pub(crate) struct FlowPlan {
+    pub(crate) flags: FlowArgs,
     pub(crate) scenario: Scenario,
-    pub(crate) encoder: Encoder,
-    /// The hash encoder's dimensions.
-    pub(crate) dim: usize,
-    pub(crate) encoder_threads: usize,
-    pub(crate) replicas: usize,
-    pub(crate) shards: usize,
+    /// Documents per index request.
     pub(crate) request_size: usize,
-    pub(crate) prefetch: usize,
+    /// The executors' timeout.
     pub(crate) timeout: Duration,
-    pub(crate) store: Store,
-    pub(crate) redis_url: Option<String>,
 }
 
 /// Every Flow of a run has this name, so that each finds the data of the one before in the
@@ -126,14 +150,14 @@ fn executor(name: &str, uses: &str, settings: Value) -> ExecutorSpec {
 impl FlowPlan {
     /// The Flow, with `spec` as its indexer.
     pub(crate) fn flow(&self, spec: &BackendSpec, build: Build) -> anyhow::Result<FlowSpec> {
-        let encoder_with = match (self.encoder, self.scenario) {
+        let encoder_with = match (self.flags.encoder, self.scenario) {
             (Encoder::Hash, Scenario::Image) => bail!("the hash encoder reads texts only"),
-            (Encoder::Hash, Scenario::Text) => json!({"model": "hash", "dim": self.dim}),
+            (Encoder::Hash, Scenario::Text) => json!({"model": "hash", "dim": self.flags.dim}),
             (Encoder::Onnx, Scenario::Text) => {
-                json!({"model": "onnx", "threads": self.encoder_threads})
+                json!({"model": "onnx", "threads": self.flags.encoder_threads})
             }
             (Encoder::Onnx, Scenario::Image) => json!({
-                "model": "onnx", "model_config": "mobilenetv2", "threads": self.encoder_threads,
+                "model": "onnx", "model_config": "mobilenetv2", "threads": self.flags.encoder_threads,
             }),
         };
         let mut executors = Vec::new();
@@ -142,14 +166,14 @@ impl FlowPlan {
             executors.push(executor("segmenter", "sentencizer", with));
         }
         let mut encoder = executor("encoder", "encoder", encoder_with);
-        encoder.replicas = self.replicas;
+        encoder.replicas = self.flags.replicas;
         executors.push(encoder);
         let mut indexer = executor(
             "indexer",
             "indexer",
             Value::Object(indexer_with(spec, build)),
         );
-        indexer.shards = self.shards;
+        indexer.shards = self.flags.shards;
         indexer.polling = Some(PollingSpec::PerEndpoint(BTreeMap::from(
             [
                 ("/index", "any"),
@@ -162,9 +186,10 @@ impl FlowPlan {
         indexer.uses_after = Some("topk".to_owned());
         executors.push(indexer);
         if self.scenario == Scenario::Text {
-            let mut with = json!({"store": self.store.as_str()});
-            if self.store == Store::Redis {
+            let mut with = json!({"store": self.flags.store.as_str()});
+            if self.flags.store == Store::Redis {
                 let url = self
+                    .flags
                     .redis_url
                     .as_deref()
                     .context("--store redis needs --redis-url")?;
@@ -178,7 +203,7 @@ impl FlowPlan {
             name: FLOW_NAME.to_owned(),
             settings: FlowSettings {
                 request_size: self.request_size,
-                prefetch: self.prefetch,
+                prefetch: self.flags.prefetch,
                 timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
                 ..FlowSettings::default()
             },
@@ -302,17 +327,19 @@ mod tests {
 
     fn plan(scenario: Scenario) -> FlowPlan {
         FlowPlan {
+            flags: FlowArgs {
+                shards: 3,
+                replicas: 2,
+                store: Store::Redis,
+                redis_url: Some("redis://r:6379/0".into()),
+                encoder: Encoder::Onnx,
+                dim: 64,
+                encoder_threads: 1,
+                prefetch: 4,
+            },
             scenario,
-            encoder: Encoder::Onnx,
-            dim: 64,
-            encoder_threads: 1,
-            replicas: 2,
-            shards: 3,
             request_size: 50,
-            prefetch: 4,
             timeout: Duration::from_secs(60),
-            store: Store::Redis,
-            redis_url: Some("redis://r:6379/0".into()),
         }
     }
 
@@ -357,7 +384,7 @@ mod tests {
         assert_eq!(flow.executors[0].settings["model_config"], "mobilenetv2");
         assert!(!flow.executors[1].settings.contains_key("rebuild_min"));
         let mut hash = plan(Scenario::Image);
-        hash.encoder = Encoder::Hash;
+        hash.flags.encoder = Encoder::Hash;
         assert!(hash.flow(&flat, Build::Never).is_err());
     }
 

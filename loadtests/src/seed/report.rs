@@ -136,7 +136,10 @@ impl Report {
         ] {
             columns.push(right(name.to_owned()));
         }
-        columns.push(right(format!("recall@{}", self.settings.args.top_k)));
+        columns.push(right(format!(
+            "recall@{}",
+            self.settings.args.workload.top_k
+        )));
         let mut t = Table::new(columns);
         for row in &self.rows {
             let m = &row.result.measured;

@@ -41,28 +41,53 @@ pub(crate) enum ImageField {
     DataUri,
 }
 
-/// The settings a [`Workload`] is made from.
-#[derive(Debug, Clone, serde::Serialize)]
+/// The settings a [`Workload`] is made from: flags of `flowmesh-bench run`, reported as given.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub(crate) struct WorkloadSpec {
+    /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
+    /// shards).
+    #[arg(long, value_enum, default_value = "text")]
     pub(crate) scenario: Scenario,
-    /// Documents to index.
-    pub(crate) docs: usize,
-    /// Distinct query documents.
-    pub(crate) queries: usize,
     /// Documents per index request.
+    #[arg(long, default_value_t = 50)]
     pub(crate) request_size: usize,
-    /// Query documents per search request.
-    pub(crate) query_request_size: usize,
-    /// Matches asked for per query document.
+    /// Query documents per search request (default: `--request-size`).
+    #[arg(long)]
+    #[serde(skip)]
+    pub(crate) query_request_size: Option<usize>,
+    /// Documents to index.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) docs: usize,
+    /// Distinct query documents; each is searched once, or they repeat for the query duration.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) queries: usize,
+    /// Matches per query; every query must get exactly this many (fewer only when the index
+    /// holds fewer documents).
+    #[arg(long, default_value_t = 50)]
     pub(crate) top_k: usize,
+    /// Seed of the generated documents and queries.
+    #[arg(long, default_value_t = 2024)]
     pub(crate) seed: u64,
-    /// Side of the generated square images, in pixels.
+    /// Side of the generated images, in pixels.
+    #[arg(long, default_value_t = 224)]
     pub(crate) image_size: u32,
+    /// Encoding of the generated images.
+    #[arg(long, value_enum, default_value = "jpeg")]
     pub(crate) image_format: ImageFormat,
-    pub(crate) image_field: ImageField,
-    /// Most distinct images generated (before a phase, not timed); documents past it reuse
-    /// them under their own ids.
+    /// Most distinct images generated; further documents reuse them under their own ids.
+    #[arg(long, default_value_t = 2000)]
     pub(crate) image_pool: usize,
+    /// Where documents carry their images: not a flag, but what the protocol reads.
+    #[arg(skip = ImageField::Blob)]
+    #[serde(skip)]
+    pub(crate) image_field: ImageField,
+}
+
+impl WorkloadSpec {
+    /// Query documents per search request: `--query-request-size`, else `--request-size`.
+    pub(crate) fn query_request_size(&self) -> usize {
+        self.query_request_size.unwrap_or(self.request_size)
+    }
 }
 
 /// The data and queries of one benchmark, ready to be cut into requests.
@@ -85,7 +110,7 @@ impl Workload {
             "--docs and --queries must be positive"
         );
         anyhow::ensure!(
-            spec.request_size > 0 && spec.query_request_size > 0 && spec.top_k > 0,
+            spec.request_size > 0 && spec.query_request_size() > 0 && spec.top_k > 0,
             "--request-size, --query-request-size and --top-k must be positive"
         );
         let (mut doc_images, mut query_images) = (Vec::new(), Vec::new());
@@ -116,7 +141,7 @@ impl Workload {
 
     /// Search requests needed for every query document once.
     pub(crate) fn query_batches(&self) -> usize {
-        self.spec.queries.div_ceil(self.spec.query_request_size)
+        self.spec.queries.div_ceil(self.spec.query_request_size())
     }
 
     /// The documents of index request `b` (`b` < [`Self::index_batches`]).
@@ -131,7 +156,7 @@ impl Workload {
     pub(crate) fn query_docs(&self, r: usize) -> (usize, Vec<Value>) {
         let range = self.batch(
             r % self.query_batches(),
-            self.spec.query_request_size,
+            self.spec.query_request_size(),
             self.spec.queries,
         );
         (
@@ -209,7 +234,7 @@ pub(crate) fn test_spec(scenario: Scenario) -> WorkloadSpec {
         docs: 10,
         queries: 5,
         request_size: 4,
-        query_request_size: 2,
+        query_request_size: Some(2),
         top_k: 3,
         seed: 7,
         image_size: 32,
