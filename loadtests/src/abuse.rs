@@ -25,7 +25,7 @@ use crate::launch::Gateway;
 use crate::load::{self, LoadConfig};
 use crate::short;
 use attack::{Kind, Target};
-use report::{Abuse, CalmAbused, Report, Round};
+use report::{Abuse, Normal, Report, Round};
 use tally::PhaseSummary;
 
 /// The settings of `flowmesh-bench abuse`.
@@ -197,12 +197,12 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
             abusive_requests,
             abusive_connections,
         };
-        rounds.push(Round::new(
+        rounds.push(Round {
             round,
-            CalmAbused { calm, abused },
+            normal: Normal::new(calm, abused),
             abuse,
             alive_after,
-        ));
+        });
     }
     let alive_at_end = health::check(&client, gateway, &replicas).await;
     Ok(Report::new(

@@ -358,7 +358,7 @@ async fn measure_backend(
         }
     }
     drop(shard);
-    let mut row = BackendRow {
+    let row = BackendRow {
         backend: spec.name.clone(),
         params: spec.params.clone(),
         flags: args.flags(spec),
@@ -366,12 +366,9 @@ async fn measure_backend(
         load_average: report::load_average(),
         phases,
         codec_ms: codec,
-        http_index_s: None,
-        http_load_s: None,
+        http: service.as_ref().map(|s| s.loading),
     };
     if let Some(service) = service {
-        row.http_index_s = Some(service.index_s);
-        row.http_load_s = Some(service.load_s);
         service.stop().await;
     }
     Ok(row)

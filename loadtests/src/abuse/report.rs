@@ -12,18 +12,47 @@ use crate::table::{Align, Table};
 /// The goal of the issue: abused p99 within this factor of calm p99.
 pub(crate) const MAX_P99_RATIO: f64 = 2.0;
 
-/// The same figures of a calm phase and of the abused phase after it (`calm` and `abused` in
-/// the JSON of the report that embeds them).
+/// The normal traffic of a round (or the medians over the rounds): calm, then abused, and the
+/// ratio of their p99 latencies (keys `calm`, `abused`, `p99_ratio` of the JSON that embeds it).
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct CalmAbused<T> {
-    pub(crate) calm: T,
-    pub(crate) abused: T,
+pub(crate) struct Normal {
+    pub(crate) calm: PhaseSummary,
+    pub(crate) abused: PhaseSummary,
+    /// `abused.p99_ms / calm.p99_ms`; over the rounds, the median of theirs.
+    pub(crate) p99_ratio: f64,
 }
 
-impl<T> CalmAbused<T> {
-    /// Both, named as in the tables.
-    fn named(&self) -> [(&'static str, &T); 2] {
+impl Normal {
+    /// A calm phase and the abused phase after it.
+    pub(crate) fn new(calm: PhaseSummary, abused: PhaseSummary) -> Self {
+        Self {
+            p99_ratio: ratio(abused.load.p99_ms, calm.load.p99_ms),
+            calm,
+            abused,
+        }
+    }
+
+    /// The medians over `rounds`.
+    fn median(rounds: &[Round]) -> Self {
+        Self {
+            calm: PhaseSummary::median(rounds.iter().map(|r| &r.normal.calm)),
+            abused: PhaseSummary::median(rounds.iter().map(|r| &r.normal.abused)),
+            p99_ratio: median(rounds.iter().map(|r| r.normal.p99_ratio)),
+        }
+    }
+
+    /// Both phases, named as in the tables.
+    fn named(&self) -> [(&'static str, &PhaseSummary); 2] {
         [("calm", &self.calm), ("abused", &self.abused)]
+    }
+
+    /// p99 within [`MAX_P99_RATIO`] and no error.
+    fn goal_met(&self) -> bool {
+        goal_met(self.p99_ratio, self.errors(), MAX_P99_RATIO)
+    }
+
+    fn errors(&self) -> usize {
+        self.calm.load.errors + self.abused.load.errors
     }
 }
 
@@ -32,30 +61,11 @@ impl<T> CalmAbused<T> {
 pub(crate) struct Round {
     pub(crate) round: usize,
     #[serde(flatten)]
-    pub(crate) phases: CalmAbused<PhaseSummary>,
-    /// `abused.p99_ms / calm.p99_ms`.
-    pub(crate) p99_ratio: f64,
+    pub(crate) normal: Normal,
     #[serde(flatten)]
     pub(crate) abuse: Abuse,
     /// Health after the abused phase.
     pub(crate) alive_after: Alive,
-}
-
-impl Round {
-    pub(crate) fn new(
-        round: usize,
-        phases: CalmAbused<PhaseSummary>,
-        abuse: Abuse,
-        alive_after: Alive,
-    ) -> Self {
-        Self {
-            round,
-            p99_ratio: ratio(phases.abused.load.p99_ms, phases.calm.load.p99_ms),
-            phases,
-            abuse,
-            alive_after,
-        }
-    }
 }
 
 /// What the abusive clients got: their requests, and their held connections.
@@ -79,35 +89,6 @@ impl Abuse {
     }
 }
 
-/// Medians over the rounds of one kind of phase.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct PhaseMedians {
-    pub(crate) qps: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    /// Summed over the rounds, not a median: one error is one too many.
-    pub(crate) errors: usize,
-}
-
-impl PhaseMedians {
-    fn of<'a>(phases: impl Iterator<Item = &'a PhaseSummary> + Clone) -> Self {
-        Self {
-            qps: median(phases.clone().map(|p| p.qps)),
-            p50_ms: median(phases.clone().map(|p| p.load.p50_ms)),
-            p99_ms: median(phases.clone().map(|p| p.load.p99_ms)),
-            errors: phases.map(|p| p.load.errors).sum(),
-        }
-    }
-
-    /// The medians of the calm and of the abused phases of `rounds`.
-    fn of_rounds(rounds: &[Round]) -> CalmAbused<Self> {
-        CalmAbused {
-            calm: Self::of(rounds.iter().map(|r| &r.phases.calm)),
-            abused: Self::of(rounds.iter().map(|r| &r.phases.abused)),
-        }
-    }
-}
-
 /// The whole benchmark.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
@@ -115,10 +96,9 @@ pub(crate) struct Report {
     pub(crate) gateway: String,
     pub(crate) settings: Settings,
     pub(crate) rounds: Vec<Round>,
+    /// The medians over the rounds.
     #[serde(flatten)]
-    pub(crate) medians: CalmAbused<PhaseMedians>,
-    /// The median of the rounds' p99 ratios.
-    pub(crate) p99_ratio: f64,
+    pub(crate) normal: Normal,
     /// The abuse of every round.
     #[serde(flatten)]
     pub(crate) abuse: Abuse,
@@ -136,17 +116,12 @@ impl Report {
         rounds: Vec<Round>,
         alive_at_end: Alive,
     ) -> Self {
-        let medians = PhaseMedians::of_rounds(&rounds);
-        let p99_ratio = median(rounds.iter().map(|r| r.p99_ratio));
+        let normal = Normal::median(&rounds);
         let mut abuse = Abuse::default();
         for r in &rounds {
             abuse.merge(&r.abuse);
         }
-        let normal_traffic_goal_met = goal_met(
-            p99_ratio,
-            medians.calm.errors + medians.abused.errors,
-            MAX_P99_RATIO,
-        );
+        let normal_traffic_goal_met = normal.goal_met();
         let abuse_goal_met = abuse.all_acceptable()
             && alive_at_end.all_alive
             && rounds.iter().all(|r| r.alive_after.all_alive);
@@ -155,8 +130,7 @@ impl Report {
             gateway,
             settings,
             rounds,
-            medians,
-            p99_ratio,
+            normal,
             abuse,
             alive_at_end,
             normal_traffic_goal_met,
@@ -191,18 +165,18 @@ impl Report {
             ]
         };
         for r in &self.rounds {
-            for (name, p) in r.phases.named() {
+            for (name, p) in r.normal.named() {
                 let ratio = if name == "abused" {
-                    format!("{:.2}", r.p99_ratio)
+                    format!("{:.2}", r.normal.p99_ratio)
                 } else {
                     String::new()
                 };
                 phases.row(one(r.round.to_string(), name, p, ratio));
             }
         }
-        for (name, m) in self.medians.named() {
+        for (name, m) in self.normal.named() {
             let ratio = if name == "abused" {
-                format!("**{:.2}**", self.p99_ratio)
+                format!("**{:.2}**", self.normal.p99_ratio)
             } else {
                 String::new()
             };
@@ -211,9 +185,9 @@ impl Report {
                 name.into(),
                 String::new(),
                 format!("{:.1}", m.qps),
-                format!("{:.1}", m.p50_ms),
-                format!("{:.1}", m.p99_ms),
-                format!("{} (sum)", m.errors),
+                format!("{:.1}", m.load.p50_ms),
+                format!("{:.1}", m.load.p99_ms),
+                format!("{} (sum)", m.load.errors),
                 ratio,
             ]);
         }
@@ -247,8 +221,8 @@ impl Report {
             "Normal traffic: p99 ratio {:.2} (goal <= {MAX_P99_RATIO}), errors {} -> goal {}. \
              Abusive requests: {} of {} not a 4xx/503/504 -> goal {}. At the end: gateway {}, \
              ready {}, executors not live: {dead}.",
-            self.p99_ratio,
-            self.medians.calm.errors + self.medians.abused.errors,
+            self.normal.p99_ratio,
+            self.normal.errors(),
             met(self.normal_traffic_goal_met),
             self.abuse.abusive_requests.unacceptable,
             self.abuse.abusive_requests.total,
@@ -296,6 +270,15 @@ mod tests {
         }
     }
 
+    fn round(n: usize, calm: PhaseSummary, abused: PhaseSummary, abuse: Abuse, all: bool) -> Round {
+        Round {
+            round: n,
+            normal: Normal::new(calm, abused),
+            abuse,
+            alive_after: alive(all),
+        }
+    }
+
     fn requests(abusive_requests: Tally) -> Abuse {
         Abuse {
             abusive_requests,
@@ -309,35 +292,22 @@ mod tests {
         ok.count("top-k-1e12", &Outcome::Status(400));
         let mut hang = Tally::default();
         hang.count("huge-text", &Outcome::Timeout);
-        let rounds = vec![
-            Round::new(
-                1,
-                CalmAbused {
-                    calm: phase(10, 100, 0),
-                    abused: phase(15, 90, 0),
-                },
+        // (round, calm ms and requests, abused ms and requests)
+        let rounds = [
+            (1, (10, 100), (15, 90)),
+            (2, (20, 50), (50, 40)),
+            (3, (10, 100), (18, 80)),
+        ]
+        .map(|(n, (cm, cn), (am, an))| {
+            round(
+                n,
+                phase(cm, cn, 0),
+                phase(am, an, 0),
                 requests(ok.clone()),
-                alive(true),
-            ),
-            Round::new(
-                2,
-                CalmAbused {
-                    calm: phase(20, 50, 0),
-                    abused: phase(50, 40, 0),
-                },
-                requests(ok.clone()),
-                alive(true),
-            ),
-            Round::new(
-                3,
-                CalmAbused {
-                    calm: phase(10, 100, 0),
-                    abused: phase(18, 80, 0),
-                },
-                requests(ok.clone()),
-                alive(true),
-            ),
-        ];
+                true,
+            )
+        })
+        .to_vec();
         let r = Report::new(
             "gw".into(),
             super::super::default_settings(),
@@ -345,10 +315,14 @@ mod tests {
             alive(true),
         );
         // Per-round ratios 1.5, 2.5, 1.8: the median is 1.8, within the goal.
-        assert!((r.p99_ratio - 1.8).abs() < 0.01, "{}", r.p99_ratio);
-        assert!((r.medians.calm.qps - 100.0).abs() < 1e-9);
-        assert!((r.medians.abused.qps - 80.0).abs() < 1e-9);
-        assert!((r.medians.abused.p99_ms - 18.0).abs() < 0.05);
+        assert!(
+            (r.normal.p99_ratio - 1.8).abs() < 0.01,
+            "{}",
+            r.normal.p99_ratio
+        );
+        assert!((r.normal.calm.qps - 100.0).abs() < 1e-9);
+        assert!((r.normal.abused.qps - 80.0).abs() < 1e-9);
+        assert!((r.normal.abused.load.p99_ms - 18.0).abs() < 0.05);
         assert_eq!(r.abuse.abusive_requests.by_kind["top-k-1e12"]["400"], 3);
         assert!(r.normal_traffic_goal_met && r.abuse_goal_met);
         let md = r.markdown();
@@ -357,14 +331,12 @@ mod tests {
         assert!(md.contains("**1.80**"), "{md}");
 
         // One normal error anywhere, one hang, one dead process: each fails its goal.
-        let rounds = vec![Round::new(
+        let rounds = vec![round(
             1,
-            CalmAbused {
-                calm: phase(10, 10, 0),
-                abused: phase(11, 10, 1),
-            },
+            phase(10, 10, 0),
+            phase(11, 10, 1),
             requests(hang),
-            alive(true),
+            true,
         )];
         let r = Report::new(
             "gw".into(),
@@ -374,7 +346,7 @@ mod tests {
         );
         assert!(!r.normal_traffic_goal_met, "an error on the normal traffic");
         assert!(!r.abuse_goal_met);
-        assert_eq!(r.medians.abused.errors, 1);
+        assert_eq!(r.normal.abused.load.errors, 1);
         assert!(r
             .markdown()
             .contains("executors not live: encoder http://x"));

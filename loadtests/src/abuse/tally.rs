@@ -131,6 +131,29 @@ impl PhaseSummary {
     }
 }
 
+impl PhaseSummary {
+    /// The medians of `phases` (over the rounds), but their errors summed (one error is one
+    /// too many) and their first error samples.
+    pub(crate) fn median<'a>(phases: impl Iterator<Item = &'a Self> + Clone) -> Self {
+        let of = |f: fn(&Self) -> f64| median(phases.clone().map(f));
+        Self {
+            ok: of(|p| p.ok as f64) as u64,
+            qps: of(|p| p.qps),
+            max_ms: of(|p| p.max_ms),
+            load: Summary {
+                seconds: of(|p| p.load.seconds),
+                p50_ms: of(|p| p.load.p50_ms),
+                p99_ms: of(|p| p.load.p99_ms),
+                errors: phases.clone().map(|p| p.load.errors).sum(),
+                error_samples: phases
+                    .flat_map(|p| p.load.error_samples.iter().cloned())
+                    .take(5)
+                    .collect(),
+            },
+        }
+    }
+}
+
 /// `abused / calm`, NaN when either is not a positive number.
 pub(crate) fn ratio(abused: f64, calm: f64) -> f64 {
     if calm > 0.0 && abused.is_finite() && calm.is_finite() {

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::http_side::Loading;
 use super::measure::{Phase, PhaseKey};
 use super::IndexerArgs;
 use crate::table::{Align, Table};
@@ -97,10 +98,8 @@ pub(super) struct BackendRow {
     pub(super) phases: Vec<Phase>,
     pub(super) codec_ms: Vec<Codec>,
     /// Over HTTP: indexing, and the service's loading and building.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) http_index_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) http_load_s: Option<f64>,
+    #[serde(flatten)]
+    pub(super) http: Option<Loading>,
 }
 
 /// The service's decoding and encoding, and the client's decoding, of one call.
@@ -198,8 +197,8 @@ pub(super) fn table(set: &SetResult) -> String {
         format!("recall@{k}"),
     ]);
     for r in &set.backends {
-        let build = match r.http_load_s {
-            Some(h) => format!("{:.1} / {h:.1}", r.build_s),
+        let build = match r.http {
+            Some(h) => format!("{:.1} / {:.1}", r.build_s, h.load_s),
             None => format!("{:.1}", r.build_s),
         };
         let mut cells = vec![r.backend.clone(), r.params(), build];
