@@ -29,22 +29,34 @@ use measure::{row_id, Bounds, Calls, Slice, Workload};
 use report::{BackendRow, Codec, DataSummary, HeadToHead, IndexerResult, SetResult};
 use spec::BackendSpec;
 
+/// The flags of `flowmesh-bench indexer` that every data set shares, reported in each.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub(crate) struct SetShape {
+    /// Stored vectors per data set.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) n: usize,
+    /// Distinct queries; measurements cycle through them.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) queries: usize,
+    /// Matches per query (recall@k).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) k: usize,
+    /// Queries per call of the batched measurements (single-query ones always run too).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) batch: usize,
+}
+
 /// The flags of `flowmesh-bench indexer`, reported as they are in its JSON (but the backends,
 /// which its rows list, and the output file).
 #[derive(Debug, clap::Args, serde::Serialize)]
 pub(crate) struct IndexerArgs {
-    /// Stored vectors per data set.
-    #[arg(long, default_value_t = 100_000)]
-    n: usize,
+    /// The data sets' size and the searches' shape.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) shape: SetShape,
     /// Dimensions, comma separated: one data set, and one table, each.
     #[arg(long, value_delimiter = ',', default_value = "384,1280")]
     dims: Vec<usize>,
-    /// Distinct queries; measurements cycle through them.
-    #[arg(long, default_value_t = 1000)]
-    queries: usize,
-    /// Matches per query (recall@k).
-    #[arg(long, default_value_t = 10)]
-    k: usize,
     /// A backend to measure; repeat the flag for each (faiss keys hold commas): `flat`,
     /// `faiss:KEY[:nprobe=N][:ef=N]`, `annoy[:trees=N][:search_k=N]`.
     #[arg(
@@ -63,9 +75,6 @@ pub(crate) struct IndexerArgs {
     /// How vectors are compared (`cosine` or `l2`).
     #[arg(long, default_value = "cosine")]
     metric: String,
-    /// Queries per call of the batched measurements (single-query ones always run too).
-    #[arg(long, default_value_t = 50)]
-    batch: usize,
     /// Concurrencies, comma separated: threads in-process, connections over HTTP.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     concurrency: Vec<usize>,
@@ -112,14 +121,14 @@ pub(crate) struct IndexerArgs {
 impl IndexerArgs {
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.n > 0 && self.k > 0 && self.batch > 0,
+            self.shape.n > 0 && self.shape.k > 0 && self.shape.batch > 0,
             "--n, --k and --batch must be positive"
         );
-        anyhow::ensure!(self.k <= self.n, "--k must not exceed --n");
+        anyhow::ensure!(self.shape.k <= self.shape.n, "--k must not exceed --n");
         anyhow::ensure!(
-            self.queries >= self.batch,
+            self.shape.queries >= self.shape.batch,
             "--queries must be at least --batch ({})",
-            self.batch
+            self.shape.batch
         );
         anyhow::ensure!(!self.dims.contains(&0), "--dims must be positive");
         anyhow::ensure!(
@@ -137,16 +146,16 @@ impl IndexerArgs {
     fn bounds(&self) -> Bounds {
         Bounds {
             duration: Duration::from_secs_f64(self.seconds),
-            max_queries: self.max_queries.max(self.batch),
+            max_queries: self.max_queries.max(self.shape.batch),
         }
     }
 
     /// Call sizes measured: single queries, then batches.
     fn batches(&self) -> Vec<usize> {
-        if self.batch == 1 {
+        if self.shape.batch == 1 {
             vec![1]
         } else {
-            vec![1, self.batch]
+            vec![1, self.shape.batch]
         }
     }
 
@@ -154,7 +163,7 @@ impl IndexerArgs {
     fn flags(&self, spec: &BackendSpec) -> Vec<String> {
         let mut flags = spec.flags.clone();
         // One build over everything rather than a chain of rebuilds while it is loaded.
-        flags.extend(["--rebuild-min".into(), self.n.to_string()]);
+        flags.extend(["--rebuild-min".into(), self.shape.n.to_string()]);
         flags.extend(["--metric".into(), self.metric.clone()]);
         flags
     }
@@ -196,8 +205,8 @@ struct DataSet {
 fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
     let started = Instant::now();
     let mut rng = Rng::new(args.seed.wrapping_add(dim as u64));
-    let data = clustered(args.n, dim, args.clusters, args.spread, &mut rng);
-    let queries = queries_near(&data, dim, args.queries, args.noise, &mut rng);
+    let data = clustered(args.shape.n, dim, args.clusters, args.spread, &mut rng);
+    let queries = queries_near(&data, dim, args.shape.queries, args.noise, &mut rng);
     let generate_s = started.elapsed().as_secs_f64();
 
     // The flat backend is exact: its answers are the ground truth (f32 sums; the f64 reference
@@ -210,7 +219,7 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
         args.metric.clone(),
     ])?;
     store(&flat, &data, dim)?;
-    let mut truth: Vec<Vec<u32>> = Vec::with_capacity(args.queries);
+    let mut truth: Vec<Vec<u32>> = Vec::with_capacity(args.shape.queries);
     for chunk in queries.chunks(dim * 100) {
         let entries: Vec<Entry<'_>> = chunk
             .chunks_exact(dim)
@@ -220,17 +229,17 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
                 vector,
             })
             .collect();
-        for hits in flat.search(&entries, args.k)? {
+        for hits in flat.search(&entries, args.shape.k)? {
             let rows = hits
                 .iter()
                 .map(|h| measure::row_of(&h.id))
                 .collect::<Option<Vec<u32>>>()
                 .context("flat answered an id that is not v{row}")?;
             anyhow::ensure!(
-                rows.len() == args.k,
+                rows.len() == args.shape.k,
                 "flat found {} of {}",
                 rows.len(),
-                args.k
+                args.shape.k
             );
             truth.push(rows);
         }
@@ -238,13 +247,13 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
     drop(flat);
     let truth_s = started.elapsed().as_secs_f64();
 
-    let verify = args.verify_queries.min(args.queries);
+    let verify = args.verify_queries.min(args.shape.queries);
     let started = Instant::now();
     let metric = match args.metric.as_str() {
         "l2" => flowmesh_indexer::Metric::L2,
         _ => flowmesh_indexer::Metric::Cosine,
     };
-    let f64_truth = exact_top_k(&data, &queries[..verify * dim], dim, args.k, metric);
+    let f64_truth = exact_top_k(&data, &queries[..verify * dim], dim, args.shape.k, metric);
     let flat_subset: Vec<Vec<usize>> = truth[..verify]
         .iter()
         .map(|t| t.iter().map(|&r| r as usize).collect())
@@ -254,13 +263,13 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
     eprintln!(
         "dim {dim}: data {generate_s:.1}s, exact top-{} of {} queries by flat {truth_s:.1}s; \
          f64 check of {verify} queries: recall {agreement:.4} ({verify_s:.1}s)",
-        args.k, args.queries
+        args.shape.k, args.shape.queries
     );
     Ok(DataSet {
         data,
         workload: Arc::new(Workload {
             dim,
-            k: args.k,
+            k: args.shape.k,
             queries,
             truth,
         }),
@@ -287,7 +296,7 @@ fn built_shard(
     let build_s = started.elapsed().as_secs_f64();
     if let Some(build) = shard.shard_stats().build {
         anyhow::ensure!(
-            build.built == args.n && build.fresh == 0,
+            build.built == args.shape.n && build.fresh == 0,
             "{spec}: the build did not take every vector in: {build:?}"
         );
     }
@@ -419,13 +428,7 @@ fn flat_against_faiss(
             b.queries_per_s,
             100.0 * a.queries_per_s / b.queries_per_s
         );
-        rows.push(HeadToHead {
-            batch,
-            flat_queries_per_s: a.queries_per_s,
-            faiss_flat_queries_per_s: b.queries_per_s,
-            ratio: a.queries_per_s / b.queries_per_s,
-            errors: a.load.errors + b.load.errors,
-        });
+        rows.push(HeadToHead::new(batch, &a, &b));
     }
     Ok(Some(rows))
 }
@@ -443,10 +446,7 @@ pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
         }
         let result = SetResult {
             dim,
-            n: args.n,
-            queries: args.queries,
-            k: args.k,
-            batch: args.batch,
+            shape: args.shape.clone(),
             data: set.summary,
             flat_vs_faiss_flat: head_to_head,
             backends: rows,

@@ -72,7 +72,7 @@ impl Service {
             )
             .await?;
             let index_s = started.elapsed().as_secs_f64();
-            wait_for_build(&base, args.n, Duration::from_secs(args.build_timeout)).await?;
+            wait_for_build(&base, args.shape.n, Duration::from_secs(args.build_timeout)).await?;
             anyhow::Ok(index_s)
         };
         let index_s = match loaded.await {

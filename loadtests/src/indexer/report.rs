@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::http_side::Loading;
 use super::measure::{Phase, PhaseKey};
-use super::IndexerArgs;
+use super::{IndexerArgs, SetShape};
 use crate::table::{Align, Table};
 
 /// One line on stderr per measurement, as it finishes.
@@ -54,10 +54,8 @@ pub(super) struct DataSummary {
 #[derive(Debug, Serialize)]
 pub(super) struct SetResult {
     pub(super) dim: usize,
-    pub(super) n: usize,
-    pub(super) queries: usize,
-    pub(super) k: usize,
-    pub(super) batch: usize,
+    #[serde(flatten)]
+    pub(super) shape: SetShape,
     pub(super) data: DataSummary,
     pub(super) flat_vs_faiss_flat: Option<Vec<HeadToHead>>,
     pub(super) backends: Vec<BackendRow>,
@@ -86,6 +84,19 @@ pub(super) struct HeadToHead {
     pub(super) errors: usize,
 }
 
+impl HeadToHead {
+    /// `flat`'s measurement `a` against `faiss:Flat`'s `b`, both in calls of `batch`.
+    pub(super) fn new(batch: usize, a: &Phase, b: &Phase) -> Self {
+        Self {
+            batch,
+            flat_queries_per_s: a.queries_per_s,
+            faiss_flat_queries_per_s: b.queries_per_s,
+            ratio: a.queries_per_s / b.queries_per_s,
+            errors: a.load.errors + b.load.errors,
+        }
+    }
+}
+
 /// Every measurement of one backend.
 #[derive(Debug, Serialize)]
 pub(super) struct BackendRow {
@@ -100,14 +111,6 @@ pub(super) struct BackendRow {
     /// Over HTTP: indexing, and the service's loading and building.
     #[serde(flatten)]
     pub(super) http: Option<Loading>,
-}
-
-/// The service's decoding and encoding, and the client's decoding, of one call.
-#[derive(Debug, Serialize)]
-pub(super) struct Codec {
-    pub(super) batch: usize,
-    pub(super) service_ms: f64,
-    pub(super) client_ms: f64,
 }
 
 impl BackendRow {
@@ -155,6 +158,14 @@ impl BackendRow {
     }
 }
 
+/// The service's decoding and encoding, and the client's decoding, of one call.
+#[derive(Debug, Serialize)]
+pub(super) struct Codec {
+    pub(super) batch: usize,
+    pub(super) service_ms: f64,
+    pub(super) client_ms: f64,
+}
+
 fn cell(v: Option<f64>) -> String {
     match v {
         Some(v) if v >= 100.0 => format!("{v:.0}"),
@@ -182,10 +193,10 @@ fn backend_table(rest: &[String]) -> Table {
 
 /// The tables of one data set.
 pub(super) fn table(set: &SetResult) -> String {
-    let (batch, k) = (set.batch, set.k);
+    let (batch, k) = (set.shape.batch, set.shape.k);
     let mut s = format!(
         "{} x {} (queries/s at concurrency 1; build s: in-process store + build / over HTTP index + build)\n\n",
-        set.n, set.dim
+        set.shape.n, set.dim
     );
     let mut t = backend_table(&[
         "build s".into(),
