@@ -470,3 +470,50 @@ pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IndexerArgs,
+    }
+
+    #[test]
+    fn the_result_reports_every_flag_but_the_backends_and_the_output() {
+        let cli = Cli::parse_from(["indexer", "--n", "50", "--out", "x.json"]);
+        let result = IndexerResult {
+            benchmark: "indexer",
+            settings: &cli.args,
+            machine: report::machine(),
+            sets: Vec::new(),
+        };
+        let flags = [
+            "n",
+            "queries",
+            "k",
+            "batch",
+            "dims",
+            "metric",
+            "concurrency",
+            "seconds",
+            "slices",
+            "max_queries",
+            "clusters",
+            "spread",
+            "noise",
+            "seed",
+            "verify_queries",
+            "index_batch",
+            "build_timeout",
+            "no_http",
+        ];
+        let top = [&flags[..], &["benchmark", "machine", "sets"]].concat();
+        assert_eq!(crate::report::keys(&result), crate::report::sorted(&top));
+        assert_eq!(serde_json::to_value(&result).expect("JSON")["n"], 50);
+    }
+}

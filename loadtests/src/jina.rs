@@ -222,7 +222,7 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
     );
     let errors: usize = rows
         .iter()
-        .map(|r| r.flowmesh.load.errors + r.jina.load.errors)
+        .map(|r| r.sides.flowmesh.load.errors + r.sides.jina.load.errors)
         .sum();
     anyhow::ensure!(
         errors == 0,

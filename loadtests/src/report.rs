@@ -19,3 +19,22 @@ pub(crate) fn publish(
     }
     Ok(())
 }
+
+/// The keys of `value`'s JSON object, sorted: tests pin the keys that docs and scripts read.
+#[cfg(test)]
+pub(crate) fn keys(value: &impl Serialize) -> Vec<String> {
+    let mut keys: Vec<String> = match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    keys.sort();
+    keys
+}
+
+/// `names`, sorted, as [`keys`] gives them.
+#[cfg(test)]
+pub(crate) fn sorted(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    names.sort();
+    names
+}

@@ -565,6 +565,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn settings_keep_their_json_keys() {
+        use crate::report::{keys, sorted};
+        let flags = [
+            "scenario",
+            "gateway",
+            "protocol",
+            "concurrency",
+            "request_size",
+            "docs",
+            "queries",
+            "top_k",
+            "shards",
+            "replicas",
+            "redis_url",
+            "seed",
+            "encoder",
+            "dim",
+            "encoder_threads",
+            "prefetch",
+            "image_size",
+            "image_format",
+            "image_pool",
+            "skip_index",
+        ];
+        let derived = [
+            "query_request_size",
+            "index_limits",
+            "query_limits",
+            "indexers",
+            "store",
+            "timeout_s",
+            "started_unix_s",
+        ];
+        assert_eq!(
+            keys(&settings(5)),
+            sorted(&[&flags[..], &derived[..]].concat())
+        );
+    }
+
+    #[test]
     fn indexer_lists_keep_faiss_commas() {
         assert_eq!(
             split_specs("flat,annoy:trees=100,faiss:IVF50,Flat:nprobe=8, faiss:HNSW32"),

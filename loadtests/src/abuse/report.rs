@@ -252,6 +252,7 @@ mod tests {
 
     use super::*;
     use crate::abuse::tally::{measured, Outcome};
+    use crate::report::{keys, sorted};
 
     fn phase(ms: u64, n: u64, errors: usize) -> PhaseSummary {
         PhaseSummary::of(&measured(ms, n, errors, Duration::from_secs(1)))
@@ -325,6 +326,46 @@ mod tests {
         assert!((r.normal.abused.load.p99_ms - 18.0).abs() < 0.05);
         assert_eq!(r.abuse.abusive_requests.by_kind["top-k-1e12"]["400"], 3);
         assert!(r.normal_traffic_goal_met && r.abuse_goal_met);
+        let phase_keys = [
+            "ok",
+            "qps",
+            "max_ms",
+            "seconds",
+            "p50_ms",
+            "p99_ms",
+            "errors",
+            "error_samples",
+        ];
+        assert_eq!(keys(&r.normal.calm), sorted(&phase_keys));
+        assert_eq!(
+            keys(&r.rounds[0]),
+            sorted(&[
+                "round",
+                "calm",
+                "abused",
+                "p99_ratio",
+                "abusive_requests",
+                "abusive_connections",
+                "alive_after",
+            ])
+        );
+        assert_eq!(
+            keys(&r),
+            sorted(&[
+                "benchmark",
+                "gateway",
+                "settings",
+                "rounds",
+                "calm",
+                "abused",
+                "p99_ratio",
+                "abusive_requests",
+                "abusive_connections",
+                "alive_at_end",
+                "normal_traffic_goal_met",
+                "abuse_goal_met",
+            ])
+        );
         let md = r.markdown();
         assert_eq!(md.lines().filter(|l| l.starts_with("| 2 |")).count(), 2);
         assert!(md.contains("| top-k-1e12 | 400: 3 |  |"), "{md}");

@@ -441,6 +441,24 @@ mod tests {
         assert_eq!(phase.calls, 1);
         assert!((phase.mean_ms - 100.0).abs() < 0.1, "{}", phase.mean_ms);
         assert_eq!(phase.load.error_samples.len(), 3);
+        assert_eq!(
+            crate::report::keys(&phase),
+            crate::report::sorted(&[
+                "mode",
+                "batch",
+                "concurrency",
+                "calls",
+                "queries",
+                "seconds",
+                "queries_per_s",
+                "recall",
+                "mean_ms",
+                "p50_ms",
+                "p99_ms",
+                "errors",
+                "error_samples",
+            ])
+        );
     }
 
     #[test]

@@ -87,19 +87,27 @@ impl Side {
     }
 }
 
+/// Both sides of a row, and flowmesh's rate over Jina's.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Sides {
+    pub(crate) flowmesh: Side,
+    pub(crate) jina: Side,
+    /// flowmesh's rate over Jina's (set by [`Row::finish`]).
+    pub(crate) ratio: f64,
+}
+
 /// One line of the comparison: a workload at one concurrency, both sides.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Row {
     pub(crate) workload: String,
     pub(crate) concurrency: usize,
     pub(crate) unit: String,
-    pub(crate) flowmesh: Side,
-    pub(crate) jina: Side,
-    /// flowmesh's rate over Jina's (set by [`Row::finish`]).
-    pub(crate) ratio: f64,
+    #[serde(flatten)]
+    pub(crate) sides: Sides,
     /// The target for flowmesh / Jina, where it sets one.
     #[serde(rename = "target_ratio")]
     pub(crate) target: Option<f64>,
+    /// Set by [`Row::finish`].
     pub(crate) target_met: Option<bool>,
 }
 
@@ -109,9 +117,11 @@ impl Row {
             workload: workload.to_owned(),
             concurrency,
             unit: unit.to_owned(),
-            flowmesh: Side::default(),
-            jina: Side::default(),
-            ratio: f64::NAN,
+            sides: Sides {
+                flowmesh: Side::default(),
+                jina: Side::default(),
+                ratio: f64::NAN,
+            },
             target,
             target_met: None,
         }
@@ -120,16 +130,17 @@ impl Row {
     /// flowmesh's side (`true`) or Jina's.
     pub(crate) fn side(&mut self, flowmesh: bool) -> &mut Side {
         if flowmesh {
-            &mut self.flowmesh
+            &mut self.sides.flowmesh
         } else {
-            &mut self.jina
+            &mut self.sides.jina
         }
     }
 
     /// Computes the ratio and the target's verdict once both sides are measured.
     pub(crate) fn finish(&mut self) {
-        self.ratio = self.flowmesh.per_s / self.jina.per_s;
-        self.target_met = self.target.map(|t| self.ratio >= t);
+        let ratio = self.sides.flowmesh.per_s / self.sides.jina.per_s;
+        self.sides.ratio = ratio;
+        self.target_met = self.target.map(|t| ratio >= t);
     }
 }
 
@@ -189,10 +200,17 @@ pub(crate) fn table(rows: &[Row]) -> String {
         right("flowmesh of raw ONNX"),
     ]);
     for r in rows {
-        let (f, j) = (&r.flowmesh, &r.jina);
+        let (f, j) = (&r.sides.flowmesh, &r.sides.jina);
         let target = r.target.map_or_else(
             || "-".to_owned(),
-            |t| format!("{t}x {}", if r.ratio >= t { "met" } else { "missed" }),
+            |t| {
+                let met = if r.target_met == Some(true) {
+                    "met"
+                } else {
+                    "missed"
+                };
+                format!("{t}x {met}")
+            },
         );
         let of_raw = f.raw_per_s.map_or_else(
             || "-".to_owned(),
@@ -215,7 +233,7 @@ pub(crate) fn table(rows: &[Row]) -> String {
             r.unit.clone(),
             num(f.per_s),
             num(j.per_s),
-            format!("{:.1}x", r.ratio),
+            format!("{:.1}x", r.sides.ratio),
             target,
             format!("{} / {}", num(f.load.p50_ms), num(f.load.p99_ms)),
             format!("{} / {}", num(j.load.p50_ms), num(j.load.p99_ms)),
@@ -225,4 +243,60 @@ pub(crate) fn table(rows: &[Row]) -> String {
         ]);
     }
     t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::load::Latencies;
+    use crate::report::{keys, sorted};
+
+    #[test]
+    fn rows_keep_their_json_keys_and_verdicts() {
+        let measured = Measured {
+            latencies: Latencies::of_ms([2, 4]),
+            elapsed: Duration::from_secs(1),
+            ..Measured::default()
+        };
+        let cpu = BTreeMap::from([("load generator".to_owned(), 0.5)]);
+        let mut row = Row::new("search", 2, "requests/s", Some(3.0));
+        *row.side(true) = Side::from_measured(&measured, 40.0, &cpu);
+        *row.side(false) = Side::from_measured(&measured, 10.0, &cpu);
+        row.side(true).set_raw(50.0);
+        row.finish();
+        assert_eq!(
+            keys(&row),
+            sorted(&[
+                "workload",
+                "concurrency",
+                "unit",
+                "flowmesh",
+                "jina",
+                "ratio",
+                "target_ratio",
+                "target_met"
+            ])
+        );
+        assert_eq!(
+            keys(&row.sides.flowmesh),
+            sorted(&[
+                "per_s",
+                "requests",
+                "seconds",
+                "p50_ms",
+                "p99_ms",
+                "errors",
+                "error_samples",
+                "cpu_ms_per_unit",
+                "service_cpu_ms_per_unit",
+                "raw_per_s",
+                "of_raw",
+            ])
+        );
+        assert_eq!((row.sides.ratio, row.target_met), (4.0, Some(true)));
+        assert_eq!(row.sides.flowmesh.requests, 2);
+        assert!(table(&[row]).contains("| 4.0x | 3x met |"));
+    }
 }
