@@ -14,20 +14,25 @@ use super::target::Operation;
 use super::Settings;
 use crate::table::{opt, Align, Table};
 
-/// One row of the table: a phase with what it ran on.
-#[derive(Debug)]
+/// One row of the table: a phase with what it ran on (in `results.json`, beside the phase's
+/// figures).
+#[derive(Debug, Serialize)]
 pub(crate) struct Row {
     /// `flowmesh`, or another engine measured with the same workload (`jina`).
     pub(crate) engine: String,
+    /// `index` or `query`.
+    #[serde(serialize_with = "serialize_operation")]
     pub(crate) operation: Operation,
     /// The index backend: `flat`, `annoy:trees=100`, `faiss:IVF50,Flat:nprobe=8`.
     pub(crate) indexer: String,
     /// The document store: `embedded`, `redis`, `memory`, or `none` (no ranker).
     pub(crate) store: String,
+    #[serde(skip)]
     pub(crate) result: PhaseResult,
     /// Seconds the indexers took to build their structures before the phase.
     pub(crate) build_seconds: Option<f64>,
     /// recall@k against exact search, with the number of queries compared.
+    #[serde(skip)]
     pub(crate) recall: Option<(f64, usize)>,
 }
 
@@ -48,11 +53,7 @@ impl Row {
     fn to_json(&self) -> PhaseJson<'_> {
         PhaseJson {
             summary: self.result.summary(),
-            engine: &self.engine,
-            operation: operation_name(self.operation),
-            indexer: &self.indexer,
-            store: &self.store,
-            build_seconds: self.build_seconds,
+            row: self,
             recall_at_k: self.recall.map(|r| r.0),
             recall_queries: self.recall.map(|r| r.1),
         }
@@ -64,11 +65,8 @@ impl Row {
 struct PhaseJson<'a> {
     #[serde(flatten)]
     summary: PhaseSummary,
-    engine: &'a str,
-    operation: &'static str,
-    indexer: &'a str,
-    store: &'a str,
-    build_seconds: Option<f64>,
+    #[serde(flatten)]
+    row: &'a Row,
     recall_at_k: Option<f64>,
     recall_queries: Option<usize>,
 }
@@ -83,11 +81,16 @@ pub(crate) struct ResultsJson<'a> {
     plots: &'a [String],
 }
 
+/// `index` or `query`: the operations as the results name them.
 fn operation_name(op: Operation) -> &'static str {
     match op {
         Operation::Index => "index",
         Operation::Search => "query",
     }
+}
+
+fn serialize_operation<S: serde::Serializer>(op: &Operation, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(operation_name(*op))
 }
 
 /// Everything a run produced.
@@ -234,6 +237,29 @@ mod tests {
         let json = serde_json::to_value(report.to_json(&[])).expect("JSON");
         assert_eq!(json["phases"][0]["documents"], 150);
         assert_eq!(json["phases"][0]["recall_at_k"], 0.9876);
+        assert_eq!(json["phases"][0]["operation"], "query");
+        assert_eq!(
+            crate::report::keys(&json["phases"][0]),
+            crate::report::sorted(&[
+                "seconds",
+                "hours",
+                "documents",
+                "requests",
+                "docs_per_s",
+                "requests_per_s",
+                "latency_ms",
+                "errors",
+                "errors_by_kind",
+                "per_second",
+                "engine",
+                "operation",
+                "indexer",
+                "store",
+                "build_seconds",
+                "recall_at_k",
+                "recall_queries",
+            ])
+        );
         assert_eq!(json["settings"]["top_k"], 50);
         assert_eq!(json["settings"]["index_limits"]["max_requests"], 1);
     }
