@@ -303,11 +303,10 @@ impl RunArgs {
         }
     }
 
-    fn flow_plan(&self) -> FlowPlan {
+    fn flow_plan(&self) -> FlowPlan<'_> {
         FlowPlan {
-            flags: self.flow.clone(),
-            scenario: self.workload.scenario,
-            request_size: self.workload.request_size,
+            flags: &self.flow,
+            workload: &self.workload,
             timeout: self.timeout,
         }
     }

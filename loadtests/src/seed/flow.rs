@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _};
 use flowmesh_gateway::flow::spec::{ExecutorSpec, FlowSettings, FlowSpec, PollingSpec};
 use serde_json::{json, Map, Value};
 
-use super::workload::Scenario;
+use super::workload::{Scenario, WorkloadSpec};
 use crate::indexer::spec::BackendSpec;
 use crate::load::{get, HttpClient};
 
@@ -88,14 +88,12 @@ pub(crate) struct FlowArgs {
     pub(crate) prefetch: usize,
 }
 
-/// Everything a Flow is written from: the Flow's flags, and what the workload sets.
-#[derive(Debug, Clone)]
-pub(crate) struct FlowPlan {
-    pub(crate) flags: FlowArgs,
-    pub(crate) scenario: Scenario,
-    /// Documents per index request.
-    pub(crate) request_size: usize,
-    /// The executors' timeout.
+/// Everything a Flow is written from: the Flow's flags, the workload's scenario and request
+/// size, and the executors' timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlowPlan<'a> {
+    pub(crate) flags: &'a FlowArgs,
+    pub(crate) workload: &'a WorkloadSpec,
     pub(crate) timeout: Duration,
 }
 
@@ -147,10 +145,10 @@ fn executor(name: &str, uses: &str, settings: Value) -> ExecutorSpec {
     }
 }
 
-impl FlowPlan {
+impl FlowPlan<'_> {
     /// The Flow, with `spec` as its indexer.
     pub(crate) fn flow(&self, spec: &BackendSpec, build: Build) -> anyhow::Result<FlowSpec> {
-        let encoder_with = match (self.flags.encoder, self.scenario) {
+        let encoder_with = match (self.flags.encoder, self.workload.scenario) {
             (Encoder::Hash, Scenario::Image) => bail!("the hash encoder reads texts only"),
             (Encoder::Hash, Scenario::Text) => json!({"model": "hash", "dim": self.flags.dim}),
             (Encoder::Onnx, Scenario::Text) => {
@@ -161,7 +159,7 @@ impl FlowPlan {
             }),
         };
         let mut executors = Vec::new();
-        if self.scenario == Scenario::Text {
+        if self.workload.scenario == Scenario::Text {
             let with = json!({"min_sent_len": 2, "max_sent_len": 512});
             executors.push(executor("segmenter", "sentencizer", with));
         }
@@ -185,7 +183,7 @@ impl FlowPlan {
         )));
         indexer.uses_after = Some("topk".to_owned());
         executors.push(indexer);
-        if self.scenario == Scenario::Text {
+        if self.workload.scenario == Scenario::Text {
             let mut with = json!({"store": self.flags.store.as_str()});
             if self.flags.store == Store::Redis {
                 let url = self
@@ -202,7 +200,7 @@ impl FlowPlan {
             jtype: None,
             name: FLOW_NAME.to_owned(),
             settings: FlowSettings {
-                request_size: self.request_size,
+                request_size: self.workload.request_size,
                 prefetch: self.flags.prefetch,
                 timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
                 ..FlowSettings::default()
@@ -325,20 +323,32 @@ mod tests {
 
     use super::*;
 
-    fn plan(scenario: Scenario) -> FlowPlan {
-        FlowPlan {
-            flags: FlowArgs {
-                shards: 3,
-                replicas: 2,
-                store: Store::Redis,
-                redis_url: Some("redis://r:6379/0".into()),
-                encoder: Encoder::Onnx,
-                dim: 64,
-                encoder_threads: 1,
-                prefetch: 4,
-            },
-            scenario,
+    fn flags() -> FlowArgs {
+        FlowArgs {
+            shards: 3,
+            replicas: 2,
+            store: Store::Redis,
+            redis_url: Some("redis://r:6379/0".into()),
+            encoder: Encoder::Onnx,
+            dim: 64,
+            encoder_threads: 1,
+            prefetch: 4,
+        }
+    }
+
+    /// The test workload of `scenario`, 50 documents a request.
+    fn workload(scenario: Scenario) -> WorkloadSpec {
+        WorkloadSpec {
             request_size: 50,
+            ..crate::seed::workload::test_spec(scenario)
+        }
+    }
+
+    /// The Flow of `flags` and `workload`, with a 60 s timeout.
+    fn plan<'a>(flags: &'a FlowArgs, workload: &'a WorkloadSpec) -> FlowPlan<'a> {
+        FlowPlan {
+            flags,
+            workload,
             timeout: Duration::from_secs(60),
         }
     }
@@ -360,7 +370,8 @@ mod tests {
     #[test]
     fn text_flows_have_the_seeds_topology() {
         let spec: BackendSpec = "faiss:IVF50,Flat:nprobe=8".parse().expect("valid");
-        let flow = written(&plan(Scenario::Text), &spec, Build::Always);
+        let (flags, workload) = (flags(), workload(Scenario::Text));
+        let flow = written(&plan(&flags, &workload), &spec, Build::Always);
         assert_eq!(names(&flow), ["segmenter", "encoder", "indexer", "ranker"]);
         let indexer = &flow.executors[2];
         assert_eq!(indexer.shards, 3);
@@ -373,19 +384,23 @@ mod tests {
         assert_eq!(flow.executors[1].replicas, 2);
         assert_eq!(flow.executors[3].settings["redis_url"], "redis://r:6379/0");
         assert_eq!(flow.settings.timeout_ms, 60_000);
+        assert_eq!(flow.settings.request_size, 50);
         assert_eq!(flow.name, FLOW_NAME);
     }
 
     #[test]
     fn image_flows_have_no_segmenter_nor_ranker() {
         let flat = "flat".parse().expect("valid");
-        let flow = written(&plan(Scenario::Image), &flat, Build::Never);
+        let (flags, workload) = (flags(), workload(Scenario::Image));
+        let flow = written(&plan(&flags, &workload), &flat, Build::Never);
         assert_eq!(names(&flow), ["encoder", "indexer"]);
         assert_eq!(flow.executors[0].settings["model_config"], "mobilenetv2");
         assert!(!flow.executors[1].settings.contains_key("rebuild_min"));
-        let mut hash = plan(Scenario::Image);
-        hash.flags.encoder = Encoder::Hash;
-        assert!(hash.flow(&flat, Build::Never).is_err());
+        let hash = FlowArgs {
+            encoder: Encoder::Hash,
+            ..flags
+        };
+        assert!(plan(&hash, &workload).flow(&flat, Build::Never).is_err());
     }
 
     #[test]
