@@ -25,7 +25,7 @@ use clap::Parser as _;
 use flowmesh_indexer::synthetic::{clustered, exact_top_k, queries_near, recall, Rng};
 use flowmesh_indexer::{Entry, Shard, VectorIndex};
 
-use measure::{row_id, Bounds, Calls, Slice, Workload};
+use measure::{row_id, Bounds, CallShape, Calls, Slice, Workload};
 use report::{BackendRow, Codec, DataSummary, HeadToHead, IndexerResult, SetResult};
 use spec::BackendSpec;
 
@@ -340,11 +340,11 @@ async fn measure_backend(
             });
         }
         for &concurrency in &args.concurrency {
+            let shape = CallShape { batch, concurrency };
             let (mut local, mut remote) = (Slice::default(), Slice::default());
             for i in 0..slices {
                 let calls = Calls {
-                    batch,
-                    concurrency,
+                    shape,
                     bounds: slice_bounds,
                     warm_up: i == 0,
                 };
@@ -356,11 +356,11 @@ async fn measure_backend(
                     remote = remote.merge(service.slice(&set.workload, &bodies, calls).await);
                 }
             }
-            let local = local.phase("in-process", batch, concurrency);
+            let local = local.phase("in-process", shape);
             report::progress(&local);
             phases.push(local);
             if service.is_some() {
-                let remote = remote.phase("http", batch, concurrency);
+                let remote = remote.phase("http", shape);
                 report::progress(&remote);
                 phases.push(remote);
             }
@@ -404,11 +404,14 @@ fn flat_against_faiss(
     let bounds = args.bounds();
     let mut rows = Vec::new();
     for batch in args.batches() {
+        let shape = CallShape {
+            batch,
+            concurrency: 1,
+        };
         let (mut a, mut b) = (Slice::default(), Slice::default());
         for i in 0..slices {
             let calls = Calls {
-                batch,
-                concurrency: 1,
+                shape,
                 bounds: Bounds {
                     duration: bounds.duration / slices as u32,
                     max_queries: bounds.max_queries.div_ceil(slices),
@@ -418,10 +421,7 @@ fn flat_against_faiss(
             a = a.merge(measure::in_process(&flat_shard, &set.workload, calls));
             b = b.merge(measure::in_process(&faiss_shard, &set.workload, calls));
         }
-        let (a, b) = (
-            a.phase("in-process", batch, 1),
-            b.phase("in-process", batch, 1),
-        );
+        let (a, b) = (a.phase("in-process", shape), b.phase("in-process", shape));
         eprintln!(
             "  flat / faiss:Flat, batch {batch}: {:.0} / {:.0} q/s = {:.0}%",
             a.queries_per_s,

@@ -60,31 +60,28 @@ pub(crate) struct Bounds {
     pub(crate) max_queries: usize,
 }
 
-/// One slice's calls: `batch` queries a call from `concurrency` callers, within `bounds`,
-/// after one untimed call when `warm_up`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Calls {
+/// How a measurement calls: `batch` queries a call, from `concurrency` callers at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct CallShape {
     pub(crate) batch: usize,
     pub(crate) concurrency: usize,
-    pub(crate) bounds: Bounds,
-    pub(crate) warm_up: bool,
 }
 
-/// Which measurement a [`Phase`] is: how it called, with how many queries a call, from how
-/// many callers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub(crate) struct PhaseKey {
-    /// `in-process` or `http`.
-    pub(crate) mode: &'static str,
-    pub(crate) batch: usize,
-    pub(crate) concurrency: usize,
+/// One slice's calls: of `shape`, within `bounds`, after one untimed call when `warm_up`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Calls {
+    pub(crate) shape: CallShape,
+    pub(crate) bounds: Bounds,
+    pub(crate) warm_up: bool,
 }
 
 /// What one measurement found.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Phase {
+    /// `in-process` or `http`.
+    pub(crate) mode: &'static str,
     #[serde(flatten)]
-    pub(crate) key: PhaseKey,
+    pub(crate) shape: CallShape,
     /// Successful calls and the queries they held.
     pub(crate) calls: usize,
     pub(crate) queries: usize,
@@ -202,7 +199,7 @@ impl Slice {
     }
 
     /// The measurement these slices make up.
-    pub(crate) fn phase(self, mode: &'static str, batch: usize, concurrency: usize) -> Phase {
+    pub(crate) fn phase(self, mode: &'static str, shape: CallShape) -> Phase {
         let t = self.tally;
         debug_assert!(
             t.recall_sum <= t.queries as f64 + 1e-9,
@@ -210,11 +207,8 @@ impl Slice {
         );
         let load = Summary::new(&t.latencies, self.elapsed, t.errors, t.error_samples);
         Phase {
-            key: PhaseKey {
-                mode,
-                batch,
-                concurrency,
-            },
+            mode,
+            shape,
             calls: usize::try_from(t.latencies.len()).unwrap_or(usize::MAX),
             queries: t.queries,
             queries_per_s: t.queries as f64 / load.seconds,
@@ -237,8 +231,7 @@ fn max_calls(bounds: Bounds, batch: usize) -> usize {
 /// `concurrency` threads calling `shard.search` with `batch` queries a call, back to back.
 pub(crate) fn in_process(shard: &Shard, w: &Workload, calls: Calls) -> Slice {
     let Calls {
-        batch,
-        concurrency,
+        shape: CallShape { batch, concurrency },
         bounds,
         warm_up,
     } = calls;
@@ -329,7 +322,7 @@ pub(crate) async fn over_http(
     bodies: &Arc<Vec<Bytes>>,
     calls: Calls,
 ) -> Slice {
-    let batch = calls.batch;
+    let batch = calls.shape.batch;
     let (max, duration) = (max_calls(calls.bounds, batch), calls.bounds.duration);
     if let Some(body) = bodies.first().filter(|_| calls.warm_up) {
         // One untimed call opens a connection and warms the service; sent here rather than as
@@ -338,7 +331,7 @@ pub(crate) async fn over_http(
             .post(url.clone(), body.clone(), "bench-warm-up")
             .await;
     }
-    let config = LoadConfig::new(calls.concurrency, max, duration);
+    let config = LoadConfig::new(calls.shape.concurrency, max, duration);
     let recall_sum = Arc::new(Mutex::new(0.0_f64));
     let (client, url, w, bodies, sum) = (
         client.clone(),
@@ -436,7 +429,13 @@ mod tests {
             elapsed: Duration::from_secs(1),
             server: None,
         }
-        .phase("in-process", 2, 1);
+        .phase(
+            "in-process",
+            CallShape {
+                batch: 2,
+                concurrency: 1,
+            },
+        );
         assert!((phase.recall - 0.75).abs() < 1e-12);
         assert_eq!(phase.calls, 1);
         assert!((phase.mean_ms - 100.0).abs() < 0.1, "{}", phase.mean_ms);

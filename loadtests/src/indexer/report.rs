@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::http_side::Loading;
-use super::measure::{Phase, PhaseKey};
+use super::measure::{CallShape, Phase};
 use super::{IndexerArgs, SetShape};
 use crate::table::{Align, Table};
 
@@ -15,7 +15,7 @@ pub(super) fn progress(p: &Phase) {
         .map_or(String::new(), |ms| format!(" (in the service {ms:.2} ms)"));
     eprintln!(
         "    {:<10} batch {:>3} c={}: {:>9.1} q/s, recall {:.4}, mean {:.2} ms{server}, {} queries, errors {}",
-        p.key.mode, p.key.batch, p.key.concurrency, p.queries_per_s, p.recall, p.mean_ms, p.queries, p.load.errors
+        p.mode, p.shape.batch, p.shape.concurrency, p.queries_per_s, p.recall, p.mean_ms, p.queries, p.load.errors
     );
     for e in &p.load.error_samples {
         eprintln!("      error: {e}");
@@ -117,12 +117,12 @@ impl BackendRow {
     /// The measurement with this mode, call size and concurrency.
     fn phase(&self, mode: &'static str, batch: usize, c: usize) -> Option<&Phase> {
         self.phases.iter().find(|p| {
-            p.key
-                == PhaseKey {
-                    mode,
-                    batch,
-                    concurrency: c,
-                }
+            p.mode == mode
+                && p.shape
+                    == CallShape {
+                        batch,
+                        concurrency: c,
+                    }
         })
     }
 
@@ -238,7 +238,7 @@ fn concurrency_tables(s: &mut String, rows: &[BackendRow], batch: usize) {
     let mut levels: Vec<usize> = rows
         .iter()
         .flat_map(|r| &r.phases)
-        .map(|p| p.key.concurrency)
+        .map(|p| p.shape.concurrency)
         .filter(|&c| c > 1)
         .collect();
     levels.sort_unstable();
