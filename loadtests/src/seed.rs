@@ -183,23 +183,13 @@ pub(crate) async fn run_phases(
     let http = http_client();
     let index = match opts.index {
         Some(load) => {
-            let phase = Phase {
-                label: "index".into(),
-                op: Operation::Index,
-                load,
-                expected_matches: 0,
-            };
+            let phase = Phase::index(load);
             Some(run_phase(&http, target, workload, &phase, &opts.phase).await)
         }
         None => None,
     };
     let indexed = opts.indexed_before + index.as_ref().map_or(0, |r| r.measured.documents);
-    let phase = Phase {
-        label: "query".into(),
-        op: Operation::Search,
-        load: opts.query,
-        expected_matches: workload.spec.top_k.min(indexed),
-    };
+    let phase = Phase::search("query", opts.query, workload.spec.top_k.min(indexed));
     let query = run_phase(&http, target, workload, &phase, &opts.phase).await;
     PhaseResults { index, query }
 }
@@ -461,12 +451,7 @@ async fn launched(
     let gateway = running.as_ref().map(|l| l.base.clone()).unwrap_or_default();
     let topology = flow::status(&http, &gateway).await;
     eprintln!("{gateway}: {}", flow::topology_line(&topology));
-    let phase = Phase {
-        label: "index".into(),
-        op: Operation::Index,
-        load: args.index_limits(workload),
-        expected_matches: 0,
-    };
+    let phase = Phase::index(args.index_limits(workload));
     let target = Target::new(&gateway, args.protocol);
     let index = run_phase(&http, &target, workload, &phase, &args.phase_options()).await;
     let m = &index.measured;
@@ -525,12 +510,11 @@ async fn query_phase(
     spec: &BackendSpec,
     indexed: usize,
 ) -> PhaseResult {
-    let phase = Phase {
-        label: format!("query {spec}"),
-        op: Operation::Search,
-        load: args.query_limits(workload),
-        expected_matches: args.workload.top_k.min(indexed),
-    };
+    let phase = Phase::search(
+        format!("query {spec}"),
+        args.query_limits(workload),
+        args.workload.top_k.min(indexed),
+    );
     let target = Target::new(gateway, args.protocol);
     let result = run_phase(http, &target, workload, &phase, &args.phase_options()).await;
     let m = &result.measured;

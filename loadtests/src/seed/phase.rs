@@ -104,25 +104,29 @@ struct Client {
     http: HttpClient,
     target: Target,
     workload: Arc<Workload>,
-    op: Operation,
+    phase: Phase,
     parameters: Value,
-    expected_matches: usize,
 }
 
 impl Client {
     /// Sends request `i` and validates its answer: the index of its first document, and its
     /// documents' answers.
     async fn one(&self, i: usize) -> Result<(usize, Vec<Answered>), Failure> {
-        let (first, docs) = match self.op {
+        let (first, docs) = match self.phase.op {
             Operation::Index => (
                 i * self.workload.spec.request_size,
                 self.workload.index_docs(i),
             ),
             Operation::Search => self.workload.query_docs(i),
         };
-        let (url, body) = self.target.request(self.op, &docs, &self.parameters);
+        let (url, body) = self.target.request(self.phase.op, &docs, &self.parameters);
         let answer = post_ok(&self.http, &url, body, load::NO_LIMIT).await?;
-        let answered = validate(&answer.body, self.op, docs.len(), self.expected_matches)?;
+        let answered = validate(
+            &answer.body,
+            self.phase.op,
+            docs.len(),
+            self.phase.expected_matches,
+        )?;
         Ok((first, answered))
     }
 }
@@ -137,6 +141,28 @@ pub(crate) struct Phase {
     pub(crate) load: LoadConfig,
     /// Searches: the number of matches every query must have.
     pub(crate) expected_matches: usize,
+}
+
+impl Phase {
+    /// Indexing under `load`.
+    pub(crate) fn index(load: LoadConfig) -> Self {
+        Self {
+            label: "index".into(),
+            op: Operation::Index,
+            load,
+            expected_matches: 0,
+        }
+    }
+
+    /// Searches shown as `label`, under `load`, each query answered with `matches` matches.
+    pub(crate) fn search(label: impl Into<String>, load: LoadConfig, matches: usize) -> Self {
+        Self {
+            label: label.into(),
+            op: Operation::Search,
+            load,
+            expected_matches: matches,
+        }
+    }
 }
 
 /// Runs `phase` against `target`. The first answer of each query is kept in
@@ -156,9 +182,8 @@ pub(crate) async fn run_phase(
         http: http.clone(),
         target: target.clone(),
         workload: Arc::clone(workload),
-        op: phase.op,
+        phase: phase.clone(),
         parameters,
-        expected_matches: phase.expected_matches,
     });
     // Queries are answered once each for recall: the first pass over them.
     let first_pass = match phase.op {
@@ -250,12 +275,7 @@ mod tests {
             display: Display::Quiet,
         };
         let target = Target::new(&base, Protocol::Native);
-        let mut phase = Phase {
-            label: "query".into(),
-            op: Operation::Search,
-            load: LoadConfig::new(2, 3, Duration::from_secs(30)),
-            expected_matches: 3,
-        };
+        let mut phase = Phase::search("query", LoadConfig::new(2, 3, Duration::from_secs(30)), 3);
         let http = crate::load::http_client();
         let short = run_phase(&http, &target, &workload, &phase, &opts).await;
         assert_eq!(short.measured.requests(), 0);
