@@ -34,16 +34,16 @@ use spec::BackendSpec;
 pub(crate) struct SetShape {
     /// Stored vectors per data set.
     #[arg(long, default_value_t = 100_000)]
-    pub(crate) n: usize,
+    n: usize,
     /// Distinct queries; measurements cycle through them.
     #[arg(long, default_value_t = 1000)]
-    pub(crate) queries: usize,
+    queries: usize,
     /// Matches per query (recall@k).
     #[arg(long, default_value_t = 10)]
-    pub(crate) k: usize,
+    k: usize,
     /// Queries per call of the batched measurements (single-query ones always run too).
     #[arg(long, default_value_t = 50)]
-    pub(crate) batch: usize,
+    batch: usize,
 }
 
 /// The flags of `flowmesh-bench indexer`, reported as they are in its JSON (but the backends,

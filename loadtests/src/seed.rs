@@ -34,12 +34,12 @@ pub(crate) use phase::{recall, run_phase, Phase, PhaseOptions, PhaseResult};
 pub(crate) use progress::Display;
 pub(crate) use report::{Report, Row};
 pub(crate) use target::{Operation, Protocol, Target};
-pub(crate) use workload::{ImageField, Scenario, Workload, WorkloadSpec};
+pub(crate) use workload::{ImageField, ImageFormat, Scenario, Workload};
 
 use crate::indexer::spec::BackendSpec;
 use crate::launch::{Launched, TempDir};
 use crate::load::{http_client, HttpClient, LoadConfig, NO_LIMIT};
-use flow::{Build, FlowArgs, FlowPlan};
+use flow::{Build, Encoder, FlowPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum IndexerKind {
@@ -137,6 +137,85 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     #[serde(skip)]
     out: Option<PathBuf>,
+}
+
+/// The flags of `flowmesh-bench run` that shape the Flows it starts (reported as given).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub(crate) struct FlowArgs {
+    /// Indexer shards.
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Encoder replicas.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// The ranker's document store (texts).
+    #[arg(long, value_enum, default_value = "embedded")]
+    #[serde(skip)]
+    store: Store,
+    /// Redis for `--store redis`: `redis://host:port/db`.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// The encoder: `onnx` (MiniLM or MobileNetV2) or `hash` (texts; cheap, for tests).
+    #[arg(long, value_enum, default_value = "onnx")]
+    encoder: Encoder,
+    /// Dimensions of the hash encoder.
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// ONNX Runtime threads per encoder replica.
+    #[arg(long, default_value_t = 1)]
+    encoder_threads: usize,
+    /// Batches of one request in flight in the Flow.
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
+}
+
+/// The settings a [`Workload`] is made from: flags of `flowmesh-bench run`, reported as given.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub(crate) struct WorkloadSpec {
+    /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
+    /// shards).
+    #[arg(long, value_enum, default_value = "text")]
+    scenario: Scenario,
+    /// Documents per index request.
+    #[arg(long, default_value_t = 50)]
+    request_size: usize,
+    /// Query documents per search request (default: `--request-size`).
+    #[arg(long)]
+    #[serde(skip)]
+    query_request_size: Option<usize>,
+    /// Documents to index.
+    #[arg(long, default_value_t = 2000)]
+    docs: usize,
+    /// Distinct query documents; each is searched once, or they repeat for the query duration.
+    #[arg(long, default_value_t = 500)]
+    queries: usize,
+    /// Matches per query; every query must get exactly this many (fewer only when the index
+    /// holds fewer documents).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Seed of the generated documents and queries.
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
+    /// Side of the generated images, in pixels.
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    /// Encoding of the generated images.
+    #[arg(long, value_enum, default_value = "jpeg")]
+    image_format: ImageFormat,
+    /// Most distinct images generated; further documents reuse them under their own ids.
+    #[arg(long, default_value_t = 2000)]
+    image_pool: usize,
+    /// Where documents carry their images: not a flag, but what the protocol reads.
+    #[arg(skip = ImageField::Blob)]
+    #[serde(skip)]
+    image_field: ImageField,
+}
+
+impl WorkloadSpec {
+    /// Query documents per search request: `--query-request-size`, else `--request-size`.
+    pub(crate) fn query_request_size(&self) -> usize {
+        self.query_request_size.unwrap_or(self.request_size)
+    }
 }
 
 /// Every setting of a run, as reported in `results.json`: the flags, and what follows from

@@ -12,7 +12,8 @@ use anyhow::{bail, Context as _};
 use flowmesh_gateway::flow::spec::{ExecutorSpec, FlowSettings, FlowSpec, PollingSpec};
 use serde_json::{json, Map, Value};
 
-use super::workload::{Scenario, WorkloadSpec};
+use super::workload::Scenario;
+use super::{FlowArgs, WorkloadSpec};
 use crate::indexer::spec::BackendSpec;
 use crate::load::{get, HttpClient};
 
@@ -56,36 +57,6 @@ pub(crate) enum Build {
     /// On every change, so that the structure holds every vector once writes stop (a query
     /// Flow opening an indexed workspace builds once, from everything).
     Always,
-}
-
-/// The flags of `flowmesh-bench run` that shape the Flows it starts (reported as given).
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
-pub(crate) struct FlowArgs {
-    /// Indexer shards.
-    #[arg(long, default_value_t = 2)]
-    pub(crate) shards: usize,
-    /// Encoder replicas.
-    #[arg(long, default_value_t = 2)]
-    pub(crate) replicas: usize,
-    /// The ranker's document store (texts).
-    #[arg(long, value_enum, default_value = "embedded")]
-    #[serde(skip)]
-    pub(crate) store: Store,
-    /// Redis for `--store redis`: `redis://host:port/db`.
-    #[arg(long)]
-    pub(crate) redis_url: Option<String>,
-    /// The encoder: `onnx` (MiniLM or MobileNetV2) or `hash` (texts; cheap, for tests).
-    #[arg(long, value_enum, default_value = "onnx")]
-    pub(crate) encoder: Encoder,
-    /// Dimensions of the hash encoder.
-    #[arg(long, default_value_t = 64)]
-    pub(crate) dim: usize,
-    /// ONNX Runtime threads per encoder replica.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) encoder_threads: usize,
-    /// Batches of one request in flight in the Flow.
-    #[arg(long, default_value_t = 4)]
-    pub(crate) prefetch: usize,
 }
 
 /// Everything a Flow is written from: the Flow's flags, the workload's scenario and request

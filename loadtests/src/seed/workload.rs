@@ -11,6 +11,7 @@ use image::codecs::png::PngEncoder;
 use image::ImageEncoder as _;
 use serde_json::{json, Value};
 
+use super::WorkloadSpec;
 use crate::texts::{paragraph, SplitMix64};
 
 /// What is searched.
@@ -39,55 +40,6 @@ pub(crate) enum ImageField {
     Blob,
     /// `uri`: a `data:image/...;base64,` URI (what Jina's DocArray reads).
     DataUri,
-}
-
-/// The settings a [`Workload`] is made from: flags of `flowmesh-bench run`, reported as given.
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
-pub(crate) struct WorkloadSpec {
-    /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
-    /// shards).
-    #[arg(long, value_enum, default_value = "text")]
-    pub(crate) scenario: Scenario,
-    /// Documents per index request.
-    #[arg(long, default_value_t = 50)]
-    pub(crate) request_size: usize,
-    /// Query documents per search request (default: `--request-size`).
-    #[arg(long)]
-    #[serde(skip)]
-    pub(crate) query_request_size: Option<usize>,
-    /// Documents to index.
-    #[arg(long, default_value_t = 2000)]
-    pub(crate) docs: usize,
-    /// Distinct query documents; each is searched once, or they repeat for the query duration.
-    #[arg(long, default_value_t = 500)]
-    pub(crate) queries: usize,
-    /// Matches per query; every query must get exactly this many (fewer only when the index
-    /// holds fewer documents).
-    #[arg(long, default_value_t = 50)]
-    pub(crate) top_k: usize,
-    /// Seed of the generated documents and queries.
-    #[arg(long, default_value_t = 2024)]
-    pub(crate) seed: u64,
-    /// Side of the generated images, in pixels.
-    #[arg(long, default_value_t = 224)]
-    pub(crate) image_size: u32,
-    /// Encoding of the generated images.
-    #[arg(long, value_enum, default_value = "jpeg")]
-    pub(crate) image_format: ImageFormat,
-    /// Most distinct images generated; further documents reuse them under their own ids.
-    #[arg(long, default_value_t = 2000)]
-    pub(crate) image_pool: usize,
-    /// Where documents carry their images: not a flag, but what the protocol reads.
-    #[arg(skip = ImageField::Blob)]
-    #[serde(skip)]
-    pub(crate) image_field: ImageField,
-}
-
-impl WorkloadSpec {
-    /// Query documents per search request: `--query-request-size`, else `--request-size`.
-    pub(crate) fn query_request_size(&self) -> usize {
-        self.query_request_size.unwrap_or(self.request_size)
-    }
 }
 
 /// The data and queries of one benchmark, ready to be cut into requests.
