@@ -120,7 +120,7 @@ pub(crate) struct RunArgs {
     report_every: Duration,
     /// Longest wait for one answer (also the Flow's executor timeout).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    #[serde(skip)]
+    #[serde(rename = "timeout_s", serialize_with = "crate::load::seconds")]
     timeout: Duration,
     /// Longest wait for the indexers' builds before a query phase.
     #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
@@ -229,7 +229,6 @@ pub(crate) struct Settings {
     pub(crate) query_limits: LoadConfig,
     pub(crate) indexers: Vec<String>,
     pub(crate) store: String,
-    pub(crate) timeout_s: f64,
     pub(crate) started_unix_s: u64,
 }
 
@@ -365,7 +364,6 @@ impl RunArgs {
             query_limits: self.query_limits(workload),
             indexers: specs.iter().map(ToString::to_string).collect(),
             store: self.store_label(),
-            timeout_s: self.timeout.as_secs_f64(),
             started_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
