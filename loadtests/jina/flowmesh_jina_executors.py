@@ -53,13 +53,9 @@ class Chunk(BaseDoc):
     matches: DocList[Match] = DocList[Match]()
 
 
-class Doc(BaseDoc):
-    text: Optional[str] = None
-    tags: Optional[Dict[str, Any]] = None
-    parent_id: Optional[str] = None
-    embedding: Optional[NdArray] = None
+class Doc(Chunk):
+    """A document: a chunk's fields, and its chunks."""
     chunks: DocList[Chunk] = DocList[Chunk]()
-    matches: DocList[Match] = DocList[Match]()
 
 
 def label_process(executor):

@@ -28,6 +28,7 @@ so that the harness sees refusals that the code which attempted them swallowed.
 Run as a script, it checks itself: `python flowmesh_netguard.py --self-test`.
 """
 
+import importlib
 import ipaddress
 import os
 import socket
@@ -41,25 +42,28 @@ class NonLoopbackRefused(PermissionError):
     """An attempt to reach or resolve a non-loopback address."""
 
 
+def _host_text(host):
+    """`host` as plain lowercase text: no brackets around an IPv6 address, zone or final dot."""
+    text = bytes(host).decode("ascii", "replace") if isinstance(host, (bytes, bytearray)) else str(host)
+    text = text.strip().lower().rstrip(".")
+    if len(text) > 1 and text[0] == "[" and text[-1] == "]":
+        text = text[1:-1]
+    return text.partition("%")[0]
+
+
 def is_loopback(host):
     """Whether `host` (a name, an address, bytes or None) can only mean this machine."""
     if host is None:
         return True  # getaddrinfo(None, ...) gives the wildcard or loopback addresses
-    if isinstance(host, (bytes, bytearray)):
-        host = bytes(host).decode("ascii", "replace")
-    h = str(host).strip().lower().rstrip(".")
-    if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
-    h = h.split("%", 1)[0]  # an IPv6 zone
-    if h in _LOOPBACK_NAMES:
+    text = _host_text(host)
+    if text in _LOOPBACK_NAMES:
         return True
     try:
-        ip = ipaddress.ip_address(h)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    # An IPv4-mapped IPv6 address is as loopback as the IPv4 address it carries.
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 def _refuse(what, host):
@@ -166,14 +170,13 @@ def _patch_socket():
         _check_host("create_connection", address[0] if address else None)
         return real["create_connection"](address, *args, **kwargs)
 
-    socket.socket.connect = connect
-    socket.socket.connect_ex = connect_ex
-    socket.socket.sendto = sendto
-    socket.getaddrinfo = getaddrinfo
-    socket.gethostbyname = gethostbyname
-    socket.gethostbyname_ex = gethostbyname_ex
-    socket.gethostbyaddr = gethostbyaddr
-    socket.create_connection = create_connection
+    # Each guarded function replaces the one of the same name in `real`.
+    for owner, guarded in (
+        (socket.socket, (connect, connect_ex, sendto)),
+        (socket, (getaddrinfo, gethostbyname, gethostbyname_ex, gethostbyaddr, create_connection)),
+    ):
+        for function in guarded:
+            setattr(owner, function.__name__, function)
 
 
 def _patch_uvloop(module):
@@ -333,6 +336,14 @@ def install():
     sys.meta_path.insert(0, _PostImportHook())
 
 
+def _optional_module(name):
+    """The module `name`, imported now, or None where it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
 def _child_probe(q):
     try:
         socket.getaddrinfo("example.com", 80)
@@ -397,10 +408,7 @@ def _self_test():
     expect_refused("asyncio.open_connection('example.com', 80)", lambda: asyncio_connect("example.com"))
     expect_refused("asyncio.open_connection('192.0.2.1', 80)", lambda: asyncio_connect("192.0.2.1"))
 
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
+    uvloop = _optional_module("uvloop")
     if uvloop is not None:
         def uv(host):
             async def go():
@@ -413,22 +421,18 @@ def _self_test():
 
         expect_refused("uvloop open_connection('example.com', 80)", lambda: uv("example.com"))
         expect_refused("uvloop open_connection('192.0.2.1', 80)", lambda: uv("192.0.2.1"))
-    try:
-        import grpc
-    except ImportError:
-        grpc = None
+    grpc = _optional_module("grpc")
     if grpc is not None:
+        import grpc.aio
+
         expect_refused("grpc.insecure_channel('example.com:443')", lambda: grpc.insecure_channel("example.com:443"))
         expect_refused("grpc.aio.insecure_channel('dns:///192.0.2.1:80')",
                        lambda: grpc.aio.insecure_channel("dns:///192.0.2.1:80"))
         grpc.insecure_channel("127.0.0.1:1").close()
-    try:
-        import jina.helper
-        import jina.orchestrate.orchestrator as orch
-    except ImportError:
-        jina = None
-    if jina is not None:
-        if jina.helper.get_public_ip() is not None or orch.get_public_ip() is not None:
+    helper = _optional_module("jina.helper")
+    orch = _optional_module("jina.orchestrate.orchestrator")
+    if helper is not None and orch is not None:
+        if helper.get_public_ip() is not None or orch.get_public_ip() is not None:
             failures.append("jina's get_public_ip was not replaced")
         else:
             print("  ok  jina.helper.get_public_ip and the orchestrator's return None")

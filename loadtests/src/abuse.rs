@@ -11,7 +11,6 @@
 
 mod attack;
 mod health;
-mod normal;
 mod report;
 mod tally;
 
@@ -19,25 +18,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::launch::Launched;
-use crate::load;
+use crate::launch::Gateway;
+use crate::load::{self, LoadConfig};
+use crate::short;
 use attack::{Kind, Target};
-use normal::NormalLoad;
-use report::{Report, Round};
+use report::{Abuse, Normal, Report, Round};
+use tally::PhaseSummary;
 
 /// The settings of `flowmesh-bench abuse`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args, Serialize)]
 pub(crate) struct AbuseArgs {
     /// A running gateway to target; without it the Flow is started with `flowmesh up`.
     #[arg(long)]
+    #[serde(skip)]
     gateway: Option<String>,
     /// The Flow to start when no gateway is given (flows/overhead.yml, with a hash encoder, for
     /// a quick run).
     #[arg(long, default_value = "flows/text.yml")]
+    #[serde(skip)]
     flow: PathBuf,
     /// Virtual memory allowed to each process of the started Flow, in MiB (`prlimit --as`), so
     /// that a request that allocates without bound fails that process, not the machine (needs
@@ -70,6 +71,7 @@ pub(crate) struct AbuseArgs {
     top_k: usize,
     /// Kinds of abuse, comma separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Kind::all())]
+    #[serde(serialize_with = "kind_names")]
     kinds: Vec<Kind>,
     /// 5 MB texts sent per abused phase (each can keep an unprotected encoder busy for long).
     #[arg(long, default_value_t = 1)]
@@ -91,9 +93,11 @@ pub(crate) struct AbuseArgs {
     request_timeout_secs: u64,
     /// Where to write the JSON results.
     #[arg(long)]
+    #[serde(skip)]
     out: Option<PathBuf>,
     /// Exit non-zero unless both goals are met (by default only a failure to run does).
     #[arg(long)]
+    #[serde(skip)]
     check: bool,
 }
 
@@ -105,27 +109,12 @@ impl Kind {
 
 /// Runs the benchmark: start (or reach) the mesh, index, then the rounds.
 pub(crate) async fn run(args: AbuseArgs) -> anyhow::Result<()> {
-    let launched = match &args.gateway {
-        Some(_) => None,
-        None => {
-            let limit = (args.process_memory_mib > 0).then_some(args.process_memory_mib << 20);
-            Some(Launched::flow_limited(&args.flow, limit).await?)
-        }
-    };
-    let gateway = match (&args.gateway, &launched) {
-        (Some(g), _) => g.trim_end_matches('/').to_owned(),
-        (None, Some(l)) => l.base.clone(),
-        (None, None) => unreachable!("launched when no gateway is given"),
-    };
-    let outcome = measure(&args, &gateway).await;
-    if let Some(l) = launched {
-        l.stop().await;
-    }
+    let limit = (args.process_memory_mib > 0).then_some(args.process_memory_mib << 20);
+    let gateway = Gateway::given_or_started(args.gateway.as_deref(), &args.flow, limit).await?;
+    let outcome = measure(&args, &gateway.base).await;
+    gateway.stop().await;
     let report = outcome?;
-    println!("{}", report.markdown());
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)?)?;
-    }
+    crate::report::publish(&report.markdown(), &report, args.out.as_deref())?;
     if args.check {
         anyhow::ensure!(
             report.normal_traffic_goal_met && report.abuse_goal_met,
@@ -141,13 +130,17 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
     let client = load::http_client();
     let replicas = health::replicas(&health::status(&client, gateway).await?);
     index(&client, gateway, args.docs).await?;
-    let normal = NormalLoad {
-        url: format!("{gateway}/search"),
-        clients: args.clients,
-        max_requests: args.requests,
-        duration: Duration::from_secs(args.duration_secs),
-        top_k: args.top_k,
-        timeout: Duration::from_secs(args.request_timeout_secs),
+    let mut normal = LoadConfig::new(
+        args.clients,
+        args.requests,
+        Duration::from_secs(args.duration_secs),
+    );
+    normal.timeout = Duration::from_secs(args.request_timeout_secs);
+    // The normal traffic: the same bounded closed-loop search load in every phase (each
+    // request bounded by its timeout, so a phase ends by its duration + the timeout).
+    let (normal, http, top_k) = (&normal, &client, args.top_k);
+    let normal_phase = move || async move {
+        PhaseSummary::of(&short::search(http, gateway, normal, top_k, short::query_text).await)
     };
     let addresses: Vec<String> = replicas.iter().map(|r| r.address.clone()).collect();
     let requests = Arc::new(attack::requests(
@@ -170,11 +163,14 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}: calm ...", args.rounds);
-        let calm = normal::run(&client, &normal).await;
+        let calm = normal_phase().await;
         eprintln!("round {round}/{}: abused ...", args.rounds);
-        let until = Instant::now() + normal.duration;
+        let now = Instant::now();
+        let until = now
+            .checked_add(normal.duration)
+            .unwrap_or(now + load::NO_LIMIT);
         let (abused, abusive_requests, abusive_connections) = tokio::join!(
-            normal::run(&client, &normal),
+            normal_phase(),
             attack::requests_loop(
                 &abusive_client,
                 requests.clone(),
@@ -189,22 +185,24 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
         eprintln!(
             "round {round}: calm p99 {:.1} ms ({} errors), abused p99 {:.1} ms ({} errors), \
              {} of {} abusive requests unacceptable, all alive: {}",
-            calm.p99_ms,
-            calm.errors,
-            abused.p99_ms,
-            abused.errors,
+            calm.load.p99_ms,
+            calm.load.errors,
+            abused.load.p99_ms,
+            abused.load.errors,
             abusive_requests.unacceptable,
             abusive_requests.total,
             alive_after.all_alive
         );
-        rounds.push(Round::new(
-            round,
-            calm,
-            abused,
+        let abuse = Abuse {
             abusive_requests,
             abusive_connections,
+        };
+        rounds.push(Round {
+            round,
+            normal: Normal::new(calm, abused),
+            abuse,
             alive_after,
-        ));
+        });
     }
     let alive_at_end = health::check(&client, gateway, &replicas).await;
     Ok(Report::new(
@@ -221,47 +219,52 @@ async fn index(client: &load::HttpClient, gateway: &str, docs: usize) -> anyhow:
     const SIZE: usize = 50;
     const INDEX_TIMEOUT: Duration = Duration::from_secs(600);
     eprintln!("indexing {docs} documents into {gateway} ...");
-    // `load::run` stops sending after its duration but waits for answers without a bound.
-    let url = format!("{gateway}/index");
-    let indexing = load::run(
-        client,
-        &url,
-        2,
-        docs.div_ceil(SIZE),
-        INDEX_TIMEOUT,
-        move |b| {
-            let data: Vec<Value> = (b * SIZE..((b + 1) * SIZE).min(docs))
-                .map(|i| json!({"id": format!("doc-{i}"), "text": crate::text(i)}))
-                .collect();
-            Bytes::from(json!({ "data": data }).to_string())
-        },
-        |_| Ok(()),
-    );
+    // The driver stops sending after its duration but waits for answers without a bound.
+    let docs = Arc::new(short::documents(docs));
+    let indexing = short::index(client, gateway, docs, SIZE, 2, INDEX_TIMEOUT);
     let m = tokio::time::timeout(INDEX_TIMEOUT, indexing)
         .await
         .map_err(|_| anyhow::anyhow!("indexing took over {INDEX_TIMEOUT:?}"))?;
-    anyhow::ensure!(m.errors == 0, "indexing failed: {:?}", m.error_samples);
+    anyhow::ensure!(
+        m.error_count() == 0,
+        "indexing failed: {:?}",
+        m.error_samples()
+    );
     Ok(())
 }
 
-fn settings(args: &AbuseArgs) -> Value {
-    json!({
-        "flow": args.gateway.is_none().then(|| args.flow.display().to_string()),
-        "process_memory_mib": args.process_memory_mib,
-        "docs": args.docs,
-        "clients": args.clients,
-        "abusers": args.abusers,
-        "rounds": args.rounds,
-        "duration_secs": args.duration_secs,
-        "requests": args.requests,
-        "abusive_requests": args.abusive_requests,
-        "top_k": args.top_k,
-        "kinds": args.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
-        "huge_texts": args.huge_texts,
-        "slowloris": args.slowloris,
-        "idle": args.idle,
-        "max_documents": args.max_documents,
-        "abusive_timeout_secs": args.abusive_timeout_secs,
-        "request_timeout_secs": args.request_timeout_secs,
-    })
+/// `kinds` by their flag names.
+fn kind_names<S: serde::Serializer>(kinds: &[Kind], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(kinds.iter().map(|k| k.name()))
+}
+
+/// Every setting of a run, as reported: the flags, and the Flow when one was started here.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Settings {
+    flow: Option<String>,
+    #[serde(flatten)]
+    args: AbuseArgs,
+}
+
+fn settings(args: &AbuseArgs) -> Settings {
+    Settings {
+        flow: args
+            .gateway
+            .is_none()
+            .then(|| args.flow.display().to_string()),
+        args: args.clone(),
+    }
+}
+
+/// The settings of `abuse` with its defaults.
+#[cfg(test)]
+pub(crate) fn default_settings() -> Settings {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AbuseArgs,
+    }
+    settings(&Cli::parse_from(["abuse"]).args)
 }

@@ -8,7 +8,6 @@
 //! image model each image is a JPEG sent as base64, decoded and prepared by the service. Every
 //! answer must hold one embedding per input of the model's dimension.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +15,12 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use flowmesh_encoder::{Batch, ImageTensor, Modality, Model};
 use serde::de::IgnoredAny;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use crate::cpu;
 use crate::launch::Launched;
-use crate::load;
+use crate::load::{self, Done, Failure, LoadConfig, Measured};
+use crate::procstat;
+use crate::table::{opt, Align, Table};
 use crate::workload::Workload;
 
 #[derive(Debug, clap::Args)]
@@ -75,21 +74,71 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
             workload.prepare_seconds() * 1e3
         );
     }
-    let duration = Duration::from_secs(args.duration_secs);
     let raw_batch = args.raw_batch.max(1);
     let service = Launched::service("flowmesh-encoder", &args.encoder).await?;
+    let measured = service_rows(&args, &service, &model, &workload, raw_batch).await;
+    service.stop().await;
+    let result = EncoderResult {
+        benchmark: "encoder",
+        encoder_flags: args.encoder.clone(),
+        unit,
+        raw_batch,
+        prepare_ms_per_input: workload.prepare_seconds() * 1e3,
+        service: measured?,
+    };
+    crate::report::publish(&table(&result), &result, args.out.as_deref())?;
+    let errors: usize = result.service.iter().map(|r| r.errors).sum();
+    anyhow::ensure!(errors == 0, "{errors} requests failed");
+    Ok(())
+}
+
+/// The results (`--out`).
+#[derive(Debug, Serialize)]
+struct EncoderResult {
+    benchmark: &'static str,
+    encoder_flags: Vec<String>,
+    unit: &'static str,
+    raw_batch: usize,
+    prepare_ms_per_input: f64,
+    service: Vec<ServiceRow>,
+}
+
+/// One service phase against the raw loop just before it.
+#[derive(Debug, Serialize)]
+struct ServiceRow {
+    per_request: usize,
+    concurrency: usize,
+    requests: usize,
+    seconds: f64,
+    errors: usize,
+    error_samples: Vec<String>,
+    per_s: f64,
+    raw_per_s: f64,
+    of_raw: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    raw_cpu_ms_per_input: Option<f64>,
+    service_cpu_ms_per_input: Option<f64>,
+    client_cpu_ms_per_input: Option<f64>,
+    mean_batch: Option<f64>,
+    /// The service's resident memory at the end of the phase.
+    service_rss_mib: Option<f64>,
+}
+
+/// Every service row: each request size at each concurrency, the raw model just before each.
+async fn service_rows(
+    args: &EncoderArgs,
+    service: &Launched,
+    model: &Arc<dyn Model>,
+    workload: &Arc<Workload>,
+    raw_batch: usize,
+) -> anyhow::Result<Vec<ServiceRow>> {
     let client = load::http_client();
     let url = format!("{}/encode", service.base);
+    let duration = Duration::from_secs(args.duration_secs);
+    let unit = workload.unit();
     let mut rows = Vec::new();
     for &per_request in &args.per_request {
-        // One request of the size first: the model's first calls at a new batch size are slow.
-        let warm = load::post(&client, &url, workload.body(0, per_request)).await?;
-        anyhow::ensure!(
-            warm.status == 200,
-            "warm-up: status {}: {}",
-            warm.status,
-            String::from_utf8_lossy(&warm.body)
-        );
         for &c in &args.concurrency {
             // The raw model just before each row (the service idle meanwhile), so that each ratio
             // compares phases seconds apart: this machine's speed drifts by tens of percent.
@@ -100,62 +149,71 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
                 })
                 .await??
             };
-            let bodies = workload.clone();
-            let cpu_before = (service.pid().and_then(cpu::seconds), cpu::own_seconds());
+            let cpu_before = (
+                service.pid().and_then(procstat::cpu_seconds),
+                procstat::own_cpu_seconds(),
+            );
             let batches_before = batches(&client, &service.base).await;
-            let m = load::run(
-                &client,
-                &url,
-                c,
-                usize::MAX,
-                duration,
-                move |i| bodies.body(i, per_request),
-                move |body| check(body, per_request),
-            )
-            .await;
+            // One request of the size first: the model's first calls at a new batch size are
+            // slow.
+            let mut config = LoadConfig::new(c, usize::MAX, duration);
+            config.warmup = 1;
+            let m = phase(&client, &url, workload, per_request, &config).await;
+            if let Some(f) = &m.warmup_failure {
+                anyhow::bail!("warm-up: {}: {}", f.kind, f.message);
+            }
             let mean_batch = batches(&client, &service.base)
                 .await
                 .zip(batches_before)
                 .and_then(|((sum, n), (sum0, n0))| (n > n0).then(|| (sum - sum0) / (n - n0)));
-            let inputs = (m.latencies.len() * per_request) as f64;
+            let inputs = (m.requests() * per_request) as f64;
             let cpu_ms =
                 |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1e3 / inputs);
             let cpu = ServiceCpu {
-                service_ms: cpu_ms(cpu_before.0, service.pid().and_then(cpu::seconds)),
-                client_ms: cpu_ms(cpu_before.1, cpu::own_seconds()),
+                service_ms: cpu_ms(cpu_before.0, service.pid().and_then(procstat::cpu_seconds)),
+                client_ms: cpu_ms(cpu_before.1, procstat::own_cpu_seconds()),
                 mean_batch,
             };
-            let row = row(per_request, c, &raw, &cpu, &m);
+            let mut row = row(per_request, c, &raw, &cpu, &m);
+            row.service_rss_mib = service
+                .pid()
+                .and_then(procstat::rss_bytes)
+                .map(|b| b as f64 / f64::from(1 << 20));
             eprintln!(
                 "{per_request} {unit}/request, concurrency {c}: {:.1} {unit}/s, raw {:.1} ({:.0}%); CPU ms/{unit}: raw {:.2}, service {:.2}, client {:.2}; mean batch {:.1}; errors {}",
-                row["per_s"].as_f64().unwrap_or(0.0),
+                row.per_s,
                 raw.per_s,
-                100.0 * row["of_raw"].as_f64().unwrap_or(0.0),
+                100.0 * row.of_raw,
                 raw.cpu_ms.unwrap_or(f64::NAN),
                 cpu.service_ms.unwrap_or(f64::NAN),
                 cpu.client_ms.unwrap_or(f64::NAN),
                 cpu.mean_batch.unwrap_or(f64::NAN),
-                m.errors
+                row.errors
             );
             rows.push(row);
         }
     }
-    service.stop().await;
-    let result = json!({
-        "benchmark": "encoder",
-        "encoder_flags": args.encoder,
-        "unit": unit,
-        "raw_batch": raw_batch,
-        "prepare_ms_per_input": workload.prepare_seconds() * 1e3,
-        "service": rows,
-    });
-    println!("{}", table(&result));
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
-    }
-    let errors: u64 = rows.iter().filter_map(|r| r["errors"].as_u64()).sum();
-    anyhow::ensure!(errors == 0, "{errors} requests failed");
-    Ok(())
+    Ok(rows)
+}
+
+/// One service phase: `POST /encode` of `per_request` inputs, each answer checked.
+async fn phase(
+    client: &load::HttpClient,
+    url: &str,
+    workload: &Arc<Workload>,
+    per_request: usize,
+    config: &LoadConfig,
+) -> Measured {
+    let (client, url, workload) = (client.clone(), url.to_owned(), workload.clone());
+    load::run(config, move |i| {
+        let (client, url, body) = (client.clone(), url.clone(), workload.body(i, per_request));
+        async move {
+            let answer = load::post_ok(&client, &url, body, load::NO_LIMIT).await?;
+            check(&answer.body, per_request)?;
+            Ok(Done::documents(per_request))
+        }
+    })
+    .await
 }
 
 /// The raw loop's inputs per second and CPU milliseconds per input.
@@ -192,28 +250,27 @@ fn row(
     concurrency: usize,
     raw: &Raw,
     cpu: &ServiceCpu,
-    m: &load::Measured,
-) -> Value {
-    let mut lat = m.latencies.clone();
-    lat.sort_by(f64::total_cmp);
-    let per_s = (lat.len() * per_request) as f64 / m.elapsed.as_secs_f64();
-    json!({
-        "per_request": per_request,
-        "concurrency": concurrency,
-        "requests": lat.len(),
-        "seconds": m.elapsed.as_secs_f64(),
-        "errors": m.errors,
-        "error_samples": m.error_samples,
-        "per_s": per_s,
-        "raw_per_s": raw.per_s,
-        "of_raw": per_s / raw.per_s,
-        "p50_ms": load::quantile(&lat, 0.5) * 1e3,
-        "p99_ms": load::quantile(&lat, 0.99) * 1e3,
-        "raw_cpu_ms_per_input": raw.cpu_ms,
-        "service_cpu_ms_per_input": cpu.service_ms,
-        "client_cpu_ms_per_input": cpu.client_ms,
-        "mean_batch": cpu.mean_batch,
-    })
+    m: &Measured,
+) -> ServiceRow {
+    let per_s = (m.requests() * per_request) as f64 / m.seconds();
+    ServiceRow {
+        per_request,
+        concurrency,
+        requests: m.requests(),
+        seconds: m.elapsed.as_secs_f64(),
+        errors: m.error_count(),
+        error_samples: m.error_samples(),
+        per_s,
+        raw_per_s: raw.per_s,
+        of_raw: per_s / raw.per_s,
+        p50_ms: m.latency_ms(0.5),
+        p99_ms: m.latency_ms(0.99),
+        raw_cpu_ms_per_input: raw.cpu_ms,
+        service_cpu_ms_per_input: cpu.service_ms,
+        client_cpu_ms_per_input: cpu.client_ms,
+        mean_batch: cpu.mean_batch,
+        service_rss_mib: None,
+    }
 }
 
 /// Inputs per second of `model` on batches of `batch` back to back for `duration`, after one
@@ -247,7 +304,7 @@ pub(crate) fn raw_throughput(
     };
     call(0)?;
     // This process does nothing else meanwhile: its CPU time is the model's.
-    let cpu_before = cpu::own_seconds();
+    let cpu_before = procstat::own_cpu_seconds();
     let start = Instant::now();
     let mut done = 0usize;
     while start.elapsed() < duration {
@@ -255,7 +312,7 @@ pub(crate) fn raw_throughput(
         done += batch;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let cpu_ms = cpu::own_seconds()
+    let cpu_ms = procstat::own_cpu_seconds()
         .zip(cpu_before)
         .map(|(after, before)| (after - before) * 1e3 / done as f64);
     Ok(Raw {
@@ -272,55 +329,64 @@ struct Answer {
 }
 
 /// An answer must hold `n` embeddings of `dim` values.
-fn check(body: &[u8], n: usize) -> Result<(), String> {
-    let a: Answer = serde_json::from_slice(body).map_err(|e| format!("bad answer: {e}"))?;
+fn check(body: &[u8], n: usize) -> Result<(), Failure> {
+    let a: Answer =
+        serde_json::from_slice(body).map_err(|e| Failure::new("bad_json", e.to_string()))?;
+    let wrong = |m: String| Failure::new("wrong_embeddings", m);
     if a.embeddings.len() != n {
-        return Err(format!("{} embeddings for {n} inputs", a.embeddings.len()));
+        return Err(wrong(format!(
+            "{} embeddings for {n} inputs",
+            a.embeddings.len()
+        )));
     }
     if let Some(e) = a.embeddings.iter().find(|e| e.len() != a.dim) {
-        return Err(format!("an embedding of {} values, dim {}", e.len(), a.dim));
+        return Err(wrong(format!(
+            "an embedding of {} values, dim {}",
+            e.len(),
+            a.dim
+        )));
     }
     Ok(())
 }
 
-fn table(result: &Value) -> String {
-    let unit = result["unit"].as_str().unwrap_or("inputs");
-    let ms = |v: &Value| {
-        v.as_f64()
-            .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
-    };
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "raw model: batches of {}, measured just before each row; CPU: ms per {} of the raw loop, the service and the load generator\n",
-        result["raw_batch"],
-        unit.trim_end_matches('s')
-    );
-    let _ = writeln!(
-        s,
-        "| {unit}/request | concurrency | {unit}/s | raw {unit}/s | of raw | p50 ms | p99 ms | CPU raw | CPU service | CPU client | errors |"
-    );
-    let _ = writeln!(
-        s,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for r in result["service"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.1} | {} | {} | {} | {:.1} | {} |",
-            r["per_request"],
-            r["concurrency"],
-            r["per_s"].as_f64().unwrap_or(0.0),
-            r["raw_per_s"].as_f64().unwrap_or(0.0),
-            100.0 * r["of_raw"].as_f64().unwrap_or(0.0),
-            r["p50_ms"].as_f64().unwrap_or(f64::NAN),
-            r["p99_ms"].as_f64().unwrap_or(f64::NAN),
-            ms(&r["raw_cpu_ms_per_input"]),
-            ms(&r["service_cpu_ms_per_input"]),
-            ms(&r["client_cpu_ms_per_input"]),
-            r["mean_batch"].as_f64().unwrap_or(f64::NAN),
-            r["errors"],
-        );
+fn table(result: &EncoderResult) -> String {
+    let unit = result.unit;
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
+    let right = |name: String| (name, Align::Right);
+    let mut t = Table::new([
+        right(format!("{unit}/request")),
+        right("concurrency".into()),
+        right(format!("{unit}/s")),
+        right(format!("raw {unit}/s")),
+        right("of raw".into()),
+        right("p50 ms".into()),
+        right("p99 ms".into()),
+        right("CPU raw".into()),
+        right("CPU service".into()),
+        right("CPU client".into()),
+        right("mean batch".into()),
+        right("errors".into()),
+    ]);
+    for r in &result.service {
+        t.row(vec![
+            r.per_request.to_string(),
+            r.concurrency.to_string(),
+            format!("{:.1}", r.per_s),
+            format!("{:.1}", r.raw_per_s),
+            format!("{:.0}%", 100.0 * r.of_raw),
+            format!("{:.1}", r.p50_ms),
+            format!("{:.1}", r.p99_ms),
+            ms(r.raw_cpu_ms_per_input),
+            ms(r.service_cpu_ms_per_input),
+            ms(r.client_cpu_ms_per_input),
+            opt(r.mean_batch, 1),
+            r.errors.to_string(),
+        ]);
     }
-    s
+    format!(
+        "raw model: batches of {}, measured just before each row; CPU: ms per {} of the raw loop, the service and the load generator\n\n{}",
+        result.raw_batch,
+        unit.trim_end_matches('s'),
+        t.render()
+    )
 }

@@ -24,25 +24,39 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use flowmesh_indexer::synthetic::{clustered, exact_top_k, queries_near, recall, Rng};
 use flowmesh_indexer::{Entry, Shard, VectorIndex};
-use serde_json::{json, Value};
 
-use measure::{row_id, Bounds, Calls, Slice, Workload};
+use measure::{row_id, Bounds, CallShape, Calls, Slice, Workload};
+use report::{BackendRow, Codec, DataSummary, HeadToHead, IndexerResult, SetResult};
 use spec::BackendSpec;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct IndexerArgs {
+/// The flags of `flowmesh-bench indexer` that every data set shares, reported in each.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub(crate) struct SetShape {
     /// Stored vectors per data set.
     #[arg(long, default_value_t = 100_000)]
     n: usize,
-    /// Dimensions, comma separated: one data set, and one table, each.
-    #[arg(long, value_delimiter = ',', default_value = "384,1280")]
-    dims: Vec<usize>,
     /// Distinct queries; measurements cycle through them.
     #[arg(long, default_value_t = 1000)]
     queries: usize,
     /// Matches per query (recall@k).
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Queries per call of the batched measurements (single-query ones always run too).
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+}
+
+/// The flags of `flowmesh-bench indexer`, reported as they are in its JSON (but the backends,
+/// which its rows list, and the output file).
+#[derive(Debug, clap::Args, serde::Serialize)]
+pub(crate) struct IndexerArgs {
+    /// The data sets' size and the searches' shape.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) shape: SetShape,
+    /// Dimensions, comma separated: one data set, and one table, each.
+    #[arg(long, value_delimiter = ',', default_value = "384,1280")]
+    dims: Vec<usize>,
     /// A backend to measure; repeat the flag for each (faiss keys hold commas): `flat`,
     /// `faiss:KEY[:nprobe=N][:ef=N]`, `annoy[:trees=N][:search_k=N]`.
     #[arg(
@@ -56,13 +70,11 @@ pub(crate) struct IndexerArgs {
             "faiss:IVF256,PQ16np:nprobe=16",
         ]
     )]
+    #[serde(skip)]
     backends: Vec<BackendSpec>,
     /// How vectors are compared (`cosine` or `l2`).
     #[arg(long, default_value = "cosine")]
     metric: String,
-    /// Queries per call of the batched measurements (single-query ones always run too).
-    #[arg(long, default_value_t = 50)]
-    batch: usize,
     /// Concurrencies, comma separated: threads in-process, connections over HTTP.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     concurrency: Vec<usize>,
@@ -102,20 +114,21 @@ pub(crate) struct IndexerArgs {
     no_http: bool,
     /// Where to write the JSON results.
     #[arg(long)]
+    #[serde(skip)]
     out: Option<PathBuf>,
 }
 
 impl IndexerArgs {
     fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.n > 0 && self.k > 0 && self.batch > 0,
+            self.shape.n > 0 && self.shape.k > 0 && self.shape.batch > 0,
             "--n, --k and --batch must be positive"
         );
-        anyhow::ensure!(self.k <= self.n, "--k must not exceed --n");
+        anyhow::ensure!(self.shape.k <= self.shape.n, "--k must not exceed --n");
         anyhow::ensure!(
-            self.queries >= self.batch,
+            self.shape.queries >= self.shape.batch,
             "--queries must be at least --batch ({})",
-            self.batch
+            self.shape.batch
         );
         anyhow::ensure!(!self.dims.contains(&0), "--dims must be positive");
         anyhow::ensure!(
@@ -133,16 +146,16 @@ impl IndexerArgs {
     fn bounds(&self) -> Bounds {
         Bounds {
             duration: Duration::from_secs_f64(self.seconds),
-            max_queries: self.max_queries.max(self.batch),
+            max_queries: self.max_queries.max(self.shape.batch),
         }
     }
 
     /// Call sizes measured: single queries, then batches.
     fn batches(&self) -> Vec<usize> {
-        if self.batch == 1 {
+        if self.shape.batch == 1 {
             vec![1]
         } else {
-            vec![1, self.batch]
+            vec![1, self.shape.batch]
         }
     }
 
@@ -150,7 +163,7 @@ impl IndexerArgs {
     fn flags(&self, spec: &BackendSpec) -> Vec<String> {
         let mut flags = spec.flags.clone();
         // One build over everything rather than a chain of rebuilds while it is loaded.
-        flags.extend(["--rebuild-min".into(), self.n.to_string()]);
+        flags.extend(["--rebuild-min".into(), self.shape.n.to_string()]);
         flags.extend(["--metric".into(), self.metric.clone()]);
         flags
     }
@@ -170,13 +183,11 @@ fn shard(flags: &[String]) -> anyhow::Result<Shard> {
 /// Stores rows `0..n` of `data` as `v{row}` in one call.
 fn store(shard: &Shard, data: &[f32], dim: usize) -> anyhow::Result<()> {
     let ids: Vec<String> = (0..data.len() / dim).map(row_id).collect();
-    let entries: Vec<Entry<'_>> = ids
-        .iter()
-        .zip(data.chunks_exact(dim))
-        .map(|(id, vector)| Entry {
-            id,
+    let entries: Vec<Entry<'_>> = (0..ids.len())
+        .map(|row| Entry {
+            id: &ids[row],
             parent_id: None,
-            vector,
+            vector: &data[row * dim..(row + 1) * dim],
         })
         .collect();
     shard.upsert(&[], &entries)?;
@@ -188,14 +199,14 @@ struct DataSet {
     data: Vec<f32>,
     workload: Arc<Workload>,
     /// What producing the ground truth took and how well it agrees with f64 arithmetic.
-    summary: Value,
+    summary: DataSummary,
 }
 
 fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
     let started = Instant::now();
     let mut rng = Rng::new(args.seed.wrapping_add(dim as u64));
-    let data = clustered(args.n, dim, args.clusters, args.spread, &mut rng);
-    let queries = queries_near(&data, dim, args.queries, args.noise, &mut rng);
+    let data = clustered(args.shape.n, dim, args.clusters, args.spread, &mut rng);
+    let queries = queries_near(&data, dim, args.shape.queries, args.noise, &mut rng);
     let generate_s = started.elapsed().as_secs_f64();
 
     // The flat backend is exact: its answers are the ground truth (f32 sums; the f64 reference
@@ -208,7 +219,7 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
         args.metric.clone(),
     ])?;
     store(&flat, &data, dim)?;
-    let mut truth: Vec<Vec<u32>> = Vec::with_capacity(args.queries);
+    let mut truth: Vec<Vec<u32>> = Vec::with_capacity(args.shape.queries);
     for chunk in queries.chunks(dim * 100) {
         let entries: Vec<Entry<'_>> = chunk
             .chunks_exact(dim)
@@ -218,17 +229,17 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
                 vector,
             })
             .collect();
-        for hits in flat.search(&entries, args.k)? {
+        for hits in flat.search(&entries, args.shape.k)? {
             let rows = hits
                 .iter()
                 .map(|h| measure::row_of(&h.id))
                 .collect::<Option<Vec<u32>>>()
                 .context("flat answered an id that is not v{row}")?;
             anyhow::ensure!(
-                rows.len() == args.k,
+                rows.len() == args.shape.k,
                 "flat found {} of {}",
                 rows.len(),
-                args.k
+                args.shape.k
             );
             truth.push(rows);
         }
@@ -236,13 +247,13 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
     drop(flat);
     let truth_s = started.elapsed().as_secs_f64();
 
-    let verify = args.verify_queries.min(args.queries);
+    let verify = args.verify_queries.min(args.shape.queries);
     let started = Instant::now();
     let metric = match args.metric.as_str() {
         "l2" => flowmesh_indexer::Metric::L2,
         _ => flowmesh_indexer::Metric::Cosine,
     };
-    let f64_truth = exact_top_k(&data, &queries[..verify * dim], dim, args.k, metric);
+    let f64_truth = exact_top_k(&data, &queries[..verify * dim], dim, args.shape.k, metric);
     let flat_subset: Vec<Vec<usize>> = truth[..verify]
         .iter()
         .map(|t| t.iter().map(|&r| r as usize).collect())
@@ -252,23 +263,23 @@ fn data_set(args: &IndexerArgs, dim: usize) -> anyhow::Result<DataSet> {
     eprintln!(
         "dim {dim}: data {generate_s:.1}s, exact top-{} of {} queries by flat {truth_s:.1}s; \
          f64 check of {verify} queries: recall {agreement:.4} ({verify_s:.1}s)",
-        args.k, args.queries
+        args.shape.k, args.shape.queries
     );
     Ok(DataSet {
         data,
         workload: Arc::new(Workload {
             dim,
-            k: args.k,
+            k: args.shape.k,
             queries,
             truth,
         }),
-        summary: json!({
-            "generate_s": generate_s,
-            "ground_truth": "flat backend in-process (f32, exact scan)",
-            "ground_truth_s": truth_s,
-            "f64_verified_queries": verify,
-            "f64_agreement_recall": agreement,
-        }),
+        summary: DataSummary {
+            generate_s,
+            ground_truth: "flat backend in-process (f32, exact scan)",
+            ground_truth_s: truth_s,
+            f64_verified_queries: verify,
+            f64_agreement_recall: agreement,
+        },
     })
 }
 
@@ -285,7 +296,7 @@ fn built_shard(
     let build_s = started.elapsed().as_secs_f64();
     if let Some(build) = shard.shard_stats().build {
         anyhow::ensure!(
-            build.built == args.n && build.fresh == 0,
+            build.built == args.shape.n && build.fresh == 0,
             "{spec}: the build did not take every vector in: {build:?}"
         );
     }
@@ -299,7 +310,7 @@ async fn measure_backend(
     args: &IndexerArgs,
     spec: &BackendSpec,
     set: &DataSet,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<BackendRow> {
     let (shard, build_s) = tokio::task::block_in_place(|| built_shard(args, spec, set))?;
     let service = match args.no_http {
         true => None,
@@ -322,14 +333,18 @@ async fn measure_backend(
         };
         if let (Some(service), Some(body)) = (&service, bodies.first()) {
             let (in_service, in_client) = service.codec_ms(body).await?;
-            codec.push(json!({"batch": batch, "service_ms": in_service, "client_ms": in_client}));
+            codec.push(Codec {
+                batch,
+                service_ms: in_service,
+                client_ms: in_client,
+            });
         }
         for &concurrency in &args.concurrency {
+            let shape = CallShape { batch, concurrency };
             let (mut local, mut remote) = (Slice::default(), Slice::default());
             for i in 0..slices {
                 let calls = Calls {
-                    batch,
-                    concurrency,
+                    shape,
                     bounds: slice_bounds,
                     warm_up: i == 0,
                 };
@@ -341,29 +356,28 @@ async fn measure_backend(
                     remote = remote.merge(service.slice(&set.workload, &bodies, calls).await);
                 }
             }
-            let local = local.phase("in-process", batch, concurrency);
+            let local = local.phase("in-process", shape);
             report::progress(&local);
             phases.push(local);
             if service.is_some() {
-                let remote = remote.phase("http", batch, concurrency);
+                let remote = remote.phase("http", shape);
                 report::progress(&remote);
                 phases.push(remote);
             }
         }
     }
     drop(shard);
-    let mut row = json!({
-        "backend": spec.name,
-        "params": spec.params,
-        "flags": args.flags(spec),
-        "build_s": build_s,
-        "load_average": report::load_average(),
-        "phases": phases,
-        "codec_ms": codec,
-    });
+    let row = BackendRow {
+        backend: spec.name.clone(),
+        params: spec.params.clone(),
+        flags: args.flags(spec),
+        build_s,
+        load_average: report::load_average(),
+        phases,
+        codec_ms: codec,
+        http: service.as_ref().map(|s| s.loading),
+    };
     if let Some(service) = service {
-        row["http_index_s"] = json!(service.index_s);
-        row["http_load_s"] = json!(service.load_s);
         service.stop().await;
     }
     Ok(row)
@@ -372,7 +386,10 @@ async fn measure_backend(
 /// `flat` against `faiss:Flat` in-process at concurrency 1, in alternating slices: the two are
 /// compared directly, so a change in the machine's load between their own rows cannot decide
 /// the ratio. `None` unless both are among the backends.
-fn flat_against_faiss(args: &IndexerArgs, set: &DataSet) -> anyhow::Result<Option<Value>> {
+fn flat_against_faiss(
+    args: &IndexerArgs,
+    set: &DataSet,
+) -> anyhow::Result<Option<Vec<HeadToHead>>> {
     let find = |name: &str| {
         args.backends
             .iter()
@@ -387,11 +404,14 @@ fn flat_against_faiss(args: &IndexerArgs, set: &DataSet) -> anyhow::Result<Optio
     let bounds = args.bounds();
     let mut rows = Vec::new();
     for batch in args.batches() {
+        let shape = CallShape {
+            batch,
+            concurrency: 1,
+        };
         let (mut a, mut b) = (Slice::default(), Slice::default());
         for i in 0..slices {
             let calls = Calls {
-                batch,
-                concurrency: 1,
+                shape,
                 bounds: Bounds {
                     duration: bounds.duration / slices as u32,
                     max_queries: bounds.max_queries.div_ceil(slices),
@@ -401,25 +421,16 @@ fn flat_against_faiss(args: &IndexerArgs, set: &DataSet) -> anyhow::Result<Optio
             a = a.merge(measure::in_process(&flat_shard, &set.workload, calls));
             b = b.merge(measure::in_process(&faiss_shard, &set.workload, calls));
         }
-        let (a, b) = (
-            a.phase("in-process", batch, 1),
-            b.phase("in-process", batch, 1),
-        );
+        let (a, b) = (a.phase("in-process", shape), b.phase("in-process", shape));
         eprintln!(
             "  flat / faiss:Flat, batch {batch}: {:.0} / {:.0} q/s = {:.0}%",
             a.queries_per_s,
             b.queries_per_s,
             100.0 * a.queries_per_s / b.queries_per_s
         );
-        rows.push(json!({
-            "batch": batch,
-            "flat_queries_per_s": a.queries_per_s,
-            "faiss_flat_queries_per_s": b.queries_per_s,
-            "ratio": a.queries_per_s / b.queries_per_s,
-            "errors": a.errors + b.errors,
-        }));
+        rows.push(HeadToHead::new(batch, &a, &b));
     }
-    Ok(Some(json!(rows)))
+    Ok(Some(rows))
 }
 
 pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
@@ -433,44 +444,76 @@ pub(crate) async fn run(args: IndexerArgs) -> anyhow::Result<()> {
         for spec in &args.backends {
             rows.push(measure_backend(&args, spec, &set).await?);
         }
-        let result = json!({"dim": dim, "n": args.n, "queries": args.queries, "k": args.k, "batch": args.batch, "data": set.summary, "flat_vs_faiss_flat": head_to_head, "backends": rows});
+        let result = SetResult {
+            dim,
+            shape: args.shape.clone(),
+            data: set.summary,
+            flat_vs_faiss_flat: head_to_head,
+            backends: rows,
+        };
         let table = report::table(&result);
         eprintln!("\n{table}");
         tables.push(table);
         results.push(result);
     }
-    println!("{}", tables.join("\n"));
-    let errors: u64 = results
-        .iter()
-        .flat_map(|r| r["backends"].as_array().into_iter().flatten())
-        .flat_map(|b| b["phases"].as_array().into_iter().flatten())
-        .chain(
-            results
-                .iter()
-                .flat_map(|r| r["flat_vs_faiss_flat"].as_array().into_iter().flatten()),
-        )
-        .filter_map(|p| p["errors"].as_u64())
-        .sum();
-    let result = json!({
-        "benchmark": "indexer",
-        "metric": args.metric,
-        "clusters": args.clusters,
-        "spread": args.spread,
-        "noise": args.noise,
-        "seed": args.seed,
-        "seconds": args.seconds,
-        "max_queries": args.max_queries,
-        "concurrency": args.concurrency,
-        "index_batch": args.index_batch,
-        "machine": report::machine(),
-        "sets": results,
-    });
-    if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&result)?)?;
-    }
+    let errors: usize = results.iter().map(SetResult::errors).sum();
+    let result = IndexerResult {
+        benchmark: "indexer",
+        settings: &args,
+        machine: report::machine(),
+        sets: results,
+    };
+    crate::report::publish(&tables.join("\n"), &result, args.out.as_deref())?;
     anyhow::ensure!(
         errors == 0,
         "{errors} search calls failed or had wrong match counts"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: IndexerArgs,
+    }
+
+    #[test]
+    fn the_result_reports_every_flag_but_the_backends_and_the_output() {
+        let cli = Cli::parse_from(["indexer", "--n", "50", "--out", "x.json"]);
+        let result = IndexerResult {
+            benchmark: "indexer",
+            settings: &cli.args,
+            machine: report::machine(),
+            sets: Vec::new(),
+        };
+        let flags = [
+            "n",
+            "queries",
+            "k",
+            "batch",
+            "dims",
+            "metric",
+            "concurrency",
+            "seconds",
+            "slices",
+            "max_queries",
+            "clusters",
+            "spread",
+            "noise",
+            "seed",
+            "verify_queries",
+            "index_batch",
+            "build_timeout",
+            "no_http",
+        ];
+        let top = [&flags[..], &["benchmark", "machine", "sets"]].concat();
+        assert_eq!(crate::report::keys(&result), crate::report::sorted(&top));
+        assert_eq!(serde_json::to_value(&result).expect("JSON")["n"], 50);
+    }
 }

@@ -23,22 +23,22 @@
 //! query, an index answer one document per document sent; anything else counts as an error.
 //! One side runs at a time; CPU time of each side's processes comes from `/proc`.
 
-mod procs;
+mod model;
 mod python;
 mod report;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use clap::Parser as _;
-use serde_json::{json, Value};
-
 use crate::launch::Launched;
-use crate::load;
-use crate::workload::{sentence, Workload};
+use crate::load::{self, HttpClient, LoadConfig, Measured};
+use crate::texts::sentence;
+use crate::workload::Workload;
+use crate::{procstat, short};
+use model::{EmbeddingCheck, RawOnnx, RawRun};
 use python::{JinaFlow, Topology};
 use report::{Row, Side};
 
@@ -60,7 +60,8 @@ pub(crate) enum Order {
     JinaFirst,
 }
 
-#[derive(Debug, clap::Args)]
+/// The settings of `flowmesh-bench compare`; the JSON reports those that shape the figures.
+#[derive(Debug, clap::Args, serde::Serialize)]
 pub(crate) struct CompareArgs {
     /// Workloads to run, comma separated.
     #[arg(
@@ -69,9 +70,11 @@ pub(crate) struct CompareArgs {
         value_delimiter = ',',
         default_value = "overhead,search,index"
     )]
+    #[serde(skip)]
     workload: Vec<WorkloadKind>,
     /// Which side runs first in each workload (alternate it between runs to interleave).
     #[arg(long, value_enum, default_value = "flowmesh-first")]
+    #[serde(serialize_with = "debug")]
     order: Order,
     /// overhead: documents indexed before searching.
     #[arg(long, default_value_t = 10_000)]
@@ -115,17 +118,26 @@ pub(crate) struct CompareArgs {
     /// The text model's config (`models/prepare.sh` writes it); default
     /// `$FLOWMESH_CACHE/models/minilm/config.json`.
     #[arg(long)]
+    #[serde(skip)]
     model_config: Option<PathBuf>,
     /// The Python of a venv with Jina 3.34 (and onnxruntime, tokenizers); default: the one
     /// `scripts/jina-venv.sh` makes or finds.
     #[arg(long, env = "FLOWMESH_JINA_PYTHON")]
+    #[serde(skip)]
     jina_python: Option<PathBuf>,
     /// The folder of the Jina side's Python files.
     #[arg(long, default_value_os_t = python::repo().join("loadtests/jina"))]
+    #[serde(skip)]
     jina_dir: PathBuf,
     /// Where to write compare.json, compare.md and the Jina Flows' logs.
     #[arg(long)]
+    #[serde(skip)]
     out: Option<PathBuf>,
+}
+
+/// `value` as `{:?}` writes it.
+fn debug<S: serde::Serializer>(value: &impl std::fmt::Debug, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{value:?}"))
 }
 
 /// Encoder replicas and indexer shards of both Flows (flows/*.yml and the Jina runner).
@@ -170,7 +182,7 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
     kinds.sort();
     kinds.dedup();
     let mut rows: Vec<Row> = Vec::new();
-    let mut extras = serde_json::Map::new();
+    let mut extras = report::Extras::default();
     for kind in kinds {
         eprintln!("== workload {kind:?}");
         match kind {
@@ -178,14 +190,17 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
             WorkloadKind::Search => {
                 let (r, check) = search(&args, &ctx).await?;
                 rows.extend(r);
-                extras.insert("embedding_check".into(), check);
+                extras.embedding_check = Some(check);
             }
             WorkloadKind::Index => {
                 let (r, raw) = index(&args, &ctx).await?;
                 rows.extend(r);
-                extras.insert("raw_onnx".into(), raw);
+                extras.raw_onnx = Some(raw);
             }
         }
+    }
+    for row in &mut rows {
+        row.finish();
     }
     let refused = python::refusals(&guard_log);
     let result = report::result(&args, &rows, extras, &refused);
@@ -205,7 +220,10 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
         refused.len(),
         &refused[..refused.len().min(3)]
     );
-    let errors: usize = rows.iter().map(|r| r.flowmesh.errors + r.jina.errors).sum();
+    let errors: usize = rows
+        .iter()
+        .map(|r| r.sides.flowmesh.load.errors + r.sides.jina.load.errors)
+        .sum();
     anyhow::ensure!(
         errors == 0,
         "{errors} requests failed or were wrong (see the table)"
@@ -277,121 +295,62 @@ async fn start(
     ))
 }
 
-/// What a load phase sends where, and its bounds.
-struct Phase<'a> {
-    endpoint: &'a str,
-    concurrency: usize,
-    max_requests: usize,
-    duration: Duration,
-}
-
-/// One measured phase of one side: the load generator's figures and the CPU of every process.
-async fn measure<M, C>(
+/// One measured phase of one side: what `phase` measured, and the CPU seconds of every process
+/// of the side and of the load generator meanwhile.
+async fn measure(
     running: &Running,
-    client: &load::HttpClient,
-    phase: Phase<'_>,
-    make: M,
-    check: C,
-) -> (load::Measured, BTreeMap<String, f64>)
-where
-    M: Fn(usize) -> Bytes + Send + Sync + 'static,
-    C: Fn(&[u8]) -> Result<(), String> + Send + Sync + 'static,
-{
+    phase: impl Future<Output = Measured>,
+) -> (Measured, BTreeMap<String, f64>) {
     let root = running.pid().unwrap_or(0);
-    let before = procs::tree(root);
-    let own_before = crate::cpu::own_seconds();
-    let url = format!("{}/{}", running.base(), phase.endpoint);
-    let m = load::run(
-        client,
-        &url,
-        phase.concurrency,
-        phase.max_requests,
-        phase.duration,
-        make,
-        check,
-    )
-    .await;
-    let mut cpu = procs::spent(&before, &procs::tree(root));
-    if let (Some(a), Some(b)) = (crate::cpu::own_seconds(), own_before) {
+    let before = procstat::tree(root);
+    let own_before = procstat::own_cpu_seconds();
+    let m = phase.await;
+    let mut cpu = procstat::spent(&before, &procstat::tree(root));
+    if let (Some(a), Some(b)) = (procstat::own_cpu_seconds(), own_before) {
         cpu.insert("load generator".into(), a - b);
     }
     (m, cpu)
 }
 
-fn search_body(id: usize, text: &str, top_k: usize) -> Bytes {
-    Bytes::from(
-        json!({"data": [{"id": format!("q-{id}"), "text": text}], "parameters": {"top_k": top_k}})
-            .to_string(),
-    )
-}
-
-fn index_body(docs: &[(String, String)]) -> Bytes {
-    let data: Vec<Value> = docs
-        .iter()
-        .map(|(id, text)| json!({"id": id, "text": text}))
-        .collect();
-    Bytes::from(json!({"data": data, "parameters": {}}).to_string())
-}
-
-/// An index answer of a request of documents `doc-{b * size}` onwards (ids as [`index_body`]
-/// gets them) must hold every one of them: as many as the request had, the first one first.
-fn check_index_answer(body: &[u8], size: usize, total: usize) -> Result<(), String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
-    let data = v["data"].as_array().ok_or("no data")?;
-    let first = data
-        .first()
-        .and_then(|d| {
-            d["id"]
-                .as_str()?
-                .strip_prefix("doc-")?
-                .parse::<usize>()
-                .ok()
-        })
-        .ok_or("no document back")?;
-    if first % size != 0 || first >= total {
-        return Err(format!(
-            "first document back is doc-{first}, not a request's first"
-        ));
-    }
-    let want = size.min(total - first);
-    if data.len() == want {
-        Ok(())
-    } else {
-        Err(format!("{} documents back for {want} sent", data.len()))
-    }
-}
-
-/// Indexes `docs` (id, text) in requests of `size` from `concurrency` clients; bounded by
-/// `duration` when given.
-async fn index_docs(
+/// Indexes `docs` into a side in requests of `size` from `concurrency` clients, within
+/// `duration`; the side of the row, in documents/s.
+async fn index_side(
     running: &Running,
-    client: &load::HttpClient,
-    docs: Arc<Vec<(String, String)>>,
+    client: &HttpClient,
+    docs: &Arc<Vec<(String, String)>>,
     size: usize,
     concurrency: usize,
     duration: Duration,
-) -> (load::Measured, BTreeMap<String, f64>) {
-    let batches = docs.len().div_ceil(size);
-    let d = docs.clone();
-    measure(
-        running,
+) -> Side {
+    let phase = short::index(
         client,
-        Phase {
-            endpoint: "index",
-            concurrency,
-            max_requests: batches,
-            duration,
-        },
-        move |b| index_body(&d[b * size..((b + 1) * size).min(d.len())]),
-        move |body| check_index_answer(body, size, docs.len()),
-    )
-    .await
+        running.base(),
+        docs.clone(),
+        size,
+        concurrency,
+        duration,
+    );
+    let (m, cpu) = measure(running, phase).await;
+    Side::from_measured(&m, m.documents as f64, &cpu)
 }
 
-/// Documents indexed by the successful requests of an index phase of `total` documents in
-/// requests of `size` (requests go out in order, so only the last one can be short).
-fn docs_done(m: &load::Measured, size: usize, total: usize) -> f64 {
-    (m.latencies.len() * size).min(total) as f64
+/// Searches a side from `concurrency` clients, query `i` being `query(i)`; the side of the row,
+/// in requests/s.
+async fn search_side(
+    running: &Running,
+    client: &HttpClient,
+    args: &CompareArgs,
+    concurrency: usize,
+    query: fn(usize) -> String,
+) -> Side {
+    let config = LoadConfig::new(
+        concurrency,
+        args.requests,
+        Duration::from_secs(args.duration_secs),
+    );
+    let phase = short::search(client, running.base(), &config, args.top_k, query);
+    let (m, cpu) = measure(running, phase).await;
+    Side::from_measured(&m, m.requests() as f64, &cpu)
 }
 
 /// The hash encoder's `dim` in a flowmesh Flow file (64 when absent).
@@ -407,13 +366,8 @@ fn hash_dim(flow: &Path) -> anyhow::Result<usize> {
 async fn overhead(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let dim = hash_dim(&args.overhead_flow)?;
     let topology = Topology::Overhead { dim };
-    let docs: Arc<Vec<(String, String)>> = Arc::new(
-        (0..args.docs)
-            .map(|i| (format!("doc-{i}"), crate::text(i)))
-            .collect(),
-    );
+    let docs = Arc::new(short::documents(args.docs));
     let client = load::http_client();
-    let duration = Duration::from_secs(args.duration_secs);
     let mut rows: Vec<Row> = args
         .concurrency
         .iter()
@@ -422,33 +376,11 @@ async fn overhead(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let mut index_rows = Row::new("overhead: index", 4, "docs/s", None);
     for flowmesh in sides(args.order) {
         let running = start(flowmesh, &args.overhead_flow, &topology, ctx, "overhead").await?;
-        let (m, cpu) = index_docs(
-            &running,
-            &client,
-            docs.clone(),
-            100,
-            4,
-            Duration::from_secs(3600),
-        )
-        .await;
-        *index_rows.side(flowmesh) = Side::from_measured(&m, docs_done(&m, 100, docs.len()), &cpu);
+        let forever = Duration::from_secs(3600);
+        *index_rows.side(flowmesh) = index_side(&running, &client, &docs, 100, 4, forever).await;
         eprintln!("  index: {}", index_rows.side(flowmesh).summary());
         for (row, &c) in rows.iter_mut().zip(&args.concurrency) {
-            let top_k = args.top_k;
-            let (m, cpu) = measure(
-                &running,
-                &client,
-                Phase {
-                    endpoint: "search",
-                    concurrency: c,
-                    max_requests: args.requests,
-                    duration,
-                },
-                move |i| search_body(i, &crate::text(1_000_003 + i), top_k),
-                move |body| crate::check_matches(body, top_k),
-            )
-            .await;
-            *row.side(flowmesh) = Side::from_measured(&m, m.latencies.len() as f64, &cpu);
+            *row.side(flowmesh) = search_side(&running, &client, args, c, short::query_text).await;
             eprintln!("  search c={c}: {}", row.side(flowmesh).summary());
         }
         running.stop().await;
@@ -457,96 +389,13 @@ async fn overhead(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Texts for the embedding check: short, long (truncated at the model's 256 tokens), cased,
-/// punctuated, non-ASCII.
-fn check_texts() -> Vec<String> {
-    let long = (0..400).map(sentence).collect::<Vec<_>>().join(" ");
-    vec![
-        "A quick check.".to_owned(),
-        sentence(7),
-        "Neural search in Rust: fast, small, and easy to deploy!".to_owned(),
-        "Crème brûlée – 3 × naïve café façades… ok?".to_owned(),
-        long,
-    ]
+/// Search query `i` of the search workload: one sentence unlike the indexed ones.
+fn sentence_query(i: usize) -> String {
+    format!("{}.", sentence(1_000_003 + i))
 }
 
-/// Cosine similarity of the Jina encoder's embeddings with flowmesh-encoder's `/encode`, per
-/// text; fails below 1 - 1e-5.
-async fn embedding_check(ctx: &Ctx) -> anyhow::Result<Value> {
-    let texts = check_texts();
-    let flags: Vec<String> = [
-        "--model",
-        "onnx",
-        "--threads",
-        "1",
-        "--model-config",
-        &ctx.model_config.to_string_lossy(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let service = Launched::service("flowmesh-encoder", &flags).await?;
-    let client = load::http_client();
-    let answer = load::post(
-        &client,
-        &format!("{}/encode", service.base),
-        Bytes::from(json!({ "texts": texts }).to_string()),
-    )
-    .await;
-    service.stop().await;
-    let answer = answer?;
-    anyhow::ensure!(
-        answer.status == 200,
-        "flowmesh-encoder /encode: status {}",
-        answer.status
-    );
-    let ours: Vec<Vec<f32>> = serde_json::from_value(
-        serde_json::from_slice::<Value>(&answer.body)?["embeddings"].take(),
-    )?;
-    let theirs = python::embed(
-        &ctx.python,
-        &ctx.jina_dir,
-        &ctx.model_config,
-        &texts,
-        &ctx.guard_log,
-    )
-    .await?;
-    anyhow::ensure!(
-        ours.len() == texts.len() && theirs.len() == texts.len(),
-        "embedding check: {} and {} embeddings for {} texts",
-        ours.len(),
-        theirs.len(),
-        texts.len()
-    );
-    let mut cosines = Vec::new();
-    let mut max_abs = 0.0_f64;
-    for (a, b) in ours.iter().zip(&theirs) {
-        anyhow::ensure!(a.len() == b.len(), "dimensions {} and {}", a.len(), b.len());
-        let dot: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| f64::from(*x) * f64::from(*y))
-            .sum();
-        let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        cosines.push(dot / (na * nb));
-        for (x, y) in a.iter().zip(b) {
-            max_abs = max_abs.max((f64::from(*x) - f64::from(*y)).abs());
-        }
-    }
-    let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
-    eprintln!("embedding check: min cosine {min:.8}, max |difference| {max_abs:.2e}");
-    anyhow::ensure!(
-        min >= 1.0 - 1e-5,
-        "the Jina encoder's embeddings differ from flowmesh's: cosines {cosines:?}"
-    );
-    Ok(
-        json!({"texts": texts.len(), "cosines": cosines, "min_cosine": min, "max_abs_difference": max_abs}),
-    )
-}
-
-async fn search(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, Value)> {
-    let check = embedding_check(ctx).await?;
+async fn search(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, EmbeddingCheck)> {
+    let check = model::embedding_check(ctx).await?;
     let topology = Topology::Text {
         model_config: &ctx.model_config,
         threads: TEXT_THREADS,
@@ -559,83 +408,22 @@ async fn search(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, Valu
             .collect(),
     );
     let client = load::http_client();
-    let duration = Duration::from_secs(args.duration_secs);
     let c = args.search_concurrency;
     let mut index_row = Row::new("search: index", 4, "docs/s", None);
     let mut row = Row::new("search", c, "requests/s", Some(3.0));
     for flowmesh in sides(args.order) {
         let running = start(flowmesh, &args.text_flow, &topology, ctx, "text").await?;
-        let (m, cpu) = index_docs(
-            &running,
-            &client,
-            docs.clone(),
-            args.request_size,
-            4,
-            Duration::from_secs(3600),
-        )
-        .await;
-        *index_row.side(flowmesh) =
-            Side::from_measured(&m, docs_done(&m, args.request_size, docs.len()), &cpu);
+        let (size, forever) = (args.request_size, Duration::from_secs(3600));
+        *index_row.side(flowmesh) = index_side(&running, &client, &docs, size, 4, forever).await;
         eprintln!("  index: {}", index_row.side(flowmesh).summary());
-        let top_k = args.top_k;
-        let (m, cpu) = measure(
-            &running,
-            &client,
-            Phase {
-                endpoint: "search",
-                concurrency: c,
-                max_requests: args.requests,
-                duration,
-            },
-            move |i| search_body(i, &format!("{}.", sentence(1_000_003 + i)), top_k),
-            move |body| crate::check_matches(body, top_k),
-        )
-        .await;
-        *row.side(flowmesh) = Side::from_measured(&m, m.latencies.len() as f64, &cpu);
+        *row.side(flowmesh) = search_side(&running, &client, args, c, sentence_query).await;
         eprintln!("  search c={c}: {}", row.side(flowmesh).summary());
         running.stop().await;
     }
     Ok((vec![index_row, row], check))
 }
 
-/// The raw model on `sentences`: one model per encoder replica, each on its own thread with
-/// the replica's intra-op threads, batches of [`MAX_BATCH`] back to back; sentences/s.
-async fn raw_onnx(
-    ctx: &Ctx,
-    sentences: &Arc<Workload>,
-    duration: Duration,
-) -> anyhow::Result<(f64, Option<f64>)> {
-    let config = flowmesh_encoder::Config::try_parse_from([
-        "flowmesh-encoder",
-        "--model",
-        "onnx",
-        "--threads",
-        &TEXT_THREADS.to_string(),
-        "--model-config",
-        &ctx.model_config.to_string_lossy(),
-    ])?;
-    let mut tasks = Vec::new();
-    for _ in 0..REPLICAS {
-        let model = config.model()?;
-        let sentences = sentences.clone();
-        tasks.push(tokio::task::spawn_blocking(move || {
-            crate::encoder::raw_throughput(model.as_ref(), &sentences, MAX_BATCH, duration)
-        }));
-    }
-    let mut per_s = 0.0;
-    let mut cpu = Vec::new();
-    for t in tasks {
-        let raw = t.await??;
-        per_s += raw.per_s;
-        cpu.extend(raw.cpu_ms);
-    }
-    // Each loop's CPU figure is the whole process's: both loops' time, over one loop's inputs.
-    let cpu_ms =
-        (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64 / REPLICAS as f64);
-    Ok((per_s, cpu_ms))
-}
-
-async fn index(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, Value)> {
+async fn index(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, RawOnnx)> {
     let topology = Topology::Text {
         model_config: &ctx.model_config,
         threads: TEXT_THREADS,
@@ -660,46 +448,41 @@ async fn index(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, Value
     let duration = Duration::from_secs(args.duration_secs);
     let c = args.index_concurrency;
     let mut row = Row::new("index", c, "docs/s", None);
-    let mut raw_figures = serde_json::Map::new();
+    let mut runs = BTreeMap::new();
     for flowmesh in sides(args.order) {
         // The raw model just before each side (nothing else running), against the drift of a
         // shared machine.
-        let (raw, raw_cpu) = raw_onnx(ctx, &sentences, duration).await?;
+        let (raw, raw_cpu) = model::raw_onnx(ctx, &sentences, duration).await?;
         let raw_docs = raw / spd as f64;
         eprintln!(
             "  raw ONNX Runtime ({REPLICAS} x {TEXT_THREADS} thread, batches of {MAX_BATCH}): {raw:.1} sentences/s = {raw_docs:.1} docs/s"
         );
-        raw_figures.insert(
+        let run = RawRun {
+            sentences_per_s: raw,
+            docs_per_s: raw_docs,
+            cpu_ms_per_sentence: raw_cpu,
+        };
+        runs.insert(
             if flowmesh {
                 "before_flowmesh"
             } else {
                 "before_jina"
-            }
-            .into(),
-            json!({"sentences_per_s": raw, "docs_per_s": raw_docs, "cpu_ms_per_sentence": raw_cpu}),
+            },
+            run,
         );
         let running = start(flowmesh, &args.text_flow, &topology, ctx, "text").await?;
-        let (m, cpu) = index_docs(
-            &running,
-            &client,
-            docs.clone(),
-            args.request_size,
-            c,
-            duration,
-        )
-        .await;
         let side = row.side(flowmesh);
-        *side = Side::from_measured(&m, docs_done(&m, args.request_size, docs.len()), &cpu);
-        side.raw_per_s = Some(raw_docs);
+        *side = index_side(&running, &client, &docs, args.request_size, c, duration).await;
+        side.set_raw(raw_docs);
         eprintln!("  index c={c}: {}", side.summary());
         running.stop().await;
     }
-    let raw = json!({
-        "replicas": REPLICAS,
-        "threads_per_replica": TEXT_THREADS,
-        "batch": MAX_BATCH,
-        "sentences_per_doc": spd,
-        "runs": raw_figures,
-    });
+    let raw = RawOnnx {
+        replicas: REPLICAS,
+        threads_per_replica: TEXT_THREADS,
+        batch: MAX_BATCH,
+        sentences_per_doc: spd,
+        runs,
+    };
     Ok((vec![row], raw))
 }

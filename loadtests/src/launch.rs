@@ -16,6 +16,39 @@ pub(crate) struct Launched {
     _workspace: Option<TempDir>,
 }
 
+/// The gateway a benchmark measures: one given, or a Flow started here.
+pub(crate) struct Gateway {
+    /// Its base URL, without a trailing `/`.
+    pub(crate) base: String,
+    launched: Option<Launched>,
+}
+
+impl Gateway {
+    /// `given` as it is, or a Flow started here from `flow` (each process limited to
+    /// `address_space` bytes when given); [`Gateway::stop`] stops what was started.
+    pub(crate) async fn given_or_started(
+        given: Option<&str>,
+        flow: &Path,
+        address_space: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let launched = match given {
+            Some(_) => None,
+            None => Some(Launched::flow_limited(flow, address_space).await?),
+        };
+        let base = match (&launched, given) {
+            (Some(l), _) => l.base.clone(),
+            (None, g) => g.unwrap_or_default().trim_end_matches('/').to_owned(),
+        };
+        Ok(Self { base, launched })
+    }
+
+    pub(crate) async fn stop(self) {
+        if let Some(l) = self.launched {
+            l.stop().await;
+        }
+    }
+}
+
 /// A directory removed on drop.
 pub(crate) struct TempDir(pub(crate) PathBuf);
 

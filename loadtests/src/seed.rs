@@ -27,19 +27,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
+use serde::Serialize;
 
-pub(crate) use flow::{Encoder, Store};
-pub(crate) use phase::{recall, run_phase, Limits, Phase, PhaseOptions, PhaseResult, NO_LIMIT};
+pub(crate) use flow::Store;
+pub(crate) use phase::{recall, run_phase, Phase, PhaseOptions, PhaseResult};
 pub(crate) use progress::Display;
 pub(crate) use report::{Report, Row};
 pub(crate) use target::{Operation, Protocol, Target};
-pub(crate) use workload::{ImageField, ImageFormat, Scenario, Workload, WorkloadSpec};
+pub(crate) use workload::{ImageField, ImageFormat, Scenario, Workload};
 
 use crate::indexer::spec::BackendSpec;
 use crate::launch::{Launched, TempDir};
-use crate::load::{http_client, HttpClient};
-use flow::{Build, FlowPlan};
+use crate::load::{http_client, HttpClient, LoadConfig, NO_LIMIT};
+use flow::{Build, Encoder, FlowPlan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum IndexerKind {
@@ -48,12 +48,10 @@ pub(crate) enum IndexerKind {
     Faiss,
 }
 
-#[derive(Debug, clap::Args)]
+/// The settings of `flowmesh-bench run`; those that are not derived (limits, indexers, store)
+/// are reported as given.
+#[derive(Debug, Clone, clap::Args, Serialize)]
 pub(crate) struct RunArgs {
-    /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
-    /// shards).
-    #[arg(long, value_enum, default_value = "text")]
-    scenario: Scenario,
     /// A running gateway (`http://host:port`) to measure as it is; without it the Flows are
     /// started here with `flowmesh up` (release binaries next to this one).
     #[arg(long)]
@@ -64,71 +62,99 @@ pub(crate) struct RunArgs {
     /// Concurrent clients, each sending its next request when answered.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Documents per index request.
-    #[arg(long, default_value_t = 50)]
-    request_size: usize,
-    /// Query documents per search request (default: `--request-size`).
-    #[arg(long)]
-    query_request_size: Option<usize>,
-    /// Documents to index.
-    #[arg(long, default_value_t = 2000)]
-    docs: usize,
-    /// Distinct query documents; each is searched once, or they repeat for the query duration.
-    #[arg(long, default_value_t = 500)]
-    queries: usize,
     /// Limit of both phases ("30s", "2h"); the queries repeat until it has passed.
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     duration: Option<Duration>,
     /// Limit of the index phase (default: `--duration`, else none).
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     index_duration: Option<Duration>,
     /// Duration of the query phase, queries repeating (default: `--duration`, else each query
     /// once).
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip)]
     query_duration: Option<Duration>,
     /// Most requests of one phase.
     #[arg(long, default_value_t = 1_000_000)]
+    #[serde(skip)]
     max_requests: usize,
-    /// Matches per query; every query must get exactly this many (fewer only when the index
-    /// holds fewer documents).
-    #[arg(long, default_value_t = 50)]
-    top_k: usize,
+    /// The documents and queries.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub(crate) workload: WorkloadSpec,
+    /// The Flow's shards, replicas, encoder and store.
+    #[command(flatten)]
+    #[serde(flatten)]
+    flow: FlowArgs,
+    /// The index backend (one indexer; see `--indexers` for a comparison). Default `flat`;
+    /// with `--gateway` it only labels the results.
+    #[arg(long, value_enum)]
+    #[serde(skip)]
+    indexer: Option<IndexerKind>,
+    /// annoy: trees.
+    #[arg(long, default_value_t = 100)]
+    #[serde(skip)]
+    num_trees: usize,
+    /// annoy: nodes inspected per search (Annoy's default when unset).
+    #[arg(long)]
+    #[serde(skip)]
+    search_k: Option<usize>,
+    /// faiss: the `index_factory` key.
+    #[arg(long, default_value = "IVF50,Flat")]
+    #[serde(skip)]
+    index_key: String,
+    /// faiss IVF: lists visited per search (faiss's default, 1, when unset).
+    #[arg(long)]
+    #[serde(skip)]
+    nprobe: Option<usize>,
+    /// Indexers to compare on the same data and queries, comma separated (faiss keys keep
+    /// their commas): `flat,annoy:trees=100,faiss:IVF50,Flat:nprobe=8`. Recall@k is measured
+    /// against the first `flat` (added first when missing).
+    #[arg(long)]
+    #[serde(skip)]
+    indexers: Option<String>,
+    /// Interval of the summary lines of long phases.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[serde(skip)]
+    report_every: Duration,
+    /// Longest wait for one answer (also the Flow's executor timeout).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    #[serde(rename = "timeout_s", serialize_with = "crate::load::seconds")]
+    timeout: Duration,
+    /// Longest wait for the indexers' builds before a query phase.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    #[serde(skip)]
+    build_timeout: Duration,
+    /// With `--gateway`: query what the Flow holds (`--docs` documents) without indexing.
+    #[arg(long)]
+    skip_index: bool,
+    /// No progress bar, progress lines nor interval summaries.
+    #[arg(long)]
+    #[serde(skip)]
+    quiet: bool,
+    /// Where to write results.json, results.md and the plots.
+    #[arg(long)]
+    #[serde(skip)]
+    out: Option<PathBuf>,
+}
+
+/// The flags of `flowmesh-bench run` that shape the Flows it starts (reported as given).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub(crate) struct FlowArgs {
     /// Indexer shards.
     #[arg(long, default_value_t = 2)]
     shards: usize,
     /// Encoder replicas.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
-    /// The index backend (one indexer; see `--indexers` for a comparison). Default `flat`;
-    /// with `--gateway` it only labels the results.
-    #[arg(long, value_enum)]
-    indexer: Option<IndexerKind>,
-    /// annoy: trees.
-    #[arg(long, default_value_t = 100)]
-    num_trees: usize,
-    /// annoy: nodes inspected per search (Annoy's default when unset).
-    #[arg(long)]
-    search_k: Option<usize>,
-    /// faiss: the `index_factory` key.
-    #[arg(long, default_value = "IVF50,Flat")]
-    index_key: String,
-    /// faiss IVF: lists visited per search (faiss's default, 1, when unset).
-    #[arg(long)]
-    nprobe: Option<usize>,
-    /// Indexers to compare on the same data and queries, comma separated (faiss keys keep
-    /// their commas): `flat,annoy:trees=100,faiss:IVF50,Flat:nprobe=8`. Recall@k is measured
-    /// against the first `flat` (added first when missing).
-    #[arg(long)]
-    indexers: Option<String>,
     /// The ranker's document store (texts).
     #[arg(long, value_enum, default_value = "embedded")]
+    #[serde(skip)]
     store: Store,
     /// Redis for `--store redis`: `redis://host:port/db`.
     #[arg(long)]
     redis_url: Option<String>,
-    /// Seed of the generated documents and queries.
-    #[arg(long, default_value_t = 2024)]
-    seed: u64,
     /// The encoder: `onnx` (MiniLM or MobileNetV2) or `hash` (texts; cheap, for tests).
     #[arg(long, value_enum, default_value = "onnx")]
     encoder: Encoder,
@@ -141,15 +167,35 @@ pub(crate) struct RunArgs {
     /// Batches of one request in flight in the Flow.
     #[arg(long, default_value_t = 4)]
     prefetch: usize,
-    /// Interval of the summary lines of long phases.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    report_every: Duration,
-    /// Longest wait for one answer (also the Flow's executor timeout).
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
-    /// Longest wait for the indexers' builds before a query phase.
-    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
-    build_timeout: Duration,
+}
+
+/// The settings a [`Workload`] is made from: flags of `flowmesh-bench run`, reported as given.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub(crate) struct WorkloadSpec {
+    /// `text` (sentencizer, MiniLM, indexer shards, ranker) or `image` (MobileNetV2, indexer
+    /// shards).
+    #[arg(long, value_enum, default_value = "text")]
+    scenario: Scenario,
+    /// Documents per index request.
+    #[arg(long, default_value_t = 50)]
+    request_size: usize,
+    /// Query documents per search request (default: `--request-size`).
+    #[arg(long)]
+    #[serde(skip)]
+    query_request_size: Option<usize>,
+    /// Documents to index.
+    #[arg(long, default_value_t = 2000)]
+    docs: usize,
+    /// Distinct query documents; each is searched once, or they repeat for the query duration.
+    #[arg(long, default_value_t = 500)]
+    queries: usize,
+    /// Matches per query; every query must get exactly this many (fewer only when the index
+    /// holds fewer documents).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Seed of the generated documents and queries.
+    #[arg(long, default_value_t = 2024)]
+    seed: u64,
     /// Side of the generated images, in pixels.
     #[arg(long, default_value_t = 224)]
     image_size: u32,
@@ -159,24 +205,40 @@ pub(crate) struct RunArgs {
     /// Most distinct images generated; further documents reuse them under their own ids.
     #[arg(long, default_value_t = 2000)]
     image_pool: usize,
-    /// With `--gateway`: query what the Flow holds (`--docs` documents) without indexing.
-    #[arg(long)]
-    skip_index: bool,
-    /// No progress bar, progress lines nor interval summaries.
-    #[arg(long)]
-    quiet: bool,
-    /// Where to write results.json, results.md and the plots.
-    #[arg(long)]
-    out: Option<PathBuf>,
+    /// Where documents carry their images: not a flag, but what the protocol reads.
+    #[arg(skip = ImageField::Blob)]
+    #[serde(skip)]
+    image_field: ImageField,
+}
+
+impl WorkloadSpec {
+    /// Query documents per search request: `--query-request-size`, else `--request-size`.
+    pub(crate) fn query_request_size(&self) -> usize {
+        self.query_request_size.unwrap_or(self.request_size)
+    }
+}
+
+/// Every setting of a run, as reported in `results.json`: the flags, and what follows from
+/// them.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Settings {
+    #[serde(flatten)]
+    pub(crate) args: RunArgs,
+    pub(crate) query_request_size: usize,
+    pub(crate) index_limits: LoadConfig,
+    pub(crate) query_limits: LoadConfig,
+    pub(crate) indexers: Vec<String>,
+    pub(crate) store: String,
+    pub(crate) started_unix_s: u64,
 }
 
 /// Both phases against one target.
 #[derive(Debug, Clone)]
 pub(crate) struct RunOptions {
     pub(crate) phase: PhaseOptions,
-    /// The index phase's limits; `None` skips it.
-    pub(crate) index: Option<Limits>,
-    pub(crate) query: Limits,
+    /// The index phase's load; `None` skips it.
+    pub(crate) index: Option<LoadConfig>,
+    pub(crate) query: LoadConfig,
     /// Documents the index holds before the index phase (0 for a fresh Flow).
     pub(crate) indexed_before: usize,
 }
@@ -198,24 +260,14 @@ pub(crate) async fn run_phases(
 ) -> PhaseResults {
     let http = http_client();
     let index = match opts.index {
-        Some(limits) => {
-            let phase = Phase {
-                label: "index".into(),
-                op: Operation::Index,
-                limits,
-                expected_matches: 0,
-            };
+        Some(load) => {
+            let phase = Phase::index(load);
             Some(run_phase(&http, target, workload, &phase, &opts.phase).await)
         }
         None => None,
     };
-    let indexed = opts.indexed_before + index.as_ref().map_or(0, |r| r.documents);
-    let phase = Phase {
-        label: "query".into(),
-        op: Operation::Search,
-        limits: opts.query,
-        expected_matches: workload.spec.top_k.min(indexed),
-    };
+    let indexed = opts.indexed_before + index.as_ref().map_or(0, |r| r.measured.documents);
+    let phase = Phase::search("query", opts.query, workload.spec.top_k.min(indexed));
     let query = run_phase(&http, target, workload, &phase, &opts.phase).await;
     PhaseResults { index, query }
 }
@@ -223,48 +275,38 @@ pub(crate) async fn run_phases(
 impl RunArgs {
     fn workload_spec(&self) -> WorkloadSpec {
         WorkloadSpec {
-            scenario: self.scenario,
-            docs: self.docs,
-            queries: self.queries,
-            request_size: self.request_size,
-            query_request_size: self.query_request_size.unwrap_or(self.request_size),
-            top_k: self.top_k,
-            seed: self.seed,
-            image_size: self.image_size,
-            image_format: self.image_format,
             // Jina's DocArray reads images from data URIs; flowmesh takes either.
             image_field: match self.protocol {
                 Protocol::Native => ImageField::Blob,
                 Protocol::Jina => ImageField::DataUri,
             },
-            image_pool: self.image_pool,
+            ..self.workload.clone()
         }
     }
 
-    fn index_limits(&self, workload: &Workload) -> Limits {
-        Limits {
-            max_requests: workload.index_batches().min(self.max_requests),
-            duration: self.index_duration.or(self.duration).unwrap_or(NO_LIMIT),
-        }
+    /// `--concurrency` clients, each answer within `--timeout`, under these bounds.
+    fn load(&self, max_requests: usize, duration: Duration) -> LoadConfig {
+        let mut load = LoadConfig::new(self.concurrency, max_requests, duration);
+        load.timeout = self.timeout;
+        load
     }
 
-    fn query_limits(&self, workload: &Workload) -> Limits {
+    fn index_limits(&self, workload: &Workload) -> LoadConfig {
+        self.load(
+            workload.index_batches().min(self.max_requests),
+            self.index_duration.or(self.duration).unwrap_or(NO_LIMIT),
+        )
+    }
+
+    fn query_limits(&self, workload: &Workload) -> LoadConfig {
         match self.query_duration.or(self.duration) {
-            Some(duration) => Limits {
-                max_requests: self.max_requests,
-                duration,
-            },
-            None => Limits {
-                max_requests: workload.query_batches().min(self.max_requests),
-                duration: NO_LIMIT,
-            },
+            Some(duration) => self.load(self.max_requests, duration),
+            None => self.load(workload.query_batches().min(self.max_requests), NO_LIMIT),
         }
     }
 
     fn phase_options(&self) -> PhaseOptions {
         PhaseOptions {
-            concurrency: self.concurrency,
-            timeout: self.timeout,
             report_every: self.report_every,
             display: if self.quiet {
                 Display::Quiet
@@ -308,59 +350,31 @@ impl RunArgs {
     }
 
     fn store_label(&self) -> String {
-        match self.scenario {
-            Scenario::Text => self.store.as_str().to_owned(),
+        match self.workload.scenario {
+            Scenario::Text => self.flow.store.as_str().to_owned(),
             Scenario::Image => "none".to_owned(),
         }
     }
 
-    fn settings(&self, specs: &[BackendSpec], workload: &Workload) -> Value {
-        json!({
-            "scenario": self.scenario,
-            "gateway": self.gateway,
-            "protocol": self.protocol,
-            "concurrency": self.concurrency,
-            "request_size": self.request_size,
-            "query_request_size": workload.spec.query_request_size,
-            "docs": self.docs,
-            "queries": self.queries,
-            "index_limits": self.index_limits(workload),
-            "query_limits": self.query_limits(workload),
-            "top_k": self.top_k,
-            "shards": self.shards,
-            "replicas": self.replicas,
-            "indexers": specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "store": self.store_label(),
-            "redis_url": self.redis_url,
-            "seed": self.seed,
-            "encoder": self.encoder,
-            "dim": self.dim,
-            "encoder_threads": self.encoder_threads,
-            "prefetch": self.prefetch,
-            "timeout_s": self.timeout.as_secs_f64(),
-            "image_size": self.image_size,
-            "image_format": self.image_format,
-            "image_pool": self.image_pool,
-            "skip_index": self.skip_index,
-            "started_unix_s": std::time::SystemTime::now()
+    fn settings(&self, specs: &[BackendSpec], workload: &Workload) -> Settings {
+        Settings {
+            args: self.clone(),
+            query_request_size: workload.spec.query_request_size(),
+            index_limits: self.index_limits(workload),
+            query_limits: self.query_limits(workload),
+            indexers: specs.iter().map(ToString::to_string).collect(),
+            store: self.store_label(),
+            started_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-        })
+        }
     }
 
-    fn flow_plan(&self) -> FlowPlan {
+    fn flow_plan(&self) -> FlowPlan<'_> {
         FlowPlan {
-            scenario: self.scenario,
-            encoder: self.encoder,
-            dim: self.dim,
-            encoder_threads: self.encoder_threads,
-            replicas: self.replicas,
-            shards: self.shards,
-            request_size: self.request_size,
-            prefetch: self.prefetch,
+            flags: &self.flow,
+            workload: &self.workload,
             timeout: self.timeout,
-            store: self.store,
-            redis_url: self.redis_url.clone(),
         }
     }
 
@@ -403,7 +417,7 @@ fn split_specs(list: &str) -> Vec<String> {
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be positive");
     anyhow::ensure!(
-        args.shards > 0 && args.replicas > 0,
+        args.flow.shards > 0 && args.flow.replicas > 0,
         "--shards and --replicas must be positive"
     );
     anyhow::ensure!(
@@ -423,7 +437,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         let plots = report.write(out)?;
         eprintln!("results in {} ({} plots)", out.display(), plots.len());
     }
-    let errors: usize = report.rows.iter().map(|r| r.result.error_count()).sum();
+    let errors: usize = report
+        .rows
+        .iter()
+        .map(|r| r.result.measured.error_count())
+        .sum();
     anyhow::ensure!(
         errors == 0,
         "{errors} requests failed (errors by kind in results.json)"
@@ -437,7 +455,7 @@ async fn against_gateway(
     gateway: &str,
     specs: &[BackendSpec],
     workload: &Arc<Workload>,
-    settings: Value,
+    settings: Settings,
 ) -> anyhow::Result<Report> {
     anyhow::ensure!(
         specs.len() == 1,
@@ -455,7 +473,11 @@ async fn against_gateway(
         phase: args.phase_options(),
         index: (!args.skip_index).then(|| args.index_limits(workload)),
         query: args.query_limits(workload),
-        indexed_before: if args.skip_index { args.docs } else { 0 },
+        indexed_before: if args.skip_index {
+            args.workload.docs
+        } else {
+            0
+        },
     };
     let results = run_phases(&target, workload, &opts).await;
     let indexer = match (&args.indexer, &args.indexers) {
@@ -479,10 +501,10 @@ async fn launched(
     args: &RunArgs,
     specs: &[BackendSpec],
     workload: &Arc<Workload>,
-    settings: Value,
+    settings: Settings,
 ) -> anyhow::Result<Report> {
     // A memory store does not outlive its Flow: index and query in one.
-    let one_flow = args.scenario == Scenario::Text && args.store == Store::Memory;
+    let one_flow = args.workload.scenario == Scenario::Text && args.flow.store == Store::Memory;
     anyhow::ensure!(
         !one_flow || specs.len() == 1,
         "--store memory loses the documents between Flows: compare indexers with embedded or redis"
@@ -506,21 +528,17 @@ async fn launched(
     let gateway = running.as_ref().map(|l| l.base.clone()).unwrap_or_default();
     let topology = flow::status(&http, &gateway).await;
     eprintln!("{gateway}: {}", flow::topology_line(&topology));
-    let phase = Phase {
-        label: "index".into(),
-        op: Operation::Index,
-        limits: args.index_limits(workload),
-        expected_matches: 0,
-    };
+    let phase = Phase::index(args.index_limits(workload));
     let target = Target::new(&gateway, args.protocol);
     let index = run_phase(&http, &target, workload, &phase, &args.phase_options()).await;
+    let m = &index.measured;
     eprintln!(
         "indexed {} documents at {:.1} documents/s, {} errors",
-        index.documents,
-        index.docs_per_s(),
-        index.error_count()
+        m.documents,
+        m.docs_per_s(),
+        m.error_count()
     );
-    let indexed = index.documents;
+    let indexed = m.documents;
     let mut rows = vec![args.row(Operation::Index, &index_spec.to_string(), index)];
     let mut truth: Option<std::collections::BTreeMap<usize, Vec<String>>> = None;
     for (n, spec) in specs.iter().enumerate() {
@@ -569,26 +587,82 @@ async fn query_phase(
     spec: &BackendSpec,
     indexed: usize,
 ) -> PhaseResult {
-    let phase = Phase {
-        label: format!("query {spec}"),
-        op: Operation::Search,
-        limits: args.query_limits(workload),
-        expected_matches: args.top_k.min(indexed),
-    };
+    let phase = Phase::search(
+        format!("query {spec}"),
+        args.query_limits(workload),
+        args.workload.top_k.min(indexed),
+    );
     let target = Target::new(gateway, args.protocol);
     let result = run_phase(http, &target, workload, &phase, &args.phase_options()).await;
+    let m = &result.measured;
     eprintln!(
         "query {spec}: {:.1} documents/s, p50 {:.0} ms, {} errors",
-        result.docs_per_s(),
-        result.latency_ms(0.5),
-        result.error_count()
+        m.docs_per_s(),
+        m.latency_ms(0.5),
+        m.error_count()
     );
     result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use clap::Parser as _;
+
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// The settings of `run --top-k K --docs 10 --request-size 50` on the test workload.
+    pub(crate) fn settings(top_k: usize) -> Settings {
+        let k = top_k.to_string();
+        let cli = Cli::parse_from(["run", "--top-k", &k, "--docs", "10"]);
+        let workload = Workload::new(cli.run.workload_spec()).expect("valid");
+        cli.run.settings(&[], &workload)
+    }
+
+    #[test]
+    fn settings_keep_their_json_keys() {
+        use crate::report::{keys, sorted};
+        let flags = [
+            "scenario",
+            "gateway",
+            "protocol",
+            "concurrency",
+            "request_size",
+            "docs",
+            "queries",
+            "top_k",
+            "shards",
+            "replicas",
+            "redis_url",
+            "seed",
+            "encoder",
+            "dim",
+            "encoder_threads",
+            "prefetch",
+            "image_size",
+            "image_format",
+            "image_pool",
+            "skip_index",
+        ];
+        let derived = [
+            "query_request_size",
+            "index_limits",
+            "query_limits",
+            "indexers",
+            "store",
+            "timeout_s",
+            "started_unix_s",
+        ];
+        assert_eq!(
+            keys(&settings(5)),
+            sorted(&[&flags[..], &derived[..]].concat())
+        );
+    }
 
     #[test]
     fn indexer_lists_keep_faiss_commas() {

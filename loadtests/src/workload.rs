@@ -14,6 +14,8 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 use serde_json::json;
 
+use crate::texts::{sentence, SplitMix64};
+
 /// Distinct images sent round robin.
 const IMAGES: usize = 64;
 
@@ -127,64 +129,15 @@ impl Workload {
     }
 }
 
-const WORDS: &[&str] = &[
-    "the",
-    "a",
-    "search",
-    "engine",
-    "finds",
-    "similar",
-    "documents",
-    "quickly",
-    "while",
-    "people",
-    "walk",
-    "along",
-    "quiet",
-    "river",
-    "under",
-    "bright",
-    "summer",
-    "light",
-    "and",
-    "talk",
-    "about",
-    "music",
-    "horses",
-    "mountains",
-    "cities",
-    "with",
-    "old",
-    "stone",
-    "bridges",
-];
-
-/// A xorshift generator seeded by `i`: the same numbers for the same `i`.
-fn numbers(i: usize) -> impl FnMut() -> u64 {
-    let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
-
-/// A sentence of 8 to 24 words, the same for the same `i`.
-pub(crate) fn sentence(i: usize) -> String {
-    let mut next = numbers(i);
-    let n = 8 + (next() % 17) as usize;
-    (0..n)
-        .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+/// Streams of the pictures' generators.
+const PICTURE: u64 = 11;
+const GRAIN: u64 = 12;
 
 /// A photo-like picture, the same for the same `i`: smooth colour waves, a few discs, and grain,
 /// so that it compresses like a photo (about 15-20 KB as a 224x224 JPEG of quality 90).
 pub(crate) fn picture(i: usize, side: u32) -> RgbImage {
-    let mut next = numbers(i + 1);
-    let mut unit = move || (next() % 10_000) as f32 / 10_000.0;
+    let mut rng = SplitMix64::for_item(0, PICTURE, i);
+    let mut unit = move || rng.unit();
     let waves: Vec<[f32; 3]> = (0..3)
         .map(|_| [unit() * 0.1, unit() * 0.1, unit() * 6.3])
         .collect();
@@ -195,7 +148,7 @@ pub(crate) fn picture(i: usize, side: u32) -> RgbImage {
             ([x, y, r], [unit() * 255.0, unit() * 255.0, unit() * 255.0])
         })
         .collect();
-    let mut grain = numbers(i + 7);
+    let mut grain = SplitMix64::for_item(0, GRAIN, i);
     RgbImage::from_fn(side, side, |x, y| {
         let (fx, fy) = (x as f32, y as f32);
         let mut px = [0.0_f32; 3];
@@ -207,7 +160,7 @@ pub(crate) fn picture(i: usize, side: u32) -> RgbImage {
                 px = *colour;
             }
         }
-        let noise = (grain() % 13) as f32 - 6.0;
+        let noise = grain.below(13) as f32 - 6.0;
         Rgb(px.map(|v| (v + noise).clamp(0.0, 255.0) as u8))
     })
 }

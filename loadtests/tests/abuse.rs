@@ -4,71 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
-
-fn bench() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_flowmesh-bench"));
-    for service in [
-        "flowmesh",
-        "flowmesh-encoder",
-        "flowmesh-indexer",
-        "flowmesh-ranker",
-    ] {
-        let bin = exe.with_file_name(service);
-        assert!(
-            bin.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` first",
-            bin.display()
-        );
-    }
-    exe
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// Runs `command` to its end, for at most `limit`: (success, stdout, stderr).
-fn run_bounded(command: &mut Command, limit: Duration) -> (bool, String, String) {
-    let tmp = std::env::temp_dir();
-    let id = std::process::id();
-    let (out_path, err_path) = (
-        tmp.join(format!("flowmesh-bench-abuse-stdout-{id}")),
-        tmp.join(format!("flowmesh-bench-abuse-stderr-{id}")),
-    );
-    let mut child = command
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let read = |p: &PathBuf| {
-        let s = std::fs::read_to_string(p).unwrap_or_default();
-        let _ = std::fs::remove_file(p);
-        s
-    };
-    let (stdout, stderr) = (read(&out_path), read(&err_path));
-    (status.is_some_and(|s| s.success()), stdout, stderr)
-}
+use support::{bench, repo_root, run_bounded};
 
 /// `{kind: {label: n}}` of a tally.
 fn by_kind(tally: &Value) -> BTreeMap<String, BTreeMap<String, u64>> {
@@ -85,10 +28,9 @@ fn a_small_abuse_run_counts_every_request_and_connection() {
     let out =
         std::env::temp_dir().join(format!("flowmesh-bench-abuse-{}.json", std::process::id()));
     let (rounds, slowloris, idle) = (2, 3, 10);
-    let (ok, stdout, stderr) = run_bounded(
+    let ran = run_bounded(
         Command::new(exe)
             .current_dir(repo_root())
-            .stdin(Stdio::null())
             .args(["abuse", "--flow", "flows/overhead.yml", "--docs", "100"])
             .args(["--clients", "2", "--abusers", "2", "--duration-secs", "3"])
             .args(["--rounds", &rounds.to_string()])
@@ -99,7 +41,8 @@ fn a_small_abuse_run_counts_every_request_and_connection() {
             .arg(&out),
         Duration::from_secs(120),
     );
-    assert!(ok, "flowmesh-bench abuse failed:\n{stderr}");
+    assert!(ran.ok, "flowmesh-bench abuse failed:\n{}", ran.stderr);
+    let stdout = ran.stdout;
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let _ = std::fs::remove_file(&out);
 

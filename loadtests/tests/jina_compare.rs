@@ -7,132 +7,78 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
-use std::path::PathBuf;
-use std::process::Stdio;
+mod support;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::{bench, jina_python, repo_root, run_bounded, temp_dir};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv's python: `FLOWMESH_JINA_PYTHON` (set by the test command), else made now.
-async fn jina_python() -> String {
-    if let Ok(p) = std::env::var("FLOWMESH_JINA_PYTHON") {
-        return p;
-    }
-    let out = tokio::process::Command::new(repo().join("scripts/jina-venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .expect("run scripts/jina-venv.sh");
-    assert!(out.status.success(), "scripts/jina-venv.sh failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowmesh-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-#[tokio::test]
-async fn the_guard_refuses_non_loopback_connects_and_lookups() {
-    let python = jina_python().await;
-    let dir = repo().join("loadtests/jina");
+#[test]
+fn the_guard_refuses_non_loopback_connects_and_lookups() {
+    let python = jina_python();
+    let dir = repo_root().join("loadtests/jina");
     // With the folder on PYTHONPATH, as the harness runs the Flow: the self-test also checks
     // that a process spawned by multiprocessing gets the guard from sitecustomize.py.
-    let run = tokio::process::Command::new(&python)
-        .arg(dir.join("flowmesh_netguard.py"))
-        .arg("--self-test")
-        .env("PYTHONPATH", &dir)
-        .env("JINA_OPTOUT_TELEMETRY", "1")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the guard's self-test took over 2 minutes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let log = format!(
-        "stdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let ran = run_bounded(
+        Command::new(&python)
+            .arg(dir.join("flowmesh_netguard.py"))
+            .arg("--self-test")
+            .env("PYTHONPATH", &dir)
+            .env("JINA_OPTOUT_TELEMETRY", "1"),
+        Duration::from_secs(120),
     );
-    assert!(out.status.success(), "self-test failed\n{log}");
-    assert!(stdout.contains("PASSED network guard self-test"), "{log}");
+    let log = format!("stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    assert!(ran.ok, "self-test failed or took over 2 minutes\n{log}");
+    assert!(
+        ran.stdout.contains("PASSED network guard self-test"),
+        "{log}"
+    );
     for refused in [
         "socket.create_connection(('192.0.2.1', 80))",
         "socket.getaddrinfo('example.com', 80)",
         "asyncio.open_connection('example.com', 80)",
         "refused in a spawned process",
     ] {
-        assert!(stdout.contains(refused), "{refused} not checked\n{log}");
+        assert!(ran.stdout.contains(refused), "{refused} not checked\n{log}");
     }
 }
 
-#[tokio::test]
-async fn a_tiny_overhead_comparison_runs_clean_on_both_sides() {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_flowmesh-bench"));
-    for service in [
-        "flowmesh",
-        "flowmesh-encoder",
-        "flowmesh-indexer",
-        "flowmesh-ranker",
-    ] {
-        let bin = bench.with_file_name(service);
-        assert!(
-            bin.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` first",
-            bin.display()
-        );
-    }
-    let python = jina_python().await;
+#[test]
+fn a_tiny_overhead_comparison_runs_clean_on_both_sides() {
+    let bench = bench();
+    let python = jina_python();
     let out_dir = temp_dir("compare");
     let started = Instant::now();
-    let run = tokio::process::Command::new(&bench)
-        .args(["compare", "--workload", "overhead", "--docs", "200"])
-        .args([
-            "--concurrency",
-            "1,4",
-            "--duration-secs",
-            "2",
-            "--top-k",
-            "5",
-        ])
-        .arg("--overhead-flow")
-        .arg(repo().join("flows/overhead.yml"))
-        .arg("--jina-python")
-        .arg(&python)
-        .arg("--out")
-        .arg(&out_dir)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the comparison took over 4 minutes")
-        .unwrap();
+    let ran = run_bounded(
+        Command::new(&bench)
+            .args(["compare", "--workload", "overhead", "--docs", "200"])
+            .args([
+                "--concurrency",
+                "1,4",
+                "--duration-secs",
+                "2",
+                "--top-k",
+                "5",
+            ])
+            .arg("--overhead-flow")
+            .arg(repo_root().join("flows/overhead.yml"))
+            .arg("--jina-python")
+            .arg(&python)
+            .arg("--out")
+            .arg(&out_dir),
+        Duration::from_secs(240),
+    );
+    let jina_log = std::fs::read_to_string(out_dir.join("jina-overhead.log")).unwrap_or_default();
+    let tail: Vec<&str> = jina_log.lines().rev().take(40).collect();
     let log = format!(
         "stdout:\n{}\nstderr:\n{}\njina log: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(out_dir.join("jina-overhead.log"))
-            .unwrap_or_default()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
+        ran.stdout,
+        ran.stderr,
+        tail.join("\n")
     );
-    assert!(out.status.success(), "compare failed\n{log}");
+    assert!(ran.ok, "compare failed or took over 4 minutes\n{log}");
     let result: Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("compare.json")).unwrap())
             .unwrap();
@@ -146,6 +92,15 @@ async fn a_tiny_overhead_comparison_runs_clean_on_both_sides() {
             assert_eq!(row[side]["errors"], 0, "{side} had errors: {row:#}");
             assert!(row[side]["requests"].as_u64().unwrap() > 0, "{row:#}");
             assert!(row[side]["per_s"].as_f64().unwrap() > 0.0, "{row:#}");
+            // Two seconds of searches: each side's processes did the work, so they used CPU
+            // (more than /proc's 10 ms tick), and so did the load generator. The index phase
+            // (two requests) may take less than a tick.
+            if row["workload"] == "overhead" {
+                let cpu = &row[side]["cpu_ms_per_unit"];
+                let service = row[side]["service_cpu_ms_per_unit"].as_f64().unwrap();
+                assert!(service > 0.0, "{side}: {cpu}");
+                assert!(cpu["load generator"].as_f64().unwrap() > 0.0, "{cpu}");
+            }
         }
         assert!(row["ratio"].as_f64().unwrap() > 0.0, "{row:#}");
     }

@@ -4,51 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
-
-fn bench() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_flowmesh-bench"));
-    for service in [
-        "flowmesh",
-        "flowmesh-encoder",
-        "flowmesh-indexer",
-        "flowmesh-ranker",
-    ] {
-        let bin = exe.with_file_name(service);
-        assert!(
-            bin.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` first",
-            bin.display()
-        );
-    }
-    exe
-}
-
-/// Runs `command` to its end, for at most `limit`.
-fn run_bounded(command: &mut Command, limit: Duration) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!("flowmesh-bench-run-log-{}", std::process::id()));
-    let log = std::fs::File::create(&dir).unwrap();
-    let mut child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stderr = std::fs::read_to_string(&dir).unwrap_or_default();
-    let _ = std::fs::remove_file(&dir);
-    (status.is_some_and(|s| s.success()), stderr)
-}
+use support::{bench, run_bounded};
 
 fn number(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
@@ -65,7 +28,7 @@ fn a_small_text_run_writes_consistent_results() {
     let out = std::env::temp_dir().join(format!("flowmesh-bench-run-out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let (docs, top_k) = (120, 5);
-    let (ok, stderr) = run_bounded(
+    let ran = run_bounded(
         Command::new(exe)
             .args([
                 "run",
@@ -97,7 +60,7 @@ fn a_small_text_run_writes_consistent_results() {
             .arg(&out),
         Duration::from_secs(240),
     );
-    assert!(ok, "flowmesh-bench run failed:\n{stderr}");
+    assert!(ran.ok, "flowmesh-bench run failed:\n{}", ran.stderr);
 
     let results: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();

@@ -5,51 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Latencies recorded from 1 µs to 10 minutes at 3 significant digits (about 0.1% error).
-const LOWEST_US: u64 = 1;
-const HIGHEST_US: u64 = 600_000_000;
-
-/// A histogram of latencies in microseconds, saturating at [`HIGHEST_US`].
-#[derive(Debug, Clone)]
-pub(crate) struct Latencies(Histogram<u64>);
-
-impl Default for Latencies {
-    fn default() -> Self {
-        match Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, 3) {
-            Ok(h) => Self(h),
-            // Constant bounds that `new_with_bounds` accepts (1 <= low, 2 * low <= high, 3
-            // significant digits): this arm never runs.
-            Err(e) => unreachable!("histogram bounds: {e}"),
-        }
-    }
-}
-
-impl Latencies {
-    pub(crate) fn record(&mut self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.0.saturating_record(us.clamp(LOWEST_US, HIGHEST_US));
-    }
-
-    pub(crate) fn add(&mut self, other: &Self) {
-        // Both have the same bounds, so adding cannot fail; a failure would only lose counts.
-        let _ = self.0.add(&other.0);
-    }
-
-    pub(crate) fn len(&self) -> u64 {
-        self.0.len()
-    }
-
-    /// The `q`-quantile in milliseconds (NaN when nothing was recorded).
-    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
-        if self.0.is_empty() {
-            return f64::NAN;
-        }
-        self.0.value_at_quantile(q) as f64 / 1e3
-    }
-}
+use crate::load::{Measured, Summary};
 
 /// What one abusive request or connection got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,41 +102,54 @@ impl Tally {
     }
 }
 
-/// The normal traffic of one phase, as reported.
+/// The normal traffic of one phase, as reported: the driver's summary, and the successful
+/// requests, their rate and the slowest.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PhaseSummary {
     pub(crate) ok: u64,
-    pub(crate) errors: u64,
-    pub(crate) error_samples: Vec<String>,
-    pub(crate) seconds: f64,
     pub(crate) qps: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
     pub(crate) max_ms: f64,
+    #[serde(flatten)]
+    pub(crate) load: Summary,
 }
 
 impl PhaseSummary {
-    pub(crate) fn new(
-        latencies: &Latencies,
-        errors: u64,
-        error_samples: Vec<String>,
-        elapsed: Duration,
-    ) -> Self {
-        let seconds = elapsed.as_secs_f64();
-        let ok = latencies.len();
+    /// The summary of a phase of the load driver.
+    pub(crate) fn of(m: &Measured) -> Self {
+        let load = Summary::of(m);
+        let ok = m.latencies.len();
         Self {
             ok,
-            errors,
-            error_samples,
-            seconds,
-            qps: if seconds > 0.0 {
-                ok as f64 / seconds
+            qps: if load.seconds > 0.0 {
+                ok as f64 / load.seconds
             } else {
                 0.0
             },
-            p50_ms: latencies.quantile_ms(0.5),
-            p99_ms: latencies.quantile_ms(0.99),
-            max_ms: latencies.quantile_ms(1.0),
+            max_ms: m.latency_ms(1.0),
+            load,
+        }
+    }
+}
+
+impl PhaseSummary {
+    /// The medians of `phases` (over the rounds), but their errors summed (one error is one
+    /// too many) and their first error samples.
+    pub(crate) fn median<'a>(phases: impl Iterator<Item = &'a Self> + Clone) -> Self {
+        let of = |f: fn(&Self) -> f64| median(phases.clone().map(f));
+        Self {
+            ok: of(|p| p.ok as f64) as u64,
+            qps: of(|p| p.qps),
+            max_ms: of(|p| p.max_ms),
+            load: Summary {
+                seconds: of(|p| p.load.seconds),
+                p50_ms: of(|p| p.load.p50_ms),
+                p99_ms: of(|p| p.load.p99_ms),
+                errors: phases.clone().map(|p| p.load.errors).sum(),
+                error_samples: phases
+                    .flat_map(|p| p.load.error_samples.iter().cloned())
+                    .take(5)
+                    .collect(),
+            },
         }
     }
 }
@@ -209,8 +180,24 @@ pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 }
 
 /// The goal for the normal traffic: abused p99 within `max_ratio` of calm, and no error.
-pub(crate) fn goal_met(p99_ratio: f64, normal_errors: u64, max_ratio: f64) -> bool {
+pub(crate) fn goal_met(p99_ratio: f64, normal_errors: usize, max_ratio: f64) -> bool {
     p99_ratio.is_finite() && p99_ratio <= max_ratio && normal_errors == 0
+}
+
+/// A phase of `n` requests of `ms` each and `errors` errors, over `elapsed`.
+#[cfg(test)]
+pub(crate) fn measured(ms: u64, n: u64, errors: usize, elapsed: Duration) -> Measured {
+    let mut m = Measured {
+        elapsed,
+        latencies: crate::load::Latencies::of_ms(std::iter::repeat_n(ms, n as usize)),
+        ..Measured::default()
+    };
+    if errors > 0 {
+        let kind = m.errors.entry("http_503".into()).or_default();
+        kind.count = errors;
+        kind.samples = vec!["x".into(); errors];
+    }
+    m
 }
 
 #[cfg(test)]
@@ -260,39 +247,18 @@ mod tests {
     }
 
     #[test]
-    fn histogram_quantiles_are_within_a_tenth_of_a_percent() {
-        let mut l = Latencies::default();
-        assert!(l.quantile_ms(0.5).is_nan());
-        for ms in 1..=1000_u64 {
-            l.record(Duration::from_millis(ms));
-        }
-        let mut other = Latencies::default();
-        other.record(Duration::from_secs(3600)); // saturates at 10 minutes
-        l.add(&other);
-        assert_eq!(l.len(), 1001);
-        let close = |got: f64, want: f64| (got - want).abs() <= want * 1e-3 + 1e-3;
-        assert!(close(l.quantile_ms(0.5), 501.0), "{}", l.quantile_ms(0.5));
-        assert!(close(l.quantile_ms(0.99), 991.0), "{}", l.quantile_ms(0.99));
-        assert!(
-            close(l.quantile_ms(1.0), 600_000.0),
-            "{}",
-            l.quantile_ms(1.0)
-        );
-    }
-
-    #[test]
     fn phase_summary_computes_qps_from_successes() {
-        let mut l = Latencies::default();
-        for _ in 0..50 {
-            l.record(Duration::from_millis(4));
-        }
-        let s = PhaseSummary::new(&l, 3, vec!["x".into()], Duration::from_secs(2));
-        assert_eq!((s.ok, s.errors), (50, 3));
+        let s = PhaseSummary::of(&measured(4, 50, 3, Duration::from_secs(2)));
+        assert_eq!((s.ok, s.load.errors), (50, 3));
+        assert_eq!(
+            s.load.error_samples,
+            ["http_503: x", "http_503: x", "http_503: x"]
+        );
         assert!((s.qps - 25.0).abs() < 1e-9);
-        assert!((s.p99_ms - 4.0).abs() < 0.01);
-        let empty = PhaseSummary::new(&Latencies::default(), 0, vec![], Duration::ZERO);
+        assert!((s.load.p99_ms - 4.0).abs() < 0.01);
+        let empty = PhaseSummary::of(&Measured::default());
         assert_eq!(empty.qps, 0.0);
-        assert!(empty.p99_ms.is_nan());
+        assert!(empty.load.p99_ms.is_nan());
     }
 
     #[test]

@@ -25,9 +25,19 @@ pub(super) struct Service {
     client: ExecutorClient,
     http: crate::load::HttpClient,
     search_url: http::Uri,
+    /// How long indexing and building took.
+    pub(super) loading: Loading,
+}
+
+/// How long the service took to take the data set in (reported as `http_index_s` and
+/// `http_load_s`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(super) struct Loading {
     /// Seconds to index every vector over HTTP (each request logged and fsynced).
+    #[serde(rename = "http_index_s")]
     pub(super) index_s: f64,
     /// Seconds from the first index request until the build had taken every vector in.
+    #[serde(rename = "http_load_s")]
     pub(super) load_s: f64,
 }
 
@@ -62,7 +72,7 @@ impl Service {
             )
             .await?;
             let index_s = started.elapsed().as_secs_f64();
-            wait_for_build(&base, args.n, Duration::from_secs(args.build_timeout)).await?;
+            wait_for_build(&base, args.shape.n, Duration::from_secs(args.build_timeout)).await?;
             anyhow::Ok(index_s)
         };
         let index_s = match loaded.await {
@@ -80,8 +90,7 @@ impl Service {
             launched,
             client,
             http: crate::load::http_client(),
-            index_s,
-            load_s,
+            loading: Loading { index_s, load_s },
         })
     }
 

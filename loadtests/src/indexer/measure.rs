@@ -4,7 +4,7 @@
 //! top-k, and must hold exactly `k` matches per query (otherwise the call is an error).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +14,8 @@ use flowmesh_shared::codec::Format;
 use flowmesh_shared::{Document, Envelope};
 use serde::Serialize;
 use serde_json::json;
+
+use crate::load::{self, Done, Failure, Latencies, LoadConfig, Summary};
 
 /// The queries of one data set, with their exact answers.
 pub(crate) struct Workload {
@@ -58,12 +60,17 @@ pub(crate) struct Bounds {
     pub(crate) max_queries: usize,
 }
 
-/// One slice's calls: `batch` queries a call from `concurrency` callers, within `bounds`,
-/// after one untimed call when `warm_up`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Calls {
+/// How a measurement calls: `batch` queries a call, from `concurrency` callers at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct CallShape {
     pub(crate) batch: usize,
     pub(crate) concurrency: usize,
+}
+
+/// One slice's calls: of `shape`, within `bounds`, after one untimed call when `warm_up`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Calls {
+    pub(crate) shape: CallShape,
     pub(crate) bounds: Bounds,
     pub(crate) warm_up: bool,
 }
@@ -73,12 +80,11 @@ pub(crate) struct Calls {
 pub(crate) struct Phase {
     /// `in-process` or `http`.
     pub(crate) mode: &'static str,
-    pub(crate) batch: usize,
-    pub(crate) concurrency: usize,
+    #[serde(flatten)]
+    pub(crate) shape: CallShape,
     /// Successful calls and the queries they held.
     pub(crate) calls: usize,
     pub(crate) queries: usize,
-    pub(crate) seconds: f64,
     pub(crate) queries_per_s: f64,
     /// Mean recall@k over the answered queries.
     pub(crate) recall: f64,
@@ -88,10 +94,36 @@ pub(crate) struct Phase {
     /// answer (decoding, search, encoding); the rest of `mean_ms` is transport and the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_mean_ms: Option<f64>,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) errors: usize,
-    pub(crate) error_samples: Vec<String>,
+    /// Its length, latency percentiles and failed calls.
+    #[serde(flatten)]
+    pub(crate) load: Summary,
+}
+
+/// Recall@k summed over the answers of a call's queries, from `first` on; any answer without
+/// `k` matches, or with an id that is not a stored row, fails the whole call.
+fn score<'a>(
+    w: &Workload,
+    first: usize,
+    answers: impl ExactSizeIterator<Item = Vec<&'a str>>,
+    batch: usize,
+) -> Result<f64, String> {
+    if answers.len() != batch {
+        return Err(format!("{} answers for {batch} queries", answers.len()));
+    }
+    let mut sum = 0.0;
+    for (q, ids) in (first..).zip(answers) {
+        if ids.len() != w.k {
+            return Err(format!("{} matches instead of {}", ids.len(), w.k));
+        }
+        let truth = &w.truth[q];
+        let mut found = 0usize;
+        for id in ids {
+            let row = row_of(id).ok_or_else(|| format!("unknown id {id:?}"))?;
+            found += usize::from(truth.contains(&row));
+        }
+        sum += found as f64 / truth.len().max(1) as f64;
+    }
+    Ok(sum)
 }
 
 /// One caller's counts.
@@ -99,43 +131,29 @@ pub(crate) struct Phase {
 struct Tally {
     queries: usize,
     recall_sum: f64,
-    latencies: Vec<f64>,
+    latencies: Latencies,
     errors: usize,
     error_samples: Vec<String>,
 }
 
 impl Tally {
-    /// Scores the answers of the queries from `first` on; any answer without `k` matches, or
-    /// with an id that is not a stored row, fails the whole call.
+    /// Counts a call of `batch` queries from `first` on, answered with `answers` in `latency`.
     fn answer<'a>(
         &mut self,
         w: &Workload,
         first: usize,
         answers: impl ExactSizeIterator<Item = Vec<&'a str>>,
         batch: usize,
-        seconds: f64,
+        latency: Duration,
     ) {
-        if answers.len() != batch {
-            return self.error(format!("{} answers for {batch} queries", answers.len()));
-        }
-        let mut sum = 0.0;
-        for (q, ids) in (first..).zip(answers) {
-            if ids.len() != w.k {
-                return self.error(format!("{} matches instead of {}", ids.len(), w.k));
+        match score(w, first, answers, batch) {
+            Ok(sum) => {
+                self.queries += batch;
+                self.recall_sum += sum;
+                self.latencies.record(latency);
             }
-            let truth = &w.truth[q];
-            let mut found = 0usize;
-            for id in ids {
-                let Some(row) = row_of(id) else {
-                    return self.error(format!("unknown id {id:?}"));
-                };
-                found += usize::from(truth.contains(&row));
-            }
-            sum += found as f64 / truth.len().max(1) as f64;
+            Err(e) => self.error(e),
         }
-        self.queries += batch;
-        self.recall_sum += sum;
-        self.latencies.push(seconds);
     }
 
     fn error(&mut self, message: String) {
@@ -148,7 +166,7 @@ impl Tally {
     fn merge(mut self, other: Self) -> Self {
         self.queries += other.queries;
         self.recall_sum += other.recall_sum;
-        self.latencies.extend(other.latencies);
+        self.latencies.add(&other.latencies);
         self.errors += other.errors;
         self.error_samples.extend(other.error_samples);
         self.error_samples.truncate(3);
@@ -181,28 +199,26 @@ impl Slice {
     }
 
     /// The measurement these slices make up.
-    pub(crate) fn phase(self, mode: &'static str, batch: usize, concurrency: usize) -> Phase {
-        let mut t = self.tally;
-        t.latencies.sort_by(f64::total_cmp);
-        let seconds = self.elapsed.as_secs_f64();
+    pub(crate) fn phase(self, mode: &'static str, shape: CallShape) -> Phase {
+        let t = self.tally;
+        debug_assert!(
+            t.recall_sum <= t.queries as f64 + 1e-9,
+            "recall counted for queries not counted"
+        );
+        let load = Summary::new(&t.latencies, self.elapsed, t.errors, t.error_samples);
         Phase {
             mode,
-            batch,
-            concurrency,
-            calls: t.latencies.len(),
+            shape,
+            calls: usize::try_from(t.latencies.len()).unwrap_or(usize::MAX),
             queries: t.queries,
-            seconds,
-            queries_per_s: t.queries as f64 / seconds,
+            queries_per_s: t.queries as f64 / load.seconds,
             recall: t.recall_sum / t.queries.max(1) as f64,
-            mean_ms: t.latencies.iter().sum::<f64>() / t.latencies.len().max(1) as f64 * 1e3,
+            mean_ms: t.latencies.mean_ms(),
             server_mean_ms: self
                 .server
                 .filter(|&(_, n)| n > 0.0)
                 .map(|(s, n)| s / n * 1e3),
-            p50_ms: crate::load::quantile(&t.latencies, 0.5) * 1e3,
-            p99_ms: crate::load::quantile(&t.latencies, 0.99) * 1e3,
-            errors: t.errors,
-            error_samples: t.error_samples,
+            load,
         }
     }
 }
@@ -215,8 +231,7 @@ fn max_calls(bounds: Bounds, batch: usize) -> usize {
 /// `concurrency` threads calling `shard.search` with `batch` queries a call, back to back.
 pub(crate) fn in_process(shard: &Shard, w: &Workload, calls: Calls) -> Slice {
     let Calls {
-        batch,
-        concurrency,
+        shape: CallShape { batch, concurrency },
         bounds,
         warm_up,
     } = calls;
@@ -252,11 +267,11 @@ pub(crate) fn in_process(shard: &Shard, w: &Workload, calls: Calls) -> Slice {
                         let t0 = Instant::now();
                         match search(first) {
                             Ok(hits) => {
-                                let seconds = t0.elapsed().as_secs_f64();
+                                let latency = t0.elapsed();
                                 let ids = hits
                                     .iter()
                                     .map(|h| h.iter().map(|hit| hit.id.as_str()).collect());
-                                tally.answer(w, first, ids, batch, seconds);
+                                tally.answer(w, first, ids, batch, latency);
                             }
                             Err(e) => tally.error(e.to_string()),
                         }
@@ -298,7 +313,8 @@ pub(crate) fn search_bodies(w: &Workload, batch: usize) -> anyhow::Result<Vec<By
         .collect()
 }
 
-/// `concurrency` connections posting `bodies` (from [`search_bodies`]) to `url`, back to back.
+/// `concurrency` connections posting `bodies` (from [`search_bodies`]) to `url`, back to back,
+/// on the load driver.
 pub(crate) async fn over_http(
     client: &ExecutorClient,
     url: &http::Uri,
@@ -306,67 +322,67 @@ pub(crate) async fn over_http(
     bodies: &Arc<Vec<Bytes>>,
     calls: Calls,
 ) -> Slice {
-    let Calls {
-        batch,
-        concurrency,
-        bounds,
-        warm_up,
-    } = calls;
-    if let Some(body) = bodies.first().filter(|_| warm_up) {
-        // One untimed call opens a connection and warms the service.
+    let batch = calls.shape.batch;
+    let (max, duration) = (max_calls(calls.bounds, batch), calls.bounds.duration);
+    if let Some(body) = bodies.first().filter(|_| calls.warm_up) {
+        // One untimed call opens a connection and warms the service; sent here rather than as
+        // the driver's warm-up, so that its answer is not scored.
         let _ = client
             .post(url.clone(), body.clone(), "bench-warm-up")
             .await;
     }
-    let next = Arc::new(AtomicUsize::new(0));
-    let max_calls = max_calls(bounds, batch);
-    let start = Instant::now();
-    let deadline = start + bounds.duration;
-    let callers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, url, w, bodies, next) = (
-                client.clone(),
-                url.clone(),
-                Arc::clone(w),
-                Arc::clone(bodies),
-                Arc::clone(&next),
-            );
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                while Instant::now() < deadline {
-                    let call = next.fetch_add(1, Ordering::Relaxed);
-                    if call >= max_calls {
-                        break;
-                    }
-                    let first = w.first_of(call, batch);
-                    let body = bodies[first / batch].clone();
-                    let t0 = Instant::now();
-                    match client.post(url.clone(), body, "bench").await {
-                        Ok(answer) => {
-                            let seconds = t0.elapsed().as_secs_f64();
-                            let ids = answer
-                                .data
-                                .iter()
-                                .map(|d| d.matches.iter().map(|m| m.id.as_str()).collect());
-                            tally.answer(&w, first, ids, batch, seconds);
-                        }
-                        Err(e) => tally.error(e.to_string()),
-                    }
-                }
-                tally
-            })
-        })
-        .collect();
-    let mut tally = Tally::default();
-    for caller in callers {
-        match caller.await {
-            Ok(t) => tally = tally.merge(t),
-            Err(e) => tally.error(format!("caller task failed: {e}")),
+    let config = LoadConfig::new(calls.shape.concurrency, max, duration);
+    let recall_sum = Arc::new(Mutex::new(0.0_f64));
+    let (client, url, w, bodies, sum) = (
+        client.clone(),
+        url.clone(),
+        Arc::clone(w),
+        Arc::clone(bodies),
+        Arc::clone(&recall_sum),
+    );
+    let m = load::run(&config, move |call| {
+        let (client, url, w, bodies, sum) = (
+            client.clone(),
+            url.clone(),
+            w.clone(),
+            bodies.clone(),
+            sum.clone(),
+        );
+        async move {
+            let first = w.first_of(call, batch);
+            let body = bodies
+                .get(first / batch)
+                .cloned()
+                .ok_or_else(|| Failure::new("no_body", format!("no body for call {call}")))?;
+            let answer = client
+                .post(url, body, "bench")
+                .await
+                .map_err(|e| Failure::new("transport", e.to_string()))?;
+            let ids = answer
+                .data
+                .iter()
+                .map(|d| d.matches.iter().map(|m| m.id.as_str()).collect());
+            let found = score(&w, first, ids, batch).map_err(|e| Failure::new("wrong", e))?;
+            *sum.lock().unwrap_or_else(PoisonError::into_inner) += found;
+            Ok(Done::documents(batch))
         }
-    }
+    })
+    .await;
+    let recall_sum = *recall_sum.lock().unwrap_or_else(PoisonError::into_inner);
     Slice {
-        tally,
-        elapsed: start.elapsed(),
+        tally: Tally {
+            queries: m.documents,
+            recall_sum,
+            errors: m.error_count(),
+            error_samples: m
+                .errors
+                .values()
+                .flat_map(|e| e.samples.clone())
+                .take(3)
+                .collect(),
+            latencies: m.latencies,
+        },
+        elapsed: m.elapsed,
         server: None,
     }
 }
@@ -387,34 +403,61 @@ mod tests {
     #[test]
     fn answers_are_scored_and_checked() {
         let w = workload();
+        let ms100 = Duration::from_millis(100);
         let mut t = Tally::default();
         t.answer(
             &w,
             2,
             [vec!["v4", "v9"], vec!["v7", "v6"]].into_iter(),
             2,
-            0.1,
+            Duration::from_millis(100),
         );
         assert_eq!(t.queries, 2);
         assert!((t.recall_sum - 1.5).abs() < 1e-12);
-        t.answer(&w, 0, [vec!["v0"], vec!["v2", "v3"]].into_iter(), 2, 0.1);
+        t.answer(&w, 0, [vec!["v0"], vec!["v2", "v3"]].into_iter(), 2, ms100);
         t.answer(
             &w,
             0,
             [vec!["v0", "x"], vec!["v2", "v3"]].into_iter(),
             2,
-            0.1,
+            Duration::from_millis(100),
         );
-        t.answer(&w, 0, [vec!["v0", "v1"]].into_iter(), 2, 0.1);
+        t.answer(&w, 0, [vec!["v0", "v1"]].into_iter(), 2, ms100);
         assert_eq!((t.errors, t.queries), (3, 2));
         let phase = Slice {
             tally: t,
             elapsed: Duration::from_secs(1),
             server: None,
         }
-        .phase("in-process", 2, 1);
+        .phase(
+            "in-process",
+            CallShape {
+                batch: 2,
+                concurrency: 1,
+            },
+        );
         assert!((phase.recall - 0.75).abs() < 1e-12);
         assert_eq!(phase.calls, 1);
+        assert!((phase.mean_ms - 100.0).abs() < 0.1, "{}", phase.mean_ms);
+        assert_eq!(phase.load.error_samples.len(), 3);
+        assert_eq!(
+            crate::report::keys(&phase),
+            crate::report::sorted(&[
+                "mode",
+                "batch",
+                "concurrency",
+                "calls",
+                "queries",
+                "seconds",
+                "queries_per_s",
+                "recall",
+                "mean_ms",
+                "p50_ms",
+                "p99_ms",
+                "errors",
+                "error_samples",
+            ])
+        );
     }
 
     #[test]

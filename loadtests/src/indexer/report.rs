@@ -1,10 +1,12 @@
-//! The Markdown tables and progress lines of `flowmesh-bench indexer`.
+//! The results of `flowmesh-bench indexer`: typed rows (the JSON of `--out`), their Markdown
+//! tables, and the progress lines.
 
-use std::fmt::Write as _;
+use serde::Serialize;
 
-use serde_json::{json, Value};
-
-use super::measure::Phase;
+use super::http_side::Loading;
+use super::measure::{CallShape, Phase};
+use super::{IndexerArgs, SetShape};
+use crate::table::{Align, Table};
 
 /// One line on stderr per measurement, as it finishes.
 pub(super) fn progress(p: &Phase) {
@@ -13,23 +15,155 @@ pub(super) fn progress(p: &Phase) {
         .map_or(String::new(), |ms| format!(" (in the service {ms:.2} ms)"));
     eprintln!(
         "    {:<10} batch {:>3} c={}: {:>9.1} q/s, recall {:.4}, mean {:.2} ms{server}, {} queries, errors {}",
-        p.mode, p.batch, p.concurrency, p.queries_per_s, p.recall, p.mean_ms, p.queries, p.errors
+        p.mode, p.shape.batch, p.shape.concurrency, p.queries_per_s, p.recall, p.mean_ms, p.queries, p.load.errors
     );
-    for e in &p.error_samples {
+    for e in &p.load.error_samples {
         eprintln!("      error: {e}");
     }
 }
 
-/// The phase of `row` with this mode, call size and concurrency.
-fn phase<'a>(row: &'a Value, mode: &str, batch: usize, c: usize) -> Option<&'a Value> {
-    row["phases"]
-        .as_array()?
-        .iter()
-        .find(|p| p["mode"] == mode && p["batch"] == json!(batch) && p["concurrency"] == json!(c))
+/// The whole benchmark (`--out`): its flags, the machine, and every data set.
+#[derive(Debug, Serialize)]
+pub(super) struct IndexerResult<'a> {
+    pub(super) benchmark: &'static str,
+    #[serde(flatten)]
+    pub(super) settings: &'a IndexerArgs,
+    pub(super) machine: Machine,
+    pub(super) sets: Vec<SetResult>,
 }
 
-fn qps(row: &Value, mode: &str, batch: usize, c: usize) -> Option<f64> {
-    phase(row, mode, batch, c)?["queries_per_s"].as_f64()
+/// The CPU model, core count and load average, for the record.
+#[derive(Debug, Serialize)]
+pub(super) struct Machine {
+    cpu: Option<String>,
+    cores: usize,
+    load_average: Option<String>,
+}
+
+/// What producing a data set's ground truth took and how well it agrees with f64 arithmetic.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct DataSummary {
+    pub(super) generate_s: f64,
+    pub(super) ground_truth: &'static str,
+    pub(super) ground_truth_s: f64,
+    pub(super) f64_verified_queries: usize,
+    pub(super) f64_agreement_recall: f64,
+}
+
+/// Every backend on one data set.
+#[derive(Debug, Serialize)]
+pub(super) struct SetResult {
+    pub(super) dim: usize,
+    #[serde(flatten)]
+    pub(super) shape: SetShape,
+    pub(super) data: DataSummary,
+    pub(super) flat_vs_faiss_flat: Option<Vec<HeadToHead>>,
+    pub(super) backends: Vec<BackendRow>,
+}
+
+impl SetResult {
+    /// Failed calls of every measurement.
+    pub(super) fn errors(&self) -> usize {
+        let phases = self
+            .backends
+            .iter()
+            .flat_map(|b| &b.phases)
+            .map(|p| p.load.errors);
+        let heads = self.flat_vs_faiss_flat.iter().flatten().map(|h| h.errors);
+        phases.chain(heads).sum()
+    }
+}
+
+/// `flat` against `faiss:Flat` in-process for one call size.
+#[derive(Debug, Serialize)]
+pub(super) struct HeadToHead {
+    pub(super) batch: usize,
+    pub(super) flat_queries_per_s: f64,
+    pub(super) faiss_flat_queries_per_s: f64,
+    pub(super) ratio: f64,
+    pub(super) errors: usize,
+}
+
+impl HeadToHead {
+    /// `flat`'s measurement `a` against `faiss:Flat`'s `b`, both in calls of `batch`.
+    pub(super) fn new(batch: usize, a: &Phase, b: &Phase) -> Self {
+        Self {
+            batch,
+            flat_queries_per_s: a.queries_per_s,
+            faiss_flat_queries_per_s: b.queries_per_s,
+            ratio: a.queries_per_s / b.queries_per_s,
+            errors: a.load.errors + b.load.errors,
+        }
+    }
+}
+
+/// Every measurement of one backend.
+#[derive(Debug, Serialize)]
+pub(super) struct BackendRow {
+    pub(super) backend: String,
+    pub(super) params: Vec<String>,
+    pub(super) flags: Vec<String>,
+    /// In-process: storing and building.
+    pub(super) build_s: f64,
+    pub(super) load_average: Option<String>,
+    pub(super) phases: Vec<Phase>,
+    pub(super) codec_ms: Vec<Codec>,
+    /// Over HTTP: indexing, and the service's loading and building.
+    #[serde(flatten)]
+    pub(super) http: Option<Loading>,
+}
+
+impl BackendRow {
+    /// The measurement with this mode, call size and concurrency.
+    fn phase(&self, mode: &'static str, batch: usize, c: usize) -> Option<&Phase> {
+        self.phases.iter().find(|p| {
+            p.mode == mode
+                && p.shape
+                    == CallShape {
+                        batch,
+                        concurrency: c,
+                    }
+        })
+    }
+
+    fn qps(&self, mode: &'static str, batch: usize, c: usize) -> Option<f64> {
+        self.phase(mode, batch, c).map(|p| p.queries_per_s)
+    }
+
+    fn params(&self) -> String {
+        self.params.join(" ")
+    }
+
+    /// Recall of the in-process batched run, and the HTTP one's when it differs.
+    fn recall_cell(&self, batch: usize) -> String {
+        let of = |mode| self.phase(mode, batch, 1).map(|p| p.recall);
+        match (of("in-process"), of("http")) {
+            (Some(a), Some(b)) if (a - b).abs() > 5e-4 => format!("{a:.3} / {b:.3}"),
+            (Some(a), _) => format!("{a:.3}"),
+            (None, Some(b)) => format!("{b:.3}"),
+            (None, None) => "-".into(),
+        }
+    }
+
+    /// Queries/s in-process and over HTTP at concurrency `c`, single and batched, and their
+    /// ratio batched.
+    fn rates(&self, batch: usize, c: usize) -> [String; 5] {
+        [
+            cell(self.qps("in-process", 1, c)),
+            cell(self.qps("in-process", batch, c)),
+            cell(self.qps("http", 1, c)),
+            cell(self.qps("http", batch, c)),
+            ratio(self.qps("http", batch, c), self.qps("in-process", batch, c)),
+        ]
+    }
+}
+
+/// The service's decoding and encoding, and the client's decoding, of one call.
+#[derive(Debug, Serialize)]
+pub(super) struct Codec {
+    pub(super) batch: usize,
+    pub(super) service_ms: f64,
+    pub(super) client_ms: f64,
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -47,188 +181,144 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// Recall of the in-process batched run, and the HTTP one's when it differs.
-fn recall_cell(row: &Value, batch: usize) -> String {
-    let of = |mode| phase(row, mode, batch, 1).and_then(|p| p["recall"].as_f64());
-    match (of("in-process"), of("http")) {
-        (Some(a), Some(b)) if (a - b).abs() > 5e-4 => format!("{a:.3} / {b:.3}"),
-        (Some(a), _) => format!("{a:.3}"),
-        (None, Some(b)) => format!("{b:.3}"),
-        (None, None) => "-".into(),
-    }
+/// The columns `backend | params`, then `rest`, right-aligned.
+fn backend_table(rest: &[String]) -> Table {
+    let mut columns = vec![
+        ("backend".to_owned(), Align::Left),
+        ("params".to_owned(), Align::Left),
+    ];
+    columns.extend(rest.iter().map(|c| (c.clone(), Align::Right)));
+    Table::new(columns)
 }
 
-/// The tables of one data set (`sets[i]` of the JSON results).
-pub(super) fn table(set: &Value) -> String {
-    let batch = set["batch"].as_u64().unwrap_or(50) as usize;
-    let k = set["k"].as_u64().unwrap_or(10);
-    let rows: &[Value] = set["backends"].as_array().map_or(&[], Vec::as_slice);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} x {} (queries/s at concurrency 1; build s: in-process store + build / over HTTP index + build)\n",
-        set["n"], set["dim"]
+/// The tables of one data set.
+pub(super) fn table(set: &SetResult) -> String {
+    let (batch, k) = (set.shape.batch, set.shape.k);
+    let mut s = format!(
+        "{} x {} (queries/s at concurrency 1; build s: in-process store + build / over HTTP index + build)\n\n",
+        set.shape.n, set.dim
     );
-    let _ = writeln!(
-        s,
-        "| backend | params | build s | in-process q/s (1) | in-process q/s (batch {batch}) | HTTP q/s (1) | HTTP q/s (batch {batch}) | HTTP / in-process (batch {batch}) | recall@{k} |"
-    );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let params = r["params"].as_array().map_or(String::new(), |ps| {
-            ps.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(" ")
-        });
-        let build = match r["http_load_s"].as_f64() {
-            Some(h) => format!("{:.1} / {h:.1}", r["build_s"].as_f64().unwrap_or(f64::NAN)),
-            None => format!("{:.1}", r["build_s"].as_f64().unwrap_or(f64::NAN)),
+    let mut t = backend_table(&[
+        "build s".into(),
+        "in-process q/s (1)".into(),
+        format!("in-process q/s (batch {batch})"),
+        "HTTP q/s (1)".into(),
+        format!("HTTP q/s (batch {batch})"),
+        format!("HTTP / in-process (batch {batch})"),
+        format!("recall@{k}"),
+    ]);
+    for r in &set.backends {
+        let build = match r.http {
+            Some(h) => format!("{:.1} / {:.1}", r.build_s, h.load_s),
+            None => format!("{:.1}", r.build_s),
         };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {build} | {} | {} | {} | {} | {} | {} |",
-            r["backend"].as_str().unwrap_or("?"),
-            params,
-            cell(qps(r, "in-process", 1, 1)),
-            cell(qps(r, "in-process", batch, 1)),
-            cell(qps(r, "http", 1, 1)),
-            cell(qps(r, "http", batch, 1)),
-            ratio(qps(r, "http", batch, 1), qps(r, "in-process", batch, 1)),
-            recall_cell(r, batch),
-        );
+        let mut cells = vec![r.backend.clone(), r.params(), build];
+        cells.extend(r.rates(batch, 1));
+        cells.push(r.recall_cell(batch));
+        t.row(cells);
     }
-    concurrency_table(&mut s, rows, batch);
-    latency_table(&mut s, rows, batch);
-    for h in set["flat_vs_faiss_flat"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            s,
-            "{}flat / faiss:Flat in-process, concurrency 1, calls of {} (alternating slices): {:.0} / {:.0} q/s = {:.0}%",
-            if h["batch"] == json!(1) { "\n" } else { "" },
-            h["batch"],
-            h["flat_queries_per_s"].as_f64().unwrap_or(f64::NAN),
-            h["faiss_flat_queries_per_s"].as_f64().unwrap_or(f64::NAN),
-            100.0 * h["ratio"].as_f64().unwrap_or(f64::NAN),
-        );
+    s.push_str(&t.render());
+    concurrency_tables(&mut s, &set.backends, batch);
+    latency_table(&mut s, &set.backends, batch);
+    for h in set.flat_vs_faiss_flat.iter().flatten() {
+        s.push_str(&format!(
+            "{}flat / faiss:Flat in-process, concurrency 1, calls of {} (alternating slices): {:.0} / {:.0} q/s = {:.0}%\n",
+            if h.batch == 1 { "\n" } else { "" },
+            h.batch,
+            h.flat_queries_per_s,
+            h.faiss_flat_queries_per_s,
+            100.0 * h.ratio,
+        ));
     }
     s
 }
 
 /// Queries/s at the concurrencies above 1, in-process threads against HTTP connections.
-fn concurrency_table(s: &mut String, rows: &[Value], batch: usize) {
+fn concurrency_tables(s: &mut String, rows: &[BackendRow], batch: usize) {
     let mut levels: Vec<usize> = rows
         .iter()
-        .flat_map(|r| r["phases"].as_array().into_iter().flatten())
-        .filter_map(|p| p["concurrency"].as_u64().map(|c| c as usize))
+        .flat_map(|r| &r.phases)
+        .map(|p| p.shape.concurrency)
         .filter(|&c| c > 1)
         .collect();
     levels.sort_unstable();
     levels.dedup();
     for c in levels {
-        let _ = writeln!(
-            s,
-            "\nconcurrency {c} (threads in-process, connections over HTTP), queries/s:\n"
-        );
-        let _ = writeln!(
-            s,
-            "| backend | params | in-process (1) | in-process (batch {batch}) | HTTP (1) | HTTP (batch {batch}) | HTTP / in-process (batch {batch}) |"
-        );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|");
+        s.push_str(&format!(
+            "\nconcurrency {c} (threads in-process, connections over HTTP), queries/s:\n\n"
+        ));
+        let mut t = backend_table(&[
+            "in-process (1)".into(),
+            format!("in-process (batch {batch})"),
+            "HTTP (1)".into(),
+            format!("HTTP (batch {batch})"),
+            format!("HTTP / in-process (batch {batch})"),
+        ]);
         for r in rows {
-            let params = r["params"].as_array().map_or(String::new(), |ps| {
-                ps.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            });
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                r["backend"].as_str().unwrap_or("?"),
-                params,
-                cell(qps(r, "in-process", 1, c)),
-                cell(qps(r, "in-process", batch, c)),
-                cell(qps(r, "http", 1, c)),
-                cell(qps(r, "http", batch, c)),
-                ratio(qps(r, "http", batch, c), qps(r, "in-process", batch, c)),
-            );
+            let mut cells = vec![r.backend.clone(), r.params()];
+            cells.extend(r.rates(batch, c));
+            t.row(cells);
         }
+        s.push_str(&t.render());
     }
 }
 
 /// Where the time of an HTTP call goes, at concurrency 1: the same call in-process, inside the
 /// service (decoding, search, encoding: from its request histogram), and as the client saw it.
-fn latency_table(s: &mut String, rows: &[Value], batch: usize) {
-    let ms = |row: &Value, mode: &str, b: usize, key: &str| {
-        phase(row, mode, b, 1).and_then(|p| p[key].as_f64())
-    };
+fn latency_table(s: &mut String, rows: &[BackendRow], batch: usize) {
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
-    let _ = writeln!(
-        s,
+    s.push_str(
         "\nmean ms per call at concurrency 1: in-process / inside the service / at the HTTP client; \
-         codec: the service's decoding and encoding + the client's decoding of the same call\n"
+         codec: the service's decoding and encoding + the client's decoding of the same call\n\n",
     );
-    let _ = writeln!(
-        s,
-        "| backend | params | single query | batch of {batch} | codec (single) | codec (batch {batch}) |"
-    );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|");
+    let mut t = backend_table(&[
+        "single query".into(),
+        format!("batch of {batch}"),
+        "codec (single)".into(),
+        format!("codec (batch {batch})"),
+    ]);
     for r in rows {
-        let cell = |b: usize| {
+        let time = |b: usize| {
             format!(
                 "{} / {} / {}",
-                f(ms(r, "in-process", b, "mean_ms")),
-                f(ms(r, "http", b, "server_mean_ms")),
-                f(ms(r, "http", b, "mean_ms"))
+                f(r.phase("in-process", b, 1).map(|p| p.mean_ms)),
+                f(r.phase("http", b, 1).and_then(|p| p.server_mean_ms)),
+                f(r.phase("http", b, 1).map(|p| p.mean_ms))
             )
         };
         let codec = |b: usize| {
-            r["codec_ms"]
-                .as_array()
-                .and_then(|cs| cs.iter().find(|c| c["batch"] == json!(b)))
+            r.codec_ms
+                .iter()
+                .find(|c| c.batch == b)
                 .map_or("-".into(), |c| {
-                    format!(
-                        "{} + {}",
-                        f(c["service_ms"].as_f64()),
-                        f(c["client_ms"].as_f64())
-                    )
+                    format!("{} + {}", f(Some(c.service_ms)), f(Some(c.client_ms)))
                 })
         };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            r["backend"].as_str().unwrap_or("?"),
-            params(r),
-            cell(1),
-            cell(batch),
+        t.row(vec![
+            r.backend.clone(),
+            r.params(),
+            time(1),
+            time(batch),
             codec(1),
-            codec(batch)
-        );
+            codec(batch),
+        ]);
     }
-}
-
-fn params(row: &Value) -> String {
-    row["params"].as_array().map_or(String::new(), |ps| {
-        ps.iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
+    s.push_str(&t.render());
 }
 
 /// The CPU model, core count and load average, for the record.
-pub(super) fn machine() -> Value {
+pub(super) fn machine() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("model name"))
             .and_then(|l| l.split(':').nth(1))
             .map(|m| m.trim().to_owned())
     });
-    json!({
-        "cpu": cpu,
-        "cores": std::thread::available_parallelism().map_or(0, usize::from),
-        "load_average": load_average(),
-    })
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        load_average: load_average(),
+    }
 }
 
 /// `/proc/loadavg`'s first three fields.

@@ -1,41 +1,42 @@
 //! The comparison's rows, its Markdown table and its JSON.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
+use super::model::{EmbeddingCheck, RawOnnx};
 use super::CompareArgs;
-use crate::load;
+use crate::load::{Measured, Summary};
+use crate::table::{num, Align, Table};
 
 /// What one side did in one phase.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub(crate) struct Side {
     /// Units (requests or documents) per second.
     pub(crate) per_s: f64,
     pub(crate) requests: usize,
-    pub(crate) seconds: f64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) errors: usize,
-    pub(crate) error_samples: Vec<String>,
+    #[serde(flatten)]
+    pub(crate) load: Summary,
     /// CPU milliseconds per unit of every process of the side, by process name, and of the
     /// load generator.
+    #[serde(rename = "cpu_ms_per_unit")]
     pub(crate) cpu_ms: BTreeMap<String, f64>,
+    /// CPU milliseconds per unit of the side's own processes (the load generator left out).
+    #[serde(rename = "service_cpu_ms_per_unit")]
+    pub(crate) service_cpu_ms: f64,
     /// The raw model's rate in the same unit, measured just before (index workload).
     pub(crate) raw_per_s: Option<f64>,
+    /// `per_s / raw_per_s`.
+    pub(crate) of_raw: Option<f64>,
 }
 
 impl Side {
     /// From a load phase that completed `units` units, and the CPU seconds of its processes.
     pub(crate) fn from_measured(
-        m: &load::Measured,
+        m: &Measured,
         units: f64,
         cpu_seconds: &BTreeMap<String, f64>,
     ) -> Self {
-        let mut lat = m.latencies.clone();
-        lat.sort_by(f64::total_cmp);
-        let seconds = m.elapsed.as_secs_f64();
         let per_unit = |s: f64| {
             if units > 0.0 {
                 s * 1e3 / units
@@ -43,74 +44,71 @@ impl Side {
                 f64::NAN
             }
         };
-        Self {
-            per_s: units / seconds,
-            requests: lat.len(),
-            seconds,
-            p50_ms: load::quantile(&lat, 0.5) * 1e3,
-            p99_ms: load::quantile(&lat, 0.99) * 1e3,
-            errors: m.errors,
-            error_samples: m.error_samples.clone(),
-            cpu_ms: cpu_seconds
-                .iter()
-                .map(|(k, v)| (k.clone(), per_unit(*v)))
-                .collect(),
-            raw_per_s: None,
-        }
-    }
-
-    /// CPU milliseconds per unit of the side's own processes (the load generator left out).
-    pub(crate) fn service_cpu_ms(&self) -> f64 {
-        self.cpu_ms
+        let cpu_ms: BTreeMap<String, f64> = cpu_seconds
+            .iter()
+            .map(|(k, v)| (k.clone(), per_unit(*v)))
+            .collect();
+        let service_cpu_ms = cpu_ms
             .iter()
             .filter(|(k, _)| k.as_str() != "load generator")
             .map(|(_, v)| v)
-            .sum()
+            .sum();
+        Self {
+            per_s: units / m.seconds(),
+            requests: m.requests(),
+            load: Summary::of(m),
+            cpu_ms,
+            service_cpu_ms,
+            raw_per_s: None,
+            of_raw: None,
+        }
+    }
+
+    /// Sets the raw model's rate in the same unit.
+    pub(crate) fn set_raw(&mut self, raw_per_s: f64) {
+        self.raw_per_s = Some(raw_per_s);
+        self.of_raw = Some(self.per_s / raw_per_s);
     }
 
     pub(crate) fn summary(&self) -> String {
         format!(
             "{:.1}/s, p50 {:.2} ms, p99 {:.2} ms, CPU {:.2} ms per unit, errors {}{}",
             self.per_s,
-            self.p50_ms,
-            self.p99_ms,
-            self.service_cpu_ms(),
-            self.errors,
-            if self.error_samples.is_empty() {
+            self.load.p50_ms,
+            self.load.p99_ms,
+            self.service_cpu_ms,
+            self.load.errors,
+            if self.load.error_samples.is_empty() {
                 String::new()
             } else {
-                format!(" {:?}", self.error_samples)
+                format!(" {:?}", self.load.error_samples)
             }
         )
     }
+}
 
-    fn to_json(&self) -> Value {
-        json!({
-            "per_s": self.per_s,
-            "requests": self.requests,
-            "seconds": self.seconds,
-            "p50_ms": self.p50_ms,
-            "p99_ms": self.p99_ms,
-            "errors": self.errors,
-            "error_samples": self.error_samples,
-            "cpu_ms_per_unit": self.cpu_ms,
-            "service_cpu_ms_per_unit": self.service_cpu_ms(),
-            "raw_per_s": self.raw_per_s,
-            "of_raw": self.raw_per_s.map(|r| self.per_s / r),
-        })
-    }
+/// Both sides of a row, and flowmesh's rate over Jina's.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Sides {
+    pub(crate) flowmesh: Side,
+    pub(crate) jina: Side,
+    /// flowmesh's rate over Jina's (set by [`Row::finish`]).
+    pub(crate) ratio: f64,
 }
 
 /// One line of the comparison: a workload at one concurrency, both sides.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct Row {
     pub(crate) workload: String,
     pub(crate) concurrency: usize,
     pub(crate) unit: String,
+    #[serde(flatten)]
+    pub(crate) sides: Sides,
     /// The target for flowmesh / Jina, where it sets one.
+    #[serde(rename = "target_ratio")]
     pub(crate) target: Option<f64>,
-    pub(crate) flowmesh: Side,
-    pub(crate) jina: Side,
+    /// Set by [`Row::finish`].
+    pub(crate) target_met: Option<bool>,
 }
 
 impl Row {
@@ -119,138 +117,186 @@ impl Row {
             workload: workload.to_owned(),
             concurrency,
             unit: unit.to_owned(),
+            sides: Sides {
+                flowmesh: Side::default(),
+                jina: Side::default(),
+                ratio: f64::NAN,
+            },
             target,
-            flowmesh: Side::default(),
-            jina: Side::default(),
+            target_met: None,
         }
     }
 
     /// flowmesh's side (`true`) or Jina's.
     pub(crate) fn side(&mut self, flowmesh: bool) -> &mut Side {
         if flowmesh {
-            &mut self.flowmesh
+            &mut self.sides.flowmesh
         } else {
-            &mut self.jina
+            &mut self.sides.jina
         }
     }
 
-    pub(crate) fn ratio(&self) -> f64 {
-        self.flowmesh.per_s / self.jina.per_s
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "workload": self.workload,
-            "concurrency": self.concurrency,
-            "unit": self.unit,
-            "flowmesh": self.flowmesh.to_json(),
-            "jina": self.jina.to_json(),
-            "ratio": self.ratio(),
-            "target_ratio": self.target,
-            "target_met": self.target.map(|t| self.ratio() >= t),
-        })
+    /// Computes the ratio and the target's verdict once both sides are measured.
+    pub(crate) fn finish(&mut self) {
+        let ratio = self.sides.flowmesh.per_s / self.sides.jina.per_s;
+        self.sides.ratio = ratio;
+        self.target_met = self.target.map(|t| ratio >= t);
     }
 }
 
-/// The JSON of a run.
-pub(crate) fn result(
-    args: &CompareArgs,
-    rows: &[Row],
-    extras: serde_json::Map<String, Value>,
-    refused: &[String],
-) -> Value {
-    let mut v = json!({
-        "benchmark": "compare",
-        "jina": "3.34 (HTTP gateway, docarray v2, Python executors in loadtests/jina)",
-        "settings": {
-            "order": format!("{:?}", args.order),
-            "docs": args.docs,
-            "concurrency": args.concurrency,
-            "search_docs": args.search_docs,
-            "search_concurrency": args.search_concurrency,
-            "index_docs": args.index_docs,
-            "sentences_per_doc": args.sentences_per_doc,
-            "request_size": args.request_size,
-            "index_concurrency": args.index_concurrency,
-            "duration_secs": args.duration_secs,
-            "requests": args.requests,
-            "top_k": args.top_k,
-            "overhead_flow": args.overhead_flow,
-            "text_flow": args.text_flow,
-        },
-        "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-        "network_guard_refusals": refused,
-    });
-    if let Some(o) = v.as_object_mut() {
-        o.extend(extras);
-    }
-    v
+/// What the search and index workloads add to the results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Extras {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) embedding_check: Option<EmbeddingCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) raw_onnx: Option<RawOnnx>,
 }
 
-fn num(x: f64) -> String {
-    if !x.is_finite() {
-        "-".to_owned()
-    } else if x >= 100.0 {
-        format!("{x:.0}")
-    } else if x >= 10.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.2}")
+/// The JSON of a run (`compare.json`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CompareResult<'a> {
+    benchmark: &'static str,
+    jina: &'static str,
+    settings: &'a CompareArgs,
+    rows: &'a [Row],
+    network_guard_refusals: &'a [String],
+    #[serde(flatten)]
+    extras: Extras,
+}
+
+/// The results of a run.
+pub(crate) fn result<'a>(
+    args: &'a CompareArgs,
+    rows: &'a [Row],
+    extras: Extras,
+    refused: &'a [String],
+) -> CompareResult<'a> {
+    CompareResult {
+        benchmark: "compare",
+        jina: "3.34 (HTTP gateway, docarray v2, Python executors in loadtests/jina)",
+        settings: args,
+        rows,
+        network_guard_refusals: refused,
+        extras,
     }
 }
 
 /// The Markdown table of a run.
 pub(crate) fn table(rows: &[Row]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "| workload | concurrency | unit | flowmesh | Jina | flowmesh / Jina | target | flowmesh p50 / p99 ms | Jina p50 / p99 ms | errors flowmesh / Jina | CPU ms per unit flowmesh / Jina | flowmesh of raw ONNX |"
-    );
-    let _ = writeln!(
-        s,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    let right = |name| (name, Align::Right);
+    let mut t = Table::new([
+        ("workload", Align::Left),
+        right("concurrency"),
+        ("unit", Align::Left),
+        right("flowmesh"),
+        right("Jina"),
+        right("flowmesh / Jina"),
+        right("target"),
+        right("flowmesh p50 / p99 ms"),
+        right("Jina p50 / p99 ms"),
+        right("errors flowmesh / Jina"),
+        right("CPU ms per unit flowmesh / Jina"),
+        right("flowmesh of raw ONNX"),
+    ]);
     for r in rows {
-        let (f, j) = (&r.flowmesh, &r.jina);
+        let (f, j) = (&r.sides.flowmesh, &r.sides.jina);
         let target = r.target.map_or_else(
             || "-".to_owned(),
-            |t| format!("{t}x {}", if r.ratio() >= t { "met" } else { "missed" }),
+            |t| {
+                let met = if r.target_met == Some(true) {
+                    "met"
+                } else {
+                    "missed"
+                };
+                format!("{t}x {met}")
+            },
         );
         let of_raw = f.raw_per_s.map_or_else(
             || "-".to_owned(),
             |raw| {
+                let met = if f.per_s >= 0.9 * raw {
+                    "met"
+                } else {
+                    "missed"
+                };
                 format!(
-                    "{:.0}% of {} (target 90%: {})",
+                    "{:.0}% of {} (target 90%: {met})",
                     100.0 * f.per_s / raw,
-                    num(raw),
-                    if f.per_s >= 0.9 * raw {
-                        "met"
-                    } else {
-                        "missed"
-                    }
+                    num(raw)
                 )
             },
         );
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {:.1}x | {} | {} / {} | {} / {} | {} / {} | {} / {} | {} |",
-            r.workload,
-            r.concurrency,
-            r.unit,
+        t.row(vec![
+            r.workload.clone(),
+            r.concurrency.to_string(),
+            r.unit.clone(),
             num(f.per_s),
             num(j.per_s),
-            r.ratio(),
+            format!("{:.1}x", r.sides.ratio),
             target,
-            num(f.p50_ms),
-            num(f.p99_ms),
-            num(j.p50_ms),
-            num(j.p99_ms),
-            f.errors,
-            j.errors,
-            num(f.service_cpu_ms()),
-            num(j.service_cpu_ms()),
+            format!("{} / {}", num(f.load.p50_ms), num(f.load.p99_ms)),
+            format!("{} / {}", num(j.load.p50_ms), num(j.load.p99_ms)),
+            format!("{} / {}", f.load.errors, j.load.errors),
+            format!("{} / {}", num(f.service_cpu_ms), num(j.service_cpu_ms)),
             of_raw,
-        );
+        ]);
     }
-    s
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::load::Latencies;
+    use crate::report::{keys, sorted};
+
+    #[test]
+    fn rows_keep_their_json_keys_and_verdicts() {
+        let measured = Measured {
+            latencies: Latencies::of_ms([2, 4]),
+            elapsed: Duration::from_secs(1),
+            ..Measured::default()
+        };
+        let cpu = BTreeMap::from([("load generator".to_owned(), 0.5)]);
+        let mut row = Row::new("search", 2, "requests/s", Some(3.0));
+        *row.side(true) = Side::from_measured(&measured, 40.0, &cpu);
+        *row.side(false) = Side::from_measured(&measured, 10.0, &cpu);
+        row.side(true).set_raw(50.0);
+        row.finish();
+        assert_eq!(
+            keys(&row),
+            sorted(&[
+                "workload",
+                "concurrency",
+                "unit",
+                "flowmesh",
+                "jina",
+                "ratio",
+                "target_ratio",
+                "target_met"
+            ])
+        );
+        assert_eq!(
+            keys(&row.sides.flowmesh),
+            sorted(&[
+                "per_s",
+                "requests",
+                "seconds",
+                "p50_ms",
+                "p99_ms",
+                "errors",
+                "error_samples",
+                "cpu_ms_per_unit",
+                "service_cpu_ms_per_unit",
+                "raw_per_s",
+                "of_raw",
+            ])
+        );
+        assert_eq!((row.sides.ratio, row.target_met), (4.0, Some(true)));
+        assert_eq!(row.sides.flowmesh.requests, 2);
+        assert!(table(&[row]).contains("| 4.0x | 3x met |"));
+    }
 }

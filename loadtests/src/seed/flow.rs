@@ -6,10 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context as _};
+use flowmesh_gateway::flow::spec::{ExecutorSpec, FlowSettings, FlowSpec, PollingSpec};
 use serde_json::{json, Map, Value};
 
 use super::workload::Scenario;
+use super::{FlowArgs, WorkloadSpec};
 use crate::indexer::spec::BackendSpec;
 use crate::load::{get, HttpClient};
 
@@ -55,21 +59,13 @@ pub(crate) enum Build {
     Always,
 }
 
-/// Everything a Flow is written from.
-#[derive(Debug, Clone)]
-pub(crate) struct FlowPlan {
-    pub(crate) scenario: Scenario,
-    pub(crate) encoder: Encoder,
-    /// The hash encoder's dimensions.
-    pub(crate) dim: usize,
-    pub(crate) encoder_threads: usize,
-    pub(crate) replicas: usize,
-    pub(crate) shards: usize,
-    pub(crate) request_size: usize,
-    pub(crate) prefetch: usize,
+/// Everything a Flow is written from: the Flow's flags, the workload's scenario and request
+/// size, and the executors' timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlowPlan<'a> {
+    pub(crate) flags: &'a FlowArgs,
+    pub(crate) workload: &'a WorkloadSpec,
     pub(crate) timeout: Duration,
-    pub(crate) store: Store,
-    pub(crate) redis_url: Option<String>,
 }
 
 /// Every Flow of a run has this name, so that each finds the data of the one before in the
@@ -99,54 +95,89 @@ fn indexer_with(spec: &BackendSpec, build: Build) -> Map<String, Value> {
     with
 }
 
-impl FlowPlan {
-    /// The Flow as YAML, with `spec` as its indexer.
-    pub(crate) fn yaml(&self, spec: &BackendSpec, build: Build) -> anyhow::Result<String> {
-        let encoder_with = match (self.encoder, self.scenario) {
+/// An executor of `uses` with these `with:` settings, one replica of one shard.
+fn executor(name: &str, uses: &str, settings: Value) -> ExecutorSpec {
+    ExecutorSpec {
+        name: name.to_owned(),
+        uses: uses.to_owned(),
+        needs: None,
+        replicas: 1,
+        shards: 1,
+        polling: None,
+        uses_after: None,
+        settings: match settings {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        },
+        addresses: None,
+        endpoints: None,
+        timeout_ms: None,
+        retries: None,
+    }
+}
+
+impl FlowPlan<'_> {
+    /// The Flow, with `spec` as its indexer.
+    pub(crate) fn flow(&self, spec: &BackendSpec, build: Build) -> anyhow::Result<FlowSpec> {
+        let encoder_with = match (self.flags.encoder, self.workload.scenario) {
             (Encoder::Hash, Scenario::Image) => bail!("the hash encoder reads texts only"),
-            (Encoder::Hash, Scenario::Text) => json!({"model": "hash", "dim": self.dim}),
+            (Encoder::Hash, Scenario::Text) => json!({"model": "hash", "dim": self.flags.dim}),
             (Encoder::Onnx, Scenario::Text) => {
-                json!({"model": "onnx", "threads": self.encoder_threads})
+                json!({"model": "onnx", "threads": self.flags.encoder_threads})
             }
             (Encoder::Onnx, Scenario::Image) => json!({
-                "model": "onnx", "model_config": "mobilenetv2", "threads": self.encoder_threads,
+                "model": "onnx", "model_config": "mobilenetv2", "threads": self.flags.encoder_threads,
             }),
         };
         let mut executors = Vec::new();
-        if self.scenario == Scenario::Text {
-            executors.push(json!({
-                "name": "segmenter", "uses": "sentencizer",
-                "with": {"min_sent_len": 2, "max_sent_len": 512},
-            }));
+        if self.workload.scenario == Scenario::Text {
+            let with = json!({"min_sent_len": 2, "max_sent_len": 512});
+            executors.push(executor("segmenter", "sentencizer", with));
         }
-        executors.push(json!({
-            "name": "encoder", "uses": "encoder", "replicas": self.replicas, "with": encoder_with,
-        }));
-        executors.push(json!({
-            "name": "indexer", "uses": "indexer", "shards": self.shards,
-            "polling": {"/index": "any", "/update": "any", "/search": "all", "/delete": "all"},
-            "uses_after": "topk",
-            "with": indexer_with(spec, build),
-        }));
-        if self.scenario == Scenario::Text {
-            let mut with = json!({"store": self.store.as_str()});
-            if self.store == Store::Redis {
+        let mut encoder = executor("encoder", "encoder", encoder_with);
+        encoder.replicas = self.flags.replicas;
+        executors.push(encoder);
+        let mut indexer = executor(
+            "indexer",
+            "indexer",
+            Value::Object(indexer_with(spec, build)),
+        );
+        indexer.shards = self.flags.shards;
+        indexer.polling = Some(PollingSpec::PerEndpoint(BTreeMap::from(
+            [
+                ("/index", "any"),
+                ("/update", "any"),
+                ("/search", "all"),
+                ("/delete", "all"),
+            ]
+            .map(|(e, p)| (e.to_owned(), p.to_owned())),
+        )));
+        indexer.uses_after = Some("topk".to_owned());
+        executors.push(indexer);
+        if self.workload.scenario == Scenario::Text {
+            let mut with = json!({"store": self.flags.store.as_str()});
+            if self.flags.store == Store::Redis {
                 let url = self
+                    .flags
                     .redis_url
                     .as_deref()
                     .context("--store redis needs --redis-url")?;
                 with["redis_url"] = json!(url);
                 with["redis_prefix"] = json!("flowmesh-bench:doc:");
             }
-            executors.push(json!({"name": "ranker", "uses": "ranker", "with": with}));
+            executors.push(executor("ranker", "ranker", with));
         }
-        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        let flow = json!({
-            "name": FLOW_NAME,
-            "with": {"request_size": self.request_size, "prefetch": self.prefetch, "timeout_ms": timeout_ms},
-            "executors": executors,
-        });
-        Ok(serde_yaml_ng::to_string(&flow)?)
+        Ok(FlowSpec {
+            jtype: None,
+            name: FLOW_NAME.to_owned(),
+            settings: FlowSettings {
+                request_size: self.workload.request_size,
+                prefetch: self.flags.prefetch,
+                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+                ..FlowSettings::default()
+            },
+            executors,
+        })
     }
 
     /// Writes the Flow for `spec` into `dir` and returns its path.
@@ -158,8 +189,8 @@ impl FlowPlan {
         n: usize,
     ) -> anyhow::Result<PathBuf> {
         let path = dir.join(format!("flow-{n}.yml"));
-        std::fs::write(&path, self.yaml(spec, build)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let yaml = serde_yaml_ng::to_string(&self.flow(spec, build)?)?;
+        std::fs::write(&path, yaml).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(path)
     }
 }
@@ -259,71 +290,88 @@ pub(crate) async fn wait_built(
 
 #[cfg(test)]
 mod tests {
+    use flowmesh_gateway::flow::spec::Polling;
+
     use super::*;
 
-    fn plan(scenario: Scenario) -> FlowPlan {
-        FlowPlan {
-            scenario,
+    fn flags() -> FlowArgs {
+        FlowArgs {
+            shards: 3,
+            replicas: 2,
+            store: Store::Redis,
+            redis_url: Some("redis://r:6379/0".into()),
             encoder: Encoder::Onnx,
             dim: 64,
             encoder_threads: 1,
-            replicas: 2,
-            shards: 3,
-            request_size: 50,
             prefetch: 4,
-            timeout: Duration::from_secs(60),
-            store: Store::Redis,
-            redis_url: Some("redis://r:6379/0".into()),
         }
+    }
+
+    /// The test workload of `scenario`, 50 documents a request.
+    fn workload(scenario: Scenario) -> WorkloadSpec {
+        WorkloadSpec {
+            request_size: 50,
+            ..crate::seed::workload::test_spec(scenario)
+        }
+    }
+
+    /// The Flow of `flags` and `workload`, with a 60 s timeout.
+    fn plan<'a>(flags: &'a FlowArgs, workload: &'a WorkloadSpec) -> FlowPlan<'a> {
+        FlowPlan {
+            flags,
+            workload,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The Flow of `plan`, written as YAML and parsed back as the gateway parses it.
+    fn written(plan: &FlowPlan, spec: &BackendSpec, build: Build) -> FlowSpec {
+        let dir = std::env::temp_dir().join(format!("flowmesh-bench-flow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let path = plan.write(&dir, spec, build, 7).expect("written");
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let _ = std::fs::remove_dir_all(&dir);
+        FlowSpec::from_yaml(&text).expect("a Flow the gateway accepts")
+    }
+
+    fn names(flow: &FlowSpec) -> Vec<&str> {
+        flow.executors.iter().map(|e| e.name.as_str()).collect()
     }
 
     #[test]
     fn text_flows_have_the_seeds_topology() {
         let spec: BackendSpec = "faiss:IVF50,Flat:nprobe=8".parse().expect("valid");
-        let yaml = plan(Scenario::Text)
-            .yaml(&spec, Build::Always)
-            .expect("a flow");
-        let flow: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
-        let names: Vec<&str> = flow["executors"]
-            .as_array()
-            .expect("executors")
-            .iter()
-            .filter_map(|e| e["name"].as_str())
-            .collect();
-        assert_eq!(names, ["segmenter", "encoder", "indexer", "ranker"]);
-        let indexer = &flow["executors"][2];
-        assert_eq!(indexer["shards"], 3);
-        assert_eq!(indexer["with"]["index_key"], "IVF50,Flat");
-        assert_eq!(indexer["with"]["nprobe"], 8);
-        assert_eq!(indexer["with"]["rebuild_min"], 1);
-        assert_eq!(flow["executors"][1]["replicas"], 2);
-        assert_eq!(
-            flow["executors"][3]["with"]["redis_url"],
-            "redis://r:6379/0"
-        );
-        assert_eq!(flow["with"]["timeout_ms"], 60_000);
+        let (flags, workload) = (flags(), workload(Scenario::Text));
+        let flow = written(&plan(&flags, &workload), &spec, Build::Always);
+        assert_eq!(names(&flow), ["segmenter", "encoder", "indexer", "ranker"]);
+        let indexer = &flow.executors[2];
+        assert_eq!(indexer.shards, 3);
+        assert_eq!(indexer.settings["index_key"], "IVF50,Flat");
+        assert_eq!(indexer.settings["nprobe"], 8);
+        assert_eq!(indexer.settings["rebuild_min"], 1);
+        assert_eq!(indexer.polling_for("search").expect("valid"), Polling::All);
+        assert_eq!(indexer.polling_for("index").expect("valid"), Polling::Any);
+        assert_eq!(indexer.uses_after.as_deref(), Some("topk"));
+        assert_eq!(flow.executors[1].replicas, 2);
+        assert_eq!(flow.executors[3].settings["redis_url"], "redis://r:6379/0");
+        assert_eq!(flow.settings.timeout_ms, 60_000);
+        assert_eq!(flow.settings.request_size, 50);
+        assert_eq!(flow.name, FLOW_NAME);
     }
 
     #[test]
     fn image_flows_have_no_segmenter_nor_ranker() {
-        let yaml = plan(Scenario::Image)
-            .yaml(&"flat".parse().expect("valid"), Build::Never)
-            .expect("a flow");
-        let flow: Value = serde_yaml_ng::from_str(&yaml).expect("YAML");
-        let names: Vec<&str> = flow["executors"]
-            .as_array()
-            .expect("executors")
-            .iter()
-            .filter_map(|e| e["name"].as_str())
-            .collect();
-        assert_eq!(names, ["encoder", "indexer"]);
-        assert_eq!(flow["executors"][0]["with"]["model_config"], "mobilenetv2");
-        assert!(flow["executors"][1]["with"].get("rebuild_min").is_none());
-        let mut hash = plan(Scenario::Image);
-        hash.encoder = Encoder::Hash;
-        assert!(hash
-            .yaml(&"flat".parse().expect("valid"), Build::Never)
-            .is_err());
+        let flat = "flat".parse().expect("valid");
+        let (flags, workload) = (flags(), workload(Scenario::Image));
+        let flow = written(&plan(&flags, &workload), &flat, Build::Never);
+        assert_eq!(names(&flow), ["encoder", "indexer"]);
+        assert_eq!(flow.executors[0].settings["model_config"], "mobilenetv2");
+        assert!(!flow.executors[1].settings.contains_key("rebuild_min"));
+        let hash = FlowArgs {
+            encoder: Encoder::Hash,
+            ..flags
+        };
+        assert!(plan(&hash, &workload).flow(&flat, Build::Never).is_err());
     }
 
     #[test]

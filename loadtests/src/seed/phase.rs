@@ -1,130 +1,102 @@
-//! One phase of the benchmark (index or query): `concurrency` closed-loop clients, each sending
-//! its next request when the previous one is answered, until the phase's requests are sent or
-//! its duration has passed. Every answer is validated (status, JSON, documents back, matches
-//! per query); what fails is counted by kind with a few sample messages.
+//! One phase of the benchmark (index or query) on the load driver: every answer is validated
+//! (status, JSON, documents back, matches per query); what fails is counted by kind with a few
+//! sample messages, and the first answer of each query is kept for recall.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::progress::{Display, Live, Progress};
-use super::target::{validate, Answered, Failure, Operation, Target};
+use super::progress::{Display, Progress};
+use super::target::{validate, Answered, Operation, Target};
 use super::workload::Workload;
-use crate::load::{post, HttpClient};
+use crate::load::{
+    self, post_ok, Done, ErrorKind, Failure, HttpClient, Live, LoadConfig, Measured,
+};
 
-/// Sample messages kept per kind of error.
-const SAMPLES: usize = 3;
-
-/// The duration of a phase bounded by its count only: a week.
-pub(crate) const NO_LIMIT: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The bounds of a phase: it ends at whichever comes first.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub(crate) struct Limits {
-    pub(crate) max_requests: usize,
-    #[serde(serialize_with = "seconds")]
-    pub(crate) duration: Duration,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
-/// How a phase runs, besides its limits.
-#[derive(Debug, Clone)]
+/// How a phase is shown, besides its load.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct PhaseOptions {
-    /// Concurrent clients.
-    pub(crate) concurrency: usize,
-    /// Longest wait for one answer.
-    pub(crate) timeout: Duration,
     /// Interval of the summary lines.
     pub(crate) report_every: Duration,
     pub(crate) display: Display,
 }
 
-/// Errors of one kind.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub(crate) struct ErrorKind {
-    pub(crate) count: usize,
-    pub(crate) samples: Vec<String>,
-}
-
 /// What one phase measured.
 #[derive(Debug, Default)]
 pub(crate) struct PhaseResult {
-    /// Latencies of the successful requests, in seconds, sorted.
-    pub(crate) latencies: Vec<f64>,
-    /// Documents of the successful requests.
-    pub(crate) documents: usize,
-    pub(crate) errors: BTreeMap<String, ErrorKind>,
-    pub(crate) elapsed: Duration,
-    /// Per second since the start: successful requests, their documents, failed requests.
-    pub(crate) series: Vec<[usize; 3]>,
+    pub(crate) measured: Measured,
     /// Searches: the match ids of each query (by its index) from its first answer.
     pub(crate) answers: BTreeMap<usize, Vec<String>>,
 }
 
+/// One second of a phase.
+#[derive(Debug, Serialize)]
+struct Second {
+    second: usize,
+    requests: usize,
+    documents: usize,
+    errors: usize,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+struct LatencyMs {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// The figures of a phase, as reported (without the per-query answers).
+#[derive(Debug, Serialize)]
+pub(crate) struct PhaseSummary {
+    seconds: f64,
+    hours: f64,
+    documents: usize,
+    requests: usize,
+    docs_per_s: f64,
+    requests_per_s: f64,
+    latency_ms: LatencyMs,
+    errors: usize,
+    errors_by_kind: BTreeMap<String, ErrorKind>,
+    per_second: Vec<Second>,
+}
+
 impl PhaseResult {
-    pub(crate) fn requests(&self) -> usize {
-        self.latencies.len()
-    }
-
-    pub(crate) fn error_count(&self) -> usize {
-        self.errors.values().map(|e| e.count).sum()
-    }
-
-    /// The latency `q`-quantile in milliseconds (NaN without successful requests).
-    pub(crate) fn latency_ms(&self, q: f64) -> f64 {
-        crate::load::quantile(&self.latencies, q) * 1e3
-    }
-
-    pub(crate) fn docs_per_s(&self) -> f64 {
-        self.documents as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    pub(crate) fn requests_per_s(&self) -> f64 {
-        self.requests() as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// The phase's figures as JSON (without the per-query answers).
-    pub(crate) fn summary(&self) -> Value {
-        json!({
-            "seconds": self.elapsed.as_secs_f64(),
-            "hours": self.elapsed.as_secs_f64() / 3600.0,
-            "documents": self.documents,
-            "requests": self.requests(),
-            "docs_per_s": self.docs_per_s(),
-            "requests_per_s": self.requests_per_s(),
-            "latency_ms": {
-                "p50": self.latency_ms(0.5),
-                "p95": self.latency_ms(0.95),
-                "p99": self.latency_ms(0.99),
-                "max": self.latency_ms(1.0),
+    /// The phase's figures.
+    pub(crate) fn summary(&self) -> PhaseSummary {
+        let m = &self.measured;
+        PhaseSummary {
+            seconds: m.elapsed.as_secs_f64(),
+            hours: m.elapsed.as_secs_f64() / 3600.0,
+            documents: m.documents,
+            requests: m.requests(),
+            docs_per_s: m.docs_per_s(),
+            requests_per_s: m.requests_per_s(),
+            latency_ms: LatencyMs {
+                p50: m.latency_ms(0.5),
+                p95: m.latency_ms(0.95),
+                p99: m.latency_ms(0.99),
+                max: m.latency_ms(1.0),
             },
-            "errors": self.error_count(),
-            "errors_by_kind": self.errors,
-            "per_second": self.series.iter().enumerate().map(|(s, [r, d, e])| json!({
-                "second": s, "requests": r, "documents": d, "errors": e,
-            })).collect::<Vec<_>>(),
-        })
+            errors: m.error_count(),
+            errors_by_kind: m.errors.clone(),
+            per_second: m
+                .series
+                .iter()
+                .enumerate()
+                .map(|(second, [requests, documents, errors])| Second {
+                    second,
+                    requests: *requests,
+                    documents: *documents,
+                    errors: *errors,
+                })
+                .collect(),
+        }
     }
-}
-
-/// One request's outcome, as a client records it.
-struct Outcome {
-    /// Seconds from the phase's start to the answer.
-    at: f64,
-    result: Result<(f64, usize), Failure>,
-}
-
-/// What [`Client::one`] got: the outcome, and a successful search's answers with the index
-/// of its first query.
-struct Sent {
-    result: Result<(f64, usize), Failure>,
-    answered: Option<(usize, Vec<Answered>)>,
 }
 
 /// Everything a client needs.
@@ -132,56 +104,30 @@ struct Client {
     http: HttpClient,
     target: Target,
     workload: Arc<Workload>,
-    op: Operation,
+    phase: Phase,
     parameters: Value,
-    expected_matches: usize,
-    timeout: Duration,
-    live: Arc<Live>,
 }
 
 impl Client {
-    /// Sends request `i` and validates its answer; returns its documents' answers.
-    async fn one(&self, i: usize) -> Sent {
-        let (first, docs) = match self.op {
+    /// Sends request `i` and validates its answer: the index of its first document, and its
+    /// documents' answers.
+    async fn one(&self, i: usize) -> Result<(usize, Vec<Answered>), Failure> {
+        let (first, docs) = match self.phase.op {
             Operation::Index => (
                 i * self.workload.spec.request_size,
                 self.workload.index_docs(i),
             ),
             Operation::Search => self.workload.query_docs(i),
         };
-        let sent = docs.len();
-        let (url, body) = self.target.request(self.op, &docs, &self.parameters);
-        let started = Instant::now();
-        let answer = tokio::time::timeout(self.timeout, post(&self.http, &url, body)).await;
-        let latency = started.elapsed().as_secs_f64();
-        let checked = match answer {
-            Err(_) => Err(Failure::new(
-                "timeout",
-                format!("no answer in {:?}", self.timeout),
-            )),
-            Ok(Err(e)) => Err(Failure::new("transport", format!("{e:#}"))),
-            Ok(Ok(a)) if a.status != 200 => Err(Failure::new(
-                &format!("http_{}", a.status),
-                String::from_utf8_lossy(&a.body[..a.body.len().min(300)]).into_owned(),
-            )),
-            Ok(Ok(a)) => validate(&a.body, self.op, sent, self.expected_matches),
-        };
-        match checked {
-            Ok(answered) => {
-                self.live.record_ok(sent, latency);
-                Sent {
-                    result: Ok((latency, sent)),
-                    answered: Some((first, answered)),
-                }
-            }
-            Err(f) => {
-                self.live.record_error();
-                Sent {
-                    result: Err(f),
-                    answered: None,
-                }
-            }
-        }
+        let (url, body) = self.target.request(self.phase.op, &docs, &self.parameters);
+        let answer = post_ok(&self.http, &url, body, load::NO_LIMIT).await?;
+        let answered = validate(
+            &answer.body,
+            self.phase.op,
+            docs.len(),
+            self.phase.expected_matches,
+        )?;
+        Ok((first, answered))
     }
 }
 
@@ -191,9 +137,32 @@ pub(crate) struct Phase {
     /// Shown in progress lines: `index`, `query flat`.
     pub(crate) label: String,
     pub(crate) op: Operation,
-    pub(crate) limits: Limits,
+    /// Its clients, bounds and request timeout.
+    pub(crate) load: LoadConfig,
     /// Searches: the number of matches every query must have.
     pub(crate) expected_matches: usize,
+}
+
+impl Phase {
+    /// Indexing under `load`.
+    pub(crate) fn index(load: LoadConfig) -> Self {
+        Self {
+            label: "index".into(),
+            op: Operation::Index,
+            load,
+            expected_matches: 0,
+        }
+    }
+
+    /// Searches shown as `label`, under `load`, each query answered with `matches` matches.
+    pub(crate) fn search(label: impl Into<String>, load: LoadConfig, matches: usize) -> Self {
+        Self {
+            label: label.into(),
+            op: Operation::Search,
+            load,
+            expected_matches: matches,
+        }
+    }
 }
 
 /// Runs `phase` against `target`. The first answer of each query is kept in
@@ -205,115 +174,44 @@ pub(crate) async fn run_phase(
     phase: &Phase,
     opts: &PhaseOptions,
 ) -> PhaseResult {
-    let Phase {
-        ref label,
-        op,
-        limits,
-        expected_matches,
-    } = *phase;
-    let parameters = match op {
+    let parameters = match phase.op {
         Operation::Index => json!({}),
         Operation::Search => json!({"top_k": workload.spec.top_k}),
     };
-    let live = Arc::new(Live::default());
     let client = Arc::new(Client {
         http: http.clone(),
         target: target.clone(),
         workload: Arc::clone(workload),
-        op,
+        phase: phase.clone(),
         parameters,
-        expected_matches,
-        timeout: opts.timeout,
-        live: Arc::clone(&live),
     });
     // Queries are answered once each for recall: the first pass over them.
-    let first_pass = match op {
+    let first_pass = match phase.op {
         Operation::Index => 0,
         Operation::Search => workload.query_batches(),
     };
-    let progress = Progress::start(
-        label,
-        live,
-        limits.max_requests as u64,
-        limits.duration,
-        limits.duration < NO_LIMIT,
-        opts.report_every,
-        opts.display,
-    );
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let deadline = started + limits.duration;
-    let mut tasks = Vec::with_capacity(opts.concurrency);
-    for _ in 0..opts.concurrency.max(1) {
-        let (client, next) = (Arc::clone(&client), Arc::clone(&next));
-        let max = limits.max_requests;
-        tasks.push(tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            let mut answers = BTreeMap::new();
-            while Instant::now() < deadline {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= max {
-                    break;
-                }
-                let Sent { result, answered } = client.one(i).await;
-                if let (true, Some((first, docs))) = (i < first_pass, answered) {
-                    for (j, d) in docs.into_iter().enumerate() {
-                        answers.insert(first + j, d.matches);
-                    }
-                }
-                outcomes.push(Outcome {
-                    at: started.elapsed().as_secs_f64(),
-                    result,
-                });
-            }
-            (outcomes, answers)
-        }));
-    }
-    let mut result = PhaseResult::default();
-    for task in tasks {
-        match task.await {
-            Ok((outcomes, answers)) => {
-                result.answers.extend(answers);
-                for o in outcomes {
-                    record(&mut result, o);
+    let live = Arc::new(Live::default());
+    let progress = Progress::start(&phase.label, live.clone(), &phase.load, opts);
+    let answers = Arc::new(Mutex::new(BTreeMap::new()));
+    let kept = answers.clone();
+    let measured = load::run_observed(&phase.load, &live, move |i| {
+        let (client, kept) = (client.clone(), kept.clone());
+        async move {
+            let (first, answered) = client.one(i).await?;
+            let documents = answered.len();
+            if i < first_pass {
+                let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+                for (j, d) in answered.into_iter().enumerate() {
+                    kept.insert(first + j, d.matches);
                 }
             }
-            Err(e) => record(
-                &mut result,
-                Outcome {
-                    at: started.elapsed().as_secs_f64(),
-                    result: Err(Failure::new("client", format!("a client task failed: {e}"))),
-                },
-            ),
+            Ok(Done::documents(documents))
         }
-    }
-    result.elapsed = started.elapsed();
-    result.latencies.sort_by(f64::total_cmp);
+    })
+    .await;
     progress.finish();
-    result
-}
-
-fn record(result: &mut PhaseResult, o: Outcome) {
-    let second = o.at as usize;
-    if result.series.len() <= second {
-        result.series.resize(second + 1, [0; 3]);
-    }
-    match o.result {
-        Ok((latency, docs)) => {
-            result.latencies.push(latency);
-            result.documents += docs;
-            result.series[second][0] += 1;
-            result.series[second][1] += docs;
-        }
-        Err(f) => {
-            result.series[second][2] += 1;
-            let kind = result.errors.entry(f.kind).or_default();
-            kind.count += 1;
-            if kind.samples.len() < SAMPLES {
-                kind.samples.push(f.message);
-            }
-        }
-    }
+    let answers = std::mem::take(&mut *answers.lock().unwrap_or_else(PoisonError::into_inner));
+    PhaseResult { measured, answers }
 }
 
 /// recall@k of `answers` against `truth` (both by query index): the mean over the queries both
@@ -373,34 +271,29 @@ mod tests {
         let base = two_matches_server().await;
         let workload = Arc::new(Workload::new(test_spec(Scenario::Text)).expect("valid"));
         let opts = PhaseOptions {
-            concurrency: 2,
-            timeout: Duration::from_secs(10),
             report_every: Duration::from_secs(60),
             display: Display::Quiet,
         };
         let target = Target::new(&base, Protocol::Native);
-        let mut phase = Phase {
-            label: "query".into(),
-            op: Operation::Search,
-            limits: Limits {
-                max_requests: 3,
-                duration: Duration::from_secs(30),
-            },
-            expected_matches: 3,
-        };
+        let mut phase = Phase::search("query", LoadConfig::new(2, 3, Duration::from_secs(30)), 3);
         let http = crate::load::http_client();
         let short = run_phase(&http, &target, &workload, &phase, &opts).await;
-        assert_eq!(short.requests(), 0);
-        assert_eq!(short.errors["wrong_matches"].count, 3);
-        assert!(short.errors["wrong_matches"].samples[0].contains("2 matches instead of 3"));
+        assert_eq!(short.measured.requests(), 0);
+        let wrong = &short.measured.errors["wrong_matches"];
+        assert_eq!(wrong.count, 3);
+        assert!(wrong.samples[0].contains("2 matches instead of 3"));
         assert!(short.answers.is_empty());
 
         phase.expected_matches = 2;
         let right = run_phase(&http, &target, &workload, &phase, &opts).await;
-        assert_eq!((right.requests(), right.error_count()), (3, 0));
+        let m = &right.measured;
+        assert_eq!((m.requests(), m.error_count()), (3, 0));
         // The 5 queries, 2 a request: requests 0..3 are the first pass over all of them.
         assert_eq!(right.answers.len(), 5);
-        assert_eq!(right.documents, 5);
+        assert_eq!(m.documents, 5);
+        let summary = serde_json::to_value(right.summary()).expect("JSON");
+        assert_eq!(summary["documents"], 5);
+        assert_eq!(summary["per_second"][0]["requests"], 3);
     }
 
     #[test]
@@ -417,35 +310,5 @@ mod tests {
         assert!((r.expect("compared") - 0.75).abs() < 1e-12);
         assert_eq!(recall(&BTreeMap::new(), &truth), (None, 0));
         assert_eq!(recall(&truth, &truth).0, Some(1.0));
-    }
-
-    #[test]
-    fn outcomes_land_in_their_second() {
-        let mut r = PhaseResult::default();
-        record(
-            &mut r,
-            Outcome {
-                at: 0.5,
-                result: Ok((0.01, 3)),
-            },
-        );
-        record(
-            &mut r,
-            Outcome {
-                at: 2.2,
-                result: Err(Failure::new("http_503", "busy")),
-            },
-        );
-        record(
-            &mut r,
-            Outcome {
-                at: 2.9,
-                result: Ok((0.02, 2)),
-            },
-        );
-        assert_eq!(r.series, vec![[1, 3, 0], [0, 0, 0], [1, 2, 1]]);
-        assert_eq!(r.documents, 5);
-        assert_eq!(r.errors["http_503"].count, 1);
-        assert_eq!(r.error_count(), 1);
     }
 }

@@ -72,7 +72,11 @@ fn png(
 /// Writes every plot of `report` into `dir`; returns their file names.
 pub(crate) fn write_all(report: &Report, dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut written = Vec::new();
-    if report.rows.iter().any(|r| !r.result.latencies.is_empty()) {
+    if report
+        .rows
+        .iter()
+        .any(|r| !r.result.measured.latencies.is_empty())
+    {
         png(&dir.join("latency.png"), |root| latency_cdf(report, root))?;
         written.push("latency.png".to_owned());
         png(&dir.join("throughput.png"), |root| throughput(report, root))?;
@@ -86,17 +90,14 @@ fn latency_cdf(
     report: &Report,
     root: &DrawingArea<BitMapBackend<'_>, Shift>,
 ) -> anyhow::Result<()> {
-    let all = report
+    let (lo, hi) = report
         .rows
         .iter()
-        .flat_map(|r| r.result.latencies.iter().copied());
-    let (lo, hi) = all.fold((f64::INFINITY, 0.0_f64), |(lo, hi), l| {
-        (lo.min(l), hi.max(l))
-    });
-    let (lo, hi) = (
-        (lo * 1e3 * 0.9).max(1e-3),
-        (hi * 1e3 * 1.1).max(lo * 1e3 + 1e-3),
-    );
+        .filter_map(|r| r.result.measured.latencies.range_ms())
+        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), (l, h)| {
+            (lo.min(l), hi.max(h))
+        });
+    let (lo, hi) = ((lo * 0.9).max(1e-3), (hi * 1.1).max(lo + 1e-3));
     let mut chart = ChartBuilder::on(root)
         .caption("Latency distribution per phase", ("sans-serif", 24))
         .margin(16)
@@ -111,18 +112,18 @@ fn latency_cdf(
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     for (i, row) in report.rows.iter().enumerate() {
-        let lat = &row.result.latencies;
-        if lat.is_empty() {
+        let cdf = row.result.measured.latencies.cdf_ms();
+        if cdf.is_empty() {
             continue;
         }
         // At most ~2,000 points a line: every step of the CDF is not visible anyway.
-        let step = lat.len().div_ceil(2000).max(1);
-        let n = lat.len() as f64;
-        let points = lat
-            .iter()
+        let step = cdf.len().div_ceil(2000).max(1);
+        let last = cdf.len() - 1;
+        let points = cdf
+            .into_iter()
             .enumerate()
-            .filter(|(j, _)| j % step == 0 || *j == lat.len() - 1)
-            .map(|(j, l)| (l * 1e3, (j + 1) as f64 / n));
+            .filter(move |(j, _)| j % step == 0 || *j == last)
+            .map(|(_, point)| point);
         let colour = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))
@@ -142,8 +143,8 @@ fn throughput(report: &Report, root: &DrawingArea<BitMapBackend<'_>, Shift>) -> 
         .rows
         .iter()
         .map(|row| {
-            let series = &row.result.series;
-            let elapsed = row.result.elapsed.as_secs_f64();
+            let series = &row.result.measured.series;
+            let elapsed = row.result.measured.elapsed.as_secs_f64();
             let window = series.len().div_ceil(300).max(1);
             // A step per window, its end cut at the phase's end (the last second is partial;
             // a sliver of it, answers that came after the deadline, joins the window before).

@@ -3,41 +3,14 @@
 //! `report_every` (latency percentiles of that interval).
 
 use std::io::IsTerminal as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Counters the clients update as answers come.
-#[derive(Debug, Default)]
-pub(crate) struct Live {
-    pub(crate) requests: AtomicU64,
-    pub(crate) documents: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    /// Latencies (seconds) of successful requests since the last report.
-    recent: Mutex<Vec<f64>>,
-}
-
-impl Live {
-    pub(crate) fn record_ok(&self, docs: usize, latency: f64) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.documents.fetch_add(docs as u64, Ordering::Relaxed);
-        self.recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(latency);
-    }
-
-    pub(crate) fn record_error(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn take_recent(&self) -> Vec<f64> {
-        std::mem::take(&mut *self.recent.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
+use super::phase::PhaseOptions;
+use crate::load::{Latencies, Live, LoadConfig, NO_LIMIT};
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,17 +31,17 @@ pub(crate) struct Progress {
 const PLAIN_EVERY: Duration = Duration::from_secs(10);
 
 impl Progress {
-    /// Starts showing `live` for a phase called `label` of at most `max_requests` requests
-    /// and `duration`; the bar counts seconds when `by_time`, requests otherwise.
+    /// Starts showing `live` for a phase called `label` run under `load`; the bar counts
+    /// seconds when the phase is bounded by time, requests otherwise.
     pub(crate) fn start(
         label: &str,
         live: Arc<Live>,
-        max_requests: u64,
-        duration: Duration,
-        by_time: bool,
-        report_every: Duration,
-        display: Display,
+        load: &LoadConfig,
+        opts: &PhaseOptions,
     ) -> Self {
+        let (duration, report_every, display) = (load.duration, opts.report_every, opts.display);
+        let by_time = duration < NO_LIMIT;
+        let max_requests = u64::try_from(load.max_requests).unwrap_or(u64::MAX);
         let bar = (display == Display::Auto && std::io::stderr().is_terminal()).then(|| {
             let (len, unit) = if by_time {
                 (duration.as_secs(), "s")
@@ -125,7 +98,7 @@ impl Progress {
                         span,
                         docs - at_report.0,
                         errors - at_report.1,
-                        live.take_recent(),
+                        &live.take_recent(),
                     );
                     at_report = (docs, errors);
                     match &shown {
@@ -154,9 +127,8 @@ impl Drop for Progress {
 }
 
 /// `label [last 60s]: 812 docs, 13.5 docs/s, p50 .. ms, 0 errors`.
-fn interval_summary(label: &str, span: f64, docs: u64, errors: u64, mut lat: Vec<f64>) -> String {
-    lat.sort_by(f64::total_cmp);
-    let q = |p| crate::load::quantile(&lat, p) * 1e3;
+fn interval_summary(label: &str, span: f64, docs: u64, errors: u64, lat: &Latencies) -> String {
+    let q = |p| lat.quantile_ms(p);
     format!(
         "{label} [last {span:.0}s]: {docs} docs, {:.1} docs/s, {} requests, latency p50 {:.1} ms p95 {:.1} ms p99 {:.1} ms, {errors} errors",
         docs as f64 / span.max(1e-9),
@@ -173,7 +145,7 @@ mod tests {
 
     #[test]
     fn summaries_give_rates_and_percentiles() {
-        let line = interval_summary("query", 10.0, 50, 1, vec![0.003, 0.001, 0.002]);
+        let line = interval_summary("query", 10.0, 50, 1, &Latencies::of_ms([3, 1, 2]));
         assert!(line.contains("5.0 docs/s"), "{line}");
         assert!(line.contains("p50 2.0 ms"), "{line}");
         assert!(line.contains("1 errors"), "{line}");

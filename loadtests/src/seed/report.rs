@@ -6,25 +6,33 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::phase::PhaseResult;
+use super::phase::{PhaseResult, PhaseSummary};
 use super::target::Operation;
+use super::Settings;
+use crate::table::{opt, Align, Table};
 
-/// One row of the table: a phase with what it ran on.
-#[derive(Debug)]
+/// One row of the table: a phase with what it ran on (in `results.json`, beside the phase's
+/// figures).
+#[derive(Debug, Serialize)]
 pub(crate) struct Row {
     /// `flowmesh`, or another engine measured with the same workload (`jina`).
     pub(crate) engine: String,
+    /// `index` or `query`.
+    #[serde(serialize_with = "serialize_operation")]
     pub(crate) operation: Operation,
     /// The index backend: `flat`, `annoy:trees=100`, `faiss:IVF50,Flat:nprobe=8`.
     pub(crate) indexer: String,
     /// The document store: `embedded`, `redis`, `memory`, or `none` (no ranker).
     pub(crate) store: String,
+    #[serde(skip)]
     pub(crate) result: PhaseResult,
     /// Seconds the indexers took to build their structures before the phase.
     pub(crate) build_seconds: Option<f64>,
     /// recall@k against exact search, with the number of queries compared.
+    #[serde(skip)]
     pub(crate) recall: Option<(f64, usize)>,
 }
 
@@ -42,19 +50,38 @@ impl Row {
         }
     }
 
-    fn to_json(&self) -> Value {
-        let mut v = self.result.summary();
-        v["engine"] = json!(self.engine);
-        v["operation"] = json!(operation_name(self.operation));
-        v["indexer"] = json!(self.indexer);
-        v["store"] = json!(self.store);
-        v["build_seconds"] = json!(self.build_seconds);
-        v["recall_at_k"] = json!(self.recall.map(|r| r.0));
-        v["recall_queries"] = json!(self.recall.map(|r| r.1));
-        v
+    fn to_json(&self) -> PhaseJson<'_> {
+        PhaseJson {
+            summary: self.result.summary(),
+            row: self,
+            recall_at_k: self.recall.map(|r| r.0),
+            recall_queries: self.recall.map(|r| r.1),
+        }
     }
 }
 
+/// One phase in `results.json`: its figures and what it ran on.
+#[derive(Debug, Serialize)]
+struct PhaseJson<'a> {
+    #[serde(flatten)]
+    summary: PhaseSummary,
+    #[serde(flatten)]
+    row: &'a Row,
+    recall_at_k: Option<f64>,
+    recall_queries: Option<usize>,
+}
+
+/// `results.json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct ResultsJson<'a> {
+    benchmark: &'static str,
+    settings: &'a Settings,
+    topology: &'a Value,
+    phases: Vec<PhaseJson<'a>>,
+    plots: &'a [String],
+}
+
+/// `index` or `query`: the operations as the results name them.
 fn operation_name(op: Operation) -> &'static str {
     match op {
         Operation::Index => "index",
@@ -62,63 +89,85 @@ fn operation_name(op: Operation) -> &'static str {
     }
 }
 
+fn serialize_operation<S: serde::Serializer>(op: &Operation, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(operation_name(*op))
+}
+
 /// Everything a run produced.
 #[derive(Debug)]
 pub(crate) struct Report {
     /// Every setting of the run.
-    pub(crate) settings: Value,
+    pub(crate) settings: Settings,
     /// The gateway's `GET /status` (null when it has none).
     pub(crate) topology: Value,
     pub(crate) rows: Vec<Row>,
 }
 
 impl Report {
-    pub(crate) fn to_json(&self) -> Value {
-        json!({
-            "benchmark": "seed",
-            "settings": self.settings,
-            "topology": self.topology,
-            "phases": self.rows.iter().map(Row::to_json).collect::<Vec<_>>(),
-        })
+    /// `results.json`, listing `plots`.
+    pub(crate) fn to_json<'a>(&'a self, plots: &'a [String]) -> ResultsJson<'a> {
+        ResultsJson {
+            benchmark: "seed",
+            settings: &self.settings,
+            topology: &self.topology,
+            phases: self.rows.iter().map(Row::to_json).collect(),
+            plots,
+        }
     }
 
     /// The seed's table: one line per phase.
     pub(crate) fn markdown(&self) -> String {
         let engines = self.rows.iter().any(|r| r.engine != "flowmesh");
-        let k = self.settings["top_k"].as_u64().unwrap_or(0);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "| {}operation | indexer | document store | hours | documents | documents/s | requests/s | latency p50 ms | p95 ms | p99 ms | errors | build s | recall@{k} |",
-            if engines { "engine | " } else { "" }
-        );
-        let _ = writeln!(
-            s,
-            "|{}---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            if engines { "---|" } else { "" }
-        );
-        for row in &self.rows {
-            let r = &row.result;
-            let _ = writeln!(
-                s,
-                "| {}{} | {} | {} | {:.3} | {} | {:.1} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
-                if engines { format!("{} | ", row.engine) } else { String::new() },
-                operation_name(row.operation),
-                row.indexer,
-                row.store,
-                r.elapsed.as_secs_f64() / 3600.0,
-                r.documents,
-                r.docs_per_s(),
-                r.requests_per_s(),
-                r.latency_ms(0.5),
-                r.latency_ms(0.95),
-                r.latency_ms(0.99),
-                r.error_count(),
-                row.build_seconds.map_or_else(|| "-".to_owned(), |b| format!("{b:.1}")),
-                row.recall.map_or_else(|| "-".to_owned(), |(r, _)| format!("{r:.3}")),
-            );
+        let right = |name: String| (name, Align::Right);
+        let mut columns = Vec::new();
+        if engines {
+            columns.push(("engine".to_owned(), Align::Left));
         }
-        s
+        for name in ["operation", "indexer", "document store"] {
+            columns.push((name.to_owned(), Align::Left));
+        }
+        for name in [
+            "hours",
+            "documents",
+            "documents/s",
+            "requests/s",
+            "latency p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "errors",
+            "build s",
+        ] {
+            columns.push(right(name.to_owned()));
+        }
+        columns.push(right(format!(
+            "recall@{}",
+            self.settings.args.workload.top_k
+        )));
+        let mut t = Table::new(columns);
+        for row in &self.rows {
+            let m = &row.result.measured;
+            let mut cells = Vec::new();
+            if engines {
+                cells.push(row.engine.clone());
+            }
+            cells.extend([
+                operation_name(row.operation).to_owned(),
+                row.indexer.clone(),
+                row.store.clone(),
+                format!("{:.3}", m.elapsed.as_secs_f64() / 3600.0),
+                m.documents.to_string(),
+                format!("{:.1}", m.docs_per_s()),
+                format!("{:.2}", m.requests_per_s()),
+                format!("{:.0}", m.latency_ms(0.5)),
+                format!("{:.0}", m.latency_ms(0.95)),
+                format!("{:.0}", m.latency_ms(0.99)),
+                m.error_count().to_string(),
+                opt(row.build_seconds, 1),
+                opt(row.recall.map(|r| r.0), 3),
+            ]);
+            t.row(cells);
+        }
+        t.render()
     }
 
     /// Writes `results.json`, `results.md` and the plots into `dir` (created if needed);
@@ -132,11 +181,9 @@ impl Report {
                 Vec::new()
             }
         };
-        let mut json = self.to_json();
-        json["plots"] = json!(plots);
         std::fs::write(
             dir.join("results.json"),
-            serde_json::to_string_pretty(&json)?,
+            serde_json::to_string_pretty(&self.to_json(&plots))?,
         )?;
         let mut md = format!(
             "# flowmesh-bench run\n\nTopology: {}\n\n",
@@ -159,17 +206,16 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::load::Latencies;
 
     #[test]
     fn the_table_has_a_line_per_phase_with_recall() {
-        let result = PhaseResult {
-            latencies: vec![0.010, 0.020, 0.030],
-            documents: 150,
-            elapsed: Duration::from_secs(3),
-            ..PhaseResult::default()
-        };
+        let mut result = PhaseResult::default();
+        result.measured.latencies = Latencies::of_ms([10, 20, 30]);
+        result.measured.documents = 150;
+        result.measured.elapsed = Duration::from_secs(3);
         let report = Report {
-            settings: json!({"top_k": 50}),
+            settings: super::super::tests::settings(50),
             topology: Value::Null,
             rows: vec![Row {
                 engine: "flowmesh".into(),
@@ -188,8 +234,33 @@ mod tests {
             "| query | annoy:trees=100 | redis | 0.001 | 150 | 50.0 | 1.00 | 20 | 30 | 30 | 0 | 1.2 | 0.988 |"
         );
         assert!(md.contains("recall@50"));
-        let json = report.to_json();
+        let json = serde_json::to_value(report.to_json(&[])).expect("JSON");
         assert_eq!(json["phases"][0]["documents"], 150);
         assert_eq!(json["phases"][0]["recall_at_k"], 0.9876);
+        assert_eq!(json["phases"][0]["operation"], "query");
+        assert_eq!(
+            crate::report::keys(&json["phases"][0]),
+            crate::report::sorted(&[
+                "seconds",
+                "hours",
+                "documents",
+                "requests",
+                "docs_per_s",
+                "requests_per_s",
+                "latency_ms",
+                "errors",
+                "errors_by_kind",
+                "per_second",
+                "engine",
+                "operation",
+                "indexer",
+                "store",
+                "build_seconds",
+                "recall_at_k",
+                "recall_queries",
+            ])
+        );
+        assert_eq!(json["settings"]["top_k"], 50);
+        assert_eq!(json["settings"]["index_limits"]["max_requests"], 1);
     }
 }

@@ -5,6 +5,8 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::load::Failure;
+
 /// The request protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,22 +72,6 @@ impl Target {
                     .to_string(),
                 ),
             ),
-        }
-    }
-}
-
-/// Why an answer is not what was asked for; `kind` is what errors are counted by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Failure {
-    pub(crate) kind: String,
-    pub(crate) message: String,
-}
-
-impl Failure {
-    pub(crate) fn new(kind: &str, message: impl Into<String>) -> Self {
-        Self {
-            kind: kind.to_owned(),
-            message: message.into(),
         }
     }
 }

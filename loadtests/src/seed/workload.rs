@@ -9,9 +9,10 @@ use base64::Engine as _;
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::ImageEncoder as _;
-use rand::rngs::SmallRng;
-use rand::{Rng as _, SeedableRng as _};
 use serde_json::{json, Value};
+
+use super::WorkloadSpec;
+use crate::texts::{paragraph, SplitMix64};
 
 /// What is searched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -41,30 +42,6 @@ pub(crate) enum ImageField {
     DataUri,
 }
 
-/// The settings a [`Workload`] is made from.
-#[derive(Debug, Clone, serde::Serialize)]
-pub(crate) struct WorkloadSpec {
-    pub(crate) scenario: Scenario,
-    /// Documents to index.
-    pub(crate) docs: usize,
-    /// Distinct query documents.
-    pub(crate) queries: usize,
-    /// Documents per index request.
-    pub(crate) request_size: usize,
-    /// Query documents per search request.
-    pub(crate) query_request_size: usize,
-    /// Matches asked for per query document.
-    pub(crate) top_k: usize,
-    pub(crate) seed: u64,
-    /// Side of the generated square images, in pixels.
-    pub(crate) image_size: u32,
-    pub(crate) image_format: ImageFormat,
-    pub(crate) image_field: ImageField,
-    /// Most distinct images generated (before a phase, not timed); documents past it reuse
-    /// them under their own ids.
-    pub(crate) image_pool: usize,
-}
-
 /// The data and queries of one benchmark, ready to be cut into requests.
 pub(crate) struct Workload {
     pub(crate) spec: WorkloadSpec,
@@ -85,7 +62,7 @@ impl Workload {
             "--docs and --queries must be positive"
         );
         anyhow::ensure!(
-            spec.request_size > 0 && spec.query_request_size > 0 && spec.top_k > 0,
+            spec.request_size > 0 && spec.query_request_size() > 0 && spec.top_k > 0,
             "--request-size, --query-request-size and --top-k must be positive"
         );
         let (mut doc_images, mut query_images) = (Vec::new(), Vec::new());
@@ -116,7 +93,7 @@ impl Workload {
 
     /// Search requests needed for every query document once.
     pub(crate) fn query_batches(&self) -> usize {
-        self.spec.queries.div_ceil(self.spec.query_request_size)
+        self.spec.queries.div_ceil(self.spec.query_request_size())
     }
 
     /// The documents of index request `b` (`b` < [`Self::index_batches`]).
@@ -131,7 +108,7 @@ impl Workload {
     pub(crate) fn query_docs(&self, r: usize) -> (usize, Vec<Value>) {
         let range = self.batch(
             r % self.query_batches(),
-            self.spec.query_request_size,
+            self.spec.query_request_size(),
             self.spec.queries,
         );
         (
@@ -153,7 +130,7 @@ impl Workload {
         match self.spec.scenario {
             Scenario::Text => {
                 let sentences = if stream == DOC_STREAM { 2..=5 } else { 2..=3 };
-                json!({"id": id, "text": text(self.spec.seed, stream, i, sentences)})
+                json!({"id": id, "text": paragraph(self.spec.seed, stream, i, sentences)})
             }
             Scenario::Image => {
                 let pool = if stream == DOC_STREAM {
@@ -182,149 +159,9 @@ impl Workload {
     }
 }
 
-/// A generator for item `i` of `stream`, the same for the same seed.
-fn rng(seed: u64, stream: u64, i: usize) -> SmallRng {
-    let mixed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17)
-        ^ stream.wrapping_mul(0xbf58_476d_1ce4_e5b9)
-        ^ (i as u64).wrapping_mul(0x94d0_49bb_1331_11eb);
-    SmallRng::seed_from_u64(mixed)
-}
-
-const WORDS: &[&str] = &[
-    "search",
-    "engine",
-    "finds",
-    "similar",
-    "documents",
-    "quickly",
-    "people",
-    "walk",
-    "along",
-    "quiet",
-    "river",
-    "under",
-    "bright",
-    "summer",
-    "light",
-    "talk",
-    "about",
-    "music",
-    "horses",
-    "mountains",
-    "cities",
-    "old",
-    "stone",
-    "bridges",
-    "green",
-    "garden",
-    "winter",
-    "storm",
-    "market",
-    "signal",
-    "neural",
-    "network",
-    "vector",
-    "index",
-    "shard",
-    "replica",
-    "query",
-    "model",
-    "token",
-    "sentence",
-    "image",
-    "camera",
-    "forest",
-    "ocean",
-    "island",
-    "harbour",
-    "train",
-    "station",
-    "morning",
-    "evening",
-    "coffee",
-    "bread",
-    "kitchen",
-    "window",
-    "library",
-    "student",
-    "teacher",
-    "doctor",
-    "farmer",
-    "painter",
-    "singer",
-    "soldier",
-    "sailor",
-    "child",
-    "red",
-    "blue",
-    "yellow",
-    "silver",
-    "golden",
-    "small",
-    "large",
-    "ancient",
-    "modern",
-    "busy",
-    "empty",
-    "warm",
-    "cold",
-    "slowly",
-    "loudly",
-    "gently",
-    "carefully",
-    "builds",
-    "reads",
-    "writes",
-    "sings",
-    "paints",
-    "watches",
-    "opens",
-    "closes",
-    "carries",
-    "follows",
-    "remembers",
-    "forgets",
-    "chooses",
-    "the",
-    "a",
-    "and",
-    "with",
-    "near",
-    "behind",
-    "before",
-    "after",
-    "every",
-];
-
-/// A text of `sentences` sentences of 6 to 14 words.
-fn text(seed: u64, stream: u64, i: usize, sentences: std::ops::RangeInclusive<usize>) -> String {
-    let mut rng = rng(seed, stream, i);
-    let n = rng.random_range(sentences);
-    let mut out = String::new();
-    for s in 0..n {
-        if s > 0 {
-            out.push(' ');
-        }
-        let words = rng.random_range(6..=14);
-        for w in 0..words {
-            let word = WORDS[rng.random_range(0..WORDS.len())];
-            if w == 0 {
-                let mut chars = word.chars();
-                out.extend(chars.next().map(|c| c.to_ascii_uppercase()));
-                out.push_str(chars.as_str());
-            } else {
-                out.push(' ');
-                out.push_str(word);
-            }
-        }
-        out.push(['.', '.', '!', '?'][rng.random_range(0..4)]);
-    }
-    out
-}
-
 /// Image `i` of `stream` as base64 JPEG (quality 90) or PNG.
 fn image_base64(spec: &WorkloadSpec, stream: u64, i: usize) -> anyhow::Result<String> {
-    let variant = rng(spec.seed, stream, i).random::<u32>() as usize;
+    let variant = SplitMix64::for_item(spec.seed, stream, i).below(1 << 32);
     let picture = crate::workload::picture(variant, spec.image_size);
     let mut bytes = Cursor::new(Vec::new());
     match spec.image_format {
@@ -349,7 +186,7 @@ pub(crate) fn test_spec(scenario: Scenario) -> WorkloadSpec {
         docs: 10,
         queries: 5,
         request_size: 4,
-        query_request_size: 2,
+        query_request_size: Some(2),
         top_k: 3,
         seed: 7,
         image_size: 32,
@@ -378,16 +215,6 @@ mod tests {
         assert_eq!(w.query_docs(3), w.query_docs(0));
         assert_eq!(w.query_docs(2).0, 4);
         assert_eq!(w.query_docs(2).1.len(), 1);
-    }
-
-    #[test]
-    fn texts_are_deterministic_and_multi_sentence() {
-        let a = text(1, DOC_STREAM, 5, 2..=5);
-        assert_eq!(a, text(1, DOC_STREAM, 5, 2..=5));
-        assert_ne!(a, text(2, DOC_STREAM, 5, 2..=5));
-        assert_ne!(a, text(1, QUERY_STREAM, 5, 2..=5));
-        let ends = a.matches(['.', '!', '?']).count();
-        assert!((2..=5).contains(&ends), "{a}");
     }
 
     #[test]
