@@ -7,26 +7,27 @@
 
 use std::ops::RangeInclusive;
 
-/// SplitMix64 (Steele, Lea and Flood, 2014): a tiny, fast generator whose every seed, 0
-/// included, gives a good stream; plenty for generated benchmark data.
+/// The benchmarks' draws over shared's SplitMix64 ([`flowmesh_shared::rng::SplitMix64`]): per
+/// item streams, and numbers in a range by multiply-shift (not shared's remainder), which the
+/// generated data was made with.
 #[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(u64);
+pub(crate) struct SplitMix64(flowmesh_shared::rng::SplitMix64);
 
 impl SplitMix64 {
+    /// The generator seeded with `seed`.
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(flowmesh_shared::rng::SplitMix64::new(seed))
+    }
+
     /// The generator of item `i` of `stream` under `seed`: independent streams for documents
     /// and queries of the same seed.
     pub(crate) fn for_item(seed: u64, stream: u64, i: usize) -> Self {
-        let mut mix = Self(seed ^ stream.rotate_left(32));
-        let base = mix.next_u64();
-        Self(base ^ (i as u64).wrapping_mul(0x94d0_49bb_1331_11eb))
+        let base = Self::new(seed ^ stream.rotate_left(32)).next_u64();
+        Self::new(base ^ (i as u64).wrapping_mul(0x94d0_49bb_1331_11eb))
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `0..n` (`n` > 0; 0 for `n` == 0).
@@ -221,10 +222,10 @@ mod tests {
     #[test]
     fn split_mix_matches_the_reference_stream() {
         // The first outputs for seed 1234567 in the reference C implementation.
-        let mut rng = SplitMix64(1_234_567);
+        let mut rng = SplitMix64::new(1_234_567);
         assert_eq!(rng.next_u64(), 6_457_827_717_110_365_317);
         assert_eq!(rng.next_u64(), 3_203_168_211_198_807_973);
-        let mut r = SplitMix64(9);
+        let mut r = SplitMix64::new(9);
         assert!((0..1000).all(|_| r.below(7) < 7 && r.unit() < 1.0));
         assert!((0..1000)
             .map(|_| r.within(3..=5))
