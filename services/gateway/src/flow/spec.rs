@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A Flow file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// A Flow file. It serialises back to the vocabulary it parses from (absent options stay absent),
+/// so a Flow file can be built from these types.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSpec {
     /// Accepted for Jina compatibility (`jtype: Flow`); ignored.
@@ -31,7 +32,7 @@ fn default_name() -> String {
 }
 
 /// Flow-wide settings (`with:` at the top of the file).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSettings {
     /// Documents per batch: a request with more documents is cut into batches of this size.
@@ -118,7 +119,7 @@ pub enum AddressesSpec {
 }
 
 /// One executor of the Flow.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecutorSpec {
     /// Unique name; `gateway` and `all` are reserved.
@@ -588,5 +589,36 @@ mod tests {
         .unwrap();
         assert_eq!(f.executors[0].polling_for("search").unwrap(), Polling::Any);
         assert_eq!(f.executors[0].polling_for("index").unwrap(), Polling::All);
+    }
+
+    /// Every Flow file of the repository, serialised and parsed again, is the same Flow, and the
+    /// YAML written leaves absent options out instead of writing `null`.
+    #[test]
+    fn flow_files_round_trip_through_serialisation() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../flows");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let parsed = FlowSpec::from_yaml(&text).unwrap();
+            let written = serde_yaml_ng::to_string(&parsed).unwrap();
+            assert!(!written.contains("null"), "{}: {written}", path.display());
+            let again = FlowSpec::from_yaml(&written)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{written}", path.display()));
+            assert_eq!(parsed, again, "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 5, "only {seen} flow files in {}", dir.display());
+    }
+
+    #[test]
+    fn every_option_round_trips() {
+        let text = "name: all-options\nwith: {request_size: 3, prefetch: 2, timeout_ms: 500, request_timeout_ms: 9000, retries: 1, health_interval_ms: 50}\nexecutors:\n  - {name: s, uses: sentencizer, with: {min_sent_len: 2}}\n  - name: i\n    uses: remote\n    needs: [gateway, s]\n    shards: 2\n    replicas: 2\n    polling: {/search: all, '*': any}\n    uses_after: concat\n    addresses: [['http://a:1', 'http://b:1'], ['http://c:1', 'http://d:1']]\n    endpoints: [/search, index]\n    timeout_ms: 20\n    retries: 0\n  - {name: r, uses: ranker, needs: all, polling: ALL}\n";
+        let parsed = FlowSpec::from_yaml(text).unwrap();
+        let written = serde_yaml_ng::to_string(&parsed).unwrap();
+        assert_eq!(FlowSpec::from_yaml(&written).unwrap(), parsed, "{written}");
     }
 }
