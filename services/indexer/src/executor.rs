@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use flowmesh_shared::api::{top_k, DEFAULT_TOP_K};
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Document, Endpoint, Envelope};
 
 use crate::backend::{Entry, Hit, IndexError, VectorIndex};
 use crate::shard::Shard;
@@ -88,16 +88,15 @@ impl Indexer {
 impl Executor for Indexer {
     async fn call(
         &self,
-        endpoint: &str,
+        endpoint: Endpoint,
         request: Envelope,
         deadline: Deadline,
     ) -> Result<Envelope, ApiError> {
         let operation: Operation = match endpoint {
-            "index" => documents_upsert,
-            "update" => documents_update,
-            "search" => matches_search,
-            "delete" => documents_delete,
-            _ => return Ok(request),
+            Endpoint::Index => documents_upsert,
+            Endpoint::Update => documents_update,
+            Endpoint::Search => matches_search,
+            Endpoint::Delete => documents_delete,
         };
         // A scan is O(n·d) and writers wait for it: large work goes off the async threads. Small
         // work runs right here, because handing it to the blocking pool costs two thread
@@ -105,7 +104,7 @@ impl Executor for Indexer {
         // The blocking work cannot be dropped with this future: it checks `stop` between units
         // of work, which `_abandon` trips when this future is dropped (deadline, client gone).
         let (stop, _abandon) = Stop::new(deadline);
-        if work(self.index.as_ref(), endpoint, &request) <= INLINE_WORK {
+        if work(self.index.as_ref(), endpoint.as_str(), &request) <= INLINE_WORK {
             return operation(self.index.as_ref(), request, self.options, &stop);
         }
         let index = Arc::clone(&self.index);
