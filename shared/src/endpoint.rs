@@ -5,10 +5,43 @@
 //! never reach [`crate::server::Executor::call`]: the envelope goes back unchanged, as Jina's
 //! executors let endpoints they do not handle pass through.
 
-use std::fmt;
-use std::str::FromStr;
+/// Implements `FromStr` (the exact spelling of one of `ALL`; `unknown` makes the error),
+/// `Display` and serde (as the spelling) for a closed vocabulary: a `Copy` type with
+/// `as_str(self) -> &'static str` and an `ALL` array.
+macro_rules! spelled {
+    ($ty:ty, $err:ty, $unknown:expr) => {
+        impl std::str::FromStr for $ty {
+            type Err = $err;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                <$ty>::ALL
+                    .into_iter()
+                    .find(|w| w.as_str() == s)
+                    .ok_or_else(|| $unknown(s))
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let word = <String as serde::Deserialize>::deserialize(d)?;
+                word.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use spelled;
 
 /// One of the operations of the public API and the executor protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,42 +92,16 @@ impl Endpoint {
     }
 }
 
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A name that is not one of the four endpoints.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown endpoint {0:?} (use index, search, update or delete)")]
 pub struct UnknownEndpoint(pub String);
 
-impl FromStr for Endpoint {
-    type Err = UnknownEndpoint;
-
-    /// Parses the name without a slash, exactly (`Search` and `/search` are not endpoints here:
-    /// callers that accept a path trim its slash themselves).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Endpoint::ALL
-            .into_iter()
-            .find(|e| e.as_str() == s)
-            .ok_or_else(|| UnknownEndpoint(s.to_owned()))
-    }
-}
-
-impl Serialize for Endpoint {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Endpoint {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        name.parse().map_err(serde::de::Error::custom)
-    }
-}
+// Parsed from the name without a slash, exactly (`Search` and `/search` are not endpoints here:
+// callers that accept a path trim its slash themselves).
+spelled!(Endpoint, UnknownEndpoint, |s: &str| UnknownEndpoint(
+    s.to_owned()
+));
 
 /// One value per endpoint: a table looked up by [`Endpoint`], with no missing entry and no
 /// position to get wrong.

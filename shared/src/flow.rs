@@ -2,16 +2,13 @@
 //! the answers of its shards (`uses_after`). The gateway parses them once, when it reads a Flow
 //! file; an unknown word is an error there, never a failed request later.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use crate::endpoint::spelled;
 
 /// A word of the Flow file that is not one of the words its key takes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {key} {word:?} (use {expected})")]
 pub struct UnknownWord {
-    /// The key, as written in the Flow file (`uses`, `uses_after`).
+    /// The key, as written in the Flow file (`uses`, `uses_after`, `polling`).
     pub key: &'static str,
     /// What was written.
     pub word: String,
@@ -19,28 +16,14 @@ pub struct UnknownWord {
     pub expected: &'static str,
 }
 
-/// Serialises as its word, and deserialises from it with [`FromStr`]'s message.
-macro_rules! word_serde {
-    ($ty:ty) => {
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
+impl UnknownWord {
+    fn new(key: &'static str, expected: &'static str) -> impl Fn(&str) -> Self {
+        move |word| Self {
+            key,
+            word: word.to_owned(),
+            expected,
         }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let word = String::deserialize(d)?;
-                word.parse().map_err(serde::de::Error::custom)
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
+    }
 }
 
 /// What an executor of a Flow runs (`uses:`).
@@ -95,22 +78,14 @@ impl Uses {
     }
 }
 
-impl FromStr for Uses {
-    type Err = UnknownWord;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uses::ALL
-            .into_iter()
-            .find(|u| u.as_str() == s)
-            .ok_or_else(|| UnknownWord {
-                key: "uses",
-                word: s.to_owned(),
-                expected: "one of sentencizer, encoder, indexer, ranker, remote",
-            })
-    }
-}
-
-word_serde!(Uses);
+spelled!(
+    Uses,
+    UnknownWord,
+    UnknownWord::new(
+        "uses",
+        "one of sentencizer, encoder, indexer, ranker, remote"
+    )
+);
 
 /// How the shards of an executor are polled for one endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +97,9 @@ pub enum Polling {
 }
 
 impl Polling {
+    /// Both modes.
+    pub const ALL: [Polling; 2] = [Polling::Any, Polling::All];
+
     /// The word of the Flow file.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -132,23 +110,17 @@ impl Polling {
 
     /// The mode a word names, in any case (`ALL` is `all`), as Jina reads it.
     pub fn from_word(word: &str) -> Option<Self> {
-        [Polling::Any, Polling::All]
+        Polling::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(word))
     }
 }
 
-impl Serialize for Polling {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Polling {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+spelled!(
+    Polling,
+    UnknownWord,
+    UnknownWord::new("polling", "any or all")
+);
 
 /// What merges the answers of `all` polling (`uses_after:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -161,6 +133,9 @@ pub enum Merge {
 }
 
 impl Merge {
+    /// Both mergers.
+    pub const ALL: [Merge; 2] = [Merge::TopK, Merge::Concat];
+
     /// The word of the Flow file.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -170,22 +145,11 @@ impl Merge {
     }
 }
 
-impl FromStr for Merge {
-    type Err = UnknownWord;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Merge::TopK, Merge::Concat]
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| UnknownWord {
-                key: "uses_after",
-                word: s.to_owned(),
-                expected: "topk or concat",
-            })
-    }
-}
-
-word_serde!(Merge);
+spelled!(
+    Merge,
+    UnknownWord,
+    UnknownWord::new("uses_after", "topk or concat")
+);
 
 #[cfg(test)]
 mod tests {
@@ -197,7 +161,7 @@ mod tests {
             assert_eq!(u.as_str().parse::<Uses>(), Ok(u));
             assert_eq!(serde_json::to_value(u).unwrap(), u.as_str());
         }
-        for m in [Merge::TopK, Merge::Concat] {
+        for m in Merge::ALL {
             assert_eq!(m.as_str().parse::<Merge>(), Ok(m));
             assert_eq!(
                 serde_json::from_value::<Merge>(m.as_str().into()).unwrap(),

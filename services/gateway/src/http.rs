@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,10 +15,9 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use flowmesh_shared::api::EmbeddingValue;
 use flowmesh_shared::codec::{Negotiated, Reply};
-use flowmesh_shared::health::{health_router, Readiness};
+use flowmesh_shared::health::Readiness;
 use flowmesh_shared::openapi::set_error_responses;
-use flowmesh_shared::server::{method_not_allowed, shed_beyond, unknown_route, Limits};
-use flowmesh_shared::telemetry::{metrics_router, track_requests};
+use flowmesh_shared::server::{service_router, shed_beyond, Limits};
 use flowmesh_shared::{
     ApiError, Document, Endpoint, Envelope, ErrorBody, Header, Parameters, Route,
 };
@@ -90,7 +89,7 @@ pub fn router(state: AppState) -> Router {
         (!flow.is_ready())
             .then(|| "some executor shard has no healthy replica; see /status".to_owned())
     });
-    Router::new()
+    let own = Router::new()
         .route("/index", post(documents_index))
         .route("/search", post(matches_search))
         .route("/update", post(documents_update))
@@ -99,15 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(shed_beyond(limits.max_concurrent_requests))
         .route("/status", get(flow_status))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .with_state(state)
-        .merge(health_router(readiness))
-        .merge(metrics_router())
-        .fallback(unknown_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(|req, next| {
-            track_requests("gateway", req, next)
-        }))
+        .with_state(state);
+    service_router("gateway", own, readiness, &limits)
 }
 
 /// The OpenAPI document of the gateway.

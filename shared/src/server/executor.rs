@@ -4,20 +4,19 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::Router;
 
-use super::routes::{method_not_allowed, shed_beyond, unknown_route};
+use super::routes::{service_router, shed_beyond};
 use crate::api::Envelope;
 use crate::codec::{Negotiated, Reply};
 use crate::deadline::Deadline;
 use crate::endpoint::Endpoint;
 use crate::error::ApiError;
-use crate::health::{health_router, Readiness};
+use crate::health::Readiness;
 use crate::limits::Limits;
-use crate::telemetry::{metrics_router, track_requests};
 
 /// An executor: something the Flow sends envelopes to.
 ///
@@ -61,19 +60,12 @@ pub fn executor_router<E: Executor>(
         executor,
         limits: limits.clone(),
     });
-    Router::new()
+    let own = Router::new()
         .route("/{endpoint}", post(executor_call::<E>))
         .route_layer(shed_beyond(limits.max_concurrent_requests))
         .with_state(state)
-        .merge(extra)
-        .merge(health_router(readiness))
-        .merge(metrics_router())
-        .fallback(unknown_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            track_requests(service, req, next)
-        }))
+        .merge(extra);
+    service_router(service, own, readiness, limits)
 }
 
 async fn executor_call<E: Executor>(

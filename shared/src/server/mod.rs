@@ -22,5 +22,5 @@ pub use crate::limits::Limits;
 pub use args::ServeArgs;
 pub use executor::{executor_router, Executor};
 pub use listen::{bind, bind_and_serve, serve};
-pub use routes::{method_not_allowed, shed_beyond, unknown_route, ShedLayer};
+pub use routes::{method_not_allowed, service_router, shed_beyond, unknown_route, ShedLayer};
 pub use signal::shutdown_signal;

@@ -1,14 +1,38 @@
-//! Routes and layers every service shares, the gateway included: load shedding and the JSON
-//! answers for unknown paths and wrong methods.
+//! Routes and layers every service shares, the gateway included: health and metrics, load
+//! shedding, the JSON answers for unknown paths and wrong methods, body limits and request
+//! metrics.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Router;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+use crate::health::{health_router, Readiness};
+use crate::limits::Limits;
+use crate::telemetry::{metrics_router, track_requests};
+
+/// A service's `own` routes with what every service serves the same way around them:
+/// `/livez` and `/readyz` (from `readiness`), `/metrics`, JSON answers for unknown paths and
+/// wrong methods, the body limit of `limits`, and request metrics labelled `service`.
+pub fn service_router(
+    service: &'static str,
+    own: Router,
+    readiness: Readiness,
+    limits: &Limits,
+) -> Router {
+    own.merge(health_router(readiness))
+        .merge(metrics_router())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            track_requests(service, req, next)
+        }))
+}
 
 /// The middleware behind [`shed_beyond`].
 type ShedFn =
