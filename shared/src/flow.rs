@@ -157,17 +157,9 @@ mod tests {
 
     #[test]
     fn words_parse_and_print_back() {
-        for u in Uses::ALL {
-            assert_eq!(u.as_str().parse::<Uses>(), Ok(u));
-            assert_eq!(serde_json::to_value(u).unwrap(), u.as_str());
-        }
-        for m in Merge::ALL {
-            assert_eq!(m.as_str().parse::<Merge>(), Ok(m));
-            assert_eq!(
-                serde_json::from_value::<Merge>(m.as_str().into()).unwrap(),
-                m
-            );
-        }
+        crate::endpoint::assert_spelled(&Uses::ALL);
+        crate::endpoint::assert_spelled(&Merge::ALL);
+        crate::endpoint::assert_spelled(&Polling::ALL);
         assert_eq!(Polling::from_word("ALL"), Some(Polling::All));
         assert_eq!(Polling::from_word("any"), Some(Polling::Any));
         assert_eq!(Polling::from_word("some"), None);

@@ -89,11 +89,14 @@ pub fn router(state: AppState) -> Router {
         (!flow.is_ready())
             .then(|| "some executor shard has no healthy replica; see /status".to_owned())
     });
-    let own = Router::new()
-        .route("/index", post(documents_index))
-        .route("/search", post(matches_search))
-        .route("/update", post(documents_update))
-        .route("/delete", post(documents_delete))
+    let mut own = Router::new();
+    for endpoint in Endpoint::ALL {
+        let handler = move |State(s): State<AppState>, request: Negotiated<Envelope>| async move {
+            run(&s, endpoint, request).await
+        };
+        own = own.route(endpoint.path(), post(handler));
+    }
+    let own = own
         .route("/post", post(jina_post))
         .route_layer(shed_beyond(limits.max_concurrent_requests))
         .route("/status", get(flow_status))
@@ -111,10 +114,6 @@ pub fn router(state: AppState) -> Router {
                        every response reports how long each executor of the Flow took in `routes`."
     ),
     paths(
-        documents_index,
-        matches_search,
-        documents_update,
-        documents_delete,
         jina_post,
         flow_status,
         livez,
@@ -131,9 +130,73 @@ pub fn router(state: AppState) -> Router {
         ErrorBody,
         PostRequest
     )),
-    modifiers(&ErrorResponses)
+    modifiers(&FlowOperations, &ErrorResponses)
 )]
 pub struct ApiDoc;
+
+/// The endpoints that run the Flow, served by one handler: `(endpoint, operation id, summary,
+/// what a 200 holds)` for the OpenAPI document.
+const FLOW_OPERATIONS: [(Endpoint, &str, &str, &str); 4] = [
+    (
+        Endpoint::Index,
+        "documents_index",
+        "Index documents: they go through the Flow and are stored by its indexers.",
+        "The indexed documents",
+    ),
+    (
+        Endpoint::Search,
+        "matches_search",
+        "Search: each document of `data` is a query; its `matches` are filled, best first\n(`parameters.top_k`, default 10).",
+        "The queries with their matches",
+    ),
+    (
+        Endpoint::Update,
+        "documents_update",
+        "Update documents by id: their new version replaces the stored one.",
+        "The updated documents",
+    ),
+    (
+        Endpoint::Delete,
+        "documents_delete",
+        "Delete documents by id (only `id` is needed).",
+        "The deleted ids",
+    ),
+];
+
+/// Adds the operations of [`FLOW_OPERATIONS`]: an [`EnvelopeRequest`] in, an [`Envelope`] out.
+struct FlowOperations;
+
+impl utoipa::Modify for FlowOperations {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let json = |schema: &str| {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(schema)))
+                .build()
+        };
+        for (endpoint, id, summary, ok) in FLOW_OPERATIONS {
+            let body = RequestBodyBuilder::new()
+                .content("application/json", json("EnvelopeRequest"))
+                .required(Some(Required::True))
+                .build();
+            let answer = ResponseBuilder::new()
+                .description(ok)
+                .content("application/json", json("Envelope"))
+                .build();
+            let operation = OperationBuilder::new()
+                .tags(Some(Vec::<String>::new()))
+                .summary(Some(summary))
+                .operation_id(Some(id))
+                .request_body(Some(body))
+                .response("200", answer)
+                .build();
+            api.paths
+                .add_path_operation(endpoint.path(), vec![HttpMethod::Post], operation);
+        }
+    }
+}
 
 /// The errors every endpoint that runs the Flow may answer with.
 const FLOW_ERRORS: &[(&str, &str)] = &[
@@ -263,47 +326,6 @@ async fn run(
         response.headers_mut().insert("server-timing", v);
     }
     Ok(response)
-}
-
-/// Index documents: they go through the Flow and are stored by its indexers.
-#[utoipa::path(post, path = "/index", request_body = EnvelopeRequest,
-    responses((status = 200, description = "The indexed documents", body = Envelope)))]
-async fn documents_index(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, Endpoint::Index, request).await
-}
-
-/// Search: each document of `data` is a query; its `matches` are filled, best first
-/// (`parameters.top_k`, default 10).
-#[utoipa::path(post, path = "/search", request_body = EnvelopeRequest,
-    responses((status = 200, description = "The queries with their matches", body = Envelope)))]
-async fn matches_search(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, Endpoint::Search, request).await
-}
-
-/// Update documents by id: their new version replaces the stored one.
-#[utoipa::path(post, path = "/update", request_body = EnvelopeRequest,
-    responses((status = 200, description = "The updated documents", body = Envelope)))]
-async fn documents_update(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, Endpoint::Update, request).await
-}
-
-/// Delete documents by id (only `id` is needed).
-#[utoipa::path(post, path = "/delete", request_body = EnvelopeRequest,
-    responses((status = 200, description = "The deleted ids", body = Envelope)))]
-async fn documents_delete(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, Endpoint::Delete, request).await
 }
 
 /// The body of Jina's `POST /post`: an envelope plus the endpoint to run.

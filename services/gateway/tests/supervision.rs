@@ -65,6 +65,13 @@ async fn process(http: &Http, gateway: &str, label: &str) -> Value {
         .clone()
 }
 
+/// Indexes document `id` with [`text`]`(i)`; the write must succeed.
+async fn index_text(http: &Http, gateway: &str, id: &str, i: usize) {
+    let body = json!({"data": [{"id": id, "text": text(i)}]});
+    let r = http.post(&format!("{gateway}/index"), &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 /// The `/status` entry of process `label` once it is `failed`, polled for at most `within`.
 async fn wait_failed(http: &Http, gateway: &str, label: &str, within: Duration) -> Value {
     let began = Instant::now();
@@ -317,13 +324,7 @@ async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
     let mut launched = launch::up(&flow, &dir, &[], None).await;
     let gateway = launched.gateway.clone();
     let http = Http::new();
-    let r = http
-        .post(
-            &format!("{gateway}/index"),
-            &json!({"data": [{"id": "kept", "text": text(7)}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    index_text(&http, &gateway, "kept", 7).await;
 
     let label = "encoder/0/1";
     let before = process(&http, &gateway, label).await;
@@ -379,13 +380,7 @@ async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json()["data"][0]["matches"][0]["id"], "kept");
     }
-    let r = http
-        .post(
-            &format!("{gateway}/index"),
-            &json!({"data": [{"id": "later", "text": text(8)}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    index_text(&http, &gateway, "later", 8).await;
     for p in others(&http, &gateway, label).await {
         assert_eq!(p["state"], "running", "{p}");
         assert_eq!(p["restarts"], 0, "{p}");

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The polling of `/search` and of `/index`.
+fn search_and_index(executor: &ExecutorSpec) -> [Polling; 2] {
+    [Endpoint::Search, Endpoint::Index].map(|e| executor.polling_for(e).unwrap())
+}
+
 fn err(yaml: &str) -> String {
     FlowSpec::from_yaml(yaml).unwrap_err().to_string()
 }
@@ -14,12 +19,8 @@ fn defaults_chain_executors_in_order() {
     .unwrap();
     assert_eq!(f.predecessors().unwrap(), vec![vec![], vec![0], vec![1]]);
     assert_eq!(
-        f.executors[2].polling_for(Endpoint::Search).unwrap(),
-        Polling::All
-    );
-    assert_eq!(
-        f.executors[2].polling_for(Endpoint::Index).unwrap(),
-        Polling::Any
+        search_and_index(&f.executors[2]),
+        [Polling::All, Polling::Any]
     );
 }
 
@@ -96,12 +97,8 @@ fn per_endpoint_polling_with_fallback() {
     )
     .unwrap();
     assert_eq!(
-        f.executors[0].polling_for(Endpoint::Search).unwrap(),
-        Polling::Any
-    );
-    assert_eq!(
-        f.executors[0].polling_for(Endpoint::Index).unwrap(),
-        Polling::All
+        search_and_index(&f.executors[0]),
+        [Polling::Any, Polling::All]
     );
 }
 
