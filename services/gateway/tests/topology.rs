@@ -118,6 +118,18 @@ async fn gateway_over(shards: &[TestServer], flow: &str) -> TestGateway {
     TestGateway::start(&flow.replace("{shards}", &addrs.join(", "))).await
 }
 
+/// `n` shards made by `shard` from fresh shared state each: the states and the shards.
+async fn started<S, F, Fut>(n: usize, shard: F) -> (Vec<S>, Vec<TestServer>)
+where
+    S: Default + Clone,
+    F: Fn(S) -> Fut,
+    Fut: std::future::Future<Output = TestServer>,
+{
+    let states: Vec<S> = (0..n).map(|_| S::default()).collect();
+    let shards = join_all(states.iter().cloned().map(shard)).await;
+    (states, shards)
+}
+
 /// `(endpoint, root id)` of every document a shard was sent.
 type SentLog = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -137,8 +149,7 @@ async fn recording_shard(log: SentLog) -> TestServer {
 
 #[tokio::test]
 async fn any_polling_sends_an_id_to_the_same_shard_every_time() {
-    let logs: Vec<SentLog> = (0..3).map(|_| Default::default()).collect();
-    let shards = join_all(logs.iter().map(|log| recording_shard(log.clone()))).await;
+    let (logs, shards) = started(3, recording_shard).await;
     let gw = gateway_over(
         &shards,
         "with: {request_size: 7}\nexecutors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n",
@@ -263,8 +274,7 @@ fn brute_force(lists: &[Vec<Document>], k: usize) -> Vec<(String, f32)> {
 
 #[tokio::test]
 async fn all_polling_with_top_k_equals_a_brute_force_merge() {
-    let scripts: Vec<Arc<Mutex<Vec<Document>>>> = (0..3).map(|_| Default::default()).collect();
-    let shards = join_all(scripts.iter().map(|s| scripted_shard(s.clone()))).await;
+    let (scripts, shards) = started(3, scripted_shard).await;
     let gw = gateway_over(
         &shards,
         "executors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n",
