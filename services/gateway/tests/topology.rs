@@ -118,16 +118,33 @@ async fn gateway_over(shards: &[TestServer], flow: &str) -> TestGateway {
     TestGateway::start(&flow.replace("{shards}", &addrs.join(", "))).await
 }
 
-/// `n` shards made by `shard` from fresh shared state each: the states and the shards.
-async fn started<S, F, Fut>(n: usize, shard: F) -> (Vec<S>, Vec<TestServer>)
+/// `n` shards made by `shard` from fresh shared state each, and a gateway serving `flow` over
+/// them (see [`gateway_over`]): the states, the shards and the gateway.
+async fn sharded<S, F, Fut>(
+    n: usize,
+    shard: F,
+    flow: &str,
+) -> (Vec<S>, Vec<TestServer>, TestGateway)
+where
+    S: Default + Clone,
+    F: Fn(S) -> Fut,
+    Fut: std::future::Future<Output = TestServer>,
+{
+    let (states, shards) = started(n, shard).await;
+    let gw = gateway_over(&shards, flow).await;
+    (states, shards, gw)
+}
+
+/// `n` servers made by `server` from fresh shared state each: the states and the servers.
+async fn started<S, F, Fut>(n: usize, server: F) -> (Vec<S>, Vec<TestServer>)
 where
     S: Default + Clone,
     F: Fn(S) -> Fut,
     Fut: std::future::Future<Output = TestServer>,
 {
     let states: Vec<S> = (0..n).map(|_| S::default()).collect();
-    let shards = join_all(states.iter().cloned().map(shard)).await;
-    (states, shards)
+    let servers = join_all(states.iter().cloned().map(server)).await;
+    (states, servers)
 }
 
 /// `(endpoint, root id)` of every document a shard was sent.
@@ -149,12 +166,8 @@ async fn recording_shard(log: SentLog) -> TestServer {
 
 #[tokio::test]
 async fn any_polling_sends_an_id_to_the_same_shard_every_time() {
-    let (logs, shards) = started(3, recording_shard).await;
-    let gw = gateway_over(
-        &shards,
-        "with: {request_size: 7}\nexecutors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n",
-    )
-    .await;
+    let flow = "with: {request_size: 7}\nexecutors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n";
+    let (logs, _shards, gw) = sharded(3, recording_shard, flow).await;
     let http = Http::new();
     let all: Vec<String> = (0..60).map(|i| format!("doc-{i}")).collect();
     // Index everything, then update a shuffled subset, then delete (all polling).
@@ -200,26 +213,17 @@ async fn any_polling_sends_an_id_to_the_same_shard_every_time() {
 
 #[tokio::test]
 async fn any_polling_keeps_chunks_with_their_root_document() {
-    let logs: Vec<Arc<Mutex<Vec<Document>>>> = (0..4).map(|_| Default::default()).collect();
-    let mut shards = Vec::new();
-    for log in &logs {
-        let log = log.clone();
-        shards.push(
-            TestServer::start(executor_app(move |_e, env: Envelope| {
-                let log = log.clone();
-                async move {
-                    log.lock().unwrap().extend(env.data.iter().cloned());
-                    Ok(env)
-                }
-            }))
-            .await,
-        );
-    }
-    let gw = gateway_over(
-        &shards,
-        "executors:\n- {name: seg, uses: sentencizer}\n- {name: idx, uses: remote, shards: 4, addresses: [{shards}]}\n",
-    )
-    .await;
+    let keeping = |log: Arc<Mutex<Vec<Document>>>| {
+        TestServer::start(executor_app(move |_e, env: Envelope| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().extend(env.data.iter().cloned());
+                Ok(env)
+            }
+        }))
+    };
+    let flow = "executors:\n- {name: seg, uses: sentencizer}\n- {name: idx, uses: remote, shards: 4, addresses: [{shards}]}\n";
+    let (logs, _shards, gw) = sharded(4, keeping, flow).await;
     let data: Vec<Value> = (0..20)
         .map(|i| json!({"id": format!("p{i}"), "text": "One. Two. Three."}))
         .collect();
@@ -274,12 +278,8 @@ fn brute_force(lists: &[Vec<Document>], k: usize) -> Vec<(String, f32)> {
 
 #[tokio::test]
 async fn all_polling_with_top_k_equals_a_brute_force_merge() {
-    let (scripts, shards) = started(3, scripted_shard).await;
-    let gw = gateway_over(
-        &shards,
-        "executors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n",
-    )
-    .await;
+    let flow = "executors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n";
+    let (scripts, _shards, gw) = sharded(3, scripted_shard, flow).await;
     let http = Http::new();
     // A property test over random shard answers; the generator is a fixed-seed LCG so failures
     // reproduce.
@@ -397,23 +397,18 @@ async fn request_size_splitting_keeps_document_order() {
 
 #[tokio::test]
 async fn shards_combine_with_replicas() {
-    let counts: Vec<Arc<Mutex<usize>>> = (0..4).map(|_| Default::default()).collect();
-    let mut servers = Vec::new();
-    for c in &counts {
-        let c = c.clone();
-        servers.push(
-            TestServer::start(executor_app(move |_e, env: Envelope| {
-                let c = c.clone();
-                async move {
-                    *c.lock().unwrap() += 1;
-                    // Calls overlap, so the balancer sees one replica busy and picks the other.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    Ok(env)
-                }
-            }))
-            .await,
-        );
-    }
+    let counting = |c: Arc<Mutex<usize>>| {
+        TestServer::start(executor_app(move |_e, env: Envelope| {
+            let c = c.clone();
+            async move {
+                *c.lock().unwrap() += 1;
+                // Calls overlap, so the balancer sees one replica busy and picks the other.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(env)
+            }
+        }))
+    };
+    let (counts, servers) = started(4, counting).await;
     let gw = TestGateway::start(&format!(
         "executors:\n- {{name: idx, uses: remote, shards: 2, replicas: 2, addresses: [['{}', '{}'], ['{}', '{}']]}}\n",
         servers[0].base(),
