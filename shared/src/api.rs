@@ -3,6 +3,8 @@
 //! Field names follow Jina's HTTP gateway (`{"header", "parameters", "data"}`), so a Jina HTTP
 //! client can talk to the flowmesh gateway. Absent fields are left out of the JSON, never `null`.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -44,19 +46,13 @@ pub struct Document {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
     /// Parts of this document (sentences of a text, for example).
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_as_empty"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_empty")]
     #[schema(no_recursion, nullable)]
     pub chunks: Vec<Document>,
     /// Search results for this document, best first.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "null_as_empty"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "null_as_empty")]
     #[schema(no_recursion, nullable)]
     pub matches: Vec<Document>,
     /// Relevance of a match: higher is better (cosine similarity, or minus the L2 distance).
@@ -130,13 +126,39 @@ fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
     }
 }
 
-/// Merges the documents of `theirs` into `mine` by id, keeping `mine`'s order and appending
-/// documents that only `theirs` has.
-pub fn merge_by_id(mine: &mut Vec<Document>, theirs: Vec<Document>) {
-    for doc in theirs {
-        match mine.iter_mut().find(|d| d.id == doc.id) {
-            Some(existing) => existing.merge_from(doc),
-            None => mine.push(doc),
+/// Merges the documents of `theirs` into `mine` by id ([`Document::merge_from`]), keeping
+/// `mine`'s order: a document whose id is already there merges into the first document with
+/// that id; the others are appended in their order, so that a later copy merges into them.
+/// Linear in the documents: ids are looked up in a map.
+pub fn merge_by_id(mine: &mut Vec<Document>, theirs: impl IntoIterator<Item = Document>) {
+    merge_by_id_with(mine, theirs, |_, _| {});
+}
+
+/// [`merge_by_id`], calling `before(slot, doc)` with each document of `theirs` before it is
+/// merged into `mine[i]` (`slot` is `Some(i)`) or appended (`None`), so that a caller can take
+/// out what it combines its own way (the shard mergers take the matches).
+pub fn merge_by_id_with(
+    mine: &mut Vec<Document>,
+    theirs: impl IntoIterator<Item = Document>,
+    mut before: impl FnMut(Option<usize>, &mut Document),
+) {
+    let mut theirs = theirs.into_iter().peekable();
+    if theirs.peek().is_none() {
+        // The common case of a document without chunks: no map to build.
+        return;
+    }
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(mine.len());
+    for (i, d) in mine.iter().enumerate() {
+        index.entry(d.id.clone()).or_insert(i);
+    }
+    for mut doc in theirs {
+        if let Some(&i) = index.get(&doc.id) {
+            before(Some(i), &mut doc);
+            mine[i].merge_from(doc);
+        } else {
+            before(None, &mut doc);
+            index.insert(doc.id.clone(), mine.len());
+            mine.push(doc);
         }
     }
 }
@@ -344,113 +366,4 @@ fn embedding_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn absent_fields_are_left_out_of_json() {
-        let d = Document::text("a", "hello");
-        assert_eq!(
-            serde_json::to_string(&d).unwrap(),
-            r#"{"id":"a","text":"hello"}"#
-        );
-    }
-
-    #[test]
-    fn nulls_sent_by_jina_clients_are_accepted() {
-        let d: Document = serde_json::from_str(
-            r#"{"id":"a","embedding":null,"matches":null,"chunks":null,"tags":null,"text":null}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            d,
-            Document {
-                id: "a".into(),
-                ..Document::default()
-            }
-        );
-    }
-
-    #[test]
-    fn merge_unites_fields_chunks_and_matches() {
-        let mut a = Document {
-            id: "x".into(),
-            text: Some("t".into()),
-            matches: vec![Document {
-                id: "m1".into(),
-                score: Some(0.5),
-                ..Document::default()
-            }],
-            ..Document::default()
-        };
-        let b = Document {
-            id: "x".into(),
-            embedding: Some(vec![1.0]),
-            chunks: vec![Document::text("c", "chunk")],
-            matches: vec![
-                Document {
-                    id: "m1".into(),
-                    score: Some(0.9),
-                    ..Document::default()
-                },
-                Document {
-                    id: "m2".into(),
-                    score: Some(0.1),
-                    ..Document::default()
-                },
-            ],
-            ..Document::default()
-        };
-        a.merge_from(b);
-        assert_eq!(a.text.as_deref(), Some("t"));
-        assert_eq!(a.embedding, Some(vec![1.0]));
-        assert_eq!(a.chunks.len(), 1);
-        assert_eq!(a.matches.len(), 2);
-        assert_eq!(a.matches[0].score, Some(0.9));
-    }
-
-    #[test]
-    fn non_finite_embeddings_and_scores_are_refused() {
-        for body in [
-            r#"{"embedding": [1.0, 1e300]}"#,
-            r#"{"embedding": [-1e39]}"#,
-            r#"{"score": 1e300}"#,
-        ] {
-            let err = serde_json::from_str::<Document>(body).unwrap_err();
-            assert!(err.to_string().contains("finite"), "{body}: {err}");
-        }
-        let nan = Document {
-            embedding: Some(vec![0.5, f32::NAN]),
-            ..Document::default()
-        };
-        let packed = crate::codec::Format::MsgPack.encode(&nan).unwrap();
-        let err = crate::codec::Format::MsgPack
-            .decode::<Document>(&packed)
-            .unwrap_err();
-        assert_eq!(err.status(), 400);
-        let nan_score = Document {
-            score: Some(f32::NAN),
-            ..Document::default()
-        };
-        let packed = crate::codec::Format::MsgPack.encode(&nan_score).unwrap();
-        assert!(crate::codec::Format::MsgPack
-            .decode::<Document>(&packed)
-            .is_err());
-        let fine: Document =
-            serde_json::from_str(r#"{"embedding": [1.5, -2.0], "score": 0.25}"#).unwrap();
-        assert_eq!(fine.embedding, Some(vec![1.5, -2.0]));
-        assert_eq!(fine.score, Some(0.25));
-    }
-
-    #[test]
-    fn a_lying_msgpack_array_header_reserves_nothing_large() {
-        // {"embedding": <array of 2^32-1 floats>} with no floats after the header.
-        let mut body = vec![0x81, 0xa9];
-        body.extend_from_slice(b"embedding");
-        body.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
-        let err = crate::codec::Format::MsgPack
-            .decode::<Document>(&body)
-            .unwrap_err();
-        assert_eq!(err.status(), 400);
-    }
-}
+mod tests;

@@ -9,7 +9,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
 
-use crate::api::Document;
+use crate::api::{merge_by_id_with, Document};
 
 /// The shard that owns the root document `id` among `shards`. FNV-1a: stable across processes,
 /// platforms and releases, unlike `std`'s hasher.
@@ -68,23 +68,22 @@ pub fn merge_shard_answers(answers: Vec<Vec<Document>>, how: MatchMerge) -> Vec<
         .iter_mut()
         .map(|d| vec![std::mem::take(&mut d.chunks)])
         .collect();
-    for answer in rest {
-        for mut doc in answer {
-            let slot = merged.iter().position(|m| m.id == doc.id);
-            match slot {
-                Some(i) => {
-                    per_doc[i].push(std::mem::take(&mut doc.matches));
-                    chunk_answers[i].push(std::mem::take(&mut doc.chunks));
-                    merged[i].merge_from(doc);
-                }
-                None => {
-                    per_doc.push(vec![std::mem::take(&mut doc.matches)]);
-                    chunk_answers.push(vec![std::mem::take(&mut doc.chunks)]);
-                    merged.push(doc);
-                }
+    // The matches and chunks of every answer are taken out before the documents merge, to be
+    // combined by `how` below.
+    merge_by_id_with(&mut merged, rest.into_iter().flatten(), |slot, doc| {
+        let matches = std::mem::take(&mut doc.matches);
+        let chunks = std::mem::take(&mut doc.chunks);
+        match slot {
+            Some(i) => {
+                per_doc[i].push(matches);
+                chunk_answers[i].push(chunks);
+            }
+            None => {
+                per_doc.push(vec![matches]);
+                chunk_answers.push(vec![chunks]);
             }
         }
-    }
+    });
     for ((doc, lists), chunks) in merged.iter_mut().zip(per_doc).zip(chunk_answers) {
         doc.matches = combine(lists, how);
         doc.chunks = merge_shard_answers(chunks, how);
@@ -108,8 +107,10 @@ fn combine(lists: Vec<Vec<Document>>, how: MatchMerge) -> Vec<Document> {
     }
 }
 
-/// Better first: higher score, then the smaller id (a deterministic tie-break).
-fn better(a: &Document, b: &Document) -> Ordering {
+/// The ranking order of matches, for `sort_by`: the better first, that is the higher score, then
+/// the smaller id (a deterministic tie-break). A match without a score comes after every scored
+/// one.
+pub fn better(a: &Document, b: &Document) -> Ordering {
     let sa = a.score.unwrap_or(f32::NEG_INFINITY);
     let sb = b.score.unwrap_or(f32::NEG_INFINITY);
     sb.total_cmp(&sa).then_with(|| a.id.cmp(&b.id))
@@ -193,7 +194,12 @@ mod tests {
     #[test]
     fn shard_of_is_stable() {
         // Fixed values: a change of hash would move stored documents to other shards.
-        assert_eq!(shard_of("doc-1", 8), shard_of("doc-1", 8));
+        assert_eq!(shard_of("doc-1", 8), 3);
+        assert_eq!(shard_of("doc-2", 8), 6);
+        assert_eq!(shard_of("doc-1", 1000), 347);
+        assert_eq!(shard_of("hello", 3), 0);
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(shard_of("a", 1 << 40), 0xaf63_dc4c_8601_ec8c % (1 << 40));
         assert_eq!(shard_of("", 3), (0xcbf2_9ce4_8422_2325_u64 % 3) as usize);
     }
 

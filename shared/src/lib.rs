@@ -1,6 +1,8 @@
 //! flowmesh's shared crate: what every service of the mesh speaks and reuses.
 //!
 //! - [`api`]: the document model and the request envelope;
+//! - [`endpoint`], [`flow`]: the endpoints, typed, and the Flow file's vocabulary (`uses`,
+//!   `polling`, `uses_after`);
 //! - [`codec`]: JSON and MessagePack, negotiated by `Content-Type` / `Accept`;
 //! - [`client`]: the executor client;
 //! - [`balance`]: replica balancing (tower p2c over PeakEwma) with health checks;
@@ -19,8 +21,10 @@ pub mod balance;
 pub mod client;
 pub mod codec;
 pub mod deadline;
+pub mod endpoint;
 pub mod error;
 pub mod fanout;
+pub mod flow;
 pub mod health;
 pub mod limits;
 pub mod openapi;
@@ -34,5 +38,6 @@ pub mod vector;
 
 pub use api::{Document, Envelope, Header, Parameters, Route};
 pub use deadline::Deadline;
+pub use endpoint::Endpoint;
 pub use error::{ApiError, ErrorBody};
 pub use limits::Limits;

@@ -2,7 +2,7 @@
 //! their image (as the model embeds one or the other).
 
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Document, Endpoint, Envelope};
 
 /// Bounds on the inputs of one request, checked before any work is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,21 +422,21 @@ fn set_leaf_embeddings(doc: &mut Document, embeddings: &mut impl Iterator<Item =
 impl Executor for Encoder {
     async fn call(
         &self,
-        endpoint: &str,
+        endpoint: Endpoint,
         mut request: Envelope,
         deadline: Deadline,
     ) -> Result<Envelope, ApiError> {
         match endpoint {
-            "index" | "search" | "update" => {
+            Endpoint::Index | Endpoint::Search | Endpoint::Update => {
                 self.encode_within(&mut request.data, deadline).await?;
                 tracing::debug!(
-                    endpoint,
+                    endpoint = endpoint.as_str(),
                     documents = request.data.len(),
                     "documents encoded"
                 );
                 Ok(request)
             }
-            _ => Ok(request),
+            Endpoint::Delete => Ok(request),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,12 +15,14 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use flowmesh_shared::api::EmbeddingValue;
 use flowmesh_shared::codec::{Negotiated, Reply};
-use flowmesh_shared::server::{method_not_allowed, shed_beyond, unknown_route, Limits};
-use flowmesh_shared::telemetry::{metrics_handle, render, track_requests};
-use flowmesh_shared::{ApiError, Document, Envelope, ErrorBody, Header, Parameters, Route};
+use flowmesh_shared::health::Readiness;
+use flowmesh_shared::openapi::set_error_responses;
+use flowmesh_shared::server::{service_router, shed_beyond, Limits};
+use flowmesh_shared::{
+    ApiError, Document, Endpoint, Envelope, ErrorBody, Header, Parameters, Route,
+};
 
 use crate::flow::engine::RunLimits;
-use crate::flow::spec::ENDPOINTS;
 use crate::flow::{Flow, GatewayLimits};
 
 /// What `flowmesh up` reports of the executor processes it supervises, for `GET /status`.
@@ -76,31 +78,31 @@ impl AppState {
 }
 
 /// The gateway's routes. The state's limits bound request bodies (413 beyond them) and the
-/// requests worked on at once (429 beyond them).
+/// requests worked on at once (429 beyond them). `/livez`, `/readyz` and `/metrics` are shared's,
+/// as on every service; the gateway is ready when every shard of every executor has a healthy
+/// replica.
 pub fn router(state: AppState) -> Router {
     let limits = state.limits.clone();
-    // Install the recorder now: what is recorded before it exists is lost (the first scrape used
-    // to install it, so a gateway's first requests were never counted).
-    let _ = metrics_handle();
-    Router::new()
-        .route("/index", post(documents_index))
-        .route("/search", post(matches_search))
-        .route("/update", post(documents_update))
-        .route("/delete", post(documents_delete))
+    let readiness = Readiness::ready();
+    let flow = Arc::clone(&state.flow);
+    readiness.add_check(move || {
+        (!flow.is_ready())
+            .then(|| "some executor shard has no healthy replica; see /status".to_owned())
+    });
+    let mut own = Router::new();
+    for endpoint in Endpoint::ALL {
+        let handler = move |State(s): State<AppState>, request: Negotiated<Envelope>| async move {
+            run(&s, endpoint, request).await
+        };
+        own = own.route(endpoint.path(), post(handler));
+    }
+    let own = own
         .route("/post", post(jina_post))
         .route_layer(shed_beyond(limits.max_concurrent_requests))
         .route("/status", get(flow_status))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .fallback(unknown_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(|req, next| {
-            track_requests("gateway", req, next)
-        }))
+        .with_state(state);
+    service_router("gateway", own, readiness, &limits)
 }
 
 /// The OpenAPI document of the gateway.
@@ -112,10 +114,6 @@ pub fn router(state: AppState) -> Router {
                        every response reports how long each executor of the Flow took in `routes`."
     ),
     paths(
-        documents_index,
-        matches_search,
-        documents_update,
-        documents_delete,
         jina_post,
         flow_status,
         livez,
@@ -131,9 +129,131 @@ pub fn router(state: AppState) -> Router {
         Route,
         ErrorBody,
         PostRequest
-    ))
+    )),
+    modifiers(&FlowOperations, &ErrorResponses)
 )]
 pub struct ApiDoc;
+
+/// The endpoints that run the Flow, served by one handler: `(endpoint, operation id, summary,
+/// what a 200 holds)` for the OpenAPI document.
+const FLOW_OPERATIONS: [(Endpoint, &str, &str, &str); 4] = [
+    (
+        Endpoint::Index,
+        "documents_index",
+        "Index documents: they go through the Flow and are stored by its indexers.",
+        "The indexed documents",
+    ),
+    (
+        Endpoint::Search,
+        "matches_search",
+        "Search: each document of `data` is a query; its `matches` are filled, best first\n(`parameters.top_k`, default 10).",
+        "The queries with their matches",
+    ),
+    (
+        Endpoint::Update,
+        "documents_update",
+        "Update documents by id: their new version replaces the stored one.",
+        "The updated documents",
+    ),
+    (
+        Endpoint::Delete,
+        "documents_delete",
+        "Delete documents by id (only `id` is needed).",
+        "The deleted ids",
+    ),
+];
+
+/// Adds the operations of [`FLOW_OPERATIONS`]: an [`EnvelopeRequest`] in, an [`Envelope`] out.
+struct FlowOperations;
+
+impl utoipa::Modify for FlowOperations {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let json = |schema: &str| {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(schema)))
+                .build()
+        };
+        for (endpoint, id, summary, ok) in FLOW_OPERATIONS {
+            let body = RequestBodyBuilder::new()
+                .content("application/json", json("EnvelopeRequest"))
+                .required(Some(Required::True))
+                .build();
+            let answer = ResponseBuilder::new()
+                .description(ok)
+                .content("application/json", json("Envelope"))
+                .build();
+            let operation = OperationBuilder::new()
+                .tags(Some(Vec::<String>::new()))
+                .summary(Some(summary))
+                .operation_id(Some(id))
+                .request_body(Some(body))
+                .response("200", answer)
+                .build();
+            api.paths
+                .add_path_operation(endpoint.path(), vec![HttpMethod::Post], operation);
+        }
+    }
+}
+
+/// The errors every endpoint that runs the Flow may answer with.
+const FLOW_ERRORS: &[(&str, &str)] = &[
+    ("400", "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)"),
+    ("405", "Method not allowed"),
+    ("413", "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)"),
+    ("429", "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After"),
+    ("504", "The request's deadline (--request-timeout) or an executor's timeout passed"),
+];
+
+/// A 503 of an endpoint that writes.
+const WRITE_UNAVAILABLE: (&str, &str) = (
+    "503",
+    "An executor is unavailable; `partial_write` lists in `not_written` the documents whose write did not complete",
+);
+
+/// A 503 of an endpoint that does not write.
+const READ_UNAVAILABLE: (&str, &str) = ("503", "An executor is unavailable");
+
+/// Adds [`FLOW_ERRORS`] and each endpoint's own errors to the OpenAPI document, written once
+/// here rather than on each handler.
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let own: [(&str, &[(&str, &str)]); 5] = [
+            ("/index", &[WRITE_UNAVAILABLE]),
+            ("/search", &[READ_UNAVAILABLE]),
+            (
+                "/update",
+                &[
+                    WRITE_UNAVAILABLE,
+                    ("404", "A document to update is not in the index (named; nothing of the request is changed on its shard)"),
+                ],
+            ),
+            ("/delete", &[READ_UNAVAILABLE]),
+            (
+                "/post",
+                &[
+                    WRITE_UNAVAILABLE,
+                    ("404", "Unknown execEndpoint, or an /update of a document that is not in the index"),
+                ],
+            ),
+        ];
+        for (path, errors) in own {
+            let op = api
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| item.post.as_mut());
+            if let Some(op) = op {
+                set_error_responses(op, FLOW_ERRORS);
+                set_error_responses(op, errors);
+            }
+        }
+    }
+}
 
 /// The body of `/index`, `/search`, `/update` and `/delete`: an [`Envelope`] whose `data` has at
 /// least one document (the server answers 400 to an empty or missing `data`). Documentation only.
@@ -163,7 +283,7 @@ const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(200
 
 async fn run(
     state: &AppState,
-    endpoint: &'static str,
+    endpoint: Endpoint,
     request: Negotiated<Envelope>,
 ) -> Result<Response, ApiError> {
     let reply = request.reply;
@@ -208,80 +328,6 @@ async fn run(
     Ok(response)
 }
 
-/// Index documents: they go through the Flow and are stored by its indexers.
-#[utoipa::path(post, path = "/index", request_body = EnvelopeRequest,
-    responses(
-        (status = 200, description = "The indexed documents", body = Envelope),
-        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
-        (status = 405, description = "Method not allowed", body = ErrorBody),
-        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
-        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
-        (status = 503, description = "An executor is unavailable; `partial_write` lists in `not_written` the documents whose write did not complete", body = ErrorBody),
-        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
-    ))]
-async fn documents_index(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, "index", request).await
-}
-
-/// Search: each document of `data` is a query; its `matches` are filled, best first
-/// (`parameters.top_k`, default 10).
-#[utoipa::path(post, path = "/search", request_body = EnvelopeRequest,
-    responses(
-        (status = 200, description = "The queries with their matches", body = Envelope),
-        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
-        (status = 405, description = "Method not allowed", body = ErrorBody),
-        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
-        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
-        (status = 503, description = "An executor is unavailable", body = ErrorBody),
-        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
-    ))]
-async fn matches_search(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, "search", request).await
-}
-
-/// Update documents by id: their new version replaces the stored one.
-#[utoipa::path(post, path = "/update", request_body = EnvelopeRequest,
-    responses(
-        (status = 200, description = "The updated documents", body = Envelope),
-        (status = 404, description = "A document to update is not in the index (named; nothing of the request is changed on its shard)", body = ErrorBody),
-        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
-        (status = 405, description = "Method not allowed", body = ErrorBody),
-        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
-        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
-        (status = 503, description = "An executor is unavailable; `partial_write` lists in `not_written` the documents whose write did not complete", body = ErrorBody),
-        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
-    ))]
-async fn documents_update(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, "update", request).await
-}
-
-/// Delete documents by id (only `id` is needed).
-#[utoipa::path(post, path = "/delete", request_body = EnvelopeRequest,
-    responses(
-        (status = 200, description = "The deleted ids", body = Envelope),
-        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
-        (status = 405, description = "Method not allowed", body = ErrorBody),
-        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
-        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
-        (status = 503, description = "An executor is unavailable", body = ErrorBody),
-        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
-    ))]
-async fn documents_delete(
-    State(s): State<AppState>,
-    request: Negotiated<Envelope>,
-) -> Result<Response, ApiError> {
-    run(&s, "delete", request).await
-}
-
 /// The body of Jina's `POST /post`: an envelope plus the endpoint to run.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostRequest {
@@ -303,16 +349,7 @@ pub struct PostRequest {
 
 /// Jina's generic endpoint: runs the endpoint named by `execEndpoint`.
 #[utoipa::path(post, path = "/post", request_body = PostRequest,
-    responses(
-        (status = 200, description = "The answer of the endpoint", body = Envelope),
-        (status = 404, description = "Unknown execEndpoint, or an /update of a document that is not in the index", body = ErrorBody),
-        (status = 400, description = "Malformed body, empty data or an invalid parameter (`invalid_parameter` names it)", body = ErrorBody),
-        (status = 405, description = "Method not allowed", body = ErrorBody),
-        (status = 413, description = "Body, documents, text bytes or sentencizer chunks over a limit (the message names it and its flag)", body = ErrorBody),
-        (status = 429, description = "Overloaded: over --max-concurrent-requests or an executor is overloaded; see Retry-After", body = ErrorBody),
-        (status = 503, description = "An executor is unavailable; `partial_write` lists in `not_written` the documents whose write did not complete", body = ErrorBody),
-        (status = 504, description = "The request's deadline (--request-timeout) or an executor's timeout passed", body = ErrorBody),
-    ))]
+    responses((status = 200, description = "The answer of the endpoint", body = Envelope)))]
 async fn jina_post(
     State(s): State<AppState>,
     request: Negotiated<PostRequest>,
@@ -328,10 +365,9 @@ async fn jina_post(
     } else {
         exec_endpoint
     };
-    let endpoint = ENDPOINTS
-        .iter()
-        .find(|e| named.trim_start_matches('/') == **e)
-        .ok_or(ApiError::UnknownEndpoint(named))?;
+    let Ok(endpoint) = named.trim_start_matches('/').parse::<Endpoint>() else {
+        return Err(ApiError::UnknownEndpoint(named));
+    };
     let envelope = Envelope {
         header,
         parameters,
@@ -360,28 +396,22 @@ async fn flow_status(State(s): State<AppState>) -> Json<Value> {
     Json(status)
 }
 
+// `/livez`, `/readyz` and `/metrics` are served by shared's routers; these functions only carry
+// their documentation (the gateway's readiness says what it waits for).
+
 /// Liveness: 200 while the process serves HTTP.
 #[utoipa::path(get, path = "/livez", responses((status = 200, description = "Live", body = Object)))]
-async fn livez() -> Json<Value> {
-    Json(json!({"status": "live"}))
-}
+#[allow(dead_code)]
+fn livez() {}
 
 /// Readiness: 200 when every shard of every executor has a healthy replica.
 #[utoipa::path(get, path = "/readyz", responses(
     (status = 200, description = "Ready", body = Object),
     (status = 503, description = "Some shard has no healthy replica", body = ErrorBody)))]
-async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    if s.flow.is_ready() {
-        Ok(Json(json!({"status": "ready"})))
-    } else {
-        Err(ApiError::NotReady(
-            "some executor shard has no healthy replica; see /status".into(),
-        ))
-    }
-}
+#[allow(dead_code)]
+fn readyz() {}
 
 /// Prometheus metrics in the text format.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text", body = String)))]
-async fn metrics_text() -> String {
-    render().await
-}
+#[allow(dead_code)]
+fn metrics_text() {}

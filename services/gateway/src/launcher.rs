@@ -32,7 +32,7 @@ use serde_json::Value;
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::server::{bind, serve, Limits};
 
-use crate::flow::spec::{AddressesSpec, ExecutorSpec, SERVICES};
+use crate::flow::spec::{AddressesSpec, ExecutorSpec};
 use crate::flow::{Flow, FlowSpec};
 use crate::{load_flow, router, AppState};
 use process::{Launch, Policy, State};
@@ -106,13 +106,13 @@ async fn start_all(
     // Exits before the whole Flow is ready fail the launch instead of being restarted.
     let armed = Arc::new(AtomicBool::new(false));
     for executor in &mut spec.executors {
-        if executor.addresses.is_some() || !SERVICES.contains(&executor.uses.as_str()) {
+        let Some(service) = executor.uses.service() else {
+            continue;
+        };
+        if executor.addresses.is_some() {
             continue;
         }
-        let binary = find_binary(
-            args.bin_dir.as_deref(),
-            &format!("flowmesh-{}", executor.uses),
-        )?;
+        let binary = find_binary(args.bin_dir.as_deref(), service)?;
         let mut shards = Vec::with_capacity(executor.shards);
         for shard in 0..executor.shards {
             let mut replicas = Vec::with_capacity(executor.replicas);

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowmesh_gateway::GatewayLimits;
-use flowmesh_shared::fanout::shard_of;
 use flowmesh_shared::{ApiError, Envelope, Limits};
-use support::hostile::{assert_error, gateway, one_executor, sleepy, storing, wait_ready, Store};
+use support::hostile::{
+    assert_error, gateway, one_executor, owned_by, sleepy, storing, wait_ready, Store,
+};
 use support::{docs, executor_app, Http, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,12 +32,7 @@ async fn a_write_with_a_shard_down_lists_exactly_what_was_not_written_and_a_retr
     let gw = gateway(&yaml, Limits::default(), GatewayLimits::defaults()).await;
     let http = Http::new();
     let ids: Vec<String> = (0..40).map(|i| format!("doc-{i}")).collect();
-    let on_1: Vec<String> = ids
-        .iter()
-        .filter(|id| shard_of(id, 2) == 1)
-        .cloned()
-        .collect();
-    assert!(!on_1.is_empty() && on_1.len() < ids.len());
+    let on_1 = owned_by(&ids, 1, 2);
     let s1_addr = s1.addr;
     s1.kill();
     drop(s1);

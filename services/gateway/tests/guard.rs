@@ -5,27 +5,26 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 
 use flowmesh_gateway::GatewayLimits;
 use flowmesh_shared::Limits;
-use support::hostile::{assert_error, big_body, echo, gateway, one_executor, sleepy, stalled};
+use support::hostile::{
+    assert_error, big_body, echo, echo_gateway, gateway, one_executor, sleepy, stalled,
+};
 use support::{docs, Http, TestServer};
 
 #[tokio::test]
 async fn huge_and_invalid_top_k_and_parameters_are_400_before_any_executor_runs() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let exec = TestServer::start(echo(calls.clone())).await;
-    let gw = gateway(
-        &one_executor(&exec.base()),
-        Limits::default(),
-        GatewayLimits::defaults(),
-    )
-    .await;
+    let (_exec, gw) =
+        echo_gateway(calls.clone(), Limits::default(), GatewayLimits::defaults()).await;
     let http = Http::new();
     let url = format!("{}/search", gw.base());
     let search = |params: Value| json!({"data": [{"text": "a horse"}], "parameters": params});
@@ -56,13 +55,7 @@ async fn huge_and_invalid_top_k_and_parameters_are_400_before_any_executor_runs(
 #[tokio::test]
 async fn a_5_mb_text_is_a_fast_413_naming_the_flag() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let exec = TestServer::start(echo(calls.clone())).await;
-    let gw = gateway(
-        &one_executor(&exec.base()),
-        big_body(),
-        GatewayLimits::defaults(),
-    )
-    .await;
+    let (_exec, gw) = echo_gateway(calls.clone(), big_body(), GatewayLimits::defaults()).await;
     let text = "The quick brown fox jumps over the lazy dog. ".repeat(111_111);
     let t0 = Instant::now();
     let r = Http::new()
@@ -164,15 +157,29 @@ async fn the_request_deadline_is_a_504_and_reaches_the_executors() {
     assert!(seen.lock().unwrap()[1].unwrap() <= Duration::from_millis(300));
 }
 
+/// A gateway serving `flow`, where `{live}` stands for the address of an echo executor that
+/// counts its calls in `calls`, and `{stalled}` for a server that accepts and never answers:
+/// the gateway, the stalled address, and what keeps the executors up.
+async fn live_and_stalled(
+    calls: Arc<AtomicUsize>,
+    flow: &str,
+) -> (TestServer, SocketAddr, (TestServer, JoinHandle<()>)) {
+    let live = TestServer::start(echo(calls)).await;
+    let (stalled_addr, task) = stalled().await;
+    let yaml = flow
+        .replace("{live}", &live.base())
+        .replace("{stalled}", &format!("http://{stalled_addr}"));
+    let gw = gateway(&yaml, Limits::default(), GatewayLimits::defaults()).await;
+    (gw, stalled_addr, (live, task))
+}
+
 #[tokio::test]
 async fn a_stalled_shard_is_cut_off_by_the_per_call_timeout_and_named() {
-    let live = TestServer::start(echo(Arc::default())).await;
-    let (stalled_addr, _task) = stalled().await;
-    let yaml = format!(
-        "with: {{timeout_ms: 500}}\nexecutors:\n- {{name: indexer, uses: remote, shards: 2, addresses: [['{}'], ['http://{stalled_addr}']]}}\n",
-        live.base()
-    );
-    let gw = gateway(&yaml, Limits::default(), GatewayLimits::defaults()).await;
+    let (gw, stalled_addr, _servers) = live_and_stalled(
+        Arc::default(),
+        "with: {timeout_ms: 500}\nexecutors:\n- {name: indexer, uses: remote, shards: 2, addresses: [['{live}'], ['{stalled}']]}\n",
+    )
+    .await;
     let t0 = Instant::now();
     let r = Http::new()
         .post(&format!("{}/search", gw.base()), &docs(&["q".into()]))
@@ -191,13 +198,11 @@ async fn a_stalled_shard_is_cut_off_by_the_per_call_timeout_and_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_replica_is_cut_off_and_the_call_retried_on_another() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let live = TestServer::start(echo(calls.clone())).await;
-    let (stalled_addr, _task) = stalled().await;
-    let yaml = format!(
-        "with: {{timeout_ms: 300}}\nexecutors:\n- {{name: enc, uses: remote, replicas: 2, addresses: ['{}', 'http://{stalled_addr}']}}\n",
-        live.base()
-    );
-    let gw = gateway(&yaml, Limits::default(), GatewayLimits::defaults()).await;
+    let (gw, _stalled_addr, _servers) = live_and_stalled(
+        calls.clone(),
+        "with: {timeout_ms: 300}\nexecutors:\n- {name: enc, uses: remote, replicas: 2, addresses: ['{live}', '{stalled}']}\n",
+    )
+    .await;
     let http = Http::new();
     for i in 0..6 {
         let t0 = Instant::now();
@@ -218,13 +223,8 @@ async fn a_stalled_replica_is_cut_off_and_the_call_retried_on_another() {
 
 #[tokio::test]
 async fn the_openapi_document_says_what_the_server_accepts_and_answers() {
-    let exec = TestServer::start(echo(Arc::default())).await;
-    let gw = gateway(
-        &one_executor(&exec.base()),
-        Limits::default(),
-        GatewayLimits::defaults(),
-    )
-    .await;
+    let (_exec, gw) =
+        echo_gateway(Arc::default(), Limits::default(), GatewayLimits::defaults()).await;
     let http = Http::new();
     let url = format!("{}/index", gw.base());
     // Jina clients' nulls are read as empty lists, and the schema allows them.

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::launch::{self, temp_dir, Launched};
+use support::launch::{self, flow_dir, Launched};
 use support::Http;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,9 +40,7 @@ const HEADER_TIMEOUT_SECS: u64 = 2;
 const BODY_TIMEOUT_SECS: u64 = 3;
 
 async fn start(name: &str) -> (Launched, String, std::path::PathBuf) {
-    let dir = temp_dir(name);
-    let flow = dir.join("flow.yml");
-    std::fs::write(&flow, FLOW).unwrap();
+    let (dir, flow) = flow_dir(name, FLOW);
     let env = [
         (
             "FLOWMESH_HEADER_TIMEOUT_SECS",
@@ -56,6 +54,15 @@ async fn start(name: &str) -> (Launched, String, std::path::PathBuf) {
     let launched = launch::up_limited(&flow, &dir, &env, Some(log), Some(4 << 30)).await;
     let gateway = launched.gateway.clone();
     (launched, gateway, dir)
+}
+
+/// [`start`], then index and search 20 documents: the mesh, its gateway and its `/status`.
+async fn start_serving(name: &str) -> (Launched, String, Value) {
+    let (launched, gateway, _dir) = start(name).await;
+    let http = Http::new();
+    index_and_search(&http, &gateway, 20).await;
+    let status = http.get(&format!("{gateway}/status")).await.json();
+    (launched, gateway, status)
 }
 
 /// The pids of `flowmesh up`'s children: the executor processes.
@@ -140,10 +147,8 @@ fn assert_error(r: &support::HttpResponse, status: u16, kind: &str, mentions: &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_4xx_and_leave_the_mesh_serving() {
-    let (mut launched, gateway, _dir) = start("hostile").await;
+    let (mut launched, gateway, status) = start_serving("hostile").await;
     let http = Http::new();
-    index_and_search(&http, &gateway, 20).await;
-    let status = http.get(&format!("{gateway}/status")).await.json();
     let executors = executor_addresses(&status);
     let pids = children(launched.child.id().unwrap());
     assert_eq!(pids.len(), 5, "2 encoders, 2 indexer shards, 1 ranker");
@@ -368,10 +373,8 @@ async fn slow_and_idle_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_shard_is_cut_off_and_named() {
-    let (mut launched, gateway, _dir) = start("hostile-stall").await;
+    let (mut launched, gateway, status) = start_serving("hostile-stall").await;
     let http = Http::new();
-    index_and_search(&http, &gateway, 20).await;
-    let status = http.get(&format!("{gateway}/status")).await.json();
     let shard1 = status["executors"][2]["shards"][1][0]["address"]
         .as_str()
         .unwrap()

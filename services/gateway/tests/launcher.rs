@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::launch::{self, flowmesh, metric, temp_dir};
+use support::launch::{self, flow_dir, flowmesh, metric};
 use support::Http;
 
 const FLOW: &str = "name: launched
@@ -22,9 +22,7 @@ executors:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_starts_the_flow_serves_it_and_stops_everything() {
-    let dir = temp_dir("up");
-    let flow = dir.join("flow.yml");
-    std::fs::write(&flow, FLOW).unwrap();
+    let (dir, flow) = flow_dir("up", FLOW);
     let mut launched = launch::up(&flow, &dir, &[], None).await;
     let gateway = launched.gateway.clone();
     let lines = &mut launched.lines;
@@ -241,13 +239,10 @@ async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
 
 #[tokio::test]
 async fn a_bad_flow_is_refused_with_the_problem_named() {
-    let dir = temp_dir("bad");
-    let flow = dir.join("bad.yml");
-    std::fs::write(
-        &flow,
+    let (dir, flow) = flow_dir(
+        "bad",
         "executors:\n  - {name: a, uses: encoder}\n  - {name: b, uses: ranker, needs: [a, c]}\n",
-    )
-    .unwrap();
+    );
     for sub in ["validate", "up"] {
         let out = tokio::process::Command::new(flowmesh())
             .arg(sub)
@@ -267,13 +262,10 @@ async fn a_bad_flow_is_refused_with_the_problem_named() {
 
 #[tokio::test]
 async fn an_executor_that_fails_to_start_stops_the_launch_with_a_clear_error() {
-    let dir = temp_dir("badflag");
-    let flow = dir.join("flow.yml");
-    std::fs::write(
-        &flow,
+    let (dir, flow) = flow_dir(
+        "badflag",
         "executors:\n  - {name: enc, uses: encoder, with: {no_such_flag: 1}}\n",
-    )
-    .unwrap();
+    );
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(flowmesh())

@@ -26,6 +26,24 @@ fn counting(count: Arc<AtomicUsize>, delay: Duration) -> Router {
     })
 }
 
+/// Two replicas that count their calls and answer after `delays`, and a gateway over them with
+/// the Flow settings `with`: `(calls, replicas, gateway)`.
+async fn two_replicas(
+    delays: [Duration; 2],
+    with: &str,
+) -> ([Arc<AtomicUsize>; 2], [TestServer; 2], TestGateway) {
+    let calls: [Arc<AtomicUsize>; 2] = Default::default();
+    let a = TestServer::start(counting(calls[0].clone(), delays[0])).await;
+    let b = TestServer::start(counting(calls[1].clone(), delays[1])).await;
+    let gw = TestGateway::start(&format!(
+        "with: {{{with}}}\nexecutors:\n- {{name: enc, uses: remote, replicas: 2, addresses: ['{}', '{}']}}\n",
+        a.base(),
+        b.base()
+    ))
+    .await;
+    (calls, [a, b], gw)
+}
+
 /// Runs `total` searches from `concurrency` clients; returns the statuses of failed ones.
 async fn load(
     gw: &TestGateway,
@@ -69,17 +87,10 @@ async fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_replica_fails_no_request_and_it_rejoins_after_restart() {
-    let a_calls = Arc::new(AtomicUsize::new(0));
-    let b_calls = Arc::new(AtomicUsize::new(0));
-    let a = TestServer::start(counting(a_calls.clone(), Duration::from_millis(1))).await;
-    let b = TestServer::start(counting(b_calls.clone(), Duration::from_millis(1))).await;
+    let millis = Duration::from_millis(1);
+    let ([_, b_calls], [a, b], gw) =
+        two_replicas([millis, millis], "health_interval_ms: 100").await;
     let b_addr = b.addr;
-    let gw = TestGateway::start(&format!(
-        "with: {{health_interval_ms: 100}}\nexecutors:\n- {{name: enc, uses: remote, replicas: 2, addresses: ['{}', '{}']}}\n",
-        a.base(),
-        b.base()
-    ))
-    .await;
 
     let total = 600;
     let sent = Arc::new(AtomicUsize::new(0));
@@ -131,16 +142,8 @@ async fn killing_a_replica_fails_no_request_and_it_rejoins_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_gets_a_small_share() {
-    let fast_calls = Arc::new(AtomicUsize::new(0));
-    let slow_calls = Arc::new(AtomicUsize::new(0));
-    let fast = TestServer::start(counting(fast_calls.clone(), Duration::from_millis(1))).await;
-    let slow = TestServer::start(counting(slow_calls.clone(), Duration::from_millis(40))).await;
-    let gw = TestGateway::start(&format!(
-        "executors:\n- {{name: enc, uses: remote, replicas: 2, addresses: ['{}', '{}']}}\n",
-        fast.base(),
-        slow.base()
-    ))
-    .await;
+    let delays = [Duration::from_millis(1), Duration::from_millis(40)];
+    let ([fast_calls, slow_calls], _servers, gw) = two_replicas(delays, "").await;
     let failures = load(&gw, 300, 4, Arc::new(AtomicUsize::new(0))).await;
     assert!(failures.is_empty(), "{failures:?}");
     let (f, s) = (

@@ -9,15 +9,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
 use flowmesh_shared::testing::corpus::{CORPUS, QUERIES};
 use flowmesh_shared::testing::RedisServer;
 use serde_json::{json, Value};
+use support::launch::{self, Launched};
 use support::Http;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,55 +22,21 @@ fn repo_file(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A Flow started by `flowmesh up`.
-struct Mesh {
-    child: Child,
-    gateway: String,
-}
+/// A Flow started by `flowmesh up` (see [`launch::up`]).
+struct Mesh(Launched);
 
 impl Mesh {
-    async fn up(flow: &Path, workspace: &Path, env: &[(&str, String)]) -> Self {
-        let exe = PathBuf::from(env!("CARGO_BIN_EXE_flowmesh"));
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("up")
-            .arg(flow)
-            .args(["--listen", "127.0.0.1:0", "--workspace"])
-            .arg(workspace)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let gateway = tokio::time::timeout(Duration::from_secs(120), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(url) = line.strip_prefix("gateway: ") {
-                    return url.to_owned();
-                }
-            }
-            panic!("flowmesh up exited before serving (models prepared? binaries built?)");
-        })
-        .await
-        .expect("flowmesh up serves within two minutes");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, gateway }
+    async fn up(flow: &Path, dir: &Path, env: &[(&str, String)]) -> Self {
+        Self(launch::up(flow, dir, env, None).await)
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/{path}", self.gateway)
+        format!("{}/{path}", self.0.gateway)
     }
 
     /// SIGTERM, and wait for every process to stop.
     async fn down(mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id().unwrap()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("stopped in time")
-            .unwrap();
-        assert!(status.success(), "{status}");
+        self.0.stop().await;
     }
 
     async fn post(&self, http: &Http, endpoint: &str, body: &Value) -> Value {
@@ -106,11 +69,30 @@ impl Mesh {
             .map(|m| (m["id"].as_str().unwrap().to_owned(), m["text"].clone()))
             .collect()
     }
+
+    /// A search with the pictures `probes` of `blobs` as queries (ids `q{i}`); the answer has
+    /// one document per query.
+    async fn search_images(
+        &self,
+        http: &Http,
+        blobs: &[String],
+        probes: &[usize],
+        parameters: Value,
+    ) -> Value {
+        let queries: Vec<Value> = probes
+            .iter()
+            .map(|&i| json!({"id": format!("q{i}"), "blob": blobs[i]}))
+            .collect();
+        let body = json!({"data": queries, "parameters": parameters});
+        let answer = self.post(http, "search", &body).await;
+        let answered = answer["data"].as_array().unwrap().len();
+        assert_eq!(answered, probes.len(), "one answer per query: {answer}");
+        answer
+    }
 }
 
 async fn text_search_end_to_end(env: &[(&str, String)], name: &str) {
-    let dir = std::env::temp_dir().join(format!("flowmesh-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = launch::temp_dir(&format!("e2e-{name}"));
     let flow = repo_file("flows/text.yml");
     let http = Http::new();
     let mesh = Mesh::up(&flow, &dir, env).await;
@@ -187,23 +169,34 @@ async fn text_search_end_to_end(env: &[(&str, String)], name: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The ranker's embedded store.
+fn embedded_store() -> Vec<(&'static str, String)> {
+    vec![("FLOWMESH_RANKER_STORE", "embedded".into())]
+}
+
+/// A Redis server for the ranker's store (with `password`, if any), and the environment that
+/// points the ranker at it.
+fn redis_store(name: &str, password: Option<&str>) -> (RedisServer, Vec<(&'static str, String)>) {
+    let redis = RedisServer::start(name, password);
+    let mut env = vec![
+        ("FLOWMESH_RANKER_STORE", "redis".into()),
+        ("FLOWMESH_RANKER_REDIS_URL", redis.url()),
+    ];
+    if let Some(password) = password {
+        env.push(("FLOWMESH_RANKER_REDIS_PASSWORD", password.into()));
+    }
+    (redis, env)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_search_with_the_embedded_store() {
-    text_search_end_to_end(&[("FLOWMESH_RANKER_STORE", "embedded".into())], "embedded").await;
+    text_search_end_to_end(&embedded_store(), "embedded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_search_with_the_redis_store() {
-    let redis = RedisServer::start("e2e-text", Some("e2e-pass"));
-    text_search_end_to_end(
-        &[
-            ("FLOWMESH_RANKER_STORE", "redis".into()),
-            ("FLOWMESH_RANKER_REDIS_URL", redis.url()),
-            ("FLOWMESH_RANKER_REDIS_PASSWORD", "e2e-pass".into()),
-        ],
-        "redis",
-    )
-    .await;
+    let (redis, env) = redis_store("e2e-text", Some("e2e-pass"));
+    text_search_end_to_end(&env, "redis").await;
     drop(redis);
 }
 
@@ -240,9 +233,7 @@ fn picture(seed: u64) -> Vec<u8> {
 async fn image_search_end_to_end(env: &[(&str, String)], name: &str) {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let dir =
-        std::env::temp_dir().join(format!("flowmesh-e2e-image-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = launch::temp_dir(&format!("e2e-image-{name}"));
     let http = Http::new();
     let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, env).await;
 
@@ -263,17 +254,8 @@ async fn image_search_end_to_end(env: &[(&str, String)], name: &str) {
     }
 
     let probes = [0_usize, 1, 7, 42, 99, 150, 201, 239];
-    let queries: Vec<Value> = probes
-        .iter()
-        .map(|&i| json!({"id": format!("q{i}"), "blob": blobs[i]}))
-        .collect();
-    let answer = mesh
-        .post(
-            &http,
-            "search",
-            &json!({"data": queries, "parameters": {"top_k": 5, "include_blob": true}}),
-        )
-        .await;
+    let parameters = json!({"top_k": 5, "include_blob": true});
+    let answer = mesh.search_images(&http, &blobs, &probes, parameters).await;
     for (query, &i) in answer["data"].as_array().unwrap().iter().zip(&probes) {
         let matches = query["matches"].as_array().unwrap();
         assert!(!matches.is_empty() && matches.len() <= 5, "{query}");
@@ -306,16 +288,8 @@ async fn image_search_end_to_end(env: &[(&str, String)], name: &str) {
         .await;
     mesh.down().await;
     let mesh = Mesh::up(&repo_file("flows/image.yml"), &dir, env).await;
-    let queries: Vec<Value> = [42_usize, 150]
-        .iter()
-        .map(|&i| json!({"id": format!("q{i}"), "blob": blobs[i]}))
-        .collect();
     let answer = mesh
-        .post(
-            &http,
-            "search",
-            &json!({"data": queries, "parameters": {"top_k": 3}}),
-        )
+        .search_images(&http, &blobs, &[42, 150], json!({"top_k": 3}))
         .await;
     let first = |q: usize| answer["data"][q]["matches"][0]["id"].clone();
     assert_ne!(first(0), "img-042", "deleted before the restart");
@@ -326,19 +300,12 @@ async fn image_search_end_to_end(env: &[(&str, String)], name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_search_with_the_embedded_store() {
-    image_search_end_to_end(&[("FLOWMESH_RANKER_STORE", "embedded".into())], "embedded").await;
+    image_search_end_to_end(&embedded_store(), "embedded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_search_with_the_redis_store() {
-    let redis = RedisServer::start("e2e-image", None);
-    image_search_end_to_end(
-        &[
-            ("FLOWMESH_RANKER_STORE", "redis".into()),
-            ("FLOWMESH_RANKER_REDIS_URL", redis.url()),
-        ],
-        "redis",
-    )
-    .await;
+    let (redis, env) = redis_store("e2e-image", None);
+    image_search_end_to_end(&env, "redis").await;
     drop(redis);
 }

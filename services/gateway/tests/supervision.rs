@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use support::launch::{self, metric, temp_dir, Launched};
+use support::launch::{self, flow_dir, metric, Launched};
 use support::Http;
 
 const FLOW: &str = "name: supervised
@@ -63,6 +63,37 @@ async fn process(http: &Http, gateway: &str, label: &str) -> Value {
         .find(|p| p["label"] == label)
         .unwrap_or_else(|| panic!("no process {label} in {status}"))
         .clone()
+}
+
+/// Indexes document `id` with [`text`]`(i)`; the write must succeed.
+async fn index_text(http: &Http, gateway: &str, id: &str, i: usize) {
+    let body = json!({"data": [{"id": id, "text": text(i)}]});
+    let r = http.post(&format!("{gateway}/index"), &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// The `/status` entry of process `label` once it is `failed`, polled for at most `within`.
+async fn wait_failed(http: &Http, gateway: &str, label: &str, within: Duration) -> Value {
+    let began = Instant::now();
+    loop {
+        let p = process(http, gateway, label).await;
+        if p["state"] == "failed" {
+            return p;
+        }
+        assert!(began.elapsed() < within, "not failed in time: {p}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `/status` entries of every process but `label`.
+async fn others(http: &Http, gateway: &str, label: &str) -> Vec<Value> {
+    let status = http.get(&format!("{gateway}/status")).await.json();
+    let processes = status["processes"].as_array().expect("a processes section");
+    processes
+        .iter()
+        .filter(|p| p["label"] != label)
+        .cloned()
+        .collect()
 }
 
 fn pid_of(entry: &Value) -> Pid {
@@ -138,9 +169,7 @@ async fn wait_acked(seen: &Mutex<Seen>, at_least: usize, within: Duration) {
 }
 
 async fn kill_under_load(label: &str, name: &str) {
-    let dir = temp_dir(name);
-    let flow = dir.join("flow.yml");
-    std::fs::write(&flow, FLOW).unwrap();
+    let (dir, flow) = flow_dir(name, FLOW);
     let log = dir.join("stderr.log");
     let mut launched =
         launch::up(&flow, &dir, &[], Some(std::fs::File::create(&log).unwrap())).await;
@@ -291,19 +320,11 @@ async fn stop_restarts_nothing(
 /// the mesh keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
-    let dir = temp_dir("port-taken");
-    let flow = dir.join("flow.yml");
-    std::fs::write(&flow, FLOW).unwrap();
+    let (dir, flow) = flow_dir("port-taken", FLOW);
     let mut launched = launch::up(&flow, &dir, &[], None).await;
     let gateway = launched.gateway.clone();
     let http = Http::new();
-    let r = http
-        .post(
-            &format!("{gateway}/index"),
-            &json!({"data": [{"id": "kept", "text": text(7)}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    index_text(&http, &gateway, "kept", 7).await;
 
     let label = "encoder/0/1";
     let before = process(&http, &gateway, label).await;
@@ -328,17 +349,7 @@ async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
     };
 
     let began = Instant::now();
-    let failed = loop {
-        let p = process(&http, &gateway, label).await;
-        if p["state"] == "failed" {
-            break p;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(60),
-            "not failed in time: {p}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let failed = wait_failed(&http, &gateway, label, Duration::from_secs(60)).await;
     eprintln!("{label} failed after {:?}: {failed}", began.elapsed());
     assert_eq!(failed["restarts"], 4, "five exits, four restarts: {failed}");
     assert_eq!(restarts_counted(&http, &gateway, label).await, Some(4.0));
@@ -369,19 +380,10 @@ async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json()["data"][0]["matches"][0]["id"], "kept");
     }
-    let r = http
-        .post(
-            &format!("{gateway}/index"),
-            &json!({"data": [{"id": "later", "text": text(8)}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let status = http.get(&format!("{gateway}/status")).await.json();
-    for p in status["processes"].as_array().unwrap() {
-        if p["label"] != label {
-            assert_eq!(p["state"], "running", "{p}");
-            assert_eq!(p["restarts"], 0, "{p}");
-        }
+    index_text(&http, &gateway, "later", 8).await;
+    for p in others(&http, &gateway, label).await {
+        assert_eq!(p["state"], "running", "{p}");
+        assert_eq!(p["restarts"], 0, "{p}");
     }
     // Freeing the port does not bring a failed process back.
     drop(taken);
@@ -396,9 +398,7 @@ async fn a_process_that_cannot_start_again_ends_failed_and_the_mesh_serves() {
 /// why, the other processes run on, and the gateway still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_whose_workspace_is_broken_ends_failed_with_its_reason() {
-    let dir = temp_dir("broken-workspace");
-    let flow = dir.join("flow.yml");
-    std::fs::write(&flow, FLOW).unwrap();
+    let (dir, flow) = flow_dir("broken-workspace", FLOW);
     let env = [("FLOWMESH_RESTART_LIMIT", "2".to_owned())];
     let mut launched = launch::up(&flow, &dir, &env, None).await;
     let gateway = launched.gateway.clone();
@@ -410,18 +410,7 @@ async fn a_shard_whose_workspace_is_broken_ends_failed_with_its_reason() {
     std::fs::remove_dir_all(&workspace).unwrap();
     std::fs::write(&workspace, "not a folder").unwrap();
 
-    let began = Instant::now();
-    let failed = loop {
-        let p = process(&http, &gateway, label).await;
-        if p["state"] == "failed" {
-            break p;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "not failed in time: {p}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let failed = wait_failed(&http, &gateway, label, Duration::from_secs(30)).await;
     assert_eq!(failed["restarts"], 1, "{failed}");
     assert_eq!(failed["last_exit"]["code"], 1, "{failed}");
     assert!(
@@ -434,11 +423,8 @@ async fn a_shard_whose_workspace_is_broken_ends_failed_with_its_reason() {
             .any(|l| l.as_str().unwrap().contains("cannot open the shard")),
         "the indexer's own reason is in the log: {failed}"
     );
-    let status = http.get(&format!("{gateway}/status")).await.json();
-    for p in status["processes"].as_array().unwrap() {
-        if p["label"] != label {
-            assert_eq!(p["state"], "running", "{p}");
-        }
+    for p in others(&http, &gateway, label).await {
+        assert_eq!(p["state"], "running", "{p}");
     }
     // The other shard still takes the documents that hash to it.
     let acked = (0..8)
@@ -465,9 +451,7 @@ async fn a_shard_whose_workspace_is_broken_ends_failed_with_its_reason() {
 /// nothing again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_during_a_backoff_restarts_nothing() {
-    let dir = temp_dir("stop-in-backoff");
-    let flow = dir.join("flow.yml");
-    std::fs::write(&flow, FLOW).unwrap();
+    let (dir, flow) = flow_dir("stop-in-backoff", FLOW);
     let log = dir.join("stderr.log");
     let mut launched =
         launch::up(&flow, &dir, &[], Some(std::fs::File::create(&log).unwrap())).await;

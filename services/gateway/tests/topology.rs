@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::join_all;
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
@@ -110,6 +111,42 @@ async fn needs_all_waits_for_every_orphan() {
     assert_eq!(tags, ["a", "b"]);
 }
 
+/// A gateway serving `flow`, where `{shards}` stands for the addresses of `shards`, one
+/// replica each.
+async fn gateway_over(shards: &[TestServer], flow: &str) -> TestGateway {
+    let addrs: Vec<String> = shards.iter().map(|s| format!("['{}']", s.base())).collect();
+    TestGateway::start(&flow.replace("{shards}", &addrs.join(", "))).await
+}
+
+/// `n` shards made by `shard` from fresh shared state each, and a gateway serving `flow` over
+/// them (see [`gateway_over`]): the states, the shards and the gateway.
+async fn sharded<S, F, Fut>(
+    n: usize,
+    shard: F,
+    flow: &str,
+) -> (Vec<S>, Vec<TestServer>, TestGateway)
+where
+    S: Default + Clone,
+    F: Fn(S) -> Fut,
+    Fut: std::future::Future<Output = TestServer>,
+{
+    let (states, shards) = started(n, shard).await;
+    let gw = gateway_over(&shards, flow).await;
+    (states, shards, gw)
+}
+
+/// `n` servers made by `server` from fresh shared state each: the states and the servers.
+async fn started<S, F, Fut>(n: usize, server: F) -> (Vec<S>, Vec<TestServer>)
+where
+    S: Default + Clone,
+    F: Fn(S) -> Fut,
+    Fut: std::future::Future<Output = TestServer>,
+{
+    let states: Vec<S> = (0..n).map(|_| S::default()).collect();
+    let servers = join_all(states.iter().cloned().map(server)).await;
+    (states, servers)
+}
+
 /// `(endpoint, root id)` of every document a shard was sent.
 type SentLog = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -129,17 +166,8 @@ async fn recording_shard(log: SentLog) -> TestServer {
 
 #[tokio::test]
 async fn any_polling_sends_an_id_to_the_same_shard_every_time() {
-    let logs: Vec<SentLog> = (0..3).map(|_| Default::default()).collect();
-    let mut shards = Vec::new();
-    for log in &logs {
-        shards.push(recording_shard(log.clone()).await);
-    }
-    let addrs: Vec<String> = shards.iter().map(|s| format!("['{}']", s.base())).collect();
-    let gw = TestGateway::start(&format!(
-        "with: {{request_size: 7}}\nexecutors:\n- {{name: idx, uses: remote, shards: 3, addresses: [{}]}}\n",
-        addrs.join(", ")
-    ))
-    .await;
+    let flow = "with: {request_size: 7}\nexecutors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n";
+    let (logs, _shards, gw) = sharded(3, recording_shard, flow).await;
     let http = Http::new();
     let all: Vec<String> = (0..60).map(|i| format!("doc-{i}")).collect();
     // Index everything, then update a shuffled subset, then delete (all polling).
@@ -185,27 +213,17 @@ async fn any_polling_sends_an_id_to_the_same_shard_every_time() {
 
 #[tokio::test]
 async fn any_polling_keeps_chunks_with_their_root_document() {
-    let logs: Vec<Arc<Mutex<Vec<Document>>>> = (0..4).map(|_| Default::default()).collect();
-    let mut shards = Vec::new();
-    for log in &logs {
-        let log = log.clone();
-        shards.push(
-            TestServer::start(executor_app(move |_e, env: Envelope| {
-                let log = log.clone();
-                async move {
-                    log.lock().unwrap().extend(env.data.iter().cloned());
-                    Ok(env)
-                }
-            }))
-            .await,
-        );
-    }
-    let addrs: Vec<String> = shards.iter().map(|s| format!("['{}']", s.base())).collect();
-    let gw = TestGateway::start(&format!(
-        "executors:\n- {{name: seg, uses: sentencizer}}\n- {{name: idx, uses: remote, shards: 4, addresses: [{}]}}\n",
-        addrs.join(", ")
-    ))
-    .await;
+    let keeping = |log: Arc<Mutex<Vec<Document>>>| {
+        TestServer::start(executor_app(move |_e, env: Envelope| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().extend(env.data.iter().cloned());
+                Ok(env)
+            }
+        }))
+    };
+    let flow = "executors:\n- {name: seg, uses: sentencizer}\n- {name: idx, uses: remote, shards: 4, addresses: [{shards}]}\n";
+    let (logs, _shards, gw) = sharded(4, keeping, flow).await;
     let data: Vec<Value> = (0..20)
         .map(|i| json!({"id": format!("p{i}"), "text": "One. Two. Three."}))
         .collect();
@@ -260,17 +278,8 @@ fn brute_force(lists: &[Vec<Document>], k: usize) -> Vec<(String, f32)> {
 
 #[tokio::test]
 async fn all_polling_with_top_k_equals_a_brute_force_merge() {
-    let scripts: Vec<Arc<Mutex<Vec<Document>>>> = (0..3).map(|_| Default::default()).collect();
-    let mut shards = Vec::new();
-    for s in &scripts {
-        shards.push(scripted_shard(s.clone()).await);
-    }
-    let addrs: Vec<String> = shards.iter().map(|s| format!("['{}']", s.base())).collect();
-    let gw = TestGateway::start(&format!(
-        "executors:\n- {{name: idx, uses: remote, shards: 3, addresses: [{}]}}\n",
-        addrs.join(", ")
-    ))
-    .await;
+    let flow = "executors:\n- {name: idx, uses: remote, shards: 3, addresses: [{shards}]}\n";
+    let (scripts, _shards, gw) = sharded(3, scripted_shard, flow).await;
     let http = Http::new();
     // A property test over random shard answers; the generator is a fixed-seed LCG so failures
     // reproduce.
@@ -337,11 +346,10 @@ async fn concat_merger_returns_every_shards_matches_like_match_merger() {
             .collect();
         shards.push(scripted_shard(Arc::new(Mutex::new(list))).await);
     }
-    let addrs: Vec<String> = shards.iter().map(|s| format!("['{}']", s.base())).collect();
-    let gw = TestGateway::start(&format!(
-        "executors:\n- {{name: idx, uses: remote, shards: 10, uses_after: concat, addresses: [{}]}}\n",
-        addrs.join(", ")
-    ))
+    let gw = gateway_over(
+        &shards,
+        "executors:\n- {name: idx, uses: remote, shards: 10, uses_after: concat, addresses: [{shards}]}\n",
+    )
     .await;
     let r = Http::new()
         .post(
@@ -389,21 +397,18 @@ async fn request_size_splitting_keeps_document_order() {
 
 #[tokio::test]
 async fn shards_combine_with_replicas() {
-    let counts: Vec<Arc<Mutex<usize>>> = (0..4).map(|_| Default::default()).collect();
-    let mut servers = Vec::new();
-    for c in &counts {
-        let c = c.clone();
-        servers.push(
-            TestServer::start(executor_app(move |_e, env: Envelope| {
-                let c = c.clone();
-                async move {
-                    *c.lock().unwrap() += 1;
-                    Ok(env)
-                }
-            }))
-            .await,
-        );
-    }
+    let counting = |c: Arc<Mutex<usize>>| {
+        TestServer::start(executor_app(move |_e, env: Envelope| {
+            let c = c.clone();
+            async move {
+                *c.lock().unwrap() += 1;
+                // Calls overlap, so the balancer sees one replica busy and picks the other.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(env)
+            }
+        }))
+    };
+    let (counts, servers) = started(4, counting).await;
     let gw = TestGateway::start(&format!(
         "executors:\n- {{name: idx, uses: remote, shards: 2, replicas: 2, addresses: [['{}', '{}'], ['{}', '{}']]}}\n",
         servers[0].base(),
@@ -413,16 +418,23 @@ async fn shards_combine_with_replicas() {
     ))
     .await;
     let http = Http::new();
-    for i in 0..20 {
-        let r = http
-            .post(&gw.url("/search"), &docs(&[format!("q{i}")]))
-            .await;
-        assert_eq!(r.status, 200);
+    let searches = (0..20).map(|i| {
+        let http = http.clone();
+        let url = gw.url("/search");
+        async move { http.post(&url, &docs(&[format!("q{i}")])).await }
+    });
+    for r in futures::future::join_all(searches).await {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
     let n: Vec<usize> = counts.iter().map(|c| *c.lock().unwrap()).collect();
-    // `all` polling: each search reaches exactly one replica of each of the two shards.
+    // `all` polling: each search reaches exactly one replica of each of the two shards, and
+    // searches at once are spread over both replicas of a shard.
     assert_eq!(n[0] + n[1], 20, "{n:?}");
     assert_eq!(n[2] + n[3], 20, "{n:?}");
+    assert!(
+        n.iter().all(|&calls| calls > 0),
+        "every replica served: {n:?}"
+    );
     let status = http.get(&gw.url("/status")).await.json();
     assert_eq!(
         status["executors"][0]["shards"].as_array().unwrap().len(),

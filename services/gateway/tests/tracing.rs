@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use serde_json::json;
-use support::launch::{self, temp_dir};
+use support::launch::{self, flow_dir};
 use support::{Http, TestServer};
 
 /// One received span, with the `service.name` of the process that sent it.
@@ -99,9 +99,7 @@ async fn one_search_is_one_trace_through_every_service() {
             .with_state(inbox.clone()),
     )
     .await;
-    let dir = temp_dir("traces");
-    let flow = dir.join("flow.yml");
-    std::fs::write(&flow, FLOW).unwrap();
+    let (dir, flow) = flow_dir("traces", FLOW);
     let log = dir.join("flowmesh.log");
     // A batch delay far longer than the test: every span arrives through the flush at exit.
     let env = [

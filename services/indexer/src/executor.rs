@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use flowmesh_shared::api::{top_k, DEFAULT_TOP_K};
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Document, Endpoint, Envelope};
 
 use crate::backend::{Entry, Hit, IndexError, VectorIndex};
 use crate::shard::Shard;
@@ -59,60 +59,24 @@ impl Default for Options {
 /// would be about 4 GB.
 pub(crate) const DEFAULT_MAX_MATCHES: usize = 1_000_000;
 
-/// What an endpoint does to the shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Operation {
-    /// `index`: store the documents, replacing what was stored of them.
-    Index,
-    /// `update`: as `index`, for documents the shard holds already.
-    Update,
-    /// `search`: set the matches of every query.
-    Search,
-    /// `delete`: forget the documents and their chunks.
-    Delete,
-}
-
-impl Operation {
-    /// The operation of `endpoint`; `None` for the endpoints that pass through.
-    fn of(endpoint: &str) -> Option<Self> {
-        match endpoint {
-            "index" => Some(Self::Index),
-            "update" => Some(Self::Update),
-            "search" => Some(Self::Search),
-            "delete" => Some(Self::Delete),
-            _ => None,
-        }
+/// Runs `endpoint` on the shard. A write first checks that the call is not over (`stop`), and
+/// once started it completes: it is never stopped half-way (durability first). A search checks
+/// `stop` between its units of work instead.
+fn run(
+    endpoint: Endpoint,
+    index: &dyn VectorIndex,
+    request: Envelope,
+    options: Options,
+    stop: &Stop,
+) -> Result<Envelope, ApiError> {
+    if endpoint != Endpoint::Search {
+        stop.check(endpoint.path())?;
     }
-
-    /// The path named in deadline errors.
-    fn path(self) -> &'static str {
-        match self {
-            Self::Index => "/index",
-            Self::Update => "/update",
-            Self::Search => "/search",
-            Self::Delete => "/delete",
-        }
-    }
-
-    /// Runs the operation. A write first checks that the call is not over (`stop`), and once
-    /// started it completes: it is never stopped half-way (durability first). A search checks
-    /// `stop` between its units of work instead.
-    fn run(
-        self,
-        index: &dyn VectorIndex,
-        request: Envelope,
-        options: Options,
-        stop: &Stop,
-    ) -> Result<Envelope, ApiError> {
-        if self != Self::Search {
-            stop.check(self.path())?;
-        }
-        match self {
-            Self::Index => Ok(store(index, request, false)?),
-            Self::Update => Ok(store(index, request, true)?),
-            Self::Search => matches_search(index, request, options, stop),
-            Self::Delete => documents_delete(index, request),
-        }
+    match endpoint {
+        Endpoint::Index => Ok(store(index, request, false)?),
+        Endpoint::Update => Ok(store(index, request, true)?),
+        Endpoint::Search => matches_search(index, request, options, stop),
+        Endpoint::Delete => documents_delete(index, request),
     }
 }
 
@@ -148,23 +112,19 @@ impl Indexer {
 impl Executor for Indexer {
     async fn call(
         &self,
-        endpoint: &str,
+        endpoint: Endpoint,
         request: Envelope,
         deadline: Deadline,
     ) -> Result<Envelope, ApiError> {
-        let Some(operation) = Operation::of(endpoint) else {
-            return Ok(request);
-        };
         // The blocking work cannot be dropped with this future: it checks `stop` before it
         // starts and, for searches, between units of work; `_abandon` trips it when this future
         // is dropped (deadline, client gone).
         let (stop, _abandon) = Stop::new(deadline);
         // A small search runs right here: handing it to the blocking pool costs two thread
         // switches, more than the scan itself.
-        if operation == Operation::Search
-            && search_work(self.index.as_ref(), &request) <= INLINE_WORK
+        if endpoint == Endpoint::Search && search_work(self.index.as_ref(), &request) <= INLINE_WORK
         {
-            return operation.run(self.index.as_ref(), request, self.options, &stop);
+            return run(endpoint, self.index.as_ref(), request, self.options, &stop);
         }
         // Every write, and every large search, runs on the blocking pool. A write waits for the
         // shard's writer lock, for the index lock (which a running scan holds) and for
@@ -175,7 +135,7 @@ impl Executor for Indexer {
         // write that has started is completed and logged, exactly as the answer would say.
         let index = Arc::clone(&self.index);
         let options = self.options;
-        tokio::task::spawn_blocking(move || operation.run(index.as_ref(), request, options, &stop))
+        tokio::task::spawn_blocking(move || run(endpoint, index.as_ref(), request, options, &stop))
             .await
             .map_err(|e| ApiError::Internal(format!("index task failed: {e}")))?
     }

@@ -163,7 +163,7 @@ async fn non_finite_values_are_refused() {
         d.embedding = Some(vec![1.0, bad]);
         let err = indexer
             .call(
-                "index",
+                flowmesh_shared::Endpoint::Index,
                 Envelope::new(vec![d]),
                 flowmesh_shared::Deadline::NONE,
             )

@@ -4,9 +4,9 @@
 //! own id when it has none), each group's scores are aggregated into one document score, and the
 //! documents are sorted best first (ties: the smaller id first) and cut to `top_k`.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use flowmesh_shared::fanout::better;
 use flowmesh_shared::Document;
 
 /// How the scores of one document's matched chunks become the document's score.
@@ -96,13 +96,6 @@ pub fn aggregate<'a>(
     docs.sort_by(better);
     docs.truncate(top_k);
     docs
-}
-
-/// Better first: the higher score, then the smaller id.
-fn better(a: &Document, b: &Document) -> Ordering {
-    let sa = a.score.unwrap_or(f32::NEG_INFINITY);
-    let sb = b.score.unwrap_or(f32::NEG_INFINITY);
-    sb.total_cmp(&sa).then_with(|| a.id.cmp(&b.id))
 }
 
 #[cfg(test)]

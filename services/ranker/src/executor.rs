@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use flowmesh_shared::api::top_k;
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::{ApiError, Deadline, Document, Envelope};
+use flowmesh_shared::{ApiError, Deadline, Document, Endpoint, Envelope};
 
 use crate::aggregate::{aggregate, Aggregation};
 use crate::store::{DocStore, StoreError};
@@ -188,21 +188,20 @@ impl<S: DocStore> Ranker<S> {
 impl<S: DocStore> Executor for Ranker<S> {
     async fn call(
         &self,
-        endpoint: &str,
+        endpoint: Endpoint,
         request: Envelope,
         deadline: Deadline,
     ) -> Result<Envelope, ApiError> {
         match endpoint {
-            "index" | "update" => {
+            Endpoint::Index | Endpoint::Update => {
                 self.documents_store(&request, deadline).await?;
                 Ok(request)
             }
-            "delete" => {
+            Endpoint::Delete => {
                 self.documents_delete(&request, deadline).await?;
                 Ok(request)
             }
-            "search" => self.matches_rank(request, deadline).await,
-            _ => Ok(request),
+            Endpoint::Search => self.matches_rank(request, deadline).await,
         }
     }
 }

@@ -197,7 +197,11 @@ async fn non_finite_scores_are_refused_naming_the_match() {
         };
         for query in [chunked, own] {
             let err = ranker
-                .call("search", Envelope::new(vec![query]), Deadline::NONE)
+                .call(
+                    flowmesh_shared::Endpoint::Search,
+                    Envelope::new(vec![query]),
+                    Deadline::NONE,
+                )
                 .await
                 .unwrap_err();
             assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{err}");

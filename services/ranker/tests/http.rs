@@ -205,7 +205,11 @@ async fn only_the_root_content_is_stored() {
     doc.matches = vec![Document::text("m", "match")];
     let request = Envelope::new(vec![doc]);
     let out = ranker
-        .call("update", request.clone(), flowmesh_shared::Deadline::NONE)
+        .call(
+            flowmesh_shared::Endpoint::Update,
+            request.clone(),
+            flowmesh_shared::Deadline::NONE,
+        )
         .await
         .expect("stored");
     assert_eq!(out, request);

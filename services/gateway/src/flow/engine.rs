@@ -30,23 +30,20 @@ use flowmesh_shared::{ApiError, Deadline, Document, Envelope, Header, Parameters
 use super::guard::ChunkBudget;
 use super::outcome::{join_outputs, partial_write, Failed, NodeOutput, Output};
 use super::sentencizer::Sentencizer;
-use super::spec::{ExecutorSpec, FlowError, FlowSpec, Polling, ENDPOINTS};
+use super::spec::{ExecutorSpec, FlowError, FlowSpec};
+use flowmesh_shared::endpoint::PerEndpoint;
+use flowmesh_shared::flow::{Merge, Polling};
+use flowmesh_shared::Endpoint;
 
 mod remote;
 use remote::call_remote;
-
-/// How a node merges the answers of `all` polling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Merger {
-    TopK,
-    Concat,
-}
 
 enum Kind {
     Sentencizer(Sentencizer),
     Remote {
         shards: Vec<ReplicaSet>,
-        merger: Merger,
+        /// What merges the answers of `all` polling.
+        merge: Merge,
     },
 }
 
@@ -54,8 +51,8 @@ struct Node {
     spec: ExecutorSpec,
     name: Arc<str>,
     kind: Kind,
-    /// Polling per public endpoint, in the order of [`ENDPOINTS`].
-    polling: [Polling; 4],
+    /// Polling per endpoint.
+    polling: PerEndpoint<Polling>,
 }
 
 /// A running Flow: executors connected to their replicas.
@@ -98,7 +95,7 @@ impl Default for RunLimits {
 
 /// Per-request context shared by all batches.
 struct RequestCtx {
-    endpoint: &'static str,
+    endpoint: Endpoint,
     /// Whether the endpoint writes (`index`, `update`): failures are then partial.
     write: bool,
     limits: RunLimits,
@@ -162,21 +159,16 @@ impl Flow {
                         ReplicaSet::new(&e.name, shard, replicas, client.clone(), config.clone())
                     })
                     .collect();
-                let merger = match e.uses_after.as_deref() {
-                    Some("concat") => Merger::Concat,
-                    _ => Merger::TopK,
-                };
-                Kind::Remote { shards, merger }
+                Kind::Remote {
+                    shards,
+                    merge: e.merge(),
+                }
             };
-            let mut polling = [Polling::Any; 4];
-            for (slot, endpoint) in polling.iter_mut().zip(ENDPOINTS) {
-                *slot = e.polling_for(endpoint)?;
-            }
             nodes.push(Node {
                 spec: e.clone(),
                 name: e.name.as_str().into(),
                 kind,
-                polling,
+                polling: e.polling()?,
             });
         }
         let mut has_successor = vec![false; nodes.len()];
@@ -231,10 +223,10 @@ impl Flow {
                         })
                         .collect(),
                 };
-                let polling: serde_json::Map<String, Value> = ENDPOINTS
+                let polling: serde_json::Map<String, Value> = n
+                    .polling
                     .iter()
-                    .zip(n.polling)
-                    .map(|(e, p)| (format!("/{e}"), json!(p)))
+                    .map(|(e, p)| (e.path().to_owned(), json!(p)))
                     .collect();
                 json!({
                     "name": &*n.name,
@@ -243,7 +235,7 @@ impl Flow {
                     "replicas": n.spec.replicas,
                     "shards": shards,
                     "polling": polling,
-                    "uses_after": n.spec.uses_after.as_deref().unwrap_or("topk"),
+                    "uses_after": n.spec.merge(),
                 })
             })
             .collect();
@@ -256,14 +248,13 @@ impl Flow {
         })
     }
 
-    /// Runs `request` through the Flow for `endpoint` (one of [`ENDPOINTS`]) within `limits`.
+    /// Runs `request` through the Flow for `endpoint` within `limits`.
     pub async fn run(
         &self,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         request: Envelope,
         limits: RunLimits,
     ) -> Result<Answer, ApiError> {
-        debug_assert!(ENDPOINTS.contains(&endpoint));
         let Envelope {
             mut header,
             parameters,
@@ -278,7 +269,7 @@ impl Flow {
         if header.request_id.is_empty() {
             header.request_id = uuid::Uuid::new_v4().simple().to_string();
         }
-        header.exec_endpoint = format!("/{endpoint}");
+        header.exec_endpoint = endpoint.path().to_owned();
         trace::set_current_attribute(|| {
             KeyValue::new("flowmesh.request_id", header.request_id.clone())
         });
@@ -288,7 +279,7 @@ impl Flow {
                 doc.id = uuid::Uuid::new_v4().simple().to_string();
             }
         }
-        let write = matches!(endpoint, "index" | "update");
+        let write = endpoint.is_write();
         // The request's order, to list the documents not written in it.
         let order: Vec<String> = if write {
             data.iter().map(|d| d.id.clone()).collect()
@@ -407,18 +398,15 @@ impl Flow {
         let span = node_span(ctx, node, docs.len());
         let out = match &node.kind {
             Kind::Sentencizer(s) => {
-                if ctx.endpoint != "delete" {
+                if ctx.endpoint != Endpoint::Delete {
                     s.segment(&mut docs, &ctx.limits.chunks)?;
                 }
                 Ok(Output::done(docs))
             }
-            Kind::Remote { shards, merger } => {
-                let slot = ENDPOINTS
-                    .iter()
-                    .position(|e| *e == ctx.endpoint)
-                    .unwrap_or(0);
+            Kind::Remote { shards, merge } => {
                 let trace = span.context();
-                call_remote(ctx, &trace, node, shards, node.polling[slot], *merger, docs).await
+                let polling = *node.polling.get(ctx.endpoint);
+                call_remote(ctx, &trace, node, shards, polling, *merge, docs).await
             }
         };
         match &out {
@@ -462,7 +450,7 @@ fn node_span(ctx: &RequestCtx, node: &Node, docs: usize) -> trace::SpanGuard {
         vec![
             KeyValue::new("flowmesh.executor", node.name.to_string()),
             KeyValue::new("flowmesh.executor.kind", kind),
-            KeyValue::new("flowmesh.endpoint", ctx.endpoint),
+            KeyValue::new("flowmesh.endpoint", ctx.endpoint.as_str()),
             KeyValue::new("flowmesh.documents", docs as i64),
             KeyValue::new("flowmesh.request_id", ctx.request_id.to_string()),
         ],

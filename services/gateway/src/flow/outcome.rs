@@ -1,8 +1,9 @@
 //! What running a batch through the Flow yields: the documents that went through and, on writes,
 //! the ones set aside because an executor failed for them; and how answers are put together.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
+use flowmesh_shared::api::merge_by_id;
 use flowmesh_shared::{ApiError, Document};
 
 /// The root documents whose write did not complete, and why (the first failure).
@@ -127,28 +128,10 @@ pub(super) fn join_outputs(outputs: Vec<Output>) -> (Vec<Document>, Failed) {
 }
 
 /// Merges the answers of several predecessors by document id, in the first answer's order.
-pub(super) fn join_by_id(mut inputs: Vec<Vec<Document>>) -> Vec<Document> {
-    if inputs.len() == 1 {
-        return inputs.pop().unwrap_or_default();
-    }
+pub(super) fn join_by_id(inputs: Vec<Vec<Document>>) -> Vec<Document> {
     let mut inputs = inputs.into_iter();
     let mut merged = inputs.next().unwrap_or_default();
-    let mut index: HashMap<String, usize> = merged
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.id.clone(), i))
-        .collect();
-    for input in inputs {
-        for doc in input {
-            match index.get(&doc.id) {
-                Some(&i) => merged[i].merge_from(doc),
-                None => {
-                    index.insert(doc.id.clone(), merged.len());
-                    merged.push(doc);
-                }
-            }
-        }
-    }
+    merge_by_id(&mut merged, inputs.flatten());
     merged
 }
 

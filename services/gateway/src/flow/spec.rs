@@ -1,13 +1,20 @@
 //! The Flow as written in YAML, and its validation.
 //!
-//! The vocabulary is Jina's: `needs`, `replicas`, `shards`, `polling`, `uses_after`. Validation
-//! names the problem and the executor it is in, so a typo in a Flow never surfaces as a failed
-//! request later.
+//! The vocabulary is Jina's: `needs`, `replicas`, `shards`, `polling`, `uses_after`. `uses` and
+//! `uses_after` are typed ([`Uses`], [`Merge`]) and parsed with the file; the rest is checked
+//! by [`FlowSpec::validate`] (in `validate.rs`), which names the problem and the executor it is
+//! in, so a typo in a Flow never surfaces as a failed request later.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use flowmesh_shared::endpoint::PerEndpoint;
+pub use flowmesh_shared::flow::{Merge, Polling, Uses};
+use flowmesh_shared::Endpoint;
+
+mod validate;
 
 /// A Flow file. It serialises back to the vocabulary it parses from (absent options stay absent),
 /// so a Flow file can be built from these types.
@@ -127,7 +134,7 @@ pub struct ExecutorSpec {
     /// What runs: `sentencizer` (built into the gateway), `encoder`, `indexer`, `ranker` (the
     /// flowmesh services, started by `flowmesh up`), or `remote` (any service speaking the
     /// executor protocol, at `addresses`).
-    pub uses: String,
+    pub uses: Uses,
     /// Predecessors; default: the executor written before this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs: Option<Needs>,
@@ -142,7 +149,7 @@ pub struct ExecutorSpec {
     pub polling: Option<PollingSpec>,
     /// What merges the answers of `all` polling: `topk` (default) or `concat`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uses_after: Option<String>,
+    pub uses_after: Option<Merge>,
     /// Executor settings: for the flowmesh services, passed as `--key value` flags; for the
     /// sentencizer, its options.
     #[serde(default, rename = "with", skip_serializing_if = "Map::is_empty")]
@@ -164,24 +171,6 @@ pub struct ExecutorSpec {
 fn one() -> usize {
     1
 }
-
-/// A polling mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Polling {
-    /// One shard: the one that owns the root document id.
-    Any,
-    /// Every shard, answers merged by `uses_after`.
-    All,
-}
-
-/// The endpoints of the public API.
-pub const ENDPOINTS: [&str; 4] = ["index", "search", "update", "delete"];
-
-/// The built-in executors and the flowmesh services the launcher knows.
-pub const BUILTIN: [&str; 1] = ["sentencizer"];
-/// Services started by `flowmesh up` as `flowmesh-NAME`.
-pub const SERVICES: [&str; 3] = ["encoder", "indexer", "ranker"];
 
 /// A Flow that does not hold together.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -217,242 +206,47 @@ impl FlowSpec {
         spec.validate()?;
         Ok(spec)
     }
-
-    /// Checks everything that can be checked before anything starts.
-    pub fn validate(&self) -> Result<(), FlowError> {
-        if self.executors.is_empty() {
-            return Err(FlowError::Graph(
-                "a flow needs at least one executor".into(),
-            ));
-        }
-        if self.settings.request_size == 0 {
-            return Err(FlowError::Graph("request_size must be at least 1".into()));
-        }
-        if self.settings.prefetch == 0 {
-            return Err(FlowError::Graph("prefetch must be at least 1".into()));
-        }
-        if self.settings.request_timeout_ms == Some(0) {
-            return Err(FlowError::Graph(
-                "request_timeout_ms must be at least 1".into(),
-            ));
-        }
-        if self.settings.timeout_ms == 0 {
-            return Err(FlowError::Graph("timeout_ms must be at least 1".into()));
-        }
-        if self.settings.health_interval_ms < 10 {
-            return Err(FlowError::Graph(
-                "health_interval_ms must be at least 10".into(),
-            ));
-        }
-        let mut names = HashSet::new();
-        for e in &self.executors {
-            if e.name.is_empty() || e.name == "gateway" || e.name == "all" {
-                return Err(bad(
-                    &e.name,
-                    "the names \"\", \"gateway\" and \"all\" are reserved",
-                ));
-            }
-            if !names.insert(e.name.as_str()) {
-                return Err(bad(&e.name, "the name is used twice"));
-            }
-            e.validate()?;
-        }
-        self.predecessors()?;
-        Ok(())
-    }
-
-    /// The predecessors of each executor, by index, in the order of `executors`; `needs` names
-    /// resolved, defaults applied, and the graph checked for unknown names and cycles.
-    pub fn predecessors(&self) -> Result<Vec<Vec<usize>>, FlowError> {
-        let index: HashMap<&str, usize> = self
-            .executors
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.name.as_str(), i))
-            .collect();
-        let mut preds: Vec<Vec<usize>> = Vec::with_capacity(self.executors.len());
-        for (i, e) in self.executors.iter().enumerate() {
-            let names: Vec<&str> = match &e.needs {
-                None if i == 0 => vec![],
-                None => vec![self.executors[i - 1].name.as_str()],
-                Some(Needs::One(n)) if n == "all" => {
-                    // Every executor written before this one that nothing needs yet.
-                    let needed: HashSet<usize> = preds.iter().flatten().copied().collect();
-                    let orphans: Vec<usize> = (0..i).filter(|j| !needed.contains(j)).collect();
-                    preds.push(orphans);
-                    continue;
-                }
-                Some(Needs::One(n)) => vec![n.as_str()],
-                Some(Needs::Many(ns)) => ns.iter().map(String::as_str).collect(),
-            };
-            let mut mine = Vec::new();
-            for n in names {
-                if n == "gateway" {
-                    continue;
-                }
-                let Some(&j) = index.get(n) else {
-                    let known: Vec<&str> = self.executors.iter().map(|e| e.name.as_str()).collect();
-                    return Err(bad(
-                        &e.name,
-                        format!("needs {n:?}, which is not an executor of this flow (known: gateway, {})", known.join(", ")),
-                    ));
-                };
-                if j == i {
-                    return Err(bad(&e.name, "needs itself"));
-                }
-                if !mine.contains(&j) {
-                    mine.push(j);
-                }
-            }
-            preds.push(mine);
-        }
-        if let Some(cycle) = find_cycle(&preds) {
-            let path: Vec<&str> = cycle
-                .iter()
-                .map(|&i| self.executors[i].name.as_str())
-                .collect();
-            return Err(FlowError::Graph(format!(
-                "needs form a cycle: {}",
-                path.join(" -> ")
-            )));
-        }
-        Ok(preds)
-    }
-}
-
-/// A cycle in the predecessor graph, as a path that starts and ends at the same executor.
-fn find_cycle(preds: &[Vec<usize>]) -> Option<Vec<usize>> {
-    // 0 = unvisited, 1 = on the stack, 2 = done.
-    fn visit(
-        n: usize,
-        preds: &[Vec<usize>],
-        state: &mut [u8],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        state[n] = 1;
-        stack.push(n);
-        for &p in &preds[n] {
-            if state[p] == 1 {
-                let start = stack.iter().position(|&x| x == p).unwrap_or(0);
-                let mut cycle: Vec<usize> = stack[start..].to_vec();
-                cycle.push(p);
-                cycle.reverse();
-                return Some(cycle);
-            }
-            if state[p] == 0 {
-                if let Some(c) = visit(p, preds, state, stack) {
-                    return Some(c);
-                }
-            }
-        }
-        stack.pop();
-        state[n] = 2;
-        None
-    }
-    let mut state = vec![0u8; preds.len()];
-    for n in 0..preds.len() {
-        if state[n] == 0 {
-            if let Some(c) = visit(n, preds, &mut state, &mut Vec::new()) {
-                return Some(c);
-            }
-        }
-    }
-    None
 }
 
 impl ExecutorSpec {
-    fn validate(&self) -> Result<(), FlowError> {
-        let name = &self.name;
-        let builtin = BUILTIN.contains(&self.uses.as_str());
-        if !builtin && !SERVICES.contains(&self.uses.as_str()) && self.uses != "remote" {
-            return Err(bad(
-                name,
-                format!(
-                    "unknown uses {:?} (use one of sentencizer, encoder, indexer, ranker, remote)",
-                    self.uses
-                ),
-            ));
-        }
-        if self.replicas == 0 {
-            return Err(bad(name, "replicas must be at least 1"));
-        }
-        if self.shards == 0 {
-            return Err(bad(name, "shards must be at least 1"));
-        }
-        if builtin && (self.replicas > 1 || self.shards > 1 || self.addresses.is_some()) {
-            return Err(bad(
-                name,
-                "a built-in executor runs inside the gateway: no replicas, shards or addresses",
-            ));
-        }
-        if self.uses == "remote" && self.addresses.is_none() {
-            return Err(bad(name, "uses: remote needs addresses"));
-        }
-        for endpoint in ENDPOINTS {
-            self.polling_for(endpoint)?;
-        }
-        if let Some(PollingSpec::PerEndpoint(map)) = &self.polling {
-            for key in map.keys() {
-                let k = key.trim_start_matches('/');
-                if k != "*" && !ENDPOINTS.contains(&k) {
-                    return Err(bad(name, format!("polling names unknown endpoint {key:?}")));
-                }
-            }
-        }
-        if let Some(after) = &self.uses_after {
-            if after != "topk" && after != "concat" {
-                return Err(bad(
-                    name,
-                    format!("unknown uses_after {after:?} (use topk or concat)"),
-                ));
-            }
-        }
-        if let Some(eps) = &self.endpoints {
-            for ep in eps {
-                if !ENDPOINTS.contains(&ep.trim_start_matches('/')) {
-                    return Err(bad(
-                        name,
-                        format!("endpoints names unknown endpoint {ep:?}"),
-                    ));
-                }
-            }
-        }
-        if self.timeout_ms == Some(0) {
-            return Err(bad(name, "timeout_ms must be at least 1"));
-        }
-        if let Some(addresses) = self.shard_addresses()? {
-            for a in addresses.iter().flatten() {
-                check_address(name, a)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The polling mode for `endpoint` (without slash): the per-endpoint entry, else `"*"`, else
-    /// the default (`all` for search and delete, `any` for index and update).
-    pub fn polling_for(&self, endpoint: &str) -> Result<Polling, FlowError> {
+    /// The polling mode for `endpoint`: the per-endpoint entry, else `"*"`, else the default
+    /// (`all` for search and delete, `any` for index and update).
+    pub fn polling_for(&self, endpoint: Endpoint) -> Result<Polling, FlowError> {
         let word = match &self.polling {
             None => None,
             Some(PollingSpec::All(w)) => Some(w.as_str()),
             Some(PollingSpec::PerEndpoint(map)) => map
                 .iter()
-                .find(|(k, _)| k.trim_start_matches('/') == endpoint)
+                .find(|(k, _)| k.trim_start_matches('/') == endpoint.as_str())
                 .or_else(|| map.iter().find(|(k, _)| k.as_str() == "*"))
                 .map(|(_, v)| v.as_str()),
         };
-        match word.map(str::to_ascii_lowercase).as_deref() {
-            None => Ok(if matches!(endpoint, "search" | "delete") {
-                Polling::All
-            } else {
-                Polling::Any
+        match word {
+            None => Ok(match endpoint {
+                Endpoint::Search | Endpoint::Delete => Polling::All,
+                Endpoint::Index | Endpoint::Update => Polling::Any,
             }),
-            Some("any") => Ok(Polling::Any),
-            Some("all") => Ok(Polling::All),
-            Some(other) => Err(bad(
-                &self.name,
-                format!("unknown polling mode {other:?} for /{endpoint} (use any or all)"),
-            )),
+            Some(word) => Polling::from_word(word).ok_or_else(|| {
+                bad(
+                    &self.name,
+                    format!(
+                        "unknown polling mode {:?} for {} (use any or all)",
+                        word.to_ascii_lowercase(),
+                        endpoint.path()
+                    ),
+                )
+            }),
         }
+    }
+
+    /// The polling mode of every endpoint.
+    pub fn polling(&self) -> Result<PerEndpoint<Polling>, FlowError> {
+        PerEndpoint::try_from_fn(|endpoint| self.polling_for(endpoint))
+    }
+
+    /// What merges the answers of `all` polling (`uses_after`, default top-k).
+    pub fn merge(&self) -> Merge {
+        self.uses_after.unwrap_or_default()
     }
 
     /// The addresses of each shard's replicas, when given; checked against `shards`/`replicas`.
@@ -488,137 +282,18 @@ impl ExecutorSpec {
     }
 
     /// Whether `endpoint` reaches this executor.
-    pub fn serves(&self, endpoint: &str) -> bool {
-        self.endpoints
-            .as_ref()
-            .is_none_or(|eps| eps.iter().any(|e| e.trim_start_matches('/') == endpoint))
+    pub fn serves(&self, endpoint: Endpoint) -> bool {
+        self.endpoints.as_ref().is_none_or(|eps| {
+            eps.iter()
+                .any(|e| e.trim_start_matches('/') == endpoint.as_str())
+        })
     }
 
     /// Whether the gateway runs this executor itself.
     pub fn is_builtin(&self) -> bool {
-        BUILTIN.contains(&self.uses.as_str())
-    }
-}
-
-fn check_address(executor: &str, address: &str) -> Result<(), FlowError> {
-    let problem = match address.parse::<http::Uri>() {
-        Err(e) => Some(e.to_string()),
-        Ok(uri) if uri.scheme_str() != Some("http") => Some("the scheme must be http://".into()),
-        Ok(uri) if uri.host().is_none() => Some("no host".into()),
-        Ok(uri) if uri.path() != "/" && !uri.path().is_empty() => {
-            Some("give only scheme, host and port, no path".into())
-        }
-        Ok(_) => None,
-    };
-    match problem {
-        Some(p) => Err(bad(executor, format!("bad address {address:?}: {p}"))),
-        None => Ok(()),
+        self.uses.is_builtin()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn err(yaml: &str) -> String {
-        FlowSpec::from_yaml(yaml).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn defaults_chain_executors_in_order() {
-        let f = FlowSpec::from_yaml(
-            "executors:\n  - {name: a, uses: sentencizer}\n  - {name: b, uses: encoder}\n  - {name: c, uses: indexer}\n",
-        )
-        .unwrap();
-        assert_eq!(f.predecessors().unwrap(), vec![vec![], vec![0], vec![1]]);
-        assert_eq!(f.executors[2].polling_for("search").unwrap(), Polling::All);
-        assert_eq!(f.executors[2].polling_for("index").unwrap(), Polling::Any);
-    }
-
-    #[test]
-    fn needs_all_joins_the_orphans() {
-        let f = FlowSpec::from_yaml(
-            "executors:\n  - {name: p1, uses: encoder, needs: gateway}\n  - {name: p2, uses: encoder, needs: gateway}\n  - {name: p3, uses: encoder, needs: gateway}\n  - {name: r1, uses: ranker, needs: all}\n",
-        )
-        .unwrap();
-        assert_eq!(f.predecessors().unwrap()[3], vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn problems_are_named() {
-        assert!(
-            err("executors:\n  - {name: a, uses: encoder, needs: nope}\n")
-                .contains(r#"executor "a": needs "nope", which is not an executor"#)
-        );
-        assert!(err("executors:\n  - {name: a, uses: encoder, needs: b}\n  - {name: b, uses: encoder, needs: a}\n")
-            .contains("cycle: "));
-        assert!(
-            err("executors:\n  - {name: a, uses: encoder, replicas: 0}\n")
-                .contains(r#"executor "a": replicas must be at least 1"#)
-        );
-        assert!(
-            err("executors:\n  - {name: a, uses: indexer, polling: some}\n")
-                .contains("unknown polling mode \"some\"")
-        );
-        assert!(
-            err("executors:\n  - {name: a, uses: remote, addresses: ['ftp://x:1']}\n")
-                .contains("bad address \"ftp://x:1\"")
-        );
-        assert!(
-            err("executors:\n  - {name: a, uses: remote, addresses: ['not an address']}\n")
-                .contains("bad address")
-        );
-        assert!(
-            err("executors:\n  - {name: a, uses: encodr}\n").contains("unknown uses \"encodr\"")
-        );
-        assert!(
-            err("executors:\n  - {name: a, uses: encoder, replica: 2}\n")
-                .contains("unknown field `replica`")
-        );
-        assert!(err(
-            "executors:\n  - {name: a, uses: indexer, shards: 2, addresses: [['http://a:1']]}\n"
-        )
-        .contains("has 2 shards but addresses for 1"));
-    }
-
-    #[test]
-    fn per_endpoint_polling_with_fallback() {
-        let f = FlowSpec::from_yaml(
-            "executors:\n  - name: a\n    uses: indexer\n    polling: {'/search': any, '*': all}\n",
-        )
-        .unwrap();
-        assert_eq!(f.executors[0].polling_for("search").unwrap(), Polling::Any);
-        assert_eq!(f.executors[0].polling_for("index").unwrap(), Polling::All);
-    }
-
-    /// Every Flow file of the repository, serialised and parsed again, is the same Flow, and the
-    /// YAML written leaves absent options out instead of writing `null`.
-    #[test]
-    fn flow_files_round_trip_through_serialisation() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../flows");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().and_then(|e| e.to_str()) != Some("yml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let parsed = FlowSpec::from_yaml(&text).unwrap();
-            let written = serde_yaml_ng::to_string(&parsed).unwrap();
-            assert!(!written.contains("null"), "{}: {written}", path.display());
-            let again = FlowSpec::from_yaml(&written)
-                .unwrap_or_else(|e| panic!("{}: {e}\n{written}", path.display()));
-            assert_eq!(parsed, again, "{}", path.display());
-            seen += 1;
-        }
-        assert!(seen >= 5, "only {seen} flow files in {}", dir.display());
-    }
-
-    #[test]
-    fn every_option_round_trips() {
-        let text = "name: all-options\nwith: {request_size: 3, prefetch: 2, timeout_ms: 500, request_timeout_ms: 9000, retries: 1, health_interval_ms: 50}\nexecutors:\n  - {name: s, uses: sentencizer, with: {min_sent_len: 2}}\n  - name: i\n    uses: remote\n    needs: [gateway, s]\n    shards: 2\n    replicas: 2\n    polling: {/search: all, '*': any}\n    uses_after: concat\n    addresses: [['http://a:1', 'http://b:1'], ['http://c:1', 'http://d:1']]\n    endpoints: [/search, index]\n    timeout_ms: 20\n    retries: 0\n  - {name: r, uses: ranker, needs: all, polling: ALL}\n";
-        let parsed = FlowSpec::from_yaml(text).unwrap();
-        let written = serde_yaml_ng::to_string(&parsed).unwrap();
-        assert_eq!(FlowSpec::from_yaml(&written).unwrap(), parsed, "{written}");
-    }
-}
+mod tests;

@@ -41,6 +41,30 @@ pub fn echo(count: Arc<AtomicUsize>) -> Router {
     })
 }
 
+/// An [`echo`] executor counting its calls in `calls`, and a gateway with the given limits in
+/// front of it: `(executor, gateway)`.
+pub async fn echo_gateway(
+    calls: Arc<AtomicUsize>,
+    limits: Limits,
+    guard: GatewayLimits,
+) -> (TestServer, TestServer) {
+    let exec = TestServer::start(echo(calls)).await;
+    let gw = gateway(&one_executor(&exec.base()), limits, guard).await;
+    (exec, gw)
+}
+
+/// The ids of `ids` that shard `shard` of `shards` owns; some, not all, or the test proves
+/// nothing about one shard failing.
+pub fn owned_by(ids: &[String], shard: usize, shards: usize) -> Vec<String> {
+    let owned: Vec<String> = ids
+        .iter()
+        .filter(|id| flowmesh_shared::fanout::shard_of(id, shards) == shard)
+        .cloned()
+        .collect();
+    assert!(!owned.is_empty() && owned.len() < ids.len(), "{owned:?}");
+    owned
+}
+
 pub fn one_executor(base: &str) -> String {
     format!("executors:\n- {{name: enc, uses: remote, addresses: ['{base}']}}\n")
 }
@@ -65,7 +89,7 @@ pub struct Sleepy {
 impl Executor for Sleepy {
     fn call(
         &self,
-        _endpoint: &str,
+        _endpoint: flowmesh_shared::Endpoint,
         request: Envelope,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Envelope, ApiError>> + Send {

@@ -29,6 +29,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// An empty folder for one test holding the Flow file `flow.yml` with `yaml`: `(dir, flow)`.
+pub fn flow_dir(name: &str, yaml: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let flow = dir.join("flow.yml");
+    std::fs::write(&flow, yaml).unwrap();
+    (dir, flow)
+}
+
 /// A running `flowmesh up`.
 pub struct Launched {
     pub child: Child,
@@ -88,7 +96,8 @@ pub async fn up_limited(
     let mut child = command.spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
-    let gateway = tokio::time::timeout(Duration::from_secs(60), async {
+    // Two minutes: the shipped Flows load real models first.
+    let gateway = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             printed.push(line.clone());
             if let Some(url) = line.strip_prefix("gateway: ") {
@@ -98,7 +107,7 @@ pub async fn up_limited(
         panic!("flowmesh up exited early: {printed:?}");
     })
     .await
-    .expect("flowmesh up did not print its gateway address in 60 s");
+    .expect("flowmesh up did not print its gateway address in 120 s");
     Launched {
         child,
         gateway,
@@ -108,11 +117,11 @@ pub async fn up_limited(
 }
 
 impl Launched {
-    /// Sends SIGTERM and waits (20 s at most) for a successful exit.
+    /// Sends SIGTERM and waits (30 s at most) for a successful exit.
     pub async fn stop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id().unwrap()).unwrap());
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("stopped in time")
             .unwrap();

@@ -26,7 +26,7 @@ use flowmesh_gateway::{router, AppState, Flow, FlowSpec};
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::server::{executor_router, Executor};
-use flowmesh_shared::{ApiError, Deadline, Envelope, Limits};
+use flowmesh_shared::{ApiError, Deadline, Endpoint, Envelope, Limits};
 
 type Handler =
     dyn Fn(String, Envelope) -> BoxFuture<'static, Result<Envelope, ApiError>> + Send + Sync;
@@ -37,11 +37,11 @@ pub struct FnExecutor(Arc<Handler>);
 impl Executor for FnExecutor {
     fn call(
         &self,
-        endpoint: &str,
+        endpoint: Endpoint,
         request: Envelope,
         _deadline: Deadline,
     ) -> impl Future<Output = Result<Envelope, ApiError>> + Send {
-        (self.0)(endpoint.to_owned(), request)
+        (self.0)(endpoint.to_string(), request)
     }
 }
 

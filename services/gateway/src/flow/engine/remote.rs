@@ -12,8 +12,9 @@ use flowmesh_shared::fanout::{merge_shard_answers, split_by_shard, MatchMerge};
 use flowmesh_shared::{ApiError, Document, Header, Parameters};
 
 use super::super::outcome::{fail_docs, reassemble, Failed, NodeOutput, Output};
-use super::super::spec::Polling;
-use super::{Merger, Node, RequestCtx};
+use flowmesh_shared::flow::{Merge, Polling};
+
+use super::{Node, RequestCtx};
 
 /// The envelope sent to an executor, serialised without copying the documents.
 #[derive(Serialize)]
@@ -31,7 +32,7 @@ pub(super) async fn call_remote(
     node: &Node,
     shards: &[ReplicaSet],
     polling: Polling,
-    merger: Merger,
+    merge: Merge,
     docs: Vec<Document>,
 ) -> NodeOutput {
     if shards.len() == 1 {
@@ -88,9 +89,9 @@ pub(super) async fn call_remote(
                 // its documents.
                 Err(e) => return fail_docs(ctx.write, &docs, e),
             };
-            let how = match merger {
-                Merger::TopK => MatchMerge::TopK(top_k(&ctx.parameters, ctx.limits.max_top_k)?),
-                Merger::Concat => MatchMerge::Concat,
+            let how = match merge {
+                Merge::TopK => MatchMerge::TopK(top_k(&ctx.parameters, ctx.limits.max_top_k)?),
+                Merge::Concat => MatchMerge::Concat,
             };
             Ok(Output::done(merge_shard_answers(answers, how)))
         }

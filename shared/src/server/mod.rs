@@ -1,0 +1,26 @@
+//! Serving a service: the common command-line options ([`ServeArgs`]), the executor protocol's
+//! routes ([`Executor`], [`executor_router`]), the routes every service shares ([`shed_beyond`],
+//! the JSON fallbacks), a serve loop with connection limits ([`serve`]), and the shutdown signal.
+//!
+//! Every service holds under abusive traffic the same way: request limits ([`Limits`]) are
+//! checked before any work, requests beyond `--max-concurrent-requests` are shed at once with
+//! 429 and `Retry-After` ([`shed_beyond`]), a connection that does not send its headers within
+//! `--header-timeout-secs` (or sits idle that long between requests) is closed by hyper, at most
+//! `--max-connections` are open at once, and an executor stops a call whose deadline
+//! ([`crate::Deadline`]) has passed.
+//!
+//! Every service prints `NAME listening on http://ADDR` as its first line on stdout, which is how
+//! the launcher learns the port of a service it started on port 0.
+
+mod args;
+mod executor;
+mod listen;
+mod routes;
+mod signal;
+
+pub use crate::limits::Limits;
+pub use args::ServeArgs;
+pub use executor::{executor_router, Executor};
+pub use listen::{bind, bind_and_serve, serve};
+pub use routes::{method_not_allowed, service_router, shed_beyond, unknown_route, ShedLayer};
+pub use signal::shutdown_signal;

@@ -1,0 +1,81 @@
+//! Routes and layers every service shares, the gateway included: health and metrics, load
+//! shedding, the JSON answers for unknown paths and wrong methods, body limits and request
+//! metrics.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+use crate::health::{health_router, Readiness};
+use crate::limits::Limits;
+use crate::telemetry::{metrics_router, track_requests};
+
+/// A service's `own` routes with what every service serves the same way around them:
+/// `/livez` and `/readyz` (from `readiness`), `/metrics`, JSON answers for unknown paths and
+/// wrong methods, the body limit of `limits`, and request metrics labelled `service`.
+pub fn service_router(
+    service: &'static str,
+    own: Router,
+    readiness: Readiness,
+    limits: &Limits,
+) -> Router {
+    own.merge(health_router(readiness))
+        .merge(metrics_router())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            track_requests(service, req, next)
+        }))
+}
+
+/// The middleware behind [`shed_beyond`].
+type ShedFn =
+    fn(State<Arc<Semaphore>>, Request, Next) -> futures::future::BoxFuture<'static, Response>;
+
+/// The layer [`shed_beyond`] returns.
+pub type ShedLayer =
+    axum::middleware::FromFnLayer<ShedFn, Arc<Semaphore>, (State<Arc<Semaphore>>, Request)>;
+
+/// A layer that lets at most `max` requests through at once and answers the others at once
+/// with 429 `overloaded` and `Retry-After`, rather than queueing them without bound. Put it on
+/// the work routes only (`route_layer`), so that health checks and metrics always answer.
+pub fn shed_beyond(max: usize) -> ShedLayer {
+    fn shed(
+        State(permits): State<Arc<Semaphore>>,
+        req: Request,
+        next: Next,
+    ) -> futures::future::BoxFuture<'static, Response> {
+        Box::pin(async move {
+            let Ok(_permit) = permits.try_acquire_owned() else {
+                metrics::counter!("flowmesh_requests_shed_total").increment(1);
+                return ApiError::Overloaded(
+                    "too many requests in flight (--max-concurrent-requests, \
+                     FLOWMESH_MAX_CONCURRENT_REQUESTS); retry later"
+                        .into(),
+                )
+                .into_response();
+            };
+            next.run(req).await
+        })
+    }
+    axum::middleware::from_fn_with_state(Arc::new(Semaphore::new(max.max(1))), shed as ShedFn)
+}
+
+/// The JSON 404 for a path no route matches.
+pub async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::UnknownEndpoint(uri.path().to_owned())
+}
+
+/// The JSON 405 for a known path used with the wrong method.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
