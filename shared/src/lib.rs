@@ -9,7 +9,9 @@
 //! - [`limits`], [`deadline`]: what one request may ask of a service, and when it must be done;
 //! - [`health`], [`telemetry`], [`trace`], [`server`]: readiness, logs and metrics, distributed
 //!   traces (OpenTelemetry), and serving;
-//! - [`vector`]: vector math (L2 normalisation).
+//! - [`service`]: a service binary's start-up (`main`) and its `run`;
+//! - [`vector`]: vector math (L2 normalisation);
+//! - [`hash`]: stable hashing (FNV-1a) for shard routing and the `hash` model.
 
 #![forbid(unsafe_code)]
 
@@ -20,10 +22,12 @@ pub mod codec;
 pub mod deadline;
 pub mod error;
 pub mod fanout;
+pub mod hash;
 pub mod health;
 pub mod limits;
 pub mod openapi;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
