@@ -42,7 +42,11 @@ fn shard_answers() -> Vec<Vec<Document>> {
                     ..Document::default()
                 })
                 .collect();
-            matches.sort_by(|a, b| b.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+            matches.sort_by(|a, b| {
+                b.score
+                    .partial_cmp(&a.score)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
             matches
         })
         .collect()
@@ -51,13 +55,16 @@ fn shard_answers() -> Vec<Vec<Document>> {
 fn merge(c: &mut Criterion) {
     let answers = shard_answers();
     for k in [10, 100] {
-        c.bench_function(&format!("merge_top_k/{SHARDS}x{MATCHES_PER_SHARD}/k{k}"), |b| {
-            b.iter_batched(
-                || answers.clone(),
-                |lists| black_box(merge_top_k(lists, k)),
-                BatchSize::SmallInput,
-            );
-        });
+        c.bench_function(
+            &format!("merge_top_k/{SHARDS}x{MATCHES_PER_SHARD}/k{k}"),
+            |b| {
+                b.iter_batched(
+                    || answers.clone(),
+                    |lists| black_box(merge_top_k(lists, k)),
+                    BatchSize::SmallInput,
+                );
+            },
+        );
     }
 }
 
@@ -68,7 +75,10 @@ fn envelope() -> Envelope {
         (0..DOCUMENTS)
             .map(|i| Document {
                 embedding: Some(floats.by_ref().take(DIM).collect()),
-                ..Document::text(format!("doc-{i}"), format!("the text of document number {i}"))
+                ..Document::text(
+                    format!("doc-{i}"),
+                    format!("the text of document number {i}"),
+                )
             })
             .collect(),
     )
