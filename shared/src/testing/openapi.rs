@@ -93,6 +93,10 @@ pub async fn assert_routes_documented(app: &Router, api: &OpenApi) {
                     "{method} {path} is documented but not routed: {status} {kind:?}"
                 );
             } else {
+                assert!(
+                    !is_fallback(status, &kind),
+                    "{path} is documented but not routed: {method} gets the unknown-route 404"
+                );
                 assert_eq!(
                     status,
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -149,4 +153,65 @@ async fn route(app: &Router, method: Method, uri: &str) -> (StatusCode, Option<S
         .ok()
         .and_then(|v| v["kind"].as_str().map(str::to_owned));
     (status, kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+
+    use super::*;
+    use crate::server::{method_not_allowed, unknown_route};
+
+    /// A document of `GET /a` and `POST /items/{id}`.
+    fn api() -> OpenApi {
+        serde_json::from_value(serde_json::json!({
+            "openapi": "3.1.0",
+            "info": {"title": "t", "version": "1"},
+            "paths": {
+                "/a": {"get": {"responses": {}}},
+                "/items/{id}": {"post": {"responses": {}}},
+            },
+        }))
+        .unwrap_or_else(|e| panic!("a valid document: {e}"))
+    }
+
+    fn app(routes: Router) -> Router {
+        routes
+            .fallback(unknown_route)
+            .method_not_allowed_fallback(method_not_allowed)
+    }
+
+    #[tokio::test]
+    async fn a_router_that_serves_the_document_passes() {
+        let routes = Router::new()
+            .route("/a", get(|| async { "a" }))
+            .route("/items/{id}", axum::routing::post(|| async { "item" }));
+        assert_routes_documented(&app(routes), &api()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "/items/{id} is documented but not routed")]
+    async fn a_documented_route_the_router_lacks_fails() {
+        let routes = Router::new().route("/a", get(|| async { "a" }));
+        assert_routes_documented(&app(routes), &api()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "DELETE /a is routed but not documented")]
+    async fn a_method_the_document_leaves_out_fails() {
+        let routes = Router::new()
+            .route("/a", get(|| async { "a" }).delete(|| async { "gone" }))
+            .route("/items/{id}", axum::routing::post(|| async { "item" }));
+        assert_routes_documented(&app(routes), &api()).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "is routed but not documented")]
+    async fn an_undocumented_path_the_router_serves_fails() {
+        let routes = Router::new()
+            .route("/a", get(|| async { "a" }))
+            .route("/items/{id}", axum::routing::post(|| async { "item" }))
+            .route("/v1/index", get(|| async { "v1" }));
+        assert_routes_documented(&app(routes), &api()).await;
+    }
 }
