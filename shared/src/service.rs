@@ -55,17 +55,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// The binary of a service: mimalloc as the global allocator, and a `main` that is [`main`] of
-/// `$name`, the command line `$config` and `$run` (`async fn(config, shutdown)`).
-///
-/// The calling crate depends on `mimalloc` and `tokio`. mimalloc: every request allocates many
-/// small, short-lived buffers; with the system allocator malloc and free took about 12% of the
-/// gateway's CPU under load.
+/// The binary of a service: `$allocator` as the global allocator (the services use
+/// `mimalloc::MiMalloc`: every request allocates many small, short-lived buffers, and with the
+/// system allocator malloc and free took about 12% of the gateway's CPU under load), and a `main`
+/// that is [`main`] of `$name`, the command line `$config` and `$run`
+/// (`async fn(config, shutdown)`). The calling crate depends on `tokio`.
 #[macro_export]
 macro_rules! service_main {
-    ($name:expr, $config:ty, $run:expr) => {
+    ($name:expr, $config:ty, $run:expr, $allocator:path) => {
         #[global_allocator]
-        static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+        static GLOBAL: $allocator = $allocator;
 
         #[tokio::main]
         async fn main() -> std::process::ExitCode {
@@ -76,19 +75,20 @@ macro_rules! service_main {
 
 /// The binary of the executor service whose library is `$lib`: [`service_main!`] with the
 /// library's `SERVICE` name and `Config`, serving the routes of its `app(&Config)` with
-/// [`serve`].
+/// [`serve`], and `$allocator`.
 ///
 /// [`service_main!`]: crate::service_main
 #[macro_export]
 macro_rules! executor_main {
-    ($lib:ident) => {
+    ($lib:ident, $allocator:path) => {
         $crate::service_main!(
             $lib::SERVICE,
             $lib::Config,
             |config: $lib::Config, shutdown| async move {
                 let app = $lib::app(&config);
                 $crate::service::serve($lib::SERVICE, &config.serve, app, shutdown).await
-            }
+            },
+            $allocator
         );
     };
 }

@@ -2,4 +2,4 @@
 
 #![forbid(unsafe_code)]
 
-flowmesh_shared::executor_main!(flowmesh_encoder);
+flowmesh_shared::executor_main!(flowmesh_encoder, mimalloc::MiMalloc);

@@ -2,4 +2,9 @@
 
 #![forbid(unsafe_code)]
 
-flowmesh_shared::service_main!("gateway", flowmesh_gateway::Config, flowmesh_gateway::run);
+flowmesh_shared::service_main!(
+    "gateway",
+    flowmesh_gateway::Config,
+    flowmesh_gateway::run,
+    mimalloc::MiMalloc
+);

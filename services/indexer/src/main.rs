@@ -2,4 +2,4 @@
 
 #![forbid(unsafe_code)]
 
-flowmesh_shared::executor_main!(flowmesh_indexer);
+flowmesh_shared::executor_main!(flowmesh_indexer, mimalloc::MiMalloc);

@@ -2,4 +2,4 @@
 
 #![forbid(unsafe_code)]
 
-flowmesh_shared::executor_main!(flowmesh_ranker);
+flowmesh_shared::executor_main!(flowmesh_ranker, mimalloc::MiMalloc);
