@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::error::ApiError;
 use crate::limits::BodyTimeout;
@@ -82,24 +83,8 @@ impl Format {
             },
         };
         let located = match self {
-            Self::Json => {
-                let mut de = serde_json::Deserializer::from_slice(body);
-                serde_path_to_error::deserialize::<_, T>(&mut de)
-                    .err()
-                    .map(|e| {
-                        let path = e.path().to_string();
-                        (path, e.into_inner().to_string())
-                    })
-            }
-            Self::MsgPack => {
-                let mut de = rmp_serde::Deserializer::from_read_ref(body);
-                serde_path_to_error::deserialize::<_, T>(&mut de)
-                    .err()
-                    .map(|e| {
-                        let path = e.path().to_string();
-                        (path, e.into_inner().to_string())
-                    })
-            }
+            Self::Json => locate::<T, _>(&mut serde_json::Deserializer::from_slice(body)),
+            Self::MsgPack => locate::<T, _>(&mut rmp_serde::Deserializer::from_read_ref(body)),
         };
         let message = match located {
             Some((path, inner)) if path != "." => format!("{path}: {inner}"),
@@ -109,6 +94,14 @@ impl Format {
             "invalid {what} body: {message}"
         )))
     }
+}
+
+/// Decodes a `T` from `de` again, tracking the path: where the error is (`data[1].embedding`)
+/// and what it is, or `None` when it decodes.
+fn locate<'de, T: Deserialize<'de>, D: Deserializer<'de>>(de: D) -> Option<(String, String)> {
+    serde_path_to_error::deserialize::<_, T>(de)
+        .err()
+        .map(|e| (e.path().to_string(), e.into_inner().to_string()))
 }
 
 fn names_msgpack(v: &HeaderValue) -> bool {

@@ -15,12 +15,7 @@ use crate::api::{merge_by_id_with, Document};
 /// platforms and releases, unlike `std`'s hasher.
 pub fn shard_of(id: &str, shards: usize) -> usize {
     debug_assert!(shards > 0);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in id.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    usize::try_from(h % shards as u64).unwrap_or(0)
+    usize::try_from(crate::hash::fnv1a64(id.as_bytes()) % shards as u64).unwrap_or(0)
 }
 
 /// Splits `docs` by owning shard. Each part keeps the documents' positions in `docs`, so that the

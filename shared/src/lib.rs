@@ -11,8 +11,10 @@
 //! - [`limits`], [`deadline`]: what one request may ask of a service, and when it must be done;
 //! - [`health`], [`telemetry`], [`trace`], [`server`]: readiness, logs and metrics, distributed
 //!   traces (OpenTelemetry), and serving;
+//! - [`service`]: a service binary's start-up (`main`) and its `run`;
 //! - [`vector`]: vector math (L2 normalisation);
-//! - [`rng`]: a deterministic generator (SplitMix64) for test data and benchmarks.
+//! - [`rng`]: a deterministic generator (SplitMix64) for test data and benchmarks;
+//! - [`hash`]: stable hashing (FNV-1a) for shard routing and the `hash` model.
 
 #![forbid(unsafe_code)]
 
@@ -25,11 +27,13 @@ pub mod endpoint;
 pub mod error;
 pub mod fanout;
 pub mod flow;
+pub mod hash;
 pub mod health;
 pub mod limits;
 pub mod openapi;
 pub mod rng;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -7,7 +7,9 @@
 #![allow(dead_code)]
 
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
+use utoipa::openapi::{
+    ContentBuilder, ObjectBuilder, Ref, Required, Response, ResponseBuilder, Type,
+};
 use utoipa::OpenApi;
 
 use crate::api::{Document, EmbeddingValue, Envelope, Header, Route};
@@ -27,6 +29,12 @@ pub fn executor_api(title: &str, description: &str) -> utoipa::openapi::OpenApi 
     api.info.title = title.to_owned();
     api.info.description = Some(description.to_owned());
     api
+}
+
+/// `api` as pretty JSON, as the services commit it under `openapi/`.
+pub fn to_json(api: &utoipa::openapi::OpenApi) -> String {
+    api.to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 /// The deadline header an executor call may carry, as [`crate::deadline`] reads it.
@@ -62,17 +70,21 @@ pub fn add_deadline_header(op: &mut Operation) {
 /// `op` said of that status.
 pub fn set_error_responses(op: &mut Operation, errors: &[(&str, &str)]) {
     for (status, description) in errors {
-        let content = ContentBuilder::new()
-            .schema(Some(Ref::from_schema_name("ErrorBody")))
-            .build();
-        let response = ResponseBuilder::new()
-            .description(*description)
-            .content("application/json", content)
-            .build();
         op.responses
             .responses
-            .insert((*status).to_owned(), response.into());
+            .insert((*status).to_owned(), error_response(description).into());
     }
+}
+
+/// A response described by `description` whose body is the JSON error body ([`ErrorBody`]).
+pub fn error_response(description: &str) -> Response {
+    let content = ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("ErrorBody")))
+        .build();
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", content)
+        .build()
 }
 
 /// Run the executor on the envelope's documents. Endpoints the executor does not handle return

@@ -220,14 +220,10 @@ impl Encoder {
         }
     }
 
-    /// One embedding per text, in order.
-    pub async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
-        self.embed_texts_within(texts, Deadline::NONE).await
-    }
-
-    /// [`Encoder::embed_texts`] within `deadline`; the texts are checked against the
-    /// [`InputLimits`] first. Errors name a text as `texts[i]`.
-    pub async fn embed_texts_within(
+    /// One embedding per text, in order, within `deadline` ([`Deadline::NONE`]: no deadline);
+    /// the texts are checked against the [`InputLimits`] first. Errors name a text as
+    /// `texts[i]`.
+    pub async fn embed_texts(
         &self,
         texts: Vec<String>,
         deadline: Deadline,
@@ -239,14 +235,9 @@ impl Encoder {
         self.embed_within(Inputs::Texts(texts), deadline).await
     }
 
-    /// One embedding per image, in order; each image is base64 PNG or JPEG bytes, or a base64
-    /// `data:` URI. Errors name the image as `images[i]`.
-    pub async fn embed_images(&self, images: Vec<String>) -> Result<Vec<Vec<f32>>, EncodeError> {
-        self.embed_images_within(images, Deadline::NONE).await
-    }
-
-    /// [`Encoder::embed_images`] within `deadline`.
-    pub async fn embed_images_within(
+    /// One embedding per image, in order, within `deadline`; each image is base64 PNG or JPEG
+    /// bytes, or a base64 `data:` URI. Errors name the image as `images[i]`.
+    pub async fn embed_images(
         &self,
         images: Vec<String>,
         deadline: Deadline,

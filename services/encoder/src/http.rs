@@ -8,11 +8,10 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flowmesh_shared::codec::{Negotiated, Reply};
-use flowmesh_shared::openapi::executor_api;
+use flowmesh_shared::openapi::{error_response, executor_api};
 use flowmesh_shared::server::shed_beyond;
 use flowmesh_shared::{ApiError, Deadline, ErrorBody};
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::Encoder;
@@ -77,17 +76,6 @@ const POST_ERRORS: [(&str, &str); 8] = [
 /// Adds [`POST_ERRORS`] to every `POST` operation that does not list them yet, and the queue to
 /// `/readyz`'s 503.
 fn complete_responses(api: &mut utoipa::openapi::OpenApi) {
-    let error = |description: &str| {
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build()
-    };
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
             flowmesh_shared::openapi::add_deadline_header(op);
@@ -95,14 +83,14 @@ fn complete_responses(api: &mut utoipa::openapi::OpenApi) {
                 op.responses
                     .responses
                     .entry(status.to_owned())
-                    .or_insert_with(|| error(description).into());
+                    .or_insert_with(|| error_response(description).into());
             }
         }
         if path == "/readyz" {
             if let Some(op) = item.get.as_mut() {
                 op.responses.responses.insert(
                     "503".to_owned(),
-                    error("Not ready: starting, or the batch queue is full").into(),
+                    error_response("Not ready: starting, or the batch queue is full").into(),
                 );
             }
         }
@@ -111,9 +99,7 @@ fn complete_responses(api: &mut utoipa::openapi::OpenApi) {
 
 /// The encoder's OpenAPI document as pretty JSON.
 pub fn openapi_json() -> String {
-    openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    flowmesh_shared::openapi::to_json(&openapi())
 }
 
 /// `POST /encode` (shed with 429 beyond `max_concurrent` requests at once, as the executor
@@ -149,10 +135,10 @@ async fn inputs_encode(
     let work = async {
         match (texts, images) {
             (Some(texts), None) if !texts.is_empty() => {
-                Ok(encoder.embed_texts_within(texts, deadline).await?)
+                Ok(encoder.embed_texts(texts, deadline).await?)
             }
             (None, Some(images)) if !images.is_empty() => {
-                Ok(encoder.embed_images_within(images, deadline).await?)
+                Ok(encoder.embed_images(images, deadline).await?)
             }
             (texts, images) => Err(nothing_to_encode(
                 &encoder,

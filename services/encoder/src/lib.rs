@@ -30,14 +30,12 @@ mod onnx;
 pub mod preprocess;
 mod resize;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::Router;
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
+use flowmesh_shared::server::{executor_router, Limits, ServeArgs};
 
 pub use batcher::{BatchConfig, BatchError};
 pub use decode::{ImageError, ImageLimits};
@@ -276,16 +274,4 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
         Readiness::ready(),
         &config.serve.limits,
     ))
-}
-
-/// Validates `config`, binds `--listen` (printing the `listening on` line) and serves until
-/// `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    // Build before binding, so that a bad configuration never prints a `listening on` line.
-    let app = app(&config).context("invalid configuration")?;
-    server::bind_and_serve(SERVICE, &config.serve, app, shutdown).await?;
-    Ok(())
 }

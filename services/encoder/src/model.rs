@@ -8,6 +8,7 @@
 //! model needs no files and is deterministic across processes and platforms, which makes it the
 //! default for tests and for trying a Flow out; ONNX models come behind the same trait.
 
+use flowmesh_shared::hash::fnv1a64;
 use flowmesh_shared::vector::l2_normalise;
 
 use crate::preprocess::{ImageSpec, ImageTensor};
@@ -46,28 +47,35 @@ pub enum Batch<'a> {
     Images(&'a [ImageTensor]),
 }
 
-impl Batch<'_> {
-    /// Number of inputs.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Texts(t) => t.len(),
-            Self::Images(i) => i.len(),
-        }
-    }
+/// The methods [`Batch`] and [`Inputs`] share: both are texts or images.
+macro_rules! texts_or_images {
+    ($type:ty) => {
+        impl $type {
+            /// Number of inputs.
+            pub fn len(&self) -> usize {
+                match self {
+                    Self::Texts(t) => t.len(),
+                    Self::Images(i) => i.len(),
+                }
+            }
 
-    /// Whether the batch holds no input.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+            /// Whether there is no input.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
 
-    /// `texts` or `images`, for messages.
-    pub fn inputs_name(&self) -> &'static str {
-        match self {
-            Self::Texts(_) => "texts",
-            Self::Images(_) => "images",
+            /// `texts` or `images`, for messages.
+            pub fn inputs_name(&self) -> &'static str {
+                match self {
+                    Self::Texts(_) => "texts",
+                    Self::Images(_) => "images",
+                }
+            }
         }
-    }
+    };
 }
+
+texts_or_images!(Batch<'_>);
 
 /// What to embed: texts, or images prepared for the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,28 +86,9 @@ pub enum Inputs {
     Images(Vec<ImageTensor>),
 }
 
+texts_or_images!(Inputs);
+
 impl Inputs {
-    /// Number of inputs.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Texts(t) => t.len(),
-            Self::Images(i) => i.len(),
-        }
-    }
-
-    /// Whether there is no input.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// `texts` or `images`, for messages.
-    pub fn inputs_name(&self) -> &'static str {
-        match self {
-            Self::Texts(_) => "texts",
-            Self::Images(_) => "images",
-        }
-    }
-
     /// Whether both hold inputs of the same kind.
     pub(crate) fn same_kind(&self, other: &Self) -> bool {
         matches!(
@@ -240,16 +229,6 @@ impl Model for HashModel {
     }
 }
 
-/// 64-bit FNV-1a: tiny, and stable across processes, platforms and releases, unlike `std`'s
-/// hasher, so that an embedding never changes under an index that stored it.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,13 +243,6 @@ mod tests {
 
     fn cosine(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
-    }
-
-    #[test]
-    fn fnv1a64_matches_the_reference_values() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -6,141 +6,64 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use clap::Parser;
-use flowmesh_encoder::{
-    app, router, Batch, BatchConfig, Config, Encoder, HashModel, InferenceError, Model,
-};
+use flowmesh_encoder::{app, router, Config, HashModel, Model};
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::testing::{post, send};
 use flowmesh_shared::{Document, Limits};
 use serde_json::{json, Value};
+use support::{batch_config, ProbeOptions, Probed};
 
-/// What the probe saw, and the gate that holds its calls.
-#[derive(Default)]
-struct ProbeState {
-    batches: Mutex<Vec<Vec<String>>>,
-    gate: Mutex<Option<Receiver<()>>>,
-    entered: Mutex<Option<Sender<()>>>,
-    /// Answer NaN instead of the embeddings.
-    nan: bool,
-}
-
-/// The hash model, recording its batches, optionally held at a gate.
-struct Probe {
-    state: Arc<ProbeState>,
-    inner: HashModel,
-}
-
-impl Model for Probe {
-    fn name(&self) -> &str {
-        "probe"
-    }
-    fn dim(&self) -> usize {
-        self.inner.dim()
-    }
-    fn embed(&self, batch: Batch<'_>) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let Batch::Texts(texts) = batch else {
-            return Err(InferenceError("texts only".into()));
-        };
-        let seen = texts.iter().map(|t| (*t).to_owned()).collect();
-        self.state.batches.lock().unwrap().push(seen);
-        if let Some(entered) = self.state.entered.lock().unwrap().as_ref() {
-            let _ = entered.send(());
-        }
-        if let Some(gate) = self.state.gate.lock().unwrap().as_ref() {
-            let _ = gate.recv_timeout(Duration::from_secs(20));
-        }
-        let mut out = self.inner.embed(batch)?;
-        if self.state.nan {
-            out[0][0] = f32::NAN;
-        }
-        Ok(out)
-    }
-}
-
+/// A probed encoder on one inference thread, and its routes.
 struct Harness {
-    state: Arc<ProbeState>,
-    encoder: Arc<Encoder>,
+    probed: Probed,
     app: Router,
-    open_tx: Sender<()>,
-    entered_rx: Receiver<()>,
+}
+
+impl Deref for Harness {
+    type Target = Probed;
+
+    fn deref(&self) -> &Probed {
+        &self.probed
+    }
 }
 
 impl Harness {
     /// An encoder on one inference thread; with `gated`, every model call waits for `open`.
     fn new(max_batch: usize, queue: usize, gated: bool) -> Self {
-        let mut state = ProbeState::default();
-        let (open_tx, gate_rx) = channel();
-        let (entered_tx, entered_rx) = channel();
-        if gated {
-            state.gate = Mutex::new(Some(gate_rx));
-            state.entered = Mutex::new(Some(entered_tx));
-        }
-        Self::with_state(state, max_batch, queue, open_tx, entered_rx)
+        Self::with(
+            max_batch,
+            queue,
+            ProbeOptions {
+                gated,
+                ..ProbeOptions::default()
+            },
+        )
     }
 
-    fn with_state(
-        state: ProbeState,
-        max_batch: usize,
-        queue: usize,
-        open_tx: Sender<()>,
-        entered_rx: Receiver<()>,
-    ) -> Self {
-        let state = Arc::new(state);
-        let model = Probe {
-            state: state.clone(),
-            inner: HashModel::new(32).unwrap(),
-        };
-        let config = BatchConfig {
-            workers: 1,
-            max_batch,
-            max_tokens: 10_000,
-            max_wait: Duration::ZERO,
-            queue_capacity: queue,
-        };
-        let encoder = Arc::new(Encoder::batched(Arc::new(model), &config).unwrap());
+    fn with(max_batch: usize, queue: usize, options: ProbeOptions) -> Self {
+        let probed = Probed::new(&batch_config(1, max_batch, 10_000, queue), 32, options);
         let app = router(
-            encoder.clone(),
+            probed.encoder.clone(),
             Readiness::ready(),
             &Limits::with_max_body_bytes(1 << 20),
         );
-        Self {
-            state,
-            encoder,
-            app,
-            open_tx,
-            entered_rx,
-        }
+        Self { probed, app }
     }
 
-    /// Waits (off the async threads) until the model has started a call.
-    async fn entered(&self) {
-        let rx = &self.entered_rx;
-        tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(10)))
-            .expect("the model was called");
-    }
-
-    fn open(&self, calls: usize) {
-        for _ in 0..calls {
-            let _ = self.open_tx.send(());
-        }
-    }
-
-    fn batch_sizes(&self) -> Vec<usize> {
-        self.state
-            .batches
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Vec::len)
-            .collect()
+    /// Lets one more model call through and indexes the document `next`: the status.
+    async fn index_next(&self) -> u16 {
+        self.open(1);
+        let body = json!({"data": [{"id": "n", "text": "next"}]});
+        index(&self.app, &body, None).await.0
     }
 
     /// `/index` of `docs` on a task of its own, with an optional deadline header.
@@ -278,31 +201,21 @@ async fn a_job_larger_than_a_batch_runs_as_several_with_the_embeddings_it_gets_a
     assert_eq!(status.as_u16(), 200, "{out}");
     assert_eq!(h.batch_sizes(), [4, 4, 2], "split at --max-batch 4");
     let reference = HashModel::new(32).unwrap();
-    for (text, got) in texts.iter().zip(out["embeddings"].as_array().unwrap()) {
+    let embeddings = out["embeddings"].as_array().unwrap();
+    assert_eq!(embeddings.len(), texts.len(), "one embedding per text");
+    for (text, got) in texts.iter().zip(embeddings) {
         let alone = reference.embed_texts(&[text.as_str()]).unwrap().remove(0);
         let got: Vec<f32> = serde_json::from_value(got.clone()).unwrap();
         assert_eq!(got, alone, "{text}");
     }
 
     // The token budget splits too: 3 words a text (the hash model counts words), 7 a batch.
-    let model = Probe {
-        state: Arc::new(ProbeState::default()),
-        inner: HashModel::new(8).unwrap(),
-    };
-    let state = model.state.clone();
-    let config = BatchConfig {
-        workers: 2,
-        max_batch: 64,
-        max_tokens: 7,
-        max_wait: Duration::ZERO,
-        queue_capacity: 64,
-    };
-    let encoder = Encoder::batched(Arc::new(model), &config).unwrap();
+    let probed = Probed::new(&batch_config(2, 64, 7, 64), 8, ProbeOptions::default());
     let mut docs: Vec<Document> = (0..5)
         .map(|i| Document::text(format!("d{i}"), format!("w{i} x y")))
         .collect();
-    encoder.encode(&mut docs).await.unwrap();
-    let mut sizes: Vec<usize> = state.batches.lock().unwrap().iter().map(Vec::len).collect();
+    probed.encoder.encode(&mut docs).await.unwrap();
+    let mut sizes = probed.batch_sizes();
     sizes.sort_unstable();
     assert_eq!(sizes, [1, 2, 2], "at most 7 tokens a batch");
     assert!(docs.iter().all(|d| d.embedding.is_some()));
@@ -340,16 +253,8 @@ async fn an_expired_deadline_is_504_and_the_model_does_no_work() {
     h.open(2);
     assert_eq!(running.await.unwrap().0, 200);
     // A later request runs; the late one never did.
-    h.open(1);
-    let (status, _) = index(
-        &h.app,
-        &json!({"data": [{"id": "n", "text": "next"}]}),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
-    let seen: Vec<String> = h.state.batches.lock().unwrap().concat();
-    assert_eq!(seen, ["running", "next"]);
+    assert_eq!(h.index_next().await, 200);
+    assert_eq!(h.seen(), ["running", "next"]);
     assert!(
         cancelled(&h.app).await > before,
         "the dropped job is counted"
@@ -387,15 +292,8 @@ async fn a_caller_that_leaves_mid_job_stops_the_job() {
         h.batch_sizes()
     );
     // A later request is served at once.
-    h.open(1);
     let started = Instant::now();
-    let (status, _) = index(
-        &h.app,
-        &json!({"data": [{"id": "n", "text": "next"}]}),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_eq!(h.index_next().await, 200);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(h.batch_sizes().len() <= ran + 1);
 }
@@ -430,13 +328,14 @@ async fn readyz_is_503_while_the_queue_is_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_yields_nan_is_a_500_not_an_embedding() {
-    let (open_tx, _) = channel();
-    let (_, entered_rx) = channel();
-    let state = ProbeState {
-        nan: true,
-        ..ProbeState::default()
-    };
-    let h = Harness::with_state(state, 4, 8, open_tx, entered_rx);
+    let h = Harness::with(
+        4,
+        8,
+        ProbeOptions {
+            nan: true,
+            ..ProbeOptions::default()
+        },
+    );
     let (status, out) = post(&h.app, "index", &json!({"data": docs(2)})).await;
     assert_eq!(status.as_u16(), 500, "{out}");
     assert_eq!(out["kind"], "internal", "{out}");

@@ -104,6 +104,19 @@ impl Encoder {
         (status, answer[split + 4..].to_vec())
     }
 
+    /// `/search` of `doc` is a 413 naming `flag`, answered within `within`.
+    fn assert_refused_fast(&self, doc: &Value, flag: &str, within: Duration) {
+        let started = Instant::now();
+        let (status, out) = self.post("/search", &json!({ "data": [doc] }));
+        assert_eq!(status, 413, "{out}");
+        assert!(out["error"].as_str().unwrap().contains(flag), "{out}");
+        assert!(
+            started.elapsed() < within,
+            "{flag}: {:?}",
+            started.elapsed()
+        );
+    }
+
     fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let (status, body) = self.request("POST", path, body.to_string().as_bytes());
         let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -129,33 +142,15 @@ fn the_5_mb_text_is_refused_fast_and_the_largest_accepted_request_stays_bounded(
 
     // The 5 MB text as one text: 413 naming --max-text-bytes, at once.
     let five_mb = SENTENCE.repeat(111_111);
-    let started = Instant::now();
-    let (status, out) = encoder.post(
-        "/search",
-        &json!({"data": [{"id": "big", "text": five_mb}]}),
-    );
-    assert_eq!(status, 413, "{out}");
-    assert!(
-        out["error"].as_str().unwrap().contains("--max-text-bytes"),
-        "{out}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let doc = json!({"id": "big", "text": five_mb});
+    encoder.assert_refused_fast(&doc, "--max-text-bytes", Duration::from_secs(5));
 
     // As ~111,000 chunks of one sentence: 413 naming --max-inputs, at once.
     let chunks: Vec<Value> = (0..111_111)
         .map(|i| json!({"id": format!("c{i}"), "text": SENTENCE.trim()}))
         .collect();
-    let started = Instant::now();
-    let (status, out) = encoder.post(
-        "/search",
-        &json!({"data": [{"id": "big", "chunks": chunks}]}),
-    );
-    assert_eq!(status, 413, "{out}");
-    assert!(
-        out["error"].as_str().unwrap().contains("--max-inputs"),
-        "{out}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let doc = json!({"id": "big", "chunks": chunks});
+    encoder.assert_refused_fast(&doc, "--max-inputs", Duration::from_secs(10));
     assert!(encoder.alive());
 
     // The largest text request the defaults accept: 63 texts of just under 1 MiB (64 MiB body).
@@ -197,6 +192,8 @@ fn the_5_mb_text_is_refused_fast_and_the_largest_accepted_request_stays_bounded(
         let (_, alone) = encoder.post("/encode", &json!({ "texts": [texts[i]] }));
         let a: Vec<f32> = serde_json::from_value(alone["embeddings"][0].clone()).unwrap();
         let b: Vec<f32> = serde_json::from_value(out["embeddings"][i].clone()).unwrap();
+        assert_eq!(a.len(), b.len(), "text {i}: embeddings of one dimension");
+        assert!(!a.is_empty(), "text {i}: an embedding");
         let close = a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4);
         assert!(close, "text {i} embeds the same in a batch and alone");
     }

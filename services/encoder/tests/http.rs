@@ -5,7 +5,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use clap::Parser;
 use flowmesh_encoder::{app, Config};
-use flowmesh_shared::testing::post;
+use flowmesh_shared::testing::{post, post_error, post_ok};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -24,6 +24,17 @@ fn embedding(doc: &Value) -> Vec<f32> {
         .collect()
 }
 
+/// The embedding `/{endpoint}` gives `text` sent alone.
+async fn embedding_alone(app: &Router, endpoint: &str, text: &str) -> Vec<f32> {
+    let out = post_ok(
+        app,
+        endpoint,
+        &json!({"data": [{"id": "alone", "text": text}]}),
+    )
+    .await;
+    embedding(&out["data"][0])
+}
+
 fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
@@ -36,8 +47,7 @@ async fn same_text_same_vector_of_unit_norm() {
         {"id": "b", "text": "the quick brown fox"},
         {"id": "c", "text": "a lazy dog sleeps"},
     ]});
-    let (status, out) = post(&app, "index", &body).await;
-    assert_eq!(status, StatusCode::OK, "{out}");
+    let out = post_ok(&app, "index", &body).await;
     let [a, b, c] = [0, 1, 2].map(|i| embedding(&out["data"][i]));
     assert_eq!(a.len(), 64, "default dimension");
     assert_eq!(a, b);
@@ -46,26 +56,16 @@ async fn same_text_same_vector_of_unit_norm() {
         assert!((norm(v) - 1.0).abs() < 1e-5, "norm {}", norm(v));
     }
     // Other requests, other endpoints, same vector: nothing depends on the batch.
-    let (_, again) = post(
-        &app,
-        "search",
-        &json!({"data": [{"id": "q", "text": "the quick brown fox"}]}),
-    )
-    .await;
-    assert_eq!(embedding(&again["data"][0]), a);
+    assert_eq!(
+        embedding_alone(&app, "search", "the quick brown fox").await,
+        a
+    );
 }
 
 #[tokio::test]
 async fn dim_flag_sets_the_dimension() {
     let app = encoder(&["--model", "hash", "--dim", "128"]);
-    let (status, out) = post(
-        &app,
-        "update",
-        &json!({"data": [{"id": "a", "text": "x y z"}]}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{out}");
-    assert_eq!(embedding(&out["data"][0]).len(), 128);
+    assert_eq!(embedding_alone(&app, "update", "x y z").await.len(), 128);
 }
 
 #[tokio::test]
@@ -83,8 +83,7 @@ async fn chunks_are_embedded_and_not_the_root() {
             ]},
         ],
     }]});
-    let (status, out) = post(&app, "index", &body).await;
-    assert_eq!(status, StatusCode::OK, "{out}");
+    let out = post_ok(&app, "index", &body).await;
     let doc = &out["data"][0];
     assert!(
         doc.get("embedding").is_none(),
@@ -102,13 +101,7 @@ async fn chunks_are_embedded_and_not_the_root() {
     assert_ne!(first, second);
     assert_ne!(second, third);
     // A leaf's embedding is the embedding of its own text.
-    let (_, alone) = post(
-        &app,
-        "index",
-        &json!({"data": [{"id": "x", "text": "second"}]}),
-    )
-    .await;
-    assert_eq!(embedding(&alone["data"][0]), second);
+    assert_eq!(embedding_alone(&app, "index", "second").await, second);
 }
 
 #[tokio::test]
@@ -124,12 +117,9 @@ async fn missing_text_is_a_400_naming_the_document() {
     let message = out["error"].as_str().expect("error message");
     assert!(message.contains("chunk-without-text"), "{message}");
 
-    let (status, out) = post(&app, "search", &json!({"data": [{"id": "q"}]})).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        out["error"].as_str().expect("message").contains("\"q\""),
-        "{out}"
-    );
+    let query = json!({"data": [{"id": "q"}]});
+    let message = post_error(&app, "search", &query, StatusCode::BAD_REQUEST).await;
+    assert!(message.contains("\"q\""), "{message}");
 }
 
 #[tokio::test]
@@ -141,9 +131,7 @@ async fn other_endpoints_pass_through_unchanged() {
         "data": [{"id": "a"}, {"id": "b", "text": "kept as is"}],
     });
     for endpoint in ["delete", "status", "custom"] {
-        let (status, out) = post(&app, endpoint, &body).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(out, body, "{endpoint}");
+        assert_eq!(post_ok(&app, endpoint, &body).await, body, "{endpoint}");
     }
 }
 

@@ -4,10 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
+mod support;
+
 use clap::Parser;
 use flowmesh_encoder::{app, models_dir, Config, Model, OnnxTextModel, SessionOptions};
 use flowmesh_shared::testing::post;
 use serde_json::{json, Value};
+use support::cosine;
 
 /// The tolerance the issue sets: every embedding within cosine 0.9999 of the reference.
 const MIN_COSINE: f64 = 0.9999;
@@ -29,13 +32,6 @@ fn model() -> OnnxTextModel {
     .unwrap_or_else(|e| panic!("{e:#}\nrun models/prepare.sh first (the test command does)"))
 }
 
-fn cosine(a: &[f32], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
 #[test]
 fn embeddings_match_sentence_transformers() {
     let reference = reference();
@@ -46,6 +42,11 @@ fn embeddings_match_sentence_transformers() {
         .map(|s| s.as_str().unwrap())
         .collect();
     let expected: Vec<Vec<f64>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    assert_eq!(
+        expected.len(),
+        sentences.len(),
+        "a reference for every sentence"
+    );
     assert!(
         sentences.len() >= 10 && sentences.contains(&" "),
         "a varied set, a single space included"
@@ -55,6 +56,7 @@ fn embeddings_match_sentence_transformers() {
 
     // Token ids exactly as sentence-transformers fed them (truncation at 256 included).
     if let Some(ids) = reference["input_ids"].as_array() {
+        assert_eq!(ids.len(), sentences.len(), "token ids of every sentence");
         for (s, want) in sentences.iter().zip(ids) {
             let want: Vec<u32> = serde_json::from_value(want.clone()).unwrap();
             assert_eq!(model.token_ids(s).unwrap(), want, "token ids of {s:?}");
@@ -107,6 +109,7 @@ async fn the_service_embeds_chunks_with_the_onnx_model() {
         .embed_texts(&["Someone rides a horse."])
         .unwrap()
         .remove(0);
+    assert_eq!(similar.len(), e0.len());
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     assert!(
         dot(&similar, &e0) > dot(&similar, &e1),

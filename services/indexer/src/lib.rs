@@ -33,7 +33,6 @@ mod stop;
 pub mod synthetic;
 mod wal;
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,7 +41,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
+use flowmesh_shared::server::{executor_router, Limits, ServeArgs};
 use flowmesh_shared::ApiError;
 
 pub use annoy::{write_index, AnnoyFile, AnnoyMetric};
@@ -178,9 +177,7 @@ impl Config {
 
 /// The indexer's OpenAPI document as pretty JSON.
 pub fn openapi_json() -> String {
-    openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    flowmesh_shared::openapi::to_json(&openapi())
 }
 
 /// A directory of this process's own for the Annoy files of a shard without a data directory.
@@ -264,16 +261,4 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
         Readiness::ready(),
         &config.serve.limits,
     ))
-}
-
-/// Opens the index, binds `--listen` (printing the `listening on` line) and serves until
-/// `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    // Build before binding, so that a bad configuration never prints a `listening on` line.
-    let app = app(&config).context("invalid configuration")?;
-    server::bind_and_serve(SERVICE, &config.serve, app, shutdown).await?;
-    Ok(())
 }

@@ -16,13 +16,11 @@ mod openapi;
 mod probe;
 mod store;
 
-use std::future::Future;
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::Router;
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::server::{self, executor_router, Limits, ServeArgs};
+use flowmesh_shared::server::{executor_router, Limits, ServeArgs};
 
 pub use aggregate::{aggregate, Aggregation};
 pub use executor::Ranker;
@@ -92,9 +90,7 @@ pub struct Config {
 
 /// The ranker's OpenAPI document as pretty JSON.
 pub fn openapi_json() -> String {
-    openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    flowmesh_shared::openapi::to_json(&openapi())
 }
 
 /// The ranker's routes: `POST /{endpoint}`, `/openapi.json`, `/livez`, `/readyz`, `/metrics`.
@@ -175,16 +171,4 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
         "ranker configured"
     );
     Ok(router)
-}
-
-/// Opens the store, binds `--listen` (printing the `listening on` line) and serves until
-/// `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    // Build before binding, so that a bad configuration never prints a `listening on` line.
-    let app = app(&config).context("invalid configuration")?;
-    server::bind_and_serve(SERVICE, &config.serve, app, shutdown).await?;
-    Ok(())
 }

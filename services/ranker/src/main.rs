@@ -2,31 +2,4 @@
 
 #![forbid(unsafe_code)]
 
-/// mimalloc: every request allocates many small, short-lived buffers; with the system allocator
-/// malloc and free took about 12% of the gateway's CPU under load.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use std::process::ExitCode;
-
-use clap::Parser;
-use flowmesh_ranker::{run, Config};
-use flowmesh_shared::server::shutdown_signal;
-use flowmesh_shared::telemetry::init_tracing;
-use flowmesh_shared::trace::init_traces;
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    init_tracing();
-    let config = Config::parse();
-    let traces = init_traces("ranker");
-    let result = run(config, shutdown_signal()).await;
-    traces.shutdown().await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("flowmesh-ranker: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
+flowmesh_shared::executor_main!(flowmesh_ranker, mimalloc::MiMalloc);

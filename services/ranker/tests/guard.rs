@@ -13,7 +13,7 @@ use axum::Router;
 use clap::Parser;
 use flowmesh_ranker::{app, Aggregation, MemoryStore, Ranker};
 use flowmesh_shared::server::Executor;
-use flowmesh_shared::testing::{post, send, RedisServer};
+use flowmesh_shared::testing::{post, post_ok, send, RedisServer};
 use flowmesh_shared::{Deadline, Document, Envelope};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -23,6 +23,13 @@ fn ranker(args: &[&str]) -> Router {
     let argv = std::iter::once("flowmesh-ranker").chain(args.iter().copied());
     let config = flowmesh_ranker::Config::try_parse_from(argv).expect("valid flags");
     app(&config).expect("valid configuration")
+}
+
+/// A ranker on the Redis at `url`, with `extra` flags.
+fn redis_ranker(url: &str, extra: &[&str]) -> Router {
+    let mut args = vec!["--store", "redis", "--redis-url", url];
+    args.extend(extra);
+    ranker(&args)
 }
 
 async fn readyz(app: &Router) -> (StatusCode, Value) {
@@ -49,16 +56,15 @@ async fn wait_readyz(app: &Router, want: StatusCode) -> Value {
 async fn readyz_follows_redis_down_and_back() {
     let mut redis = RedisServer::start("guard-ready", None);
     let url = redis.url();
-    let app = ranker(&[
-        "--store",
-        "redis",
-        "--redis-url",
+    let app = redis_ranker(
         &url,
-        "--redis-timeout",
-        "500ms",
-        "--redis-probe-interval",
-        "100ms",
-    ]);
+        &[
+            "--redis-timeout",
+            "500ms",
+            "--redis-probe-interval",
+            "100ms",
+        ],
+    );
     wait_readyz(&app, StatusCode::OK).await;
     redis.stop();
     let body = wait_readyz(&app, StatusCode::SERVICE_UNAVAILABLE).await;
@@ -125,24 +131,15 @@ async fn post_with_deadline(
 async fn a_hanging_redis_does_not_hold_a_request_past_its_deadline() {
     let redis = RedisServer::start("guard-hang", None);
     let url = redis.url();
-    let app = ranker(&[
-        "--store",
-        "redis",
-        "--redis-url",
-        &url,
-        "--redis-timeout",
-        "30s",
-    ]);
-    let (status, out) = post(
+    let app = redis_ranker(&url, &["--redis-timeout", "30s"]);
+    post_ok(
         &app,
         "index",
         &json!({"data": [{"id": "a", "text": "alpha"}]}),
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{out}");
     let search = json!({"data": [{"id": "q", "matches": [{"id": "a", "score": 0.5}]}]});
-    let (status, out) = post(&app, "search", &search).await;
-    assert_eq!(status, StatusCode::OK, "{out}");
+    let out = post_ok(&app, "search", &search).await;
     assert_eq!(out["data"][0]["matches"][0]["text"], "alpha");
 
     let stalled = Stalled::new(redis_pid(&redis.socket()));

@@ -1,7 +1,7 @@
 //! Helpers for the services' handler tests (feature `testing`): requests sent through a router
 //! with `oneshot`, answers read as JSON.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
@@ -13,6 +13,18 @@ use tower::ServiceExt;
 /// # Panics
 /// When the body is not JSON: every answer of the mesh is.
 pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let (status, bytes) = send_raw(app, request).await;
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "answer is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, body)
+}
+
+/// Sends `request` through `app`; the status and the body's bytes.
+pub async fn send_raw(app: &Router, request: Request<Body>) -> (StatusCode, Bytes) {
     let response = match app.clone().oneshot(request).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -24,13 +36,7 @@ pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value) {
         .await
         .map(http_body_util::Collected::to_bytes)
         .unwrap_or_default();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "answer is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    (status, body)
+    (status, bytes)
 }
 
 /// `POST /{endpoint}` with a JSON body.
@@ -45,29 +51,32 @@ pub async fn post(app: &Router, endpoint: &str, body: &Value) -> (StatusCode, Va
     send(app, request).await
 }
 
-/// Compares a service's generated OpenAPI document with `openapi/<file>` at the repository root
-/// (`manifest_dir` is the calling crate's `CARGO_MANIFEST_DIR`, two levels below the root). With
-/// `UPDATE_OPENAPI` set, the committed file is rewritten first.
+/// `POST /{endpoint}` with a JSON body, which must answer 200: the answer.
 ///
 /// # Panics
-/// When the committed document differs from `generated`, with the command that refreshes it.
-pub fn assert_openapi_committed(manifest_dir: &str, file: &str, generated: &str, package: &str) {
-    let path = std::path::Path::new(manifest_dir)
-        .join("../../openapi")
-        .join(file);
-    let generated = format!("{generated}\n");
-    if std::env::var_os("UPDATE_OPENAPI").is_some() {
-        std::fs::write(&path, &generated)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+/// On any other status, with the answer.
+pub async fn post_ok(app: &Router, endpoint: &str, body: &Value) -> Value {
+    let (status, out) = post(app, endpoint, body).await;
+    assert_eq!(status, StatusCode::OK, "/{endpoint}: {out}");
+    out
+}
+
+/// `POST /{endpoint}` with a JSON body, which must fail with `status`: the error message.
+///
+/// # Panics
+/// On any other status, or an answer without an error message.
+pub async fn post_error(app: &Router, endpoint: &str, body: &Value, status: StatusCode) -> String {
+    let (got, out) = post(app, endpoint, body).await;
+    assert_eq!(got, status, "/{endpoint}: {out}");
+    match out["error"].as_str() {
+        Some(message) => message.to_owned(),
+        None => panic!("/{endpoint}: no error message in {out}"),
     }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "openapi/{file} is out of date; regenerate it with `UPDATE_OPENAPI=1 cargo test -p {package}`"
-    );
 }
 
 pub mod corpus;
+mod openapi;
 mod redis;
 
+pub use openapi::{assert_openapi, assert_openapi_committed, assert_routes_documented};
 pub use redis::RedisServer;

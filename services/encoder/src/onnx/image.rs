@@ -7,9 +7,10 @@
 //! a model call only stacks the ready tensors.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use anyhow::bail;
+use flowmesh_shared::vector::l2_normalise;
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use serde::Deserialize;
@@ -215,7 +216,6 @@ impl Model for OnnxImageModel {
         let Batch::Images(images) = batch else {
             return Err(wrong_modality(self, &batch));
         };
-        let fail = |what: &str, e: &dyn std::fmt::Display| InferenceError(format!("{what}: {e}"));
         let n = images.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -236,33 +236,26 @@ impl Model for OnnxImageModel {
             Layout::Nhwc => [n, h, w, 3],
             Layout::Nchw => [n, 3, h, w],
         };
-        let tensor = Tensor::from_array((shape, stacked)).map_err(|e| fail("input tensor", &e))?;
-        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
-        let outputs = session
-            .run(ort::inputs![self.input.as_str() => tensor])
-            .map_err(|e| fail("onnx runtime", &e))?;
-        let output = outputs
-            .get(&self.output)
-            .ok_or_else(|| InferenceError(format!("the model gave no output {:?}", self.output)))?;
-        let (shape, values) = output
-            .try_extract_tensor::<f32>()
-            .map_err(|e| fail("output", &e))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims.first().copied() != Some(n as i64) || values.len() != n * self.dim {
-            return Err(InferenceError(format!(
-                "output shape {dims:?}, expected {n} rows of {} values",
-                self.dim
-            )));
-        }
-        Ok(values
-            .chunks_exact(self.dim)
-            .map(|row| {
-                let mut v = row.to_vec();
-                if self.normalize {
-                    flowmesh_shared::vector::l2_normalise(&mut v);
-                }
-                v
-            })
-            .collect())
+        let tensor =
+            Tensor::from_array((shape, stacked)).map_err(|e| super::fail("input tensor", &e))?;
+        let inputs = ort::inputs![self.input.as_str() => tensor];
+        super::run_session(&self.session, inputs, &self.output, |dims, values| {
+            if dims.first().copied() != Some(n as i64) || values.len() != n * self.dim {
+                return Err(InferenceError(format!(
+                    "output shape {dims:?}, expected {n} rows of {} values",
+                    self.dim
+                )));
+            }
+            Ok(values
+                .chunks_exact(self.dim)
+                .map(|row| {
+                    let mut v = row.to_vec();
+                    if self.normalize {
+                        l2_normalise(&mut v);
+                    }
+                    v
+                })
+                .collect())
+        })
     }
 }

@@ -10,15 +10,16 @@
 mod image;
 mod text;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use anyhow::{anyhow, bail, Context as _};
 use ort::environment::Environment;
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
 use serde::Deserialize;
 
-use crate::model::Model;
+use crate::model::{InferenceError, Model};
 
 pub use self::image::OnnxImageModel;
 pub use self::text::OnnxTextModel;
@@ -141,4 +142,30 @@ fn session(
         bail!("the ONNX model {} has no output {output:?}", path.display());
     }
     Ok(session)
+}
+
+/// The inference error of a step (`what`) of a model call that failed with `e`.
+fn fail(what: &str, e: &dyn std::fmt::Display) -> InferenceError {
+    InferenceError(format!("{what}: {e}"))
+}
+
+/// Runs `session` on the named `inputs` and hands the shape and the values of its f32 tensor
+/// `output` to `read`. `read` runs under the session's lock: the values are borrowed from the
+/// run's outputs, so they are read in place rather than copied out.
+fn run_session<T>(
+    session: &Mutex<Session>,
+    inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
+    output: &str,
+    read: impl FnOnce(&[i64], &[f32]) -> Result<T, InferenceError>,
+) -> Result<T, InferenceError> {
+    let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
+    let outputs = session.run(inputs).map_err(|e| fail("onnx runtime", &e))?;
+    let tensor = outputs
+        .get(output)
+        .ok_or_else(|| InferenceError(format!("the model gave no output {output:?}")))?;
+    let (shape, values) = tensor
+        .try_extract_tensor::<f32>()
+        .map_err(|e| fail("output", &e))?;
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    read(&dims, values)
 }

@@ -13,9 +13,10 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail};
+use flowmesh_shared::vector::l2_normalise;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 use serde::Deserialize;
@@ -226,12 +227,11 @@ impl Model for OnnxTextModel {
         let Batch::Texts(texts) = batch else {
             return Err(wrong_modality(self, &batch));
         };
-        let fail = |what: &str, e: &dyn std::fmt::Display| InferenceError(format!("{what}: {e}"));
         let bounded: Vec<&str> = texts.iter().map(|t| self.bounded_prefix(t)).collect();
         let encodings = self
             .tokenizer
             .encode_batch(bounded, true)
-            .map_err(|e| fail("tokenizer", &e))?;
+            .map_err(|e| super::fail("tokenizer", &e))?;
         let n = encodings.len();
         let seq = encodings.first().map_or(0, tokenizers::Encoding::len);
         let mut ids = Vec::with_capacity(n * seq);
@@ -251,37 +251,30 @@ impl Model for OnnxTextModel {
                 TextInput::Mask => mask.clone(),
                 TextInput::TypeIds => types.clone(),
             };
-            let tensor =
-                Tensor::from_array(([n, seq], data)).map_err(|e| fail("input tensor", &e))?;
+            let tensor = Tensor::from_array(([n, seq], data))
+                .map_err(|e| super::fail("input tensor", &e))?;
             inputs.push((Cow::from(name.as_str()), tensor.into()));
         }
-        let mut session = self.session.lock().unwrap_or_else(PoisonError::into_inner);
-        let outputs = session.run(inputs).map_err(|e| fail("onnx runtime", &e))?;
-        let output = outputs
-            .get(&self.output)
-            .ok_or_else(|| InferenceError(format!("the model gave no output {:?}", self.output)))?;
-        let (shape, hidden) = output
-            .try_extract_tensor::<f32>()
-            .map_err(|e| fail("output", &e))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims.len() != 3
-            || dims[0] as usize != n
-            || dims[1] as usize != seq
-            || dims[2] as usize != self.dim
-        {
-            return Err(InferenceError(format!(
-                "output shape {dims:?}, expected [{n}, {seq}, {}]",
-                self.dim
-            )));
-        }
-        Ok((0..n)
-            .map(|i| {
-                self.pool(
-                    &hidden[i * seq * self.dim..(i + 1) * seq * self.dim],
-                    &mask[i * seq..(i + 1) * seq],
-                )
-            })
-            .collect())
+        super::run_session(&self.session, inputs, &self.output, |dims, hidden| {
+            if dims.len() != 3
+                || dims[0] as usize != n
+                || dims[1] as usize != seq
+                || dims[2] as usize != self.dim
+            {
+                return Err(InferenceError(format!(
+                    "output shape {dims:?}, expected [{n}, {seq}, {}]",
+                    self.dim
+                )));
+            }
+            Ok((0..n)
+                .map(|i| {
+                    self.pool(
+                        &hidden[i * seq * self.dim..(i + 1) * seq * self.dim],
+                        &mask[i * seq..(i + 1) * seq],
+                    )
+                })
+                .collect())
+        })
     }
 }
 
@@ -301,8 +294,7 @@ impl OnnxTextModel {
         let count = count.max(1e-9);
         sum.iter_mut().for_each(|s| *s /= count);
         if self.normalize {
-            let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            sum.iter_mut().for_each(|s| *s /= norm);
+            l2_normalise(&mut sum);
         }
         sum
     }
