@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
-use flowmesh_gateway::flow::spec::{ExecutorSpec, FlowSettings, FlowSpec, PollingSpec};
+use flowmesh_gateway::flow::spec::{
+    ExecutorSpec, FlowSettings, FlowSpec, Merge, PollingSpec, Uses,
+};
 use serde_json::{json, Map, Value};
 
 use super::workload::Scenario;
@@ -96,10 +98,10 @@ fn indexer_with(spec: &BackendSpec, build: Build) -> Map<String, Value> {
 }
 
 /// An executor of `uses` with these `with:` settings, one replica of one shard.
-fn executor(name: &str, uses: &str, settings: Value) -> ExecutorSpec {
+fn executor(name: &str, uses: Uses, settings: Value) -> ExecutorSpec {
     ExecutorSpec {
         name: name.to_owned(),
-        uses: uses.to_owned(),
+        uses,
         needs: None,
         replicas: 1,
         shards: 1,
@@ -132,14 +134,14 @@ impl FlowPlan<'_> {
         let mut executors = Vec::new();
         if self.workload.scenario == Scenario::Text {
             let with = json!({"min_sent_len": 2, "max_sent_len": 512});
-            executors.push(executor("segmenter", "sentencizer", with));
+            executors.push(executor("segmenter", Uses::Sentencizer, with));
         }
-        let mut encoder = executor("encoder", "encoder", encoder_with);
+        let mut encoder = executor("encoder", Uses::Encoder, encoder_with);
         encoder.replicas = self.flags.replicas;
         executors.push(encoder);
         let mut indexer = executor(
             "indexer",
-            "indexer",
+            Uses::Indexer,
             Value::Object(indexer_with(spec, build)),
         );
         indexer.shards = self.flags.shards;
@@ -152,7 +154,7 @@ impl FlowPlan<'_> {
             ]
             .map(|(e, p)| (e.to_owned(), p.to_owned())),
         )));
-        indexer.uses_after = Some("topk".to_owned());
+        indexer.uses_after = Some(Merge::TopK);
         executors.push(indexer);
         if self.workload.scenario == Scenario::Text {
             let mut with = json!({"store": self.flags.store.as_str()});
@@ -165,7 +167,7 @@ impl FlowPlan<'_> {
                 with["redis_url"] = json!(url);
                 with["redis_prefix"] = json!("flowmesh-bench:doc:");
             }
-            executors.push(executor("ranker", "ranker", with));
+            executors.push(executor("ranker", Uses::Ranker, with));
         }
         Ok(FlowSpec {
             jtype: None,
@@ -349,9 +351,19 @@ mod tests {
         assert_eq!(indexer.settings["index_key"], "IVF50,Flat");
         assert_eq!(indexer.settings["nprobe"], 8);
         assert_eq!(indexer.settings["rebuild_min"], 1);
-        assert_eq!(indexer.polling_for("search").expect("valid"), Polling::All);
-        assert_eq!(indexer.polling_for("index").expect("valid"), Polling::Any);
-        assert_eq!(indexer.uses_after.as_deref(), Some("topk"));
+        assert_eq!(
+            indexer
+                .polling_for(flowmesh_shared::Endpoint::Search)
+                .expect("valid"),
+            Polling::All
+        );
+        assert_eq!(
+            indexer
+                .polling_for(flowmesh_shared::Endpoint::Index)
+                .expect("valid"),
+            Polling::Any
+        );
+        assert_eq!(indexer.uses_after, Some(Merge::TopK));
         assert_eq!(flow.executors[1].replicas, 2);
         assert_eq!(flow.executors[3].settings["redis_url"], "redis://r:6379/0");
         assert_eq!(flow.settings.timeout_ms, 60_000);

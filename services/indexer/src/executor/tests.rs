@@ -30,10 +30,11 @@ fn a_write_waiting_for_the_writer_lock_leaves_the_runtime_free() {
     let writer = Arc::clone(&indexer);
     let runner = std::thread::spawn(move || {
         runtime.block_on(async move {
-            let write =
-                tokio::spawn(
-                    async move { writer.call("index", one_document(), Deadline::NONE).await },
-                );
+            let write = tokio::spawn(async move {
+                writer
+                    .call(Endpoint::Index, one_document(), Deadline::NONE)
+                    .await
+            });
             for _ in 0..3 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 tick_tx.send(()).unwrap();
