@@ -69,6 +69,9 @@ async fn jina_client_indexes_and_searches_through_the_gateway() {
         .arg(&script)
         .arg(gw.server.base())
         .env("JINA_OPTOUT_TELEMETRY", "1")
+        // The script's switch for skipping its embedding step is for a developer's hand: a
+        // test run always checks the embeddings, whatever the environment says.
+        .env_remove("JINA_CHECK_SKIP_EMBEDDINGS")
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(300), run)

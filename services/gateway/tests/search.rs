@@ -202,13 +202,8 @@ async fn text_search_with_the_redis_store() {
 
 /// A deterministic picture: a background and a few rectangles of random colours, as PNG bytes.
 fn picture(seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move |n: u32| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        u32::try_from(state % u64::from(n)).unwrap()
-    };
+    let mut rng = flowmesh_shared::rng::SplitMix64::new(seed);
+    let mut next = move |n: u32| u32::try_from(rng.below(n as usize)).unwrap();
     let (w, h) = (96, 80);
     let byte = |n: u32| u8::try_from(n).unwrap();
     let background = image::Rgb([byte(next(256)), byte(next(256)), byte(next(256))]);
