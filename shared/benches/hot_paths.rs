@@ -18,14 +18,8 @@ const DIM: usize = 384;
 
 /// A deterministic pseudo-random sequence in [0, 1), so that every run measures the same input.
 fn unit_floats(seed: u64) -> impl Iterator<Item = f32> {
-    let mut state = seed;
-    std::iter::repeat_with(move || {
-        // xorshift64: enough to spread scores and vector components, no RNG dependency.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    })
+    let mut rng = flowmesh_shared::rng::SplitMix64::new(seed);
+    std::iter::repeat_with(move || rng.uniform() as f32)
 }
 
 /// `SHARDS` answers of `MATCHES_PER_SHARD` matches each, sorted best first as shards answer,
