@@ -47,12 +47,12 @@ pub struct Document {
     pub parent_id: Option<String>,
     /// Parts of this document (sentences of a text, for example).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[serde(deserialize_with = "null_as_empty")]
+    #[serde(deserialize_with = "objects::documents_or_null")]
     #[schema(no_recursion, nullable)]
     pub chunks: Vec<Document>,
     /// Search results for this document, best first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[serde(deserialize_with = "null_as_empty")]
+    #[serde(deserialize_with = "objects::documents_or_null")]
     #[schema(no_recursion, nullable)]
     pub matches: Vec<Document>,
     /// Relevance of a match: higher is better (cosine similarity, or minus the L2 distance).
@@ -234,7 +234,7 @@ pub struct KnownParameters {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Envelope {
     /// Routing metadata; `null` reads as absent.
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "objects::header_or_null")]
     #[schema(nullable)]
     pub header: Header,
     /// Request parameters such as `top_k`; `null` reads as absent.
@@ -242,11 +242,12 @@ pub struct Envelope {
     #[schema(value_type = KnownParameters, nullable)]
     pub parameters: Parameters,
     /// The documents: at least one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "objects::documents")]
     #[schema(required = true, min_items = 1)]
     pub data: Vec<Document>,
     /// Per-executor timings; set on gateway responses only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "objects::routes")]
     pub routes: Vec<Route>,
 }
 
@@ -265,11 +266,6 @@ pub fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>
     d: D,
 ) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// `null` reads as an empty list: Jina clients send `"matches": null` for unset fields.
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Document>, D::Error> {
-    Ok(Option::<Vec<Document>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Embeddings travel as a float array in JSON and as raw little-endian f32 bytes in binary
@@ -364,6 +360,10 @@ fn embedding_de<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::
     }
     d.deserialize_option(V)
 }
+
+mod objects;
+
+pub use objects::{documents, header_or_null, MapOnly};
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde::{Deserialize, Deserializer};
 
+use crate::api::MapOnly;
 use crate::error::ApiError;
 use crate::limits::BodyTimeout;
 
@@ -72,19 +73,23 @@ impl Format {
     /// message says where in the body the problem is (`data[1].chunks[0].embedding: ...`).
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ApiError> {
         // The fast decoder first; only a body that fails is decoded again, tracking the path.
+        // Every body is an object (`MapOnly`): serde would also read a struct from an array of
+        // its fields, which no body's schema allows.
         let (what, error) = match self {
-            Self::Json => match serde_json::from_slice(body) {
-                Ok(v) => return Ok(v),
+            Self::Json => match serde_json::from_slice::<MapOnly<T>>(body) {
+                Ok(v) => return Ok(v.0),
                 Err(e) => ("JSON", e.to_string()),
             },
-            Self::MsgPack => match rmp_serde::from_slice(body) {
-                Ok(v) => return Ok(v),
+            Self::MsgPack => match rmp_serde::from_slice::<MapOnly<T>>(body) {
+                Ok(v) => return Ok(v.0),
                 Err(e) => ("MessagePack", e.to_string()),
             },
         };
         let located = match self {
-            Self::Json => locate::<T, _>(&mut serde_json::Deserializer::from_slice(body)),
-            Self::MsgPack => locate::<T, _>(&mut rmp_serde::Deserializer::from_read_ref(body)),
+            Self::Json => locate::<MapOnly<T>, _>(&mut serde_json::Deserializer::from_slice(body)),
+            Self::MsgPack => {
+                locate::<MapOnly<T>, _>(&mut rmp_serde::Deserializer::from_read_ref(body))
+            }
         };
         let message = match located {
             Some((path, inner)) if path != "." => format!("{path}: {inner}"),

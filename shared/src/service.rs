@@ -19,7 +19,6 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// The whole `main` of the binary `flowmesh-{name}`: logs, then the command line `C`, then
 /// traces, then `run` until Ctrl-C or SIGTERM. Traces are flushed before the process exits; an
 /// error is printed as `flowmesh-{name}: {error:#}` and the exit code is a failure.
-///
 pub async fn main<C, F, Fut>(name: &str, run: F) -> ExitCode
 where
     C: clap::Parser,

@@ -335,14 +335,14 @@ pub struct PostRequest {
     #[serde(rename = "execEndpoint", alias = "exec_endpoint", default)]
     pub exec_endpoint: String,
     /// Routing metadata.
-    #[serde(default, deserialize_with = "flowmesh_shared::api::null_as_default")]
+    #[serde(default, deserialize_with = "flowmesh_shared::api::header_or_null")]
     pub header: Header,
     /// Request parameters.
     #[serde(default, deserialize_with = "flowmesh_shared::api::null_as_default")]
     #[schema(value_type = Object)]
     pub parameters: Parameters,
     /// The documents; at least one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flowmesh_shared::api::documents")]
     #[schema(required = true, min_items = 1)]
     pub data: Vec<Document>,
 }
