@@ -70,8 +70,11 @@ pub enum BackendKind {
 
 /// The indexer's configuration: command-line flags, or `FLOWMESH_INDEXER_*` environment variables.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "flowmesh-indexer", version)]
-#[command(about = "flowmesh's indexer service (one shard)")]
+#[command(
+    name = "flowmesh-indexer",
+    version,
+    about = "flowmesh's indexer service (one shard)"
+)]
 pub struct Config {
     /// Index backend.
     #[arg(long, env = "FLOWMESH_INDEXER_BACKEND", value_enum, default_value_t = BackendKind::Flat)]
