@@ -385,7 +385,7 @@ async fn a_stalled_shard_is_cut_off_and_named() {
         .find(|pid| listens_on(*pid, port))
         .expect("the process of indexer shard 1");
     let stop = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
-    stop(nix::sys::signal::Signal::SIGSTOP);
+    support::sigstop(pid as i32).await;
     let t0 = Instant::now();
     let r = http
         .post(

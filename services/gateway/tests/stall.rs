@@ -34,7 +34,7 @@ async fn a_sigstopped_shard_is_cut_off_named_and_used_again_after_sigcont() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
     let pid = Pid::from_raw(i32::try_from(b_child.id().unwrap()).unwrap());
-    kill(pid, Signal::SIGSTOP).unwrap();
+    support::sigstop(pid.as_raw()).await;
     let t0 = Instant::now();
     let r = search().await;
     let took = t0.elapsed();

@@ -245,3 +245,33 @@ pub fn ids(answer: &Value) -> Vec<String> {
         .map(|d| d["id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// Sends SIGSTOP to process `pid` and waits (at most 5 s) until every one of its threads is
+/// stopped: on a loaded machine a thread that was running keeps going until the signal reaches
+/// it, and could still answer a request sent right after `kill`.
+pub async fn sigstop(pid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !every_thread_stopped(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} did not stop within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether every thread of `pid` is in state `T` (stopped), from /proc/PID/task/*/stat.
+fn every_thread_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
+}
