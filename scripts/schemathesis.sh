@@ -3,6 +3,12 @@
 # of a mesh it starts itself (`flowmesh up`, on free ports, in a scratch workspace), and fails if
 # any check fails on any service.
 #
+# The mesh runs as deployments do, with credentials: a read-write API key at the gateway and the
+# mesh token on every executor, both generated here and handed over in the environment. Each
+# service is tested with its own credential (schemathesis.toml sends it from
+# FLOWMESH_ST_AUTHORIZATION), and schemathesis' ignored_auth check proves that a call without it
+# is refused.
+#
 #   scripts/schemathesis.sh [FLOW]     # default flows/overhead.yml (hash encoder: starts fast)
 #
 # Needs the debug binaries (`cargo build --workspace --bins`). Environment:
@@ -21,6 +27,12 @@ REPORTS="${SCHEMATHESIS_REPORTS:-target/schemathesis}"
 mkdir -p "$REPORTS"
 LOG="$WORK/up.log"
 MESH_PID=
+
+random_secret() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
+FLOWMESH_API_KEY="$(random_secret)"
+FLOWMESH_MESH_TOKEN="$(random_secret)"
+export FLOWMESH_API_KEY FLOWMESH_MESH_TOKEN
+unset FLOWMESH_READ_ONLY_API_KEY FLOWMESH_API_KEY_FILE FLOWMESH_READ_ONLY_API_KEY_FILE FLOWMESH_MESH_TOKEN_FILE
 
 cleanup() {
   if [[ -n "$MESH_PID" ]] && kill -0 "$MESH_PID" 2>/dev/null; then
@@ -46,8 +58,9 @@ done
 
 # One replica of each executor, from the gateway's /status.
 mapfile -t targets < <("$ST_BIN/python" - "$gateway" <<'PY'
-import json, sys, urllib.request
-status = json.load(urllib.request.urlopen(sys.argv[1] + "/status", timeout=10))
+import json, os, sys, urllib.request
+request = urllib.request.Request(sys.argv[1] + "/status", headers={"api-key": os.environ["FLOWMESH_API_KEY"]})
+status = json.load(urllib.request.urlopen(request, timeout=10))
 print("gateway " + sys.argv[1])
 seen = set()
 for e in status["executors"]:
@@ -62,7 +75,8 @@ for t in "${targets[@]}"; do
   name="${t%% *}"
   base="${t#* }"
   printf '\n==> schemathesis: %s (%s)\n' "$name" "$base" >&2
-  if ! "$ST_BIN/schemathesis" --config-file scripts/schemathesis.toml run "$base/openapi.json" --url "$base" \
+  if [[ "$name" == gateway ]]; then secret="$FLOWMESH_API_KEY"; else secret="$FLOWMESH_MESH_TOKEN"; fi
+  if ! FLOWMESH_ST_AUTHORIZATION="Bearer $secret" "$ST_BIN/schemathesis" --config-file scripts/schemathesis.toml run "$base/openapi.json" --url "$base" \
     --checks all --phases examples,coverage,fuzzing \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
     --max-time "${SCHEMATHESIS_MAX_TIME:-60}" \
