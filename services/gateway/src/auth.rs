@@ -19,6 +19,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use flowmesh_shared::server::bearer_token;
 use flowmesh_shared::ApiError;
 
 pub use audit::WriteAudit;
@@ -52,18 +53,10 @@ fn access(path: &str) -> Access {
 
 /// The credential a request presents: `api-key: KEY`, else `Authorization: Bearer KEY`.
 fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(key) = headers.get("api-key") {
-        return Some(trim(key.as_bytes()));
+    match headers.get("api-key") {
+        Some(key) => Some(key.as_bytes().trim_ascii()),
+        None => bearer_token(headers),
     }
-    let auth = headers.get(http::header::AUTHORIZATION)?.as_bytes();
-    let (scheme, rest) = auth.split_at(auth.iter().position(|&b| b == b' ')?);
-    scheme
-        .eq_ignore_ascii_case(b"bearer")
-        .then(|| trim(rest))
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    bytes.trim_ascii()
 }
 
 /// The middleware on every route of the gateway: authenticates the caller (puts its [`Caller`] in
@@ -182,6 +175,7 @@ mod tests {
         assert_eq!(presented_key(&h), None);
         h.insert("authorization", "Bearer".parse().unwrap());
         assert_eq!(presented_key(&h), None);
+        h.insert("authorization", "Bearer abc".parse().unwrap());
         h.insert("api-key", "xyz".parse().unwrap());
         assert_eq!(presented_key(&h), Some(&b"xyz"[..]));
     }

@@ -44,8 +44,9 @@ use serde_json::Value;
 
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::secret::{Secret, SecretSet};
-use flowmesh_shared::server::mesh::{MeshArgs, MESH_TOKEN_ENV, MESH_TOKEN_FILE_ENV};
-use flowmesh_shared::server::{bind, serve, Limits};
+use flowmesh_shared::server::{
+    bind, serve, Limits, MeshArgs, MESH_TOKEN_ENV, MESH_TOKEN_FILE_ENV,
+};
 use flowmesh_shared::tls::{ClientTlsArgs, ServerTlsArgs};
 
 use crate::auth::keys::{API_KEY_ENV, READ_ONLY_API_KEY_ENV};
