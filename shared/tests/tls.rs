@@ -216,7 +216,7 @@ fn bad_tls_configurations_are_clear_errors() {
     let cert_without_ca = ClientTlsArgs {
         tls_ca: None,
         tls_client_cert: Some(pki.client_cert.clone()),
-        tls_client_key: Some(pki.client_key.clone()),
+        tls_client_key: Some(pki.client_key),
     };
     assert!(cert_without_ca.client_config().is_err());
     let _ = std::fs::remove_dir_all(&dir);
