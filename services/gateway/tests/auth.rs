@@ -93,7 +93,7 @@ fn routes() -> Vec<(&'static str, &'static str, &'static str, Value, Needs)> {
     vec![
         ("index", "POST", "/index", docs.clone(), Needs::Write),
         ("search", "POST", "/search", docs.clone(), Needs::Read),
-        ("update", "POST", "/update", docs.clone(), Needs::Write),
+        ("update", "POST", "/update", docs, Needs::Write),
         (
             "delete",
             "POST",
