@@ -59,7 +59,7 @@ async fn start(name: &str) -> (Launched, String, std::path::PathBuf) {
 /// [`start`], then index and search 20 documents: the mesh, its gateway and its `/status`.
 async fn start_serving(name: &str) -> (Launched, String, Value) {
     let (launched, gateway, _dir) = start(name).await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     index_and_search(&http, &gateway, 20).await;
     let status = http.get(&format!("{gateway}/status")).await.json();
     (launched, gateway, status)
@@ -148,7 +148,7 @@ fn assert_error(r: &support::HttpResponse, status: u16, kind: &str, mentions: &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_4xx_and_leave_the_mesh_serving() {
     let (mut launched, gateway, status) = start_serving("hostile").await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     let executors = executor_addresses(&status);
     let pids = children(launched.child.id().unwrap());
     assert_eq!(pids.len(), 5, "2 encoders, 2 indexer shards, 1 ranker");
@@ -286,7 +286,7 @@ async fn read_head(stream: &mut (impl AsyncReadExt + Unpin), limit: Duration) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_are_closed() {
     let (mut launched, gateway, _dir) = start("hostile-conns").await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     let status = http.get(&format!("{gateway}/status")).await.json();
     let indexer = executor_addresses(&status)
         .into_iter()
@@ -331,11 +331,13 @@ async fn slow_and_idle_connections_are_closed() {
         // before the trickle would have ended.
         let t0 = Instant::now();
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.write_all(
-            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
-        )
-        .await
-        .unwrap();
+        // With the mesh token: the executor's check comes before the body is read.
+        let head = format!(
+            "POST /search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+            launch::mesh_token()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
         let (mut rx, mut tx) = s.split();
         let (answer, ()) = tokio::join!(read_head(&mut rx, limit), async {
             for _ in 0..(BODY_TIMEOUT_SECS + 2) {
@@ -374,7 +376,7 @@ async fn slow_and_idle_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_shard_is_cut_off_and_named() {
     let (mut launched, gateway, status) = start_serving("hostile-stall").await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     let shard1 = status["executors"][2]["shards"][1][0]["address"]
         .as_str()
         .unwrap()

@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start every process of a Flow on this machine and serve its gateway.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Check a Flow file and print its executors.
     Validate {
         /// The Flow file (YAML).
@@ -48,7 +48,7 @@ async fn main() {
         Cmd::Up(args) => {
             // The gateway runs in this process; each executor process sets up its own traces.
             let traces = init_traces("gateway");
-            let result = up(args, shutdown_signal()).await;
+            let result = up(*args, shutdown_signal()).await;
             traces.shutdown().await;
             result
         }

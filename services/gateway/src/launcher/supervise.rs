@@ -112,7 +112,11 @@ async fn start(
         shared.status().push_line(&line);
     }
     let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
-    let mut child = Command::new(&launch.binary)
+    let mut command = Command::new(&launch.binary);
+    for k in &launch.env_remove {
+        command.env_remove(k);
+    }
+    let mut child = command
         .args(&launch.flags)
         .args(["--listen", &listen])
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
@@ -406,7 +410,7 @@ fn not_started(shared: &Shared, port: u16, since: u64, e: &StartFailed) -> Strin
     }
 }
 
-/// The port of `http://HOST:PORT`.
+/// The port of `http://HOST:PORT` (or `https://`).
 fn port_of(base: &str) -> Option<u16> {
     base.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
@@ -432,5 +436,6 @@ mod tests {
         assert_eq!(port_of("http://127.0.0.1:4312"), Some(4312));
         assert_eq!(port_of("http://127.0.0.1:4312/"), Some(4312));
         assert_eq!(port_of("http://127.0.0.1"), None);
+        assert_eq!(port_of("https://127.0.0.1:4312"), Some(4312));
     }
 }
