@@ -69,7 +69,6 @@ class Page:
         self.step = "start"
         self.profile = tempfile.TemporaryDirectory(prefix="flowmesh-chromium-")
         self.driver = self._start_chromium()
-        self.requests: list[dict] = []
 
     def _start_chromium(self) -> webdriver.Chrome:
         options = webdriver.ChromeOptions()
@@ -149,7 +148,6 @@ class Page:
                     "body": request.get("postData"),
                 }
             )
-        self.requests.extend(sent)
         return sent
 
     # ---- the page ------------------------------------------------------------------------
@@ -161,7 +159,8 @@ class Page:
         self.wait("Swagger UI to render the gateway's operations", lambda d: self.operation("/search"))
         title = self.find(self.driver, ".swagger-ui .info .title")
         if title is None or "flowmesh gateway" not in title.text:
-            raise CheckFailed(f"the page's title is {title.text if title else 'missing'!r}, not the gateway's")
+            shown = title.text if title is not None else "missing"
+            raise CheckFailed(f"the page's title is {shown!r}, not the gateway's")
         if expect_authorize:
             self.wait("the Authorize button", lambda d: self.find(d, ".auth-wrapper button.authorize"))
         # Let late loads (images, a validator badge) start before the network log is read.
@@ -196,7 +195,8 @@ class Page:
             self.click(self.find(block, ".opblock-summary-control") or self.find(block, ".opblock-summary"))
             self.wait(f"POST {path} to expand", lambda d: self.find(block, ".opblock-body"))
         if self.find(block, "textarea.body-param__text") is None:
-            self.click(self.wait('the "Try it out" button', lambda d: self.find(block, "button.try-out__btn")))
+            try_out = self.wait('the "Try it out" button', lambda d: self.find(block, "button.try-out__btn"))
+            self.click(try_out)
         editor = self.wait("the request body editor", lambda d: self.find(block, "textarea.body-param__text"))
         # Set as an edit would (the value, then an `input` event React listens to): typing it key
         # by key costs seconds per body on a busy machine. The request's body is checked as sent.
@@ -223,7 +223,10 @@ class Page:
         clear = self.find(block, "button.btn-clear")
         if clear is not None:
             self.click(clear)
-            self.wait("the previous response to clear", lambda d: not self.find(block, ".live-responses-table"))
+            self.wait(
+                "the previous response to clear",
+                lambda d: not self.find(block, ".live-responses-table"),
+            )
         self.drain_network()
         self.click(self.find(block, "button.execute"))
         cell = self.wait(
@@ -251,7 +254,8 @@ class Page:
     def open_authorize(self) -> WebElement:
         modal = self.find(self.driver, ".modal-ux")
         if modal is None:
-            self.click(self.wait("the Authorize button", lambda d: self.find(d, ".auth-wrapper button.authorize")))
+            button = self.wait("the Authorize button", lambda d: self.find(d, ".auth-wrapper button.authorize"))
+            self.click(button)
             modal = self.wait("the authorization dialog", lambda d: self.find(d, ".modal-ux"))
         return modal
 
@@ -340,7 +344,9 @@ def expect(page: Page, path: str, body: str, code: int, kind: str | None = None)
     if shown != code:
         raise CheckFailed(f"POST {path} shows {shown}, expected {code}; details: {page.redact(details)[:600]}")
     if kind is not None and not re.search(rf'"kind":\s*"{kind}"', details):
-        raise CheckFailed(f'POST {path} shows {shown} without "kind": "{kind}"; details: {page.redact(details)[:600]}')
+        raise CheckFailed(
+            f'POST {path} shows {shown} without "kind": "{kind}"; details: {page.redact(details)[:600]}'
+        )
     print(f"  POST {path}: Swagger UI shows {shown}")
     return sent["headers"]
 
@@ -394,7 +400,9 @@ def read_keys(path: str) -> tuple[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("gateway", help="the gateway's base URL, e.g. http://127.0.0.1:8080")
-    parser.add_argument("--open", action="store_true", help="the gateway has no keys: check the page and a 200 search")
+    parser.add_argument(
+        "--open", action="store_true", help="the gateway has no keys: check the page and a 200 search"
+    )
     args = parser.parse_args()
 
     secrets: list[str] = []
