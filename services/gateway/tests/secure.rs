@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use sha2::Digest as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use flowmesh_shared::testing::pki::TestCa;
 use support::launch::{self, flow_dir};
+use support::pki::Ca as TestCa;
 use support::{Http, HttpResponse, TestServer};
 
 const FLOW: &str = "name: secured
@@ -342,7 +342,7 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
     let (dir, flow) = flow_dir("tls", FLOW);
     let ca = TestCa::new("flowmesh test CA");
     let ca_path = ca.write(&dir, "ca");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]).write(&dir, "mesh");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"], &dir, "mesh");
     // Without --tls-ca, flowmesh up does not start: it could not verify its executors.
     let out = tokio::process::Command::new(launch::flowmesh())
         .arg("up")
@@ -406,7 +406,7 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
 
     // An indexer serving a certificate of another CA, named by its https:// address: the
     // gateway (verifying with the test CA) finds it unhealthy and searches fail clearly.
-    let (rogue_cert, rogue_key) = other.issue(&["localhost", "127.0.0.1"]).write(&dir, "rogue");
+    let (rogue_cert, rogue_key) = other.issue(&["localhost", "127.0.0.1"], &dir, "rogue");
     let mut rogue = tokio::process::Command::new(
         launch::flowmesh().with_file_name("flowmesh-indexer"),
     )
