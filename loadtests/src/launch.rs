@@ -8,6 +8,23 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Tells apart the workspaces of the Flows one run starts.
+static NEXT_WORKSPACE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The variables that turn credentials on (docs/security.md).
+const CREDENTIAL_VARIABLES: [&str; 10] = [
+    "FLOWMESH_API_KEY",
+    "FLOWMESH_API_KEY_FILE",
+    "FLOWMESH_READ_ONLY_API_KEY",
+    "FLOWMESH_READ_ONLY_API_KEY_FILE",
+    "FLOWMESH_MESH_TOKEN",
+    "FLOWMESH_MESH_TOKEN_FILE",
+    "FLOWMESH_TLS_CERT",
+    "FLOWMESH_TLS_KEY",
+    "FLOWMESH_TLS_CA",
+    "FLOWMESH_TLS_CLIENT_CA",
+];
+
 /// A running program of the mesh.
 pub(crate) struct Launched {
     child: Child,
@@ -105,6 +122,35 @@ impl Launched {
             .arg(flow)
             .args(["--listen", "127.0.0.1:0", "--workspace"])
             .arg(&workspace.0);
+        let mut launched = Self::start(command, "gateway: ").await?;
+        launched._workspace = Some(workspace);
+        Ok(launched)
+    }
+
+    /// Runs `flowmesh up FLOW` on a free port with a fresh workspace, with `args` after the
+    /// Flow and the variables `env`; the credential variables of this process are not passed
+    /// on, so a Flow started without them runs with none.
+    pub(crate) async fn flow_with(
+        flow: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let workspace = TempDir(std::env::temp_dir().join(format!(
+            "flowmesh-bench-{}-{}",
+            std::process::id(),
+            NEXT_WORKSPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )));
+        let mut command = Command::new(sibling("flowmesh")?);
+        command
+            .arg("up")
+            .arg(flow)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--workspace"])
+            .arg(&workspace.0);
+        for var in CREDENTIAL_VARIABLES {
+            command.env_remove(var);
+        }
+        command.envs(env.iter().copied());
         let mut launched = Self::start(command, "gateway: ").await?;
         launched._workspace = Some(workspace);
         Ok(launched)

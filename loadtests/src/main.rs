@@ -30,6 +30,7 @@ mod load;
 mod overhead;
 mod procstat;
 mod report;
+mod security;
 mod seed;
 mod short;
 mod table;

@@ -19,31 +19,38 @@ use crate::table::{Align, Table};
 pub(crate) struct OverheadArgs {
     /// A running gateway to target; without it the Flow is started with `flowmesh up`.
     #[arg(long)]
-    gateway: Option<String>,
+    pub(crate) gateway: Option<String>,
     /// The Flow to start when no gateway is given.
     #[arg(long, default_value = "flows/overhead.yml")]
-    flow: PathBuf,
+    pub(crate) flow: PathBuf,
     /// Documents to index before searching.
     #[arg(long, default_value_t = 10_000)]
-    docs: usize,
+    pub(crate) docs: usize,
     /// Documents per index request.
     #[arg(long, default_value_t = 100)]
-    request_size: usize,
+    pub(crate) request_size: usize,
     /// Concurrencies of the search phases, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
-    concurrency: Vec<usize>,
+    pub(crate) concurrency: Vec<usize>,
     /// Most search requests per phase.
     #[arg(long, default_value_t = 50_000)]
-    requests: usize,
+    pub(crate) requests: usize,
     /// Longest duration of a search phase, in seconds.
     #[arg(long, default_value_t = 10)]
-    duration_secs: u64,
+    pub(crate) duration_secs: u64,
     /// Matches per query; every answer is checked to have exactly this many.
     #[arg(long, default_value_t = 10)]
-    top_k: usize,
+    pub(crate) top_k: usize,
     /// Where to write the JSON results.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
+    /// Compare two copies of the Flow, one with every credential off and one with an API key,
+    /// the mesh token and TLS on every hop, searched in alternating order (docs/security.md).
+    #[arg(long)]
+    pub(crate) security: bool,
+    /// With --security: rounds of every concurrency on each copy; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
 }
 
 /// The results (`--out`).
@@ -101,6 +108,9 @@ impl SearchRow {
 
 /// `flowmesh-bench overhead`.
 pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
+    if args.security {
+        return crate::security::run(&args).await;
+    }
     let gateway = Gateway::given_or_started(args.gateway.as_deref(), &args.flow, None).await?;
     let result = measure(&args, &gateway.base).await;
     gateway.stop().await;

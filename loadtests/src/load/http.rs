@@ -1,24 +1,79 @@
 //! The HTTP side of the load: a keep-alive client, and one request sent and its answer read.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 
 use super::Failure;
 
-/// A keep-alive HTTP client with `TCP_NODELAY`.
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// A keep-alive HTTP client with `TCP_NODELAY`, for `http://` and, given a CA, `https://`
+/// targets; it sends an API key with every request when it holds one.
+#[derive(Clone)]
+pub(crate) struct HttpClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `Authorization: Bearer KEY`, marked sensitive.
+    auth: Option<HeaderValue>,
+}
 
+impl HttpClient {
+    /// Sends `req`, with the client's API key.
+    pub(crate) fn request(&self, mut req: http::Request<Full<Bytes>>) -> ResponseFuture {
+        if let Some(auth) = &self.auth {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, auth.clone());
+        }
+        self.inner.request(req)
+    }
+}
+
+/// A plain client: `http://` only, no API key.
 pub(crate) fn http_client() -> HttpClient {
+    build(None, None).expect("ring supports rustls' default protocol versions")
+}
+
+/// A client that verifies `https://` targets against the CA in `ca` and sends `api_key`.
+pub(crate) fn secure_client(ca: &Path, api_key: &str) -> anyhow::Result<HttpClient> {
+    build(Some(ca), Some(api_key))
+}
+
+fn build(ca: Option<&Path>, api_key: Option<&str>) -> anyhow::Result<HttpClient> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
+    conn.enforce_http(false);
+    let tls = match ca {
+        Some(ca) => flowmesh_shared::tls::client_config_with(ca, None, None)?,
+        // No CA: `https://` targets fail to verify against an empty root store.
+        None => std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(flowmesh_shared::tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
+    let auth = match api_key {
+        Some(key) => {
+            let mut v = HeaderValue::from_str(&format!("Bearer {key}"))?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    };
+    let inner = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
-        .build(conn)
+        .build(connector);
+    Ok(HttpClient { inner, auth })
 }
 
 /// One answer: status, body, and the `Server-Timing` header.

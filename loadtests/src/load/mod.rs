@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub(crate) use http::{get, http_client, parse_server_timing, post, post_ok, HttpClient};
+pub(crate) use http::{
+    get, http_client, parse_server_timing, post, post_ok, secure_client, HttpClient,
+};
 pub(crate) use latency::Latencies;
 pub(crate) use summary::Summary;
 
