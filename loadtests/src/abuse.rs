@@ -25,6 +25,7 @@ use crate::launch::Gateway;
 use crate::load::{self, LoadConfig};
 use crate::short;
 use attack::{Kind, Target};
+use flowmesh_shared::server::MESH_TOKEN_ENV;
 use report::{Abuse, Normal, Report, Round};
 use tally::PhaseSummary;
 
@@ -110,8 +111,21 @@ impl Kind {
 /// Runs the benchmark: start (or reach) the mesh, index, then the rounds.
 pub(crate) async fn run(args: AbuseArgs) -> anyhow::Result<()> {
     let limit = (args.process_memory_mib > 0).then_some(args.process_memory_mib << 20);
-    let gateway = Gateway::given_or_started(args.gateway.as_deref(), &args.flow, limit).await?;
-    let outcome = measure(&args, &gateway.base).await;
+    // The mesh token the attacks on executors carry (they test the executors' limits, not
+    // their door): the one of a given mesh from FLOWMESH_MESH_TOKEN, else one made here for the
+    // mesh started here.
+    let mesh_token = match std::env::var(MESH_TOKEN_ENV) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => crate::security::random_hex()?,
+    };
+    let gateway = Gateway::given_or_started(
+        args.gateway.as_deref(),
+        &args.flow,
+        limit,
+        Some(&mesh_token),
+    )
+    .await?;
+    let outcome = measure(&args, &gateway.base, &mesh_token).await;
     gateway.stop().await;
     let report = outcome?;
     crate::report::publish(&report.markdown(), &report, args.out.as_deref())?;
@@ -126,7 +140,7 @@ pub(crate) async fn run(args: AbuseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
+async fn measure(args: &AbuseArgs, gateway: &str, mesh_token: &str) -> anyhow::Result<Report> {
     let client = load::http_client();
     let replicas = health::replicas(&health::status(&client, gateway).await?);
     index(&client, gateway, args.docs).await?;
@@ -158,7 +172,8 @@ async fn measure(args: &AbuseArgs, gateway: &str) -> anyhow::Result<Report> {
         args.idle * count(Kind::Idle),
     );
     // The abusers get their own client: their connections must not be the normal traffic's.
-    let abusive_client = load::http_client();
+    // It carries the mesh token (the gateway, without API keys, ignores it).
+    let abusive_client = load::bearer_client(mesh_token)?;
     let abusive_timeout = Duration::from_secs(args.abusive_timeout_secs);
     let mut rounds = Vec::with_capacity(args.rounds);
     for round in 1..=args.rounds {

@@ -42,15 +42,17 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     /// `given` as it is, or a Flow started here from `flow` (each process limited to
-    /// `address_space` bytes when given); [`Gateway::stop`] stops what was started.
+    /// `address_space` bytes when given, its executors wanting `mesh_token` when given);
+    /// [`Gateway::stop`] stops what was started.
     pub(crate) async fn given_or_started(
         given: Option<&str>,
         flow: &Path,
         address_space: Option<u64>,
+        mesh_token: Option<&str>,
     ) -> anyhow::Result<Self> {
         let launched = match given {
             Some(_) => None,
-            None => Some(Launched::flow_limited(flow, address_space).await?),
+            None => Some(Launched::flow_limited(flow, address_space, mesh_token).await?),
         };
         let base = match (&launched, given) {
             (Some(l), _) => l.base.clone(),
@@ -94,7 +96,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 impl Launched {
     /// Runs `flowmesh up FLOW` on a free port with a fresh workspace, until its `gateway:` line.
     pub(crate) async fn flow(flow: &Path) -> anyhow::Result<Self> {
-        Self::flow_limited(flow, None).await
+        Self::flow_limited(flow, None, None).await
     }
 
     /// [`Self::flow`], with each process of the Flow limited to `address_space` bytes of virtual
@@ -104,6 +106,7 @@ impl Launched {
     pub(crate) async fn flow_limited(
         flow: &Path,
         address_space: Option<u64>,
+        mesh_token: Option<&str>,
     ) -> anyhow::Result<Self> {
         let workspace =
             TempDir(std::env::temp_dir().join(format!("flowmesh-bench-{}", std::process::id())));
@@ -122,6 +125,9 @@ impl Launched {
             .arg(flow)
             .args(["--listen", "127.0.0.1:0", "--workspace"])
             .arg(&workspace.0);
+        if let Some(token) = mesh_token {
+            command.env("FLOWMESH_MESH_TOKEN", token);
+        }
         let mut launched = Self::start(command, "gateway: ").await?;
         launched._workspace = Some(workspace);
         Ok(launched)

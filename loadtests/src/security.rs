@@ -160,7 +160,7 @@ fn restrict(path: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// 32 random bytes from the operating system, as hex.
-fn random_hex() -> anyhow::Result<String> {
+pub(crate) fn random_hex() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
@@ -204,7 +204,11 @@ async fn measure(
     let docs = Arc::new(short::documents(args.docs));
     let mut index_docs_per_s = BTreeMap::new();
     for (mode, (mesh, client)) in modes.iter().zip(meshes) {
-        eprintln!("indexing {} documents into the {} mesh ...", args.docs, mode.name());
+        eprintln!(
+            "indexing {} documents into the {} mesh ...",
+            args.docs,
+            mode.name()
+        );
         let index = short::index(
             client,
             &mesh.base,
@@ -236,8 +240,7 @@ async fn measure(
                 let root = mesh.pid().context("the mesh exited")?;
                 let before = procstat::tree(root);
                 let measured =
-                    short::search(client, &mesh.base, &config, args.top_k, short::query_text)
-                        .await;
+                    short::search(client, &mesh.base, &config, args.top_k, short::query_text).await;
                 let cpu: f64 = procstat::spent(&before, &procstat::tree(root))
                     .values()
                     .sum();
@@ -265,11 +268,7 @@ async fn measure(
             }
         }
     }
-    let rows = args
-        .concurrency
-        .iter()
-        .map(|&c| row(c, &phases))
-        .collect();
+    let rows = args.concurrency.iter().map(|&c| row(c, &phases)).collect();
     Ok(SecurityResult {
         benchmark: "overhead-security",
         docs: args.docs,

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::codec::Format;
 use flowmesh_shared::{Document, Envelope};
-use http_body_util::BodyExt as _;
 use serde_json::Value;
 
 use super::measure::{self, row_id, Calls, Slice, Workload};
@@ -206,13 +205,15 @@ async fn stats(client: &crate::load::HttpClient, base: &str) -> anyhow::Result<V
 
 /// `GET url`'s body, when the answer is 200.
 async fn get(client: &crate::load::HttpClient, url: &str) -> anyhow::Result<String> {
-    let resp = client.get(url.parse::<http::Uri>()?).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("GET {url}: {status}: {}", String::from_utf8_lossy(&body));
+    let answer = crate::load::get(client, url).await?;
+    if !(200..300).contains(&answer.status) {
+        bail!(
+            "GET {url}: {}: {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        );
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok(String::from_utf8_lossy(&answer.body).into_owned())
 }
 
 /// Waits until the service holds `n` vectors and, for approximate backends, no build runs and

@@ -43,6 +43,12 @@ pub(crate) fn secure_client(ca: &Path, api_key: &str) -> anyhow::Result<HttpClie
     build(Some(ca), Some(api_key))
 }
 
+/// A client for `http://` targets that sends `Authorization: Bearer TOKEN` (an executor's mesh
+/// token).
+pub(crate) fn bearer_client(token: &str) -> anyhow::Result<HttpClient> {
+    build(None, Some(token))
+}
+
 fn build(ca: Option<&Path>, api_key: Option<&str>) -> anyhow::Result<HttpClient> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);

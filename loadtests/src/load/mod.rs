@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub(crate) use http::{
-    get, http_client, parse_server_timing, post, post_ok, secure_client, HttpClient,
+    bearer_client, get, http_client, parse_server_timing, post, post_ok, secure_client, HttpClient,
 };
 pub(crate) use latency::Latencies;
 pub(crate) use summary::Summary;
