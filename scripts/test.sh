@@ -8,8 +8,9 @@
 # client (for the Jina compatibility test), and the Python venv with Spotify's annoy (for the
 # indexer's Annoy interoperability test; annoy compiles C++ on install, hence g++), cmake and
 # OpenBLAS (faiss is built from source), redis-server (the ranker's tests start their own), and
-# the Python venv with schemathesis (scripts/schemathesis-venv.sh), and cargo-machete (unused
-# dependencies).
+# the Python venv with schemathesis (scripts/schemathesis-venv.sh), Debian's chromium and its
+# driver with a selenium venv (scripts/swagger-check.sh: Swagger UI's Authorize button), and
+# cargo-machete (unused dependencies).
 # The deployment tests need a running Docker engine; they build their own base image.
 # Build outputs are cached in target/ and downloads in ${FLOWMESH_CACHE:-~/.cache/flowmesh}.
 set -euo pipefail
@@ -59,6 +60,9 @@ cargo test --workspace --locked
 
 step "schemathesis, every check, on the OpenAPI document of each service of a running mesh"
 scripts/schemathesis.sh
+
+step "Swagger UI's Authorize button with API keys, in headless Chromium (scripts/swagger-check.sh)"
+scripts/swagger-check.sh
 
 # The deployments, on this machine's Docker engine (the tests are #[ignore]d in a plain
 # `cargo test`): a base image made from Debian's packages, since no registry can be reached
