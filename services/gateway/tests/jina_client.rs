@@ -10,6 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
+use flowmesh_gateway::auth::ApiKeys;
+use flowmesh_shared::secret::{Secret, SecretSet};
 use support::{TestGateway, TestServer};
 
 fn repo() -> PathBuf {
@@ -38,6 +40,24 @@ async fn jina_python() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jina_client_indexes_and_searches_through_the_gateway() {
+    run_check(None).await;
+}
+
+/// The same with API keys on the gateway: Jina's client sends the key with `headers=`
+/// (`api-key`), every call succeeds, and a call without it is refused with a 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jina_client_sends_an_api_key() {
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    run_check(Some(&key)).await;
+}
+
+/// Runs the check script against a gateway over real executors, with `api_key` as the
+/// gateway's only (read-write) key when given.
+async fn run_check(api_key: Option<&str>) {
     let encoder = flowmesh_encoder::app(&flowmesh_encoder::Config::parse_from([
         "e", "--model", "hash", "--dim", "64",
     ]))
@@ -51,7 +71,7 @@ async fn jina_client_indexes_and_searches_through_the_gateway() {
     let [i0, i1] = indexers;
     let (i0, i1) = (TestServer::start(i0).await, TestServer::start(i1).await);
     let rank = TestServer::start(ranker).await;
-    let gw = TestGateway::start(&format!(
+    let yaml = format!(
         "executors:\n\
          - {{name: encoder, uses: encoder, addresses: ['{}']}}\n\
          - {{name: indexer, uses: indexer, shards: 2, addresses: [['{}'], ['{}']]}}\n\
@@ -60,20 +80,29 @@ async fn jina_client_indexes_and_searches_through_the_gateway() {
         i0.base(),
         i1.base(),
         rank.base()
-    ))
-    .await;
+    );
+    let keys = match api_key {
+        Some(key) => ApiKeys::new(Some(SecretSet::new(vec![Secret::new(key)])), None),
+        None => ApiKeys::none(),
+    };
+    let gw = TestGateway::start_with_keys(&yaml, keys).await;
 
     let python = jina_python().await;
     let script = repo().join("services/gateway/tests/jina/jina_client_check.py");
-    let run = tokio::process::Command::new(&python)
+    let mut command = tokio::process::Command::new(&python);
+    command
         .arg(&script)
         .arg(gw.server.base())
         .env("JINA_OPTOUT_TELEMETRY", "1")
         // The script's switch for skipping its embedding step is for a developer's hand: a
         // test run always checks the embeddings, whatever the environment says.
         .env_remove("JINA_CHECK_SKIP_EMBEDDINGS")
-        .kill_on_drop(true)
-        .output();
+        .env_remove("JINA_CHECK_API_KEY")
+        .kill_on_drop(true);
+    if let Some(key) = api_key {
+        command.env("JINA_CHECK_API_KEY", key);
+    }
+    let run = command.output();
     let out = tokio::time::timeout(Duration::from_secs(300), run)
         .await
         .expect("the Jina client check took over 5 minutes")

@@ -155,6 +155,12 @@ socket.gethostbyaddr = _guarded_gethostbyaddr
 # --------------------------------------------------------------------------
 # Usage and a hard deadline for the whole check.
 # --------------------------------------------------------------------------
+# The gateway's API key, when it has keys: every call sends it as `api-key` (Jina's client passes
+# `headers=` on to aiohttp), and a call without it must be refused. Read from the environment, not
+# from argv, so that it is on no command line.
+API_KEY = os.environ.get("JINA_CHECK_API_KEY") or None
+HEADERS = {"api-key": API_KEY} if API_KEY else {}
+
 TOTAL_DEADLINE_S = int(os.environ.get("JINA_CHECK_DEADLINE_S", "240"))
 REQUEST_TIMEOUT_S = int(os.environ.get("JINA_CHECK_REQUEST_TIMEOUT_S", "60"))
 TOP_K = 3
@@ -296,6 +302,7 @@ def check_embeddings(client, want_id, text):
             parameters={"top_k": TOP_K, "return_embeddings": True},
             return_type=DocList[FlowDoc],
             timeout=REQUEST_TIMEOUT_S,
+            headers=HEADERS,
         )
         or []
     )
@@ -329,8 +336,19 @@ def main():
     )
     by_id = {d.id: d for d in index_docs}
     id_by_text = {d.text: d.id for d in index_docs}
+    if API_KEY:
+        # Without the key the gateway refuses the call, and Jina's client says so.
+        try:
+            client.post("/index", inputs=index_docs, return_type=DocList[FlowDoc], timeout=REQUEST_TIMEOUT_S)
+            failures.append("an /index without the API key was accepted")
+        except Exception as e:  # the client raises on a 401; which class depends on its version
+            if "401" not in str(e) and "nauthorized" not in str(e):
+                failures.append(f"an /index without the API key failed, but not with a 401: {e!r}")
+            else:
+                print("index : without the API key: refused (401)")
     indexed = client.post(
-        "/index", inputs=index_docs, return_type=DocList[FlowDoc], timeout=REQUEST_TIMEOUT_S
+        "/index", inputs=index_docs, return_type=DocList[FlowDoc], timeout=REQUEST_TIMEOUT_S,
+        headers=HEADERS,
     )
     indexed = list(indexed or [])
     print(f"index : sent {len(index_docs)} docs, got {len(indexed)} back")
@@ -345,6 +363,7 @@ def main():
         parameters={"top_k": TOP_K},
         return_type=DocList[FlowDoc],
         timeout=REQUEST_TIMEOUT_S,
+        headers=HEADERS,
     )
     results = list(results or [])
     print(f"search: sent {len(queries)} queries, got {len(results)} results")
@@ -406,7 +425,9 @@ def main():
                 f"no POST to {want}: the client did not find it under 'paths' in /openapi.json "
                 f"(posted to {sorted(set(p for p, _ in posts))})"
             )
-    bad_status = [(p, s) for p, s in posts if s != 200]
+    # With a key, the one refused call above is the only non-200 answer allowed.
+    allowed = [("/index", 401)] if API_KEY else []
+    bad_status = [(p, s) for p, s in posts if s != 200 and (p, s) not in allowed]
     if bad_status:
         failures.append(f"non-200 POST responses: {bad_status}")
 

@@ -132,12 +132,30 @@ impl TestGateway {
     }
 
     pub async fn start_with_limit(yaml: &str, max_body_bytes: usize) -> Self {
+        Self::start_with(
+            yaml,
+            max_body_bytes,
+            flowmesh_gateway::auth::ApiKeys::none(),
+        )
+        .await
+    }
+
+    /// A gateway that wants one of `keys`.
+    pub async fn start_with_keys(yaml: &str, keys: flowmesh_gateway::auth::ApiKeys) -> Self {
+        Self::start_with(yaml, 1 << 20, keys).await
+    }
+
+    async fn start_with(
+        yaml: &str,
+        max_body_bytes: usize,
+        keys: flowmesh_gateway::auth::ApiKeys,
+    ) -> Self {
         let spec = FlowSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let flow = Arc::new(Flow::build(spec, &ExecutorClient::new()).unwrap());
-        let app = router(AppState::new(
-            flow.clone(),
-            Limits::with_max_body_bytes(max_body_bytes),
-        ));
+        let app = router(
+            AppState::new(flow.clone(), Limits::with_max_body_bytes(max_body_bytes))
+                .with_api_keys(keys),
+        );
         Self {
             server: TestServer::start(app).await,
             flow,
