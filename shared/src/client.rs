@@ -1,11 +1,17 @@
 //! The executor client: posts an encoded envelope to an executor over a pooled keep-alive HTTP/1
 //! connection and decodes the answer.
+//!
+//! [`ExecutorClient::new`] speaks plain HTTP; [`ExecutorClient::secured`] speaks `https://` too
+//! (verified against `--tls-ca`, presenting a client certificate for mutual TLS when given) and
+//! sends the mesh token as `Authorization: Bearer` on every call.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -14,6 +20,8 @@ use crate::api::Envelope;
 use crate::codec::Format;
 use crate::deadline::Deadline;
 use crate::error::ErrorBody;
+use crate::secret::SecretSet;
+use crate::tls::ClientTlsArgs;
 
 /// Why a call to one executor replica failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,7 +60,11 @@ impl CallError {
 /// A cheap-to-clone HTTP client for executor calls.
 #[derive(Clone, Debug)]
 pub struct ExecutorClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Whether `https://` URIs can be called (a CA was given).
+    tls: bool,
+    /// The mesh tokens; the first is sent on every call.
+    mesh: Option<SecretSet>,
 }
 
 impl Default for ExecutorClient {
@@ -62,18 +74,51 @@ impl Default for ExecutorClient {
 }
 
 impl ExecutorClient {
-    /// A client with `TCP_NODELAY` (no Nagle stalls on small bodies) and a keep-alive pool.
+    /// A plain-HTTP client with `TCP_NODELAY` (no Nagle stalls on small bodies) and a
+    /// keep-alive pool, sending no credential.
     pub fn new() -> Self {
+        Self::build(None, None)
+    }
+
+    /// A client for a secured mesh: `https://` URIs are verified against `tls.tls_ca` (with
+    /// the client certificate of `tls` presented when given), `http://` URIs still work, and
+    /// every call carries `Authorization: Bearer T` with `T` the first of `mesh`'s tokens at
+    /// the time of the call (so a reloaded token file takes effect at once).
+    pub fn secured(tls: &ClientTlsArgs, mesh: Option<SecretSet>) -> anyhow::Result<Self> {
+        let config = tls.client_config()?;
+        Ok(Self::build(config, mesh))
+    }
+
+    fn build(tls: Option<Arc<rustls::ClientConfig>>, mesh: Option<SecretSet>) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
+        conn.enforce_http(false);
+        let secure = tls.is_some();
+        // Without a CA there is nothing to verify a server against: the configuration trusts
+        // no one, and `send` refuses `https://` URIs before connecting with a clear error.
+        let config = tls.unwrap_or_else(|| Arc::new(untrusting_config()));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(Arc::unwrap_or_clone(config))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let http = Client::builder(TokioExecutor::new())
             // Shorter than the services' header timeout (20 s by default), after which they close an
             // idle connection: a pooled connection is never reused just as its server closes it.
             .pool_idle_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(256)
-            .build(conn);
-        Self { http }
+            .build(https);
+        Self {
+            http,
+            tls: secure,
+            mesh,
+        }
+    }
+
+    /// Whether this client sends a mesh token.
+    pub fn sends_token(&self) -> bool {
+        self.mesh.is_some()
     }
 
     /// Posts an already encoded MessagePack envelope to `uri` and decodes the answer.
@@ -116,6 +161,7 @@ impl ExecutorClient {
         if let Ok(id) = http::HeaderValue::from_str(request_id) {
             req.headers_mut().insert("x-request-id", id);
         }
+        self.authorize(req.headers_mut());
         crate::trace::inject(trace, req.headers_mut());
         deadline.insert_into(req.headers_mut());
         let (status, headers, bytes) = self.send(req).await?;
@@ -134,6 +180,8 @@ impl ExecutorClient {
             .uri(uri)
             .body(Full::new(Bytes::new()))
             .map_err(|e| CallError::Transport(e.to_string()))?;
+        let mut req = req;
+        self.authorize(req.headers_mut());
         let (status, _, bytes) = self.send(req).await?;
         if status == StatusCode::OK {
             Ok(())
@@ -142,10 +190,28 @@ impl ExecutorClient {
         }
     }
 
+    /// Adds `Authorization: Bearer` with the first mesh token, marked sensitive (hyper never
+    /// logs it; traces never record request headers).
+    fn authorize(&self, headers: &mut http::HeaderMap) {
+        let Some(token) = self.mesh.as_ref().and_then(SecretSet::first) else {
+            return;
+        };
+        if let Ok(mut value) = http::HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+    }
+
     async fn send(
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
+        if !self.tls && req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            return Err(CallError::Transport(format!(
+                "cannot call {}: https:// executors need --tls-ca (FLOWMESH_TLS_CA)",
+                req.uri()
+            )));
+        }
         let resp = self
             .http
             .request(req)
@@ -159,6 +225,16 @@ impl ExecutorClient {
             .to_bytes();
         Ok((parts.status, parts.headers, bytes))
     }
+}
+
+/// A client configuration that trusts no server: what a client without `--tls-ca` holds.
+fn untrusting_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        // The ring provider supports the default versions; rustls' own default is the same.
+        .unwrap_or_else(|_| rustls::ClientConfig::builder())
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 fn status_error(status: StatusCode, bytes: &[u8]) -> CallError {

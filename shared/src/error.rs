@@ -33,6 +33,9 @@ impl ErrorBody {
     }
 }
 
+/// The `WWW-Authenticate` challenge of every 401.
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"flowmesh\"";
+
 /// Seconds a shed or overloaded caller is asked to wait (`Retry-After`).
 pub const RETRY_AFTER_SECS: u64 = 1;
 
@@ -63,6 +66,12 @@ pub enum ApiError {
     /// No such endpoint.
     #[error("unknown endpoint {0:?}")]
     UnknownEndpoint(String),
+    /// The request carries no credential, or a wrong one (401, with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credential is valid but does not allow this request (a write with a read-only key).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request names something that does not exist (updating an unknown document).
     #[error("{0}")]
     NotFound(String),
@@ -136,6 +145,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::PayloadTooLarge(_) | Self::LimitExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnknownEndpoint(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -159,6 +170,8 @@ impl ApiError {
             Self::InvalidParameter { .. } => "invalid_parameter",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::LimitExceeded(_) => "limit_exceeded",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::UnknownEndpoint(_) => "unknown_endpoint",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -206,6 +219,12 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from(RETRY_AFTER_SECS),
             );
         }
+        if matches!(self, Self::Unauthorized(_)) {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
+        }
         response
     }
 }
@@ -226,6 +245,21 @@ mod tests {
         let r = ApiError::Overloaded("busy".into()).into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn unauthorized_challenges_and_forbidden_does_not() {
+        let r = ApiError::Unauthorized("missing credential".into()).into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            r.headers()[axum::http::header::WWW_AUTHENTICATE],
+            "Bearer realm=\"flowmesh\""
+        );
+        assert_eq!(ApiError::Unauthorized(String::new()).kind(), "unauthorized");
+        let r = ApiError::Forbidden("read-only key".into()).into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.headers().get(axum::http::header::WWW_AUTHENTICATE).is_none());
+        assert_eq!(ApiError::Forbidden(String::new()).kind(), "forbidden");
     }
 
     #[test]

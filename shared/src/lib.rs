@@ -11,6 +11,8 @@
 //! - [`limits`], [`deadline`]: what one request may ask of a service, and when it must be done;
 //! - [`health`], [`telemetry`], [`trace`], [`server`]: readiness, logs and metrics, distributed
 //!   traces (OpenTelemetry), and serving;
+//! - [`secret`], [`tls`]: API keys, the mesh token and passwords (never printed, compared in
+//!   constant time, reloaded on SIGHUP), and TLS with rustls (servers, clients, mutual TLS);
 //! - [`service`]: a service binary's start-up (`main`) and its `run`;
 //! - [`vector`]: vector math (L2 normalisation);
 //! - [`rng`]: a deterministic generator (SplitMix64) for test data and benchmarks;
@@ -32,11 +34,13 @@ pub mod health;
 pub mod limits;
 pub mod openapi;
 pub mod rng;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod trace;
 pub mod vector;
 

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, ObjectBuilder, Ref, Required, Response, ResponseBuilder, Type,
 };
@@ -28,7 +29,63 @@ pub fn executor_api(title: &str, description: &str) -> utoipa::openapi::OpenApi 
     let mut api = ExecutorApi::openapi();
     api.info.title = title.to_owned();
     api.info.description = Some(description.to_owned());
+    add_mesh_security(&mut api);
     api
+}
+
+/// The name of the mesh token's security scheme in the executors' OpenAPI documents.
+pub const MESH_TOKEN_SCHEME: &str = "mesh_token";
+
+/// Paths an executor serves without the mesh token.
+const OPEN_PATHS: [&str; 2] = ["/livez", "/readyz"];
+
+/// Declares the mesh token (an http bearer scheme, [`MESH_TOKEN_SCHEME`]) on every operation of
+/// `api` except `/livez` and `/readyz`, with its 401 answer. A service calls it again after
+/// merging its own paths into [`executor_api`]; calling it twice changes nothing.
+pub fn add_mesh_security(api: &mut utoipa::openapi::OpenApi) {
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        MESH_TOKEN_SCHEME,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The mesh token (FLOWMESH_MESH_TOKEN or --mesh-token-file), required on \
+                     every route but /livez and /readyz when the service has one",
+                ))
+                .build(),
+        ),
+    );
+    for (path, item) in &mut api.paths.paths {
+        let open = OPEN_PATHS.contains(&path.as_str());
+        for op in [
+            item.get.as_mut(),
+            item.post.as_mut(),
+            item.put.as_mut(),
+            item.delete.as_mut(),
+            item.patch.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if open {
+                op.security = None;
+                continue;
+            }
+            op.security = Some(vec![SecurityRequirement::new(
+                MESH_TOKEN_SCHEME,
+                Vec::<String>::new(),
+            )]);
+            op.responses.responses.insert(
+                "401".to_owned(),
+                error_response(
+                    "No mesh token, or a wrong one (Authorization: Bearer); \
+                     with WWW-Authenticate: Bearer realm=\"flowmesh\"",
+                )
+                .into(),
+            );
+        }
+    }
 }
 
 /// `api` as pretty JSON, as the services commit it under `openapi/`.

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use axum::Router;
 
-use crate::server::{bind_and_serve, shutdown_signal, ServeArgs};
+use crate::server::{
+    bind, require_mesh_token, serve as serve_on, shutdown_signal, warn_if_exposed, ServeArgs,
+};
 use crate::{telemetry, trace};
 
 /// What a service's `run` serves until: resolves on Ctrl-C or SIGTERM.
@@ -40,17 +42,39 @@ where
 }
 
 /// The `run` of an executor service: takes the routes `app` built (its error is the
-/// configuration's), then binds `--listen` (printing the `listening on` line) and serves until
-/// `shutdown` resolves. The caller builds before this binds, so that a bad configuration never
-/// prints a `listening on` line.
+/// configuration's), reads the mesh token and the TLS configuration, then binds `--listen`
+/// (printing the `listening on` line) and serves until `shutdown` resolves. The caller builds
+/// before this binds, so that a bad configuration never prints a `listening on` line.
+///
+/// With a mesh token (`FLOWMESH_MESH_TOKEN` or `--mesh-token-file`, re-read on SIGHUP) every
+/// route but `/livez` and `/readyz` needs it ([`require_mesh_token`]); without one, a service
+/// listening on a non-loopback address warns that anyone who reaches it can call it.
+///
+/// `service` is the service's name as its metrics and logs label it (`SERVICE` of its library).
 pub async fn serve(
-    service: &str,
+    service: &'static str,
     args: &ServeArgs,
     app: anyhow::Result<Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = app.context("invalid configuration")?;
-    bind_and_serve(service, args, app, shutdown).await?;
+    let tokens = args.mesh.tokens().context("invalid mesh token")?;
+    let tls = args.tls.acceptor().context("invalid TLS configuration")?;
+    let app = match &tokens {
+        Some(tokens) => {
+            tokens.reload_on_sighup();
+            app.layer(require_mesh_token(service, tokens.clone()))
+        }
+        None => app,
+    };
+    let addr = args.listen;
+    let listener = bind(service, addr, tls.is_some())
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    if tokens.is_none() {
+        warn_if_exposed(service, listener.local_addr()?, "a mesh token");
+    }
+    serve_on(listener, app, &args.limits, tls, shutdown).await?;
     Ok(())
 }
 

@@ -9,9 +9,16 @@
 //! ([`client_span`]) whose context travels in the call's `traceparent` header ([`inject`]).
 //!
 //! Spans go through the SDK's batch processor (its own thread, configured by the `OTEL_BSP_*`
-//! variables) to the OTLP exporter, whose HTTP client is the workspace's plain hyper client
-//! running on the service's Tokio runtime: no reqwest, no TLS stack. [`Traces::shutdown`]
-//! exports what is still buffered.
+//! variables) to the OTLP exporter, whose HTTP client is the workspace's hyper client running on
+//! the service's Tokio runtime (no reqwest). An `https://` collector is verified against the CA
+//! of `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, `OTEL_EXPORTER_OTLP_CERTIFICATE` (the OTel
+//! standard variables) or else `FLOWMESH_TLS_CA`; a client certificate for mutual TLS comes from
+//! `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` and `..._CLIENT_KEY`, or else
+//! `FLOWMESH_TLS_CLIENT_CERT` and `FLOWMESH_TLS_CLIENT_KEY`. [`Traces::shutdown`] exports what is
+//! still buffered.
+//!
+//! Spans record the method, route, service, request id, executor and status of a call, never a
+//! header's value: the `Authorization` header (API keys, the mesh token) is never recorded.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -88,7 +96,7 @@ pub fn init_traces(service: &str) -> Traces {
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot set up the OTLP trace exporter; traces are off");
+            tracing::warn!(error = format!("{e:#}"), "cannot set up the OTLP trace exporter; traces are off");
             Traces { provider: None }
         }
     }
@@ -130,12 +138,56 @@ fn export_timeout() -> Duration {
         .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
-fn build_provider(
-    service: &str,
-) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+/// The first of the variables `names` that is set.
+fn first_var(names: &[&str]) -> Option<std::path::PathBuf> {
+    names.iter().find_map(|n| env_var(n)).map(std::path::PathBuf::from)
+}
+
+/// The TLS configuration for an `https://` collector: `None` when no CA is configured (then
+/// only `http://` collectors can be reached).
+fn export_tls() -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    let Some(ca) = first_var(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "FLOWMESH_TLS_CA",
+    ]) else {
+        return Ok(None);
+    };
+    let cert = first_var(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "FLOWMESH_TLS_CLIENT_CERT",
+    ]);
+    let key = first_var(&[
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        "FLOWMESH_TLS_CLIENT_KEY",
+    ]);
+    crate::tls::client_config_with(&ca, cert.as_deref(), key.as_deref()).map(Some)
+}
+
+/// The exporter's connector: `http://`, and `https://` verified against [`export_tls`]'s CA.
+fn export_connector() -> anyhow::Result<HttpsConnector<HttpConnector>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let config = match export_tls()? {
+        Some(config) => std::sync::Arc::unwrap_or_clone(config),
+        None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
+fn build_provider(service: &str) -> anyhow::Result<SdkTracerProvider> {
     let timeout = export_timeout();
     let client = ExportClient {
-        http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        http: Client::builder(TokioExecutor::new()).build(export_connector()?),
         runtime: tokio::runtime::Handle::current(),
         timeout,
     };
@@ -181,7 +233,7 @@ fn resource(service: &str) -> Resource {
 /// batch thread, where no runtime runs, so each request is spawned onto the captured handle.
 #[derive(Debug)]
 struct ExportClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     runtime: tokio::runtime::Handle,
     timeout: Duration,
 }
@@ -314,6 +366,9 @@ pub fn client_span(
         return SpanGuard(None);
     };
     let mut attributes = attributes;
+    // An address never carries credentials in flowmesh, but a password in one is not recorded.
+    let base = crate::secret::redact_url(base);
+    let base = base.as_str();
     attributes.push(KeyValue::new("http.request.method", "POST"));
     attributes.push(KeyValue::new("url.full", format!("{base}{path}")));
     if let Some(authority) = base.split("://").nth(1) {

@@ -57,6 +57,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     );
     api.merge(EncoderApi::openapi());
     complete_responses(&mut api);
+    // The service's own paths need the mesh token too.
+    flowmesh_shared::openapi::add_mesh_security(&mut api);
     api
 }
 

@@ -148,7 +148,7 @@ async fn serve_gateway(
 ) -> anyhow::Result<()> {
     let name = spec.name.clone();
     let flow = Flow::build(spec, &ExecutorClient::new())?;
-    let listener = bind("flowmesh-gateway", args.listen)
+    let listener = bind("flowmesh-gateway", args.listen, false)
         .await
         .with_context(|| {
             format!(
@@ -174,7 +174,7 @@ async fn serve_gateway(
         writeln!(out, "swagger ui: http://{local}/docs")?;
         out.flush()?;
     }
-    serve(listener, app, &args.limits, shutdown).await?;
+    serve(listener, app, &args.limits, None, shutdown).await?;
     Ok(())
 }
 

@@ -52,5 +52,7 @@ pub fn openapi() -> OpenApi {
             }
         }
     }
+    // The service's own paths need the mesh token too.
+    flowmesh_shared::openapi::add_mesh_security(&mut api);
     api
 }

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
+use super::mesh::MeshArgs;
 use crate::limits::Limits;
+use crate::tls::ServerTlsArgs;
 
 /// Options every service takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -13,4 +15,10 @@ pub struct ServeArgs {
     /// Request and connection limits.
     #[command(flatten)]
     pub limits: Limits,
+    /// The mesh token: required from callers by executors, sent by the gateway.
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// HTTPS.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }

@@ -9,18 +9,30 @@
 //! `--max-connections` are open at once, and an executor stops a call whose deadline
 //! ([`crate::Deadline`]) has passed.
 //!
-//! Every service prints `NAME listening on http://ADDR` as its first line on stdout, which is how
-//! the launcher learns the port of a service it started on port 0.
+//! Every service prints `NAME listening on http://ADDR` (`https://` with `--tls-cert`) as its
+//! first line on stdout, which is how the launcher learns the port of a service it started on
+//! port 0.
+//!
+//! Executors refuse calls without the mesh token when one is set ([`require_mesh_token`],
+//! [`MeshArgs`]); every service serves HTTPS with [`ServerTlsArgs`], mutual TLS with
+//! `--tls-client-ca`. Every request carries its peer's address as
+//! `axum::extract::ConnectInfo<SocketAddr>` in its extensions.
 
 mod args;
 mod executor;
 mod listen;
+mod mesh;
 mod routes;
 mod signal;
 
 pub use crate::limits::Limits;
 pub use args::ServeArgs;
 pub use executor::{executor_router, Executor};
-pub use listen::{bind, bind_and_serve, serve};
+pub use crate::tls::ServerTlsArgs;
+pub use listen::{bind, bind_and_serve, warn_if_exposed, serve};
+pub use mesh::{
+    bearer_token, require_mesh_token, MeshArgs, MeshGuard, MeshLayer, MESH_TOKEN_ENV,
+    MESH_TOKEN_FILE_ENV,
+};
 pub use routes::{method_not_allowed, service_router, shed_beyond, unknown_route, ShedLayer};
 pub use signal::shutdown_signal;
