@@ -67,7 +67,8 @@ fn from_file(file: &Path) -> anyhow::Result<RedisPassword> {
 
 /// The error of the removed `--redis-password` flag (and of `with: {redis_password: ...}` in a
 /// Flow, which the launcher turns into that flag).
-pub const REMOVED_FLAG: &str = "--redis-password (in a Flow: `with: {redis_password: ...}`) \
+pub(crate) const REMOVED_FLAG: &str =
+    "--redis-password (in a Flow: `with: {redis_password: ...}`) \
     is no longer accepted: a password on a command line can be read by every user of the host; \
     give it in the variable FLOWMESH_RANKER_REDIS_PASSWORD or in a file named by \
     --redis-password-file (FLOWMESH_RANKER_REDIS_PASSWORD_FILE)";
@@ -78,7 +79,7 @@ pub const REMOVED_FLAG: &str = "--redis-password (in a Flow: `with: {redis_passw
 pub struct RemovedFlag;
 
 /// Clap's parser of the removed flag: accepts any value and forgets it.
-pub fn forget_value(_: &str) -> Result<RemovedFlag, std::convert::Infallible> {
+pub(crate) fn forget_value(_: &str) -> Result<RemovedFlag, std::convert::Infallible> {
     Ok(RemovedFlag)
 }
 
@@ -120,7 +121,10 @@ mod tests {
         let two = file_with("two", "firstPw\nsecondPw\n");
         let err = format!("{:#}", redis_password(None, Some(&two)).unwrap_err());
         assert!(err.contains("holds 2 passwords"), "{err}");
-        assert!(!err.contains("firstPw") && !err.contains("secondPw"), "{err}");
+        assert!(
+            !err.contains("firstPw") && !err.contains("secondPw"),
+            "{err}"
+        );
 
         let both = redis_password(Some("envPw".into()), Some(&two)).unwrap_err();
         let err = format!("{both:#}");

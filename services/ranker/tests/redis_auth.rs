@@ -221,7 +221,10 @@ fn an_invalid_url_with_a_password_is_reported_redacted() {
         panic!("an invalid URL is refused");
     };
     let text = format!("{err:#}");
-    assert!(!text.contains("S3cretPw42") && text.contains("***"), "{text}");
+    assert!(
+        !text.contains("S3cretPw42") && text.contains("***"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -238,7 +241,8 @@ fn the_removed_flag_is_refused_with_what_to_use_and_without_the_value() {
         };
         let text = format!("{err:#}");
         assert!(
-            text.contains("FLOWMESH_RANKER_REDIS_PASSWORD") && text.contains("--redis-password-file"),
+            text.contains("FLOWMESH_RANKER_REDIS_PASSWORD")
+                && text.contains("--redis-password-file"),
             "the error says what to use: {text}"
         );
         assert!(!text.contains("FlagPw123"), "{text}");

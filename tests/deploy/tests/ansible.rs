@@ -597,7 +597,10 @@ async fn curl_status(
     body: Option<&Value>,
 ) -> anyhow::Result<u16> {
     let data = body.map_or_else(String::new, |b| {
-        format!("-H 'content-type: application/json' --data-binary {}", shell_quote(&b.to_string()))
+        format!(
+            "-H 'content-type: application/json' --data-binary {}",
+            shell_quote(&b.to_string())
+        )
     });
     let script = format!(
         "curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 --cacert /etc/flowmesh/tls/ca.crt \
@@ -634,7 +637,14 @@ async fn from_the_client_host(hosts: &Hosts, secrets: &Secrets) -> anyhow::Resul
         for endpoint in ["search", "index", "delete"] {
             let url = format!("{base}/{endpoint}");
             let none = curl_status(hosts, "client", &url, &[], Some(&search)).await?;
-            let bad = curl_status(hosts, "client", &url, &[wrong.clone()], Some(&search)).await?;
+            let bad = curl_status(
+                hosts,
+                "client",
+                &url,
+                std::slice::from_ref(&wrong),
+                Some(&search),
+            )
+            .await?;
             ensure!(
                 none == 401 && bad == 401,
                 "{role} /{endpoint} without the mesh token: {none}, with a wrong one: {bad}"
@@ -646,7 +656,10 @@ async fn from_the_client_host(hosts: &Hosts, secrets: &Secrets) -> anyhow::Resul
         }
         let plain = format!("http://{}:{port}/livez", hosts.ip(role));
         let status = curl_status(hosts, "client", &plain, &[], None).await?;
-        ensure!(status == 0, "plain HTTP to {role}'s TLS port answered {status}");
+        ensure!(
+            status == 0,
+            "plain HTTP to {role}'s TLS port answered {status}"
+        );
         // Bound to the private address only.
         let local = hosts
             .exec(
@@ -662,16 +675,47 @@ async fn from_the_client_host(hosts: &Hosts, secrets: &Secrets) -> anyhow::Resul
     }
     let gateway = format!("https://{}:8080", hosts.ip("flow"));
     let read_only = format!("api-key: {}", secrets.read_only_key);
-    let status = curl_status(hosts, "client", &format!("{gateway}/search"), &[read_only.clone()], Some(&search)).await?;
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/search"),
+        std::slice::from_ref(&read_only),
+        Some(&search),
+    )
+    .await?;
     ensure!(status == 200, "search with the read-only key: {status}");
     let index = json!({"data": [{"id": "intruder", "text": "HACKED"}]});
-    let status = curl_status(hosts, "client", &format!("{gateway}/index"), &[read_only], Some(&index)).await?;
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/index"),
+        &[read_only],
+        Some(&index),
+    )
+    .await?;
     ensure!(status == 403, "index with the read-only key: {status}");
-    let status = curl_status(hosts, "client", &format!("{gateway}/search"), &[], Some(&search)).await?;
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/search"),
+        &[],
+        Some(&search),
+    )
+    .await?;
     ensure!(status == 401, "search without a key: {status}");
     let bearer = format!("Authorization: Bearer {}", secrets.read_write_key);
-    let status = curl_status(hosts, "client", &format!("{gateway}/status"), &[bearer], None).await?;
-    ensure!(status == 200, "status with the read-write key as a bearer token: {status}");
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/status"),
+        &[bearer],
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 200,
+        "status with the read-write key as a bearer token: {status}"
+    );
 
     // Redis: dropped by the firewall for any host but the rankers' (no answer at all), and
     // answering the ranker host with the password (given in redis-cli's environment).
@@ -711,7 +755,10 @@ async fn from_the_client_host(hosts: &Hosts, secrets: &Secrets) -> anyhow::Resul
             Duration::from_secs(20),
         )
         .await?;
-    ensure!(no_password.contains("NOAUTH"), "Redis wants its password: {no_password}");
+    ensure!(
+        no_password.contains("NOAUTH"),
+        "Redis wants its password: {no_password}"
+    );
     eprintln!("from the client host: executors refuse calls without the mesh token, the read-only key searches only, Redis is out of reach");
     Ok(())
 }
@@ -723,7 +770,11 @@ async fn units_restart_on_failure(hosts: &Hosts) -> anyhow::Result<()> {
     let before = hosts.main_pid("encoder", unit).await?;
     ensure!(before > 0, "{unit} runs under systemd");
     hosts
-        .exec("encoder", &format!("kill -KILL {before}"), Duration::from_secs(20))
+        .exec(
+            "encoder",
+            &format!("kill -KILL {before}"),
+            Duration::from_secs(20),
+        )
         .await?;
     let started = Instant::now();
     loop {
@@ -756,7 +807,10 @@ async fn units_restart_on_failure(hosts: &Hosts) -> anyhow::Result<()> {
             Duration::from_secs(90),
         )
         .await?;
-    ensure!(ready.contains("ready"), "{unit} is not ready after its restart");
+    ensure!(
+        ready.contains("ready"),
+        "{unit} is not ready after its restart"
+    );
     eprintln!(
         "systemd restarted {unit} after SIGKILL in {:.1}s",
         started.elapsed().as_secs_f64()

@@ -174,7 +174,8 @@ async fn every_document_found(http: &Http, gateway: &str, when: &str) {
 async fn shard_stats(compose: &Compose) -> Vec<Value> {
     let mut stats = Vec::new();
     for shard in ["indexer-0", "indexer-1"] {
-        let script = "printf 'Authorization: Bearer %s\\n' \"$(cat /run/flowmesh/secrets/mesh_token)\" \
+        let script =
+            "printf 'Authorization: Bearer %s\\n' \"$(cat /run/flowmesh/secrets/mesh_token)\" \
                       | curl -fsS -H @- http://127.0.0.1:8080/stats";
         let out = compose
             .run(
@@ -456,7 +457,13 @@ async fn image_stack_serves(image: &Compose, http: &Http, writer: &Http) {
 async fn read_write_key(compose: &Compose) -> String {
     let out = compose
         .run(
-            &["exec", "-T", "gateway", "cat", "/run/flowmesh/secrets/api_key"],
+            &[
+                "exec",
+                "-T",
+                "gateway",
+                "cat",
+                "/run/flowmesh/secrets/api_key",
+            ],
             Duration::from_secs(30),
         )
         .await
@@ -494,7 +501,16 @@ async fn from_another_container(net: &str, script: &str, stdin: &str) -> String 
     run_cmd(
         "docker",
         &[
-            "run", "--rm", "-i", "--network", net, "--entrypoint", "sh", TEST_IMAGE, "-c", script,
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            net,
+            "--entrypoint",
+            "sh",
+            TEST_IMAGE,
+            "-c",
+            script,
         ],
         &[],
         &repo_root(),
@@ -506,15 +522,21 @@ async fn from_another_container(net: &str, script: &str, stdin: &str) -> String 
 }
 
 /// The status of `curl` from another container, with `headers` from stdin.
-async fn status_from_outside(net: &str, url: &str, body: Option<&Value>, headers: &[&str]) -> String {
+async fn status_from_outside(
+    net: &str,
+    url: &str,
+    body: Option<&Value>,
+    headers: &[&str],
+) -> String {
     let data = body.map_or_else(String::new, |b| {
         format!(
             "-H 'content-type: application/json' --data-binary '{}'",
             b.to_string().replace('\'', r"'\''")
         )
     });
-    let script =
-        format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @- {data} {url} || true");
+    let script = format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @- {data} {url} || true"
+    );
     let stdin: String = headers.iter().map(|h| format!("{h}\n")).collect();
     from_another_container(net, &script, &stdin)
         .await
@@ -542,46 +564,78 @@ async fn the_network_is_closed(compose: &Compose, read_only_key: &str) {
             );
         }
         let url = format!("http://{executor}:8080/readyz");
-        assert_eq!(status_from_outside(&net, &url, None, &[]).await, "200", "{executor} /readyz");
+        assert_eq!(
+            status_from_outside(&net, &url, None, &[]).await,
+            "200",
+            "{executor} /readyz"
+        );
     }
     let redis = from_another_container(&net, "redis-cli -h redis ping 2>&1 || true", "").await;
-    assert!(redis.contains("NOAUTH"), "Redis wants its password: {redis}");
+    assert!(
+        redis.contains("NOAUTH"),
+        "Redis wants its password: {redis}"
+    );
 
     let read_only = format!("api-key: {read_only_key}");
     let gateway = "http://gateway:8080";
     let cases = [
         ("search", &search, vec![read_only.as_str()], "200"),
         ("search", &search, vec![], "401"),
-        ("index", &json!({"data": [{"id": "x", "text": "HACKED"}]}), vec![read_only.as_str()], "403"),
+        (
+            "index",
+            &json!({"data": [{"id": "x", "text": "HACKED"}]}),
+            vec![read_only.as_str()],
+            "403",
+        ),
     ];
     for (endpoint, body, headers, expected) in cases {
         let url = format!("{gateway}/{endpoint}");
         let status = status_from_outside(&net, &url, Some(body), &headers).await;
-        assert_eq!(status, expected, "/{endpoint} through the gateway with {headers:?}");
+        assert_eq!(
+            status, expected,
+            "/{endpoint} through the gateway with {headers:?}"
+        );
     }
     eprintln!("compose: from another container, executors refuse calls without the mesh token, Redis wants its password, the read-only key only searches");
 }
 
 /// No container's configuration shows a generated secret (every service is given file paths).
 async fn no_secret_in_the_configuration(compose: &Compose, secrets: &[&str]) {
-    let ids = compose.run(&["ps", "-q", "-a"], Duration::from_secs(30)).await.unwrap();
+    let ids = compose
+        .run(&["ps", "-q", "-a"], Duration::from_secs(30))
+        .await
+        .unwrap();
     let ids: Vec<&str> = ids.split_whitespace().collect();
     assert!(ids.len() >= 7, "the project's containers: {ids:?}");
     let mut args = vec!["inspect"];
     args.extend(ids);
-    let inspect = run_cmd("docker", &args, &[], &repo_root(), None, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let inspect = run_cmd(
+        "docker",
+        &args,
+        &[],
+        &repo_root(),
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     for secret in secrets {
-        assert!(!inspect.contains(secret), "a generated secret is in `docker inspect`");
+        assert!(
+            !inspect.contains(secret),
+            "a generated secret is in `docker inspect`"
+        );
     }
 }
 
 /// The generated secrets, read from the volume (for the checks above only).
 async fn generated_secrets(compose: &Compose) -> Vec<String> {
-    let script = "cd /run/flowmesh/secrets && stat -c '%a %u %n' * && cat mesh_token redis_password api_key";
+    let script =
+        "cd /run/flowmesh/secrets && stat -c '%a %u %n' * && cat mesh_token redis_password api_key";
     let out = compose
-        .run(&["exec", "-T", "gateway", "sh", "-c", script], Duration::from_secs(30))
+        .run(
+            &["exec", "-T", "gateway", "sh", "-c", script],
+            Duration::from_secs(30),
+        )
         .await
         .unwrap();
     let mut lines = out.lines();
@@ -620,7 +674,10 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
     // the stack.
     let read_only_key = random_hex(24);
     let envs = vec![
-        ("FLOWMESH_READ_ONLY_API_KEY".to_owned(), read_only_key.clone()),
+        (
+            "FLOWMESH_READ_ONLY_API_KEY".to_owned(),
+            read_only_key.clone(),
+        ),
         ("FLOWMESH_IMAGE".to_owned(), TEST_IMAGE.to_owned()),
         ("FLOWMESH_BASE_IMAGE".to_owned(), base_image.clone()),
         ("FLOWMESH_GATEWAY_ADDR".to_owned(), "127.0.0.1".to_owned()),

@@ -106,14 +106,14 @@ impl RedisStore {
 /// password comes from (never the password itself, which no Redis error carries).
 fn unavailable(e: &redis::RedisError) -> StoreError {
     const WHERE: &str = "FLOWMESH_RANKER_REDIS_PASSWORD or --redis-password-file";
-    let text = if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS")
-    {
-        format!("Redis refused the password ({WHERE}): {e}")
-    } else if e.code() == Some("NOAUTH") {
-        format!("Redis requires a password and none was given ({WHERE}): {e}")
-    } else {
-        format!("Redis: {e}")
-    };
+    let text =
+        if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS") {
+            format!("Redis refused the password ({WHERE}): {e}")
+        } else if e.code() == Some("NOAUTH") {
+            format!("Redis requires a password and none was given ({WHERE}): {e}")
+        } else {
+            format!("Redis: {e}")
+        };
     StoreError::Unavailable(text)
 }
 
