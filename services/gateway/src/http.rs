@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::Extension;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +23,8 @@ use flowmesh_shared::{
     ApiError, Document, Endpoint, Envelope, ErrorBody, Header, Parameters, Route,
 };
 
+use crate::auth::audit::is_printable_id;
+use crate::auth::{authorize, caller_of, ApiKeys, Caller, WriteAudit};
 use crate::flow::engine::RunLimits;
 use crate::flow::{Flow, GatewayLimits};
 
@@ -39,6 +42,8 @@ pub struct AppState {
     pub guard: GatewayLimits,
     /// The launcher's view of its processes, when the gateway runs inside `flowmesh up`.
     pub processes: Option<ProcessStatus>,
+    /// The client API keys; none: the API is open.
+    pub keys: ApiKeys,
 }
 
 impl std::fmt::Debug for AppState {
@@ -47,6 +52,7 @@ impl std::fmt::Debug for AppState {
             .field("flow", &self.flow)
             .field("limits", &self.limits)
             .field("guard", &self.guard)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -59,7 +65,15 @@ impl AppState {
             limits,
             guard: GatewayLimits::defaults(),
             processes: None,
+            keys: ApiKeys::none(),
         }
+    }
+
+    /// Requires the client API keys `keys` (see [`crate::auth`]).
+    #[must_use]
+    pub fn with_api_keys(mut self, keys: ApiKeys) -> Self {
+        self.keys = keys;
+        self
     }
 
     /// Sets the gateway's own limits (`--max-text-bytes`, `--request-timeout`, ...).
@@ -80,9 +94,12 @@ impl AppState {
 /// The gateway's routes. The state's limits bound request bodies (413 beyond them) and the
 /// requests worked on at once (429 beyond them). `/livez`, `/readyz` and `/metrics` are shared's,
 /// as on every service; the gateway is ready when every shard of every executor has a healthy
-/// replica.
+/// replica. With API keys in the state, every route but health, `/docs` and `/openapi.json`
+/// needs one ([`authorize`], outermost, so that unknown paths answer 401 before 404); writes
+/// are audited.
 pub fn router(state: AppState) -> Router {
     let limits = state.limits.clone();
+    let keys = state.keys.clone();
     let readiness = Readiness::ready();
     let flow = Arc::clone(&state.flow);
     readiness.add_check(move || {
@@ -92,7 +109,7 @@ pub fn router(state: AppState) -> Router {
     let mut own = Router::new();
     for endpoint in Endpoint::ALL {
         let handler = move |State(s): State<AppState>, request: Negotiated<Envelope>| async move {
-            run(&s, endpoint, request).await
+            run_audited(&s, endpoint, request).await
         };
         own = own.route(endpoint.path(), post(handler));
     }
@@ -103,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .with_state(state);
     service_router("gateway", own, readiness, &limits)
+        .layer(axum::middleware::from_fn_with_state(keys, authorize))
 }
 
 /// The OpenAPI document of the gateway.
@@ -130,9 +148,67 @@ pub fn router(state: AppState) -> Router {
         ErrorBody,
         PostRequest
     )),
-    modifiers(&FlowOperations, &ErrorResponses)
+    modifiers(&FlowOperations, &ErrorResponses, &Security)
 )]
 pub struct ApiDoc;
+
+/// The client API keys in the OpenAPI document (so that Swagger UI's Authorize button sends
+/// them): the schemes `api_key` (header `api-key`) and `bearer` (`Authorization: Bearer`),
+/// either one required everywhere but on the health checks, and the 401 and 403 answers.
+struct Security;
+
+/// What a request without a valid key gets when keys are configured.
+const UNAUTHORIZED: (&str, &str) = (
+    "401",
+    "No API key, or not a valid one (only when the gateway has keys; `WWW-Authenticate: Bearer`)",
+);
+
+/// What a write with a read-only key gets.
+const FORBIDDEN: (&str, &str) = ("403", "The API key is read-only and this request writes");
+
+impl utoipa::Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "api-key",
+                "A read-write or read-only API key (FLOWMESH_API_KEY, --api-key-file, ...)",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The same API key as `Authorization: Bearer KEY`"))
+                    .build(),
+            ),
+        );
+        // Either scheme will do.
+        api.security = Some(vec![
+            SecurityRequirement::new("api_key", Vec::<String>::new()),
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+        ]);
+        for (path, item) in &mut api.paths.paths {
+            let open = matches!(path.as_str(), "/livez" | "/readyz" | "/openapi.json");
+            let writes = matches!(path.as_str(), "/index" | "/update" | "/delete" | "/post");
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                if open {
+                    op.security = Some(Vec::new());
+                } else {
+                    set_error_responses(op, &[UNAUTHORIZED]);
+                    if writes {
+                        set_error_responses(op, &[FORBIDDEN]);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The endpoints that run the Flow, served by one handler: `(endpoint, operation id, summary,
 /// what a 200 holds)` for the OpenAPI document.
@@ -281,6 +357,31 @@ pub fn openapi_json() -> String {
 /// How long after its deadline a request is dropped if the Flow has not answered by then.
 const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// [`run`], leaving in the response what the audit line of a write needs ([`WriteAudit`]).
+async fn run_audited(
+    state: &AppState,
+    endpoint: Endpoint,
+    mut request: Negotiated<Envelope>,
+) -> Response {
+    let header = &mut request.body.header;
+    // Generated here rather than by the Flow, so that the audit line has it.
+    if header.request_id.is_empty() {
+        header.request_id = uuid::Uuid::new_v4().simple().to_string();
+    }
+    // An id the limits refuse (the request then fails with 400) is not logged as it is.
+    let request_id = if is_printable_id(&header.request_id) {
+        header.request_id.clone()
+    } else {
+        "invalid".to_owned()
+    };
+    let docs = request.body.data.len();
+    let result = run(state, endpoint, request).await;
+    let audit = WriteAudit::new(request_id, endpoint, docs, &result);
+    let mut response = result.into_response();
+    response.extensions_mut().insert(audit);
+    response
+}
+
 async fn run(
     state: &AppState,
     endpoint: Endpoint,
@@ -347,11 +448,13 @@ pub struct PostRequest {
     pub data: Vec<Document>,
 }
 
-/// Jina's generic endpoint: runs the endpoint named by `execEndpoint`.
+/// Jina's generic endpoint: runs the endpoint named by `execEndpoint`. A read-only API key may
+/// only search.
 #[utoipa::path(post, path = "/post", request_body = PostRequest,
     responses((status = 200, description = "The answer of the endpoint", body = Envelope)))]
 async fn jina_post(
     State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
     request: Negotiated<PostRequest>,
 ) -> Result<Response, ApiError> {
     let PostRequest {
@@ -368,13 +471,25 @@ async fn jina_post(
     let Ok(endpoint) = named.trim_start_matches('/').parse::<Endpoint>() else {
         return Err(ApiError::UnknownEndpoint(named));
     };
+    let caller = caller_of(caller.as_deref());
+    if WriteAudit::is_write(endpoint) && !caller.may_write() {
+        crate::auth::keys::count_failure("read_only");
+        let result: Result<(), ApiError> = Err(crate::auth::forbidden(endpoint.path()));
+        let request_id = Some(header.request_id.as_str())
+            .filter(|id| is_printable_id(id))
+            .map_or_else(|| "-".to_owned(), str::to_owned);
+        let audit = WriteAudit::new(request_id, endpoint, data.len(), &result);
+        let mut response = result.into_response();
+        response.extensions_mut().insert(audit);
+        return Ok(response);
+    }
     let envelope = Envelope {
         header,
         parameters,
         data,
         routes: Vec::new(),
     };
-    run(
+    Ok(run_audited(
         &s,
         endpoint,
         Negotiated {
@@ -382,7 +497,7 @@ async fn jina_post(
             reply: request.reply,
         },
     )
-    .await
+    .await)
 }
 
 /// The Flow's topology and the health of every replica.

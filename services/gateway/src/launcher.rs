@@ -15,6 +15,16 @@
 //! Children inherit this process's environment, so the `OTEL_*` variables that turn on trace
 //! export reach every executor; a service name set with `OTEL_SERVICE_NAME` becomes
 //! `NAME-encoder`, `NAME-indexer`, ... for them, so that each service keeps its own name.
+//!
+//! The mesh is secured by default: every executor requires the mesh token, which is
+//! `FLOWMESH_MESH_TOKEN` (or `--mesh-token-file`) when set, else a random one made for this run
+//! (32 bytes from the OS, hex). It reaches the executors in their environment
+//! (`FLOWMESH_MESH_TOKEN`, or `FLOWMESH_MESH_TOKEN_FILE` naming the file), never on a command
+//! line. With `--tls-cert`/`--tls-key` the gateway serves HTTPS and every executor gets the same
+//! certificate through `FLOWMESH_TLS_CERT`/`FLOWMESH_TLS_KEY`; the gateway verifies them with
+//! `--tls-ca`, which is then required (the certificate must name `127.0.0.1`, where the
+//! executors listen). The client API keys are the gateway's alone: their variables are not
+//! passed to the executors.
 
 mod process;
 mod supervise;
@@ -26,11 +36,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::ffi::OsString;
+use std::io::Read as _;
+
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
 
 use flowmesh_shared::client::ExecutorClient;
-use flowmesh_shared::server::{bind, serve, Limits};
+use flowmesh_shared::secret::{Secret, SecretSet};
+use flowmesh_shared::server::{
+    bind, serve, Limits, MeshArgs, MESH_TOKEN_ENV, MESH_TOKEN_FILE_ENV,
+};
+use flowmesh_shared::tls::{ClientTlsArgs, ServerTlsArgs};
+
+use crate::auth::keys::{API_KEY_ENV, READ_ONLY_API_KEY_ENV};
+use crate::auth::{ApiKeyArgs, ApiKeys};
 
 use crate::flow::spec::{AddressesSpec, ExecutorSpec};
 use crate::flow::{Flow, FlowSpec};
@@ -69,6 +89,111 @@ pub struct UpArgs {
     /// The gateway's own limits (text bytes, sentencizer chunks, request timeout).
     #[command(flatten)]
     pub guard: crate::GatewayLimits,
+    /// The gateway's client API keys.
+    #[command(flatten)]
+    pub keys: ApiKeyArgs,
+    /// The mesh token (default: a random one for this run).
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// HTTPS for the gateway and every executor started.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// How the gateway verifies `https://` executors (`--tls-ca`, required with `--tls-cert`).
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
+}
+
+/// Variables of this process that the executors must not inherit: the gateway's own
+/// credentials and TLS options (the executors get theirs explicitly, see [`Security::env`]).
+const NOT_INHERITED: [&str; 9] = [
+    API_KEY_ENV,
+    READ_ONLY_API_KEY_ENV,
+    "FLOWMESH_API_KEY_FILE",
+    "FLOWMESH_READ_ONLY_API_KEY_FILE",
+    "FLOWMESH_TLS_CERT",
+    "FLOWMESH_TLS_KEY",
+    "FLOWMESH_TLS_CLIENT_CA",
+    "FLOWMESH_TLS_CLIENT_CERT",
+    "FLOWMESH_TLS_CLIENT_KEY",
+];
+
+/// The credentials of one run: what the gateway checks and sends, and what each executor gets
+/// in its environment.
+struct Security {
+    keys: ApiKeys,
+    /// The mesh tokens the gateway sends (the first).
+    mesh: SecretSet,
+    /// Whether the mesh token comes from a file (re-read on SIGHUP, also by the executors).
+    mesh_from_file: bool,
+    server_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The gateway's client for the executors: the mesh token, and their CA.
+    client: ExecutorClient,
+    /// Set in every executor's environment on top of what it inherits.
+    env: Vec<(String, OsString)>,
+}
+
+impl Security {
+    fn new(args: &UpArgs) -> anyhow::Result<Self> {
+        let keys = args.keys.load()?;
+        let server_tls = args.tls.acceptor().context("invalid TLS configuration")?;
+        if server_tls.is_some() && args.client_tls.tls_ca.is_none() {
+            bail!(
+                "with --tls-cert and --tls-key, flowmesh up serves every executor over HTTPS with \
+                 that certificate and needs --tls-ca (FLOWMESH_TLS_CA), the CA that signed it, to \
+                 verify them"
+            );
+        }
+        let mut env = Vec::new();
+        let (mesh, mesh_from_file) = match args.mesh.tokens().context("cannot read the mesh token")? {
+            Some(tokens) => {
+                // FLOWMESH_MESH_TOKEN is inherited; a file is named, not copied.
+                if let Some(file) = &args.mesh.mesh_token_file {
+                    env.push((MESH_TOKEN_FILE_ENV.to_owned(), absolute(file)?));
+                }
+                (tokens, args.mesh.mesh_token_file.is_some())
+            }
+            None => {
+                let token = random_token()?;
+                env.push((MESH_TOKEN_ENV.to_owned(), OsString::from(&token)));
+                (SecretSet::new(vec![Secret::new(token)]), false)
+            }
+        };
+        if let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) {
+            env.push(("FLOWMESH_TLS_CERT".to_owned(), absolute(cert)?));
+            env.push(("FLOWMESH_TLS_KEY".to_owned(), absolute(key)?));
+        }
+        if let Some(ca) = &args.client_tls.tls_ca {
+            // For the executors' own calls: trace export to an https:// collector.
+            env.push(("FLOWMESH_TLS_CA".to_owned(), absolute(ca)?));
+        }
+        let client = ExecutorClient::secured(&args.client_tls, Some(mesh.clone())).context(
+            "invalid client TLS configuration (--tls-ca, --tls-client-cert, --tls-client-key)",
+        )?;
+        Ok(Self {
+            keys,
+            mesh,
+            mesh_from_file,
+            server_tls,
+            client,
+            env,
+        })
+    }
+}
+
+/// A token of 32 random bytes from the operating system, in hex.
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read random bytes for the mesh token from /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `path` made absolute, for a child's environment.
+fn absolute(path: &Path) -> anyhow::Result<OsString> {
+    Ok(std::path::absolute(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?
+        .into_os_string())
 }
 
 /// Starts the Flow, serves until `shutdown` resolves, then stops every process.
@@ -77,20 +202,22 @@ pub async fn up(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut spec = load_flow(&args.flow)?;
+    let security = Security::new(&args)?;
     let started = Instant::now();
     let mut processes = Vec::new();
-    let result = start_all(&args, &mut spec, &mut processes).await;
+    let result = start_all(&args, &security, &mut spec, &mut processes).await;
     if let Err(e) = result {
         stop_all(processes).await;
         return Err(e);
     }
-    let outcome = serve_gateway(&args, spec, &processes, started, shutdown).await;
+    let outcome = serve_gateway(&args, security, spec, &processes, started, shutdown).await;
     stop_all(processes).await;
     outcome
 }
 
 async fn start_all(
     args: &UpArgs,
+    security: &Security,
     spec: &mut FlowSpec,
     processes: &mut Vec<Supervised>,
 ) -> anyhow::Result<()> {
@@ -121,7 +248,8 @@ async fn start_all(
                     .join(&executor.name)
                     .join(format!("shard-{shard}"))
                     .join(format!("replica-{replica}"));
-                let launch = launch(&binary, executor, shard, replica, workspace);
+                let mut launch = launch(&binary, executor, shard, replica, workspace);
+                launch.env.extend(security.env.iter().cloned());
                 let p = start_supervised(launch, policy, Arc::clone(&armed)).await?;
                 replicas.push(p.base().to_owned());
                 processes.push(p);
@@ -130,7 +258,7 @@ async fn start_all(
         }
         executor.addresses = Some(AddressesSpec::Shards(shards));
     }
-    wait_ready(processes, ready_timeout).await?;
+    wait_ready(processes, &security.client, ready_timeout).await?;
     armed.store(true, Ordering::Release);
     // An exit between the last readiness check and arming was not restarted: fail on it too.
     if let Some(p) = processes.iter().find(|p| p.state() == State::Exited) {
@@ -141,14 +269,22 @@ async fn start_all(
 
 async fn serve_gateway(
     args: &UpArgs,
+    security: Security,
     spec: FlowSpec,
     processes: &[Supervised],
     started: Instant,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let name = spec.name.clone();
-    let flow = Flow::build(spec, &ExecutorClient::new())?;
-    let listener = bind("flowmesh-gateway", args.listen, false)
+    let flow = Flow::build(spec, &security.client)?;
+    security.keys.reload_on_sighup();
+    security.mesh.reload_on_sighup();
+    if security.mesh_from_file {
+        forward_sighup(processes);
+    }
+    crate::warn_without_keys(&security.keys, args.listen);
+    let tls = security.server_tls.is_some();
+    let listener = bind("flowmesh-gateway", args.listen, tls)
         .await
         .with_context(|| {
             format!(
@@ -160,6 +296,7 @@ async fn serve_gateway(
     let shared: Vec<_> = processes.iter().map(|p| Arc::clone(&p.shared)).collect();
     let state = AppState::new(Arc::new(flow), args.limits.clone())
         .with_guard(args.guard.clone())
+        .with_api_keys(security.keys)
         .with_processes(Arc::new(move || process::status_json(&shared)));
     let app = router(state);
     {
@@ -170,12 +307,41 @@ async fn serve_gateway(
             processes.len(),
             started.elapsed().as_secs_f64()
         )?;
-        writeln!(out, "gateway: http://{local}")?;
-        writeln!(out, "swagger ui: http://{local}/docs")?;
+        let scheme = if tls { "https" } else { "http" };
+        writeln!(out, "gateway: {scheme}://{local}")?;
+        writeln!(out, "swagger ui: {scheme}://{local}/docs")?;
         out.flush()?;
     }
-    serve(listener, app, &args.limits, None, shutdown).await?;
+    serve(listener, app, &args.limits, security.server_tls, shutdown).await?;
     Ok(())
+}
+
+/// Passes every SIGHUP on to the executor processes, so that they re-read the mesh token file
+/// when this process does (only when they have one: a process without a file to re-read
+/// would be ended by the signal).
+fn forward_sighup(processes: &[Supervised]) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; executors will not re-read the mesh token");
+            return;
+        }
+    };
+    let shared: Vec<_> = processes.iter().map(|p| Arc::clone(&p.shared)).collect();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            for p in &shared {
+                let pid = p.status().pid.and_then(|pid| i32::try_from(pid).ok());
+                if let Some(pid) = pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGHUP,
+                    );
+                }
+            }
+        }
+    });
 }
 
 /// The path of `name`: in `bin_dir` when given, else next to this program, else on `PATH`.
@@ -257,13 +423,17 @@ fn launch(
         binary: binary.to_owned(),
         flags: settings_to_flags(&executor.settings),
         env,
+        env_remove: NOT_INHERITED.to_vec(),
         workspace,
     }
 }
 
 /// Waits until every process answers `/readyz`, printing which ones are still loading.
-async fn wait_ready(processes: &[Supervised], timeout: Duration) -> anyhow::Result<()> {
-    let client = ExecutorClient::new();
+async fn wait_ready(
+    processes: &[Supervised],
+    client: &ExecutorClient,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last_report = Instant::now();
     loop {

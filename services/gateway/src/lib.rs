@@ -1,10 +1,12 @@
 //! The flowmesh gateway: runs a Flow of executors and serves the public search API.
 //!
 //! [`flow`] holds the Flow's YAML spec, its built-in executors and the engine; [`http`] the API;
-//! [`launcher`] the `flowmesh up` command that starts every process a Flow needs.
+//! [`auth`] the client API keys, the route policy and the audit log; [`launcher`] the
+//! `flowmesh up` command that starts every process a Flow needs.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod flow;
 pub mod http;
 pub mod launcher;
@@ -15,7 +17,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use flowmesh_shared::client::ExecutorClient;
-use flowmesh_shared::server::{bind_and_serve, ServeArgs};
+use flowmesh_shared::server::{bind_and_serve, warn_if_exposed, ServeArgs};
+use flowmesh_shared::tls::ClientTlsArgs;
+
+pub use auth::{ApiKeyArgs, ApiKeys};
 
 pub use flow::{Flow, FlowError, FlowSpec, GatewayLimits};
 pub use http::{openapi_json, router, AppState};
@@ -31,9 +36,15 @@ pub struct Config {
     /// The Flow file (YAML).
     #[arg(long, env = "FLOWMESH_FLOW")]
     pub flow: PathBuf,
-    /// How to listen.
+    /// How to listen (and serve HTTPS), and the mesh token sent to the executors.
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// The client API keys.
+    #[command(flatten)]
+    pub keys: ApiKeyArgs,
+    /// How `https://` executors are verified, and the client certificate shown to them.
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
     /// The gateway's own limits.
     #[command(flatten)]
     pub guard: GatewayLimits,
@@ -47,14 +58,43 @@ pub fn load_flow(path: &Path) -> anyhow::Result<FlowSpec> {
 }
 
 /// Connects to the Flow's executors and serves the API until `shutdown` resolves.
+///
+/// The API keys and the mesh token are read before anything is served (their files again on
+/// SIGHUP); the executors are called with the mesh token, over HTTPS where their addresses say
+/// `https://`.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let spec = load_flow(&config.flow)?;
-    let flow = Flow::build(spec, &ExecutorClient::new())?;
-    let app =
-        router(AppState::new(Arc::new(flow), config.serve.limits.clone()).with_guard(config.guard));
-    bind_and_serve("flowmesh-gateway", &config.serve, app, shutdown).await?;
+    let keys = config.keys.load()?;
+    let mesh = config
+        .serve
+        .mesh
+        .tokens()
+        .context("cannot read the mesh token")?;
+    let client = ExecutorClient::secured(&config.client_tls, mesh.clone())
+        .context("invalid client TLS configuration (--tls-ca, --tls-client-cert, --tls-client-key)")?;
+    let flow = Flow::build(spec, &client)?;
+    keys.reload_on_sighup();
+    if let Some(mesh) = &mesh {
+        mesh.reload_on_sighup();
+    }
+    warn_without_keys(&keys, config.serve.listen);
+    let state = AppState::new(Arc::new(flow), config.serve.limits.clone())
+        .with_guard(config.guard)
+        .with_api_keys(keys);
+    bind_and_serve("flowmesh-gateway", &config.serve, router(state), shutdown).await?;
     Ok(())
+}
+
+/// Warns when the gateway listens on `listen`, reachable from other hosts, with no API key.
+pub fn warn_without_keys(keys: &ApiKeys, listen: std::net::SocketAddr) {
+    if !keys.is_enabled() {
+        warn_if_exposed(
+            "flowmesh-gateway",
+            listen,
+            "an API key (FLOWMESH_API_KEY, --api-key-file)",
+        );
+    }
 }

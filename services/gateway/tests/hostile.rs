@@ -59,7 +59,7 @@ async fn start(name: &str) -> (Launched, String, std::path::PathBuf) {
 /// [`start`], then index and search 20 documents: the mesh, its gateway and its `/status`.
 async fn start_serving(name: &str) -> (Launched, String, Value) {
     let (launched, gateway, _dir) = start(name).await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     index_and_search(&http, &gateway, 20).await;
     let status = http.get(&format!("{gateway}/status")).await.json();
     (launched, gateway, status)
@@ -148,7 +148,7 @@ fn assert_error(r: &support::HttpResponse, status: u16, kind: &str, mentions: &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_4xx_and_leave_the_mesh_serving() {
     let (mut launched, gateway, status) = start_serving("hostile").await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     let executors = executor_addresses(&status);
     let pids = children(launched.child.id().unwrap());
     assert_eq!(pids.len(), 5, "2 encoders, 2 indexer shards, 1 ranker");
@@ -286,7 +286,7 @@ async fn read_head(stream: &mut (impl AsyncReadExt + Unpin), limit: Duration) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_are_closed() {
     let (mut launched, gateway, _dir) = start("hostile-conns").await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     let status = http.get(&format!("{gateway}/status")).await.json();
     let indexer = executor_addresses(&status)
         .into_iter()
@@ -374,7 +374,7 @@ async fn slow_and_idle_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_shard_is_cut_off_and_named() {
     let (mut launched, gateway, status) = start_serving("hostile-stall").await;
-    let http = Http::new();
+    let http = launch::mesh_http();
     let shard1 = status["executors"][2]["shards"][1][0]["address"]
         .as_str()
         .unwrap()

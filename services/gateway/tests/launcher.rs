@@ -29,7 +29,7 @@ async fn up_starts_the_flow_serves_it_and_stops_everything() {
     let swagger = lines.next_line().await.unwrap().unwrap();
     assert_eq!(swagger, format!("swagger ui: {gateway}/docs"));
 
-    let http = Http::new();
+    let http = launch::mesh_http();
     let status = http.get(&format!("{gateway}/status")).await.json();
     assert_eq!(status["ready"], true);
     assert_eq!(

@@ -154,7 +154,7 @@ pub struct ExecutorSpec {
     /// sentencizer, its options.
     #[serde(default, rename = "with", skip_serializing_if = "Map::is_empty")]
     pub settings: Map<String, Value>,
-    /// Where the replicas already run (`http://host:port`); absent for `flowmesh up` to start them.
+    /// Where the replicas already run (`http://host:port` or `https://host:port`); absent for `flowmesh up` to start them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addresses: Option<AddressesSpec>,
     /// Only these endpoints reach this executor; others pass it by unchanged. Default: all.

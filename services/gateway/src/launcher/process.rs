@@ -15,8 +15,8 @@ pub(super) const LOG_LINES: usize = 20;
 /// Longer lines are cut to this many bytes in the ring buffer (the full line still goes to stderr).
 const LOG_LINE_BYTES: usize = 512;
 
-/// How to start one executor process: everything a restart must repeat.
-#[derive(Debug)]
+/// How to start one executor process: everything a restart must repeat. Its `Debug` names the
+/// variables set, never their values (the mesh token is one).
 pub(super) struct Launch {
     /// `EXECUTOR/SHARD/REPLICA`.
     pub label: String,
@@ -28,7 +28,23 @@ pub(super) struct Launch {
     pub flags: Vec<String>,
     /// Variables set on top of the inherited environment.
     pub env: Vec<(String, std::ffi::OsString)>,
+    /// Variables of this process that the child does not inherit (unless set in `env`).
+    pub env_remove: Vec<&'static str>,
     pub workspace: PathBuf,
+}
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Launch")
+            .field("label", &self.label)
+            .field("binary", &self.binary)
+            .field("flags", &self.flags)
+            .field("env", &env)
+            .field("env_remove", &self.env_remove)
+            .field("workspace", &self.workspace)
+            .finish_non_exhaustive()
+    }
 }
 
 /// When to restart, and when to give up.

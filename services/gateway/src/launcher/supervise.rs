@@ -112,7 +112,11 @@ async fn start(
         shared.status().push_line(&line);
     }
     let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
-    let mut child = Command::new(&launch.binary)
+    let mut command = Command::new(&launch.binary);
+    for k in &launch.env_remove {
+        command.env_remove(k);
+    }
+    let mut child = command
         .args(&launch.flags)
         .args(["--listen", &listen])
         .envs(launch.env.iter().map(|(k, v)| (k, v)))

@@ -37,6 +37,19 @@ pub fn flow_dir(name: &str, yaml: &str) -> (PathBuf, PathBuf) {
     (dir, flow)
 }
 
+/// The mesh token every `flowmesh up` of this test binary gets (made for this run), unless the
+/// test sets `FLOWMESH_MESH_TOKEN` itself.
+pub fn mesh_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("test-mesh-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// A client that sends [`mesh_token`] with every request: for calls straight to executors
+/// (the gateway without API keys ignores it).
+pub fn mesh_http() -> super::Http {
+    super::Http::new().with_header("authorization", &format!("Bearer {}", mesh_token()))
+}
+
 /// A running `flowmesh up`.
 pub struct Launched {
     pub child: Child,
@@ -85,6 +98,7 @@ pub async fn up_limited(
         .arg(dir.join("ws"))
         .stdout(Stdio::piped())
         .stderr(stderr.map_or_else(Stdio::null, Stdio::from))
+        .env("FLOWMESH_MESH_TOKEN", mesh_token())
         .kill_on_drop(true);
     for (k, v) in env {
         if v.is_empty() {

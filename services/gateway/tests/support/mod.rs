@@ -148,9 +148,13 @@ impl TestGateway {
     }
 }
 
-/// A JSON client.
+/// A JSON client, for `http://` and (trusting a test CA) `https://` URLs, that may send the same
+/// headers (a key, a token) with every request.
 #[derive(Clone)]
-pub struct Http(Client<HttpConnector, Full<Bytes>>);
+pub struct Http {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    headers: Vec<(String, String)>,
+}
 
 pub struct HttpResponse {
     pub status: u16,
@@ -166,8 +170,85 @@ impl HttpResponse {
 }
 
 impl Http {
+    /// A plain-HTTP client (an `https://` URL fails: it trusts no CA).
     pub fn new() -> Self {
-        Self(Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
+        Self::with_tls(None)
+    }
+
+    /// A client that verifies `https://` servers against the CA certificate(s) in `ca` (PEM).
+    pub fn trusting(ca: &std::path::Path) -> Self {
+        Self::with_tls(Some(
+            flowmesh_shared::tls::client_config_with(ca, None, None).unwrap(),
+        ))
+    }
+
+    fn with_tls(config: Option<Arc<rustls::ClientConfig>>) -> Self {
+        let config = config.map_or_else(
+            || {
+                rustls::ClientConfig::builder_with_provider(flowmesh_shared::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            },
+            Arc::unwrap_or_clone,
+        );
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            headers: Vec::new(),
+        }
+    }
+
+    /// This client, sending `name: value` with every request.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// [`send_with`](Self::send_with), with the transport error instead of a panic.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<HttpResponse, String> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "application/json");
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
+        let resp = self.client.request(req).await.map_err(|e| {
+            let mut s = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(inner) = cur {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                cur = inner.source();
+            }
+            s
+        })?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(HttpResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
     }
 
     pub async fn send(
@@ -193,12 +274,15 @@ impl Http {
             .method(method)
             .uri(url)
             .header("content-type", content_type);
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(body.into())).unwrap();
         let resp = self
-            .0
+            .client
             .request(req)
             .await
             .unwrap_or_else(|e| panic!("{method} {url}: {e}"));

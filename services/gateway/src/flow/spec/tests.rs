@@ -132,3 +132,14 @@ fn every_option_round_trips() {
     let written = serde_yaml_ng::to_string(&parsed).unwrap();
     assert_eq!(FlowSpec::from_yaml(&written).unwrap(), parsed, "{written}");
 }
+
+#[test]
+fn executors_may_be_named_by_https_addresses() {
+    let spec = FlowSpec::from_yaml(
+        "executors:\n  - {name: a, uses: remote, addresses: ['https://indexer.internal:8443', 'http://127.0.0.1:1']}\n",
+    )
+    .unwrap();
+    spec.validate().unwrap();
+    let error = err("executors:\n  - {name: a, uses: remote, addresses: ['https://x:1/path']}\n");
+    assert!(error.contains("no path"), "{error}");
+}

@@ -203,7 +203,9 @@ impl ExecutorSpec {
 fn check_address(executor: &str, address: &str) -> Result<(), FlowError> {
     let problem = match address.parse::<http::Uri>() {
         Err(e) => Some(e.to_string()),
-        Ok(uri) if uri.scheme_str() != Some("http") => Some("the scheme must be http://".into()),
+        Ok(uri) if !matches!(uri.scheme_str(), Some("http" | "https")) => {
+            Some("the scheme must be http:// or https://".into())
+        }
         Ok(uri) if uri.host().is_none() => Some("no host".into()),
         Ok(uri) if uri.path() != "/" && !uri.path().is_empty() => {
             Some("give only scheme, host and port, no path".into())
