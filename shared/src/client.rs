@@ -93,16 +93,10 @@ impl ExecutorClient {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
-        conn.enforce_http(false);
         let secure = tls.is_some();
-        // Without a CA there is nothing to verify a server against: the configuration trusts
-        // no one, and `send` refuses `https://` URIs before connecting with a clear error.
-        let config = tls.unwrap_or_else(|| Arc::new(untrusting_config()));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(Arc::unwrap_or_clone(config))
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(conn);
+        // Without a CA there is nothing to verify a server against: the connector trusts no
+        // one, and `send` refuses `https://` URIs before connecting with a clear error.
+        let https = crate::tls::https_connector(conn, tls);
         let http = Client::builder(TokioExecutor::new())
             // Shorter than the services' header timeout (20 s by default), after which they close an
             // idle connection: a pooled connection is never reused just as its server closes it.
@@ -225,16 +219,6 @@ impl ExecutorClient {
             .to_bytes();
         Ok((parts.status, parts.headers, bytes))
     }
-}
-
-/// A client configuration that trusts no server: what a client without `--tls-ca` holds.
-fn untrusting_config() -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        // The ring provider supports the default versions; rustls' own default is the same.
-        .unwrap_or_else(|_| rustls::ClientConfig::builder())
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
 }
 
 fn status_error(status: StatusCode, bytes: &[u8]) -> CallError {

@@ -258,7 +258,10 @@ mod tests {
         assert_eq!(ApiError::Unauthorized(String::new()).kind(), "unauthorized");
         let r = ApiError::Forbidden("read-only key".into()).into_response();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        assert!(r.headers().get(axum::http::header::WWW_AUTHENTICATE).is_none());
+        assert!(r
+            .headers()
+            .get(axum::http::header::WWW_AUTHENTICATE)
+            .is_none());
         assert_eq!(ApiError::Forbidden(String::new()).kind(), "forbidden");
     }
 

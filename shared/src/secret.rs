@@ -360,7 +360,10 @@ mod tests {
             ("rediss://tok@h", "rediss://***@h"),
             ("https://u:p@h/x?a=b@c", "https://u:***@h/x?a=b@c"),
             ("not a url", "not a url"),
-            ("redis://:S3cretPw@bad host:port", "redis://:***@bad host:port"),
+            (
+                "redis://:S3cretPw@bad host:port",
+                "redis://:***@bad host:port",
+            ),
             ("redis://:pw/with/slash@h:1", "redis://:***@h:1"),
             ("", ""),
         ];

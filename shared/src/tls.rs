@@ -20,6 +20,12 @@ const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The crypto provider of every TLS configuration here: `ring`, chosen explicitly so that
 /// nothing depends on a process-wide default.
+///
+/// rustls 0.23.48 deprecated `ring::default_provider` because ring has no post-quantum key
+/// exchange (aws-lc-rs has). The project keeps ring on purpose: aws-lc needs cmake and a C
+/// toolchain in every build image and the CI, and the mesh's traffic (a private network, keys
+/// that rotate) does not call for post-quantum key exchange yet. Revisit when ring gains it.
+#[allow(deprecated)]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -116,7 +122,7 @@ impl ClientTlsArgs {
         self.tls_ca.is_some() || self.tls_client_cert.is_some() || self.tls_client_key.is_some()
     }
 
-    /// The client's rustls configuration (ALPN `http/1.1`), `None` without options.
+    /// The client's rustls configuration, `None` without options.
     pub fn client_config(&self) -> anyhow::Result<Option<Arc<ClientConfig>>> {
         if !self.enabled() {
             return Ok(None);
@@ -124,8 +130,12 @@ impl ClientTlsArgs {
         let Some(ca) = &self.tls_ca else {
             bail!("--tls-client-cert and --tls-client-key need --tls-ca (the CA of the servers)");
         };
-        client_config_with(ca, self.tls_client_cert.as_deref(), self.tls_client_key.as_deref())
-            .map(Some)
+        client_config_with(
+            ca,
+            self.tls_client_cert.as_deref(),
+            self.tls_client_key.as_deref(),
+        )
+        .map(Some)
     }
 }
 
@@ -140,7 +150,7 @@ pub fn client_config_with(
         .with_safe_default_protocol_versions()
         .context("cannot set up TLS")?
         .with_root_certificates(roots);
-    let mut config = match (cert, key) {
+    let config = match (cert, key) {
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => bail!("--tls-client-cert needs --tls-client-key"),
         (None, Some(_)) => bail!("--tls-client-key needs --tls-client-cert"),
@@ -158,8 +168,36 @@ pub fn client_config_with(
                 })?
         }
     };
-    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    // No ALPN here: the connector ([`https_connector`]) sets `http/1.1` itself.
     Ok(Arc::new(config))
+}
+
+/// A connector for `http://` and `https://` URIs (HTTP/1.1, ALPN `http/1.1`) over `http`,
+/// verifying servers with `config`; `None` trusts no server, so only `http://` can be reached.
+pub fn https_connector(
+    http: hyper_util::client::legacy::connect::HttpConnector,
+    config: Option<Arc<ClientConfig>>,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = http;
+    http.enforce_http(false);
+    let mut config = config.map_or_else(untrusting_config, Arc::unwrap_or_clone);
+    // hyper-rustls sets the ALPN protocols from the schemes it enables and panics on others.
+    config.alpn_protocols.clear();
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
+/// A client configuration that trusts no server.
+fn untrusting_config() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        // The ring provider supports the default versions; rustls' own default is the same.
+        .unwrap_or_else(|_| ClientConfig::builder())
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 /// The certificates of the PEM file `path`; none is an error.

@@ -96,7 +96,10 @@ pub fn init_traces(service: &str) -> Traces {
             }
         }
         Err(e) => {
-            tracing::warn!(error = format!("{e:#}"), "cannot set up the OTLP trace exporter; traces are off");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot set up the OTLP trace exporter; traces are off"
+            );
             Traces { provider: None }
         }
     }
@@ -140,7 +143,10 @@ fn export_timeout() -> Duration {
 
 /// The first of the variables `names` that is set.
 fn first_var(names: &[&str]) -> Option<std::path::PathBuf> {
-    names.iter().find_map(|n| env_var(n)).map(std::path::PathBuf::from)
+    names
+        .iter()
+        .find_map(|n| env_var(n))
+        .map(std::path::PathBuf::from)
 }
 
 /// The TLS configuration for an `https://` collector: `None` when no CA is configured (then
@@ -168,20 +174,10 @@ fn export_tls() -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> 
 
 /// The exporter's connector: `http://`, and `https://` verified against [`export_tls`]'s CA.
 fn export_connector() -> anyhow::Result<HttpsConnector<HttpConnector>> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    let config = match export_tls()? {
-        Some(config) => std::sync::Arc::unwrap_or_clone(config),
-        None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-    };
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
+    Ok(crate::tls::https_connector(
+        HttpConnector::new(),
+        export_tls()?,
+    ))
 }
 
 fn build_provider(service: &str) -> anyhow::Result<SdkTracerProvider> {

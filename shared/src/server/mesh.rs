@@ -54,12 +54,10 @@ pub struct MeshGuard {
 }
 
 /// The middleware behind [`require_mesh_token`].
-type MeshFn =
-    fn(State<MeshGuard>, Request, Next) -> futures::future::BoxFuture<'static, Response>;
+type MeshFn = fn(State<MeshGuard>, Request, Next) -> futures::future::BoxFuture<'static, Response>;
 
 /// The layer [`require_mesh_token`] returns.
-pub type MeshLayer =
-    axum::middleware::FromFnLayer<MeshFn, MeshGuard, (State<MeshGuard>, Request)>;
+pub type MeshLayer = axum::middleware::FromFnLayer<MeshFn, MeshGuard, (State<MeshGuard>, Request)>;
 
 /// Whether `path` stays open without the mesh token: the probes only.
 fn is_open(path: &str) -> bool {
@@ -92,7 +90,10 @@ pub fn require_mesh_token(service: &'static str, tokens: SecretSet) -> MeshLayer
                 return next.run(req).await;
             }
             let refusal = match bearer_token(req.headers()) {
-                None => Some(("missing", "this service needs the mesh token (Authorization: Bearer)")),
+                None => Some((
+                    "missing",
+                    "this service needs the mesh token (Authorization: Bearer)",
+                )),
                 Some(token) if !guard.tokens.accepts(token) => {
                     Some(("wrong", "the mesh token is not accepted"))
                 }

@@ -26,10 +26,10 @@ mod routes;
 mod signal;
 
 pub use crate::limits::Limits;
+pub use crate::tls::ServerTlsArgs;
 pub use args::ServeArgs;
 pub use executor::{executor_router, Executor};
-pub use crate::tls::ServerTlsArgs;
-pub use listen::{bind, bind_and_serve, warn_if_exposed, serve};
+pub use listen::{bind, bind_and_serve, serve, warn_if_exposed};
 pub use mesh::{
     bearer_token, require_mesh_token, MeshArgs, MeshGuard, MeshLayer, MESH_TOKEN_ENV,
     MESH_TOKEN_FILE_ENV,

@@ -76,7 +76,35 @@ pub async fn post_error(app: &Router, endpoint: &str, body: &Value, status: Stat
 
 pub mod corpus;
 mod openapi;
+pub mod pki;
 mod redis;
 
 pub use openapi::{assert_openapi, assert_openapi_committed, assert_routes_documented};
 pub use redis::RedisServer;
+
+/// Writes `content` to `path`, readable by its owner only (0600), as secret files should be.
+///
+/// # Panics
+/// When the file cannot be written.
+#[allow(clippy::unwrap_used)]
+pub fn write_private(path: &std::path::Path, content: &str) {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).unwrap();
+    file.write_all(content.as_bytes()).unwrap();
+}
+
+/// A new empty directory for a test's files, named after `name` and this process.
+///
+/// # Panics
+/// When it cannot be made.
+#[allow(clippy::unwrap_used)]
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowmesh-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
