@@ -143,7 +143,14 @@ mod tests {
 
     #[test]
     fn paths_are_classified() {
-        for open in ["/livez", "/readyz", "/openapi.json", "/docs", "/docs/", "/docs/index.css"] {
+        for open in [
+            "/livez",
+            "/readyz",
+            "/openapi.json",
+            "/docs",
+            "/docs/",
+            "/docs/index.css",
+        ] {
             assert_eq!(access(open), Access::Open, "{open}");
         }
         for (path, expected) in [

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::Extension;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};

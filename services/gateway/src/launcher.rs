@@ -44,9 +44,7 @@ use serde_json::Value;
 
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::secret::{Secret, SecretSet};
-use flowmesh_shared::server::{
-    bind, serve, Limits, MeshArgs, MESH_TOKEN_ENV, MESH_TOKEN_FILE_ENV,
-};
+use flowmesh_shared::server::{bind, serve, Limits, MeshArgs, MESH_TOKEN_ENV, MESH_TOKEN_FILE_ENV};
 use flowmesh_shared::tls::{ClientTlsArgs, ServerTlsArgs};
 
 use crate::auth::keys::{API_KEY_ENV, READ_ONLY_API_KEY_ENV};
@@ -144,20 +142,21 @@ impl Security {
             );
         }
         let mut env = Vec::new();
-        let (mesh, mesh_from_file) = match args.mesh.tokens().context("cannot read the mesh token")? {
-            Some(tokens) => {
-                // FLOWMESH_MESH_TOKEN is inherited; a file is named, not copied.
-                if let Some(file) = &args.mesh.mesh_token_file {
-                    env.push((MESH_TOKEN_FILE_ENV.to_owned(), absolute(file)?));
+        let (mesh, mesh_from_file) =
+            match args.mesh.tokens().context("cannot read the mesh token")? {
+                Some(tokens) => {
+                    // FLOWMESH_MESH_TOKEN is inherited; a file is named, not copied.
+                    if let Some(file) = &args.mesh.mesh_token_file {
+                        env.push((MESH_TOKEN_FILE_ENV.to_owned(), absolute(file)?));
+                    }
+                    (tokens, args.mesh.mesh_token_file.is_some())
                 }
-                (tokens, args.mesh.mesh_token_file.is_some())
-            }
-            None => {
-                let token = random_token()?;
-                env.push((MESH_TOKEN_ENV.to_owned(), OsString::from(&token)));
-                (SecretSet::new(vec![Secret::new(token)]), false)
-            }
-        };
+                None => {
+                    let token = random_token()?;
+                    env.push((MESH_TOKEN_ENV.to_owned(), OsString::from(&token)));
+                    (SecretSet::new(vec![Secret::new(token)]), false)
+                }
+            };
         if let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) {
             env.push(("FLOWMESH_TLS_CERT".to_owned(), absolute(cert)?));
             env.push(("FLOWMESH_TLS_KEY".to_owned(), absolute(key)?));

@@ -73,8 +73,9 @@ pub async fn run(
         .mesh
         .tokens()
         .context("cannot read the mesh token")?;
-    let client = ExecutorClient::secured(&config.client_tls, mesh.clone())
-        .context("invalid client TLS configuration (--tls-ca, --tls-client-cert, --tls-client-key)")?;
+    let client = ExecutorClient::secured(&config.client_tls, mesh.clone()).context(
+        "invalid client TLS configuration (--tls-ca, --tls-client-cert, --tls-client-key)",
+    )?;
     let flow = Flow::build(spec, &client)?;
     keys.reload_on_sighup();
     if let Some(mesh) = &mesh {

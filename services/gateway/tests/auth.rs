@@ -35,7 +35,11 @@ fn key_name(kind: &str, key: &str) -> String {
 /// An executor that answers every call with its request, or 400 for a text "reject me".
 async fn echo() -> TestServer {
     TestServer::start(executor_app(|endpoint, env: Envelope| async move {
-        if env.data.iter().any(|d| d.text.as_deref() == Some("reject me")) {
+        if env
+            .data
+            .iter()
+            .any(|d| d.text.as_deref() == Some("reject me"))
+        {
             return Err(ApiError::BadRequest(format!("{endpoint}: cannot take it")));
         }
         Ok(env)
@@ -84,27 +88,68 @@ enum Needs {
 /// Every route of the gateway, with a request that the route answers normally.
 fn routes() -> Vec<(&'static str, &'static str, &'static str, Value, Needs)> {
     let docs = json!({"data": [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}]});
-    let post = |endpoint: &str| {
-        json!({"execEndpoint": endpoint, "data": [{"id": "a", "text": "one"}]})
-    };
+    let post =
+        |endpoint: &str| json!({"execEndpoint": endpoint, "data": [{"id": "a", "text": "one"}]});
     vec![
         ("index", "POST", "/index", docs.clone(), Needs::Write),
         ("search", "POST", "/search", docs.clone(), Needs::Read),
         ("update", "POST", "/update", docs.clone(), Needs::Write),
-        ("delete", "POST", "/delete", json!({"data": [{"id": "a"}]}), Needs::Write),
+        (
+            "delete",
+            "POST",
+            "/delete",
+            json!({"data": [{"id": "a"}]}),
+            Needs::Write,
+        ),
         ("post/index", "POST", "/post", post("/index"), Needs::Write),
-        ("post/update", "POST", "/post", post("/update"), Needs::Write),
-        ("post/delete", "POST", "/post", post("/delete"), Needs::Write),
+        (
+            "post/update",
+            "POST",
+            "/post",
+            post("/update"),
+            Needs::Write,
+        ),
+        (
+            "post/delete",
+            "POST",
+            "/post",
+            post("/delete"),
+            Needs::Write,
+        ),
         ("post/search", "POST", "/post", post("/search"), Needs::Read),
         ("status", "GET", "/status", Value::Null, Needs::Read),
         ("metrics", "GET", "/metrics", Value::Null, Needs::Read),
         ("livez", "GET", "/livez", Value::Null, Needs::Nothing),
         ("readyz", "GET", "/readyz", Value::Null, Needs::Nothing),
         ("docs", "GET", "/docs/", Value::Null, Needs::Nothing),
-        ("docs asset", "GET", "/docs/swagger-ui.css", Value::Null, Needs::Nothing),
-        ("openapi", "GET", "/openapi.json", Value::Null, Needs::Nothing),
-        ("unknown", "GET", "/no/such/route", Value::Null, Needs::Unknown),
-        ("unknown post", "POST", "/v1/index", json!({}), Needs::Unknown),
+        (
+            "docs asset",
+            "GET",
+            "/docs/swagger-ui.css",
+            Value::Null,
+            Needs::Nothing,
+        ),
+        (
+            "openapi",
+            "GET",
+            "/openapi.json",
+            Value::Null,
+            Needs::Nothing,
+        ),
+        (
+            "unknown",
+            "GET",
+            "/no/such/route",
+            Value::Null,
+            Needs::Unknown,
+        ),
+        (
+            "unknown post",
+            "POST",
+            "/v1/index",
+            json!({}),
+            Needs::Unknown,
+        ),
     ]
 }
 
@@ -121,8 +166,14 @@ async fn call(
     } else {
         serde_json::to_vec(body).unwrap()
     };
-    http.send_with(method, &format!("{base}{path}"), "application/json", headers, body)
-        .await
+    http.send_with(
+        method,
+        &format!("{base}{path}"),
+        "application/json",
+        headers,
+        body,
+    )
+    .await
 }
 
 fn assert_refused(r: &HttpResponse, status: u16, kind: &str, what: &str) {
@@ -158,12 +209,21 @@ async fn every_route_answers_each_credential_as_its_policy_says() {
     let credentials: [(&str, Vec<(&str, &str)>); 8] = [
         ("none", vec![]),
         ("wrong api-key", vec![("api-key", wrong.as_str())]),
-        ("wrong bearer", vec![("authorization", wrong_bearer.as_str())]),
+        (
+            "wrong bearer",
+            vec![("authorization", wrong_bearer.as_str())],
+        ),
         ("not bearer", vec![("authorization", rw.as_str())]),
         ("read-only api-key", vec![("api-key", ro.as_str())]),
-        ("read-only bearer", vec![("authorization", ro_bearer.as_str())]),
+        (
+            "read-only bearer",
+            vec![("authorization", ro_bearer.as_str())],
+        ),
         ("read-write api-key", vec![("api-key", rw.as_str())]),
-        ("read-write bearer", vec![("authorization", rw_bearer.as_str())]),
+        (
+            "read-write bearer",
+            vec![("authorization", rw_bearer.as_str())],
+        ),
     ];
     for (route, method, path, body, needs) in routes() {
         // What the route answers without any key configured: its normal answer.
@@ -285,7 +345,9 @@ fn audit_lines(request_id: &str) -> Vec<String> {
     let logs = captured().lock().unwrap();
     String::from_utf8_lossy(&logs)
         .lines()
-        .filter(|l| l.contains("flowmesh::audit") && l.contains(&format!("request_id={request_id:?}")))
+        .filter(|l| {
+            l.contains("flowmesh::audit") && l.contains(&format!("request_id={request_id:?}"))
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -316,7 +378,11 @@ async fn one_audit_line(request_id: &str) -> String {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let lines = audit_lines(request_id);
-    assert_eq!(lines.len(), 1, "one audit line for {request_id}: {lines:#?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "one audit line for {request_id}: {lines:#?}"
+    );
     lines.into_iter().next().unwrap()
 }
 
@@ -327,7 +393,10 @@ async fn each_write_is_audited_once_with_the_key_name_not_the_key() {
     let (rw, ro) = (new_key(), new_key());
     let (base, _stop) = gateway(&executor, keys(&rw, &ro)).await;
     let http = Http::new();
-    let post = |path: &'static str, key: Option<String>, extra: Vec<(&'static str, String)>, body: Value| {
+    let post = |path: &'static str,
+                key: Option<String>,
+                extra: Vec<(&'static str, String)>,
+                body: Value| {
         let http = http.clone();
         let url = format!("{base}{path}");
         async move {
@@ -335,9 +404,16 @@ async fn each_write_is_audited_once_with_the_key_name_not_the_key() {
             if let Some(k) = key {
                 headers.push(("api-key", k));
             }
-            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            http.send_with("POST", &url, "application/json", &headers, serde_json::to_vec(&body).unwrap())
-                .await
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http.send_with(
+                "POST",
+                &url,
+                "application/json",
+                &headers,
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
         }
     };
     let rid = |tag: &str| format!("audit-{tag}-{}", uuid::Uuid::new_v4().simple());
@@ -355,21 +431,39 @@ async fn each_write_is_audited_once_with_the_key_name_not_the_key() {
     assert_eq!(field(&line, "status"), "200", "{line}");
     assert_eq!(field(&line, "outcome"), "ok", "{line}");
     assert!(line.contains("INFO"), "{line}");
-    assert!(!line.contains(&rw), "the key itself is never logged: {line}");
+    assert!(
+        !line.contains(&rw),
+        "the key itself is never logged: {line}"
+    );
 
     // A search is not a write.
     let id = rid("search");
     let body = json!({"header": {"request_id": id}, "data": [{"text": "one"}]});
-    assert_eq!(post("/search", Some(ro.clone()), vec![], body.clone()).await.status, 200);
-    let body = json!({"execEndpoint": "/search", "header": {"request_id": id}, "data": [{"text": "one"}]});
-    assert_eq!(post("/post", Some(rw.clone()), vec![], body).await.status, 200);
+    assert_eq!(
+        post("/search", Some(ro.clone()), vec![], body.clone())
+            .await
+            .status,
+        200
+    );
+    let body =
+        json!({"execEndpoint": "/search", "header": {"request_id": id}, "data": [{"text": "one"}]});
+    assert_eq!(
+        post("/post", Some(rw.clone()), vec![], body).await.status,
+        200
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(audit_lines(&id).is_empty(), "{:?}", audit_lines(&id));
 
     // Refused writes: a read-only key, no key.
     let id = rid("readonly");
     let body = json!({"data": [{"id": "a", "text": "one"}]});
-    let r = post("/index", Some(ro.clone()), vec![("x-request-id", id.clone())], body.clone()).await;
+    let r = post(
+        "/index",
+        Some(ro.clone()),
+        vec![("x-request-id", id.clone())],
+        body.clone(),
+    )
+    .await;
     assert_eq!(r.status, 403);
     let line = one_audit_line(&id).await;
     assert_eq!(field(&line, "key"), key_name("read-only", &ro), "{line}");
@@ -388,7 +482,13 @@ async fn each_write_is_audited_once_with_the_key_name_not_the_key() {
     let id = rid("wrongkey");
     let body = json!({"data": [{"id": "a"}]});
     let wrong = new_key();
-    let r = post("/update", Some(wrong.clone()), vec![("x-request-id", id.clone())], body).await;
+    let r = post(
+        "/update",
+        Some(wrong.clone()),
+        vec![("x-request-id", id.clone())],
+        body,
+    )
+    .await;
     assert_eq!(r.status, 401);
     let line = one_audit_line(&id).await;
     assert_eq!(field(&line, "key"), "invalid", "{line}");
@@ -407,7 +507,10 @@ async fn each_write_is_audited_once_with_the_key_name_not_the_key() {
 
     let id = rid("post-rw");
     let body = json!({"execEndpoint": "/delete", "header": {"request_id": id}, "data": [{"id": "a"}, {"id": "b"}, {"id": "c"}]});
-    assert_eq!(post("/post", Some(rw.clone()), vec![], body).await.status, 200);
+    assert_eq!(
+        post("/post", Some(rw.clone()), vec![], body).await.status,
+        200
+    );
     let line = one_audit_line(&id).await;
     assert_eq!(field(&line, "endpoint"), "/delete", "{line}");
     assert_eq!(field(&line, "docs"), "3", "{line}");
@@ -420,12 +523,25 @@ async fn each_write_is_audited_once_with_the_key_name_not_the_key() {
     assert_eq!(r.status, 400);
     let line = one_audit_line(&id).await;
     assert_eq!(field(&line, "status"), "400", "{line}");
-    assert_eq!(field(&line, "outcome"), r.json()["kind"].as_str().unwrap(), "{line}");
+    assert_eq!(
+        field(&line, "outcome"),
+        r.json()["kind"].as_str().unwrap(),
+        "{line}"
+    );
 
     // A generated request id is logged too (and is the one in the answer).
-    let r = post("/index", Some(rw.clone()), vec![], json!({"data": [{"id": "g", "text": "g"}]})).await;
+    let r = post(
+        "/index",
+        Some(rw.clone()),
+        vec![],
+        json!({"data": [{"id": "g", "text": "g"}]}),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let generated = r.json()["header"]["request_id"].as_str().unwrap().to_owned();
+    let generated = r.json()["header"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let line = one_audit_line(&generated).await;
     assert_eq!(field(&line, "docs"), "1", "{line}");
 }

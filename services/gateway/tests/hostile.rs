@@ -331,11 +331,13 @@ async fn slow_and_idle_connections_are_closed() {
         // before the trickle would have ended.
         let t0 = Instant::now();
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.write_all(
-            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
-        )
-        .await
-        .unwrap();
+        // With the mesh token: the executor's check comes before the body is read.
+        let head = format!(
+            "POST /search HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+            launch::mesh_token()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
         let (mut rx, mut tx) = s.split();
         let (answer, ()) = tokio::join!(read_head(&mut rx, limit), async {
             for _ in 0..(BODY_TIMEOUT_SECS + 2) {

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use sha2::Digest as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use flowmesh_shared::testing::pki::TestCa;
 use support::launch::{self, flow_dir};
+use support::pki::Ca as TestCa;
 use support::{Http, HttpResponse, TestServer};
 
 const FLOW: &str = "name: secured
@@ -166,7 +166,12 @@ async fn executors_need_the_mesh_token_and_no_secret_leaks_anywhere() {
     assert_eq!(r.json()["data"][0]["matches"][0]["id"], "horse");
     let r = anonymous.get(&format!("{gateway}/status")).await;
     assert_eq!(r.status, 401);
-    let r = reader.post(&format!("{gateway}/delete"), &json!({"data": [{"id": "rain"}]})).await;
+    let r = reader
+        .post(
+            &format!("{gateway}/delete"),
+            &json!({"data": [{"id": "rain"}]}),
+        )
+        .await;
     assert_eq!(r.status, 403);
 
     let status_response = reader.get(&format!("{gateway}/status")).await;
@@ -183,14 +188,29 @@ async fn executors_need_the_mesh_token_and_no_secret_leaks_anywhere() {
             let url = format!("{base}/{endpoint}");
             let body = executor_body(name, endpoint);
             let r = anonymous.post(&url, &body).await;
-            assert_eq!(r.status, 401, "{name} /{endpoint} without the token: {}", text(&r));
+            assert_eq!(
+                r.status,
+                401,
+                "{name} /{endpoint} without the token: {}",
+                text(&r)
+            );
             assert_eq!(r.json()["kind"], "unauthorized");
             assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"flowmesh\"");
             // The gateway's API key is no mesh credential.
             let r = writer.post(&url, &body).await;
-            assert_eq!(r.status, 401, "{name} /{endpoint} with an API key: {}", text(&r));
+            assert_eq!(
+                r.status,
+                401,
+                "{name} /{endpoint} with an API key: {}",
+                text(&r)
+            );
             let r = mesh.post(&url, &body).await;
-            assert_eq!(r.status, 200, "{name} /{endpoint} with the token: {}", text(&r));
+            assert_eq!(
+                r.status,
+                200,
+                "{name} /{endpoint} with the token: {}",
+                text(&r)
+            );
         }
         assert_eq!(anonymous.get(&format!("{base}/metrics")).await.status, 401);
         assert_eq!(anonymous.get(&format!("{base}/readyz")).await.status, 200);
@@ -211,11 +231,17 @@ async fn executors_need_the_mesh_token_and_no_secret_leaks_anywhere() {
     for pid in pids {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        assert_no_secret(&format!("the command line {cmdline}"), &cmdline, &[("mesh token", &token)]);
+        assert_no_secret(
+            &format!("the command line {cmdline}"),
+            &cmdline,
+            &[("mesh token", &token)],
+        );
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         let environ = String::from_utf8_lossy(&environ).into_owned();
         assert!(
-            environ.split('\0').any(|v| v == format!("FLOWMESH_MESH_TOKEN={token}")),
+            environ
+                .split('\0')
+                .any(|v| v == format!("FLOWMESH_MESH_TOKEN={token}")),
             "{cmdline}: no FLOWMESH_MESH_TOKEN in its environment"
         );
         assert_no_secret(
@@ -266,10 +292,16 @@ async fn executors_need_the_mesh_token_and_no_secret_leaks_anywhere() {
         .filter(|l| l.contains("endpoint=\"/index\"") || l.contains("endpoint=/index"))
         .collect();
     assert_eq!(index_lines.len(), 1, "{audits:#?}");
-    assert!(index_lines[0].contains(&format!("read-write/{rw_name}")), "{}", index_lines[0]);
+    assert!(
+        index_lines[0].contains(&format!("read-write/{rw_name}")),
+        "{}",
+        index_lines[0]
+    );
     assert!(index_lines[0].contains("docs=2"), "{}", index_lines[0]);
     assert!(
-        audits.iter().any(|l| l.contains("/delete") && l.contains("status=403")),
+        audits
+            .iter()
+            .any(|l| l.contains("/delete") && l.contains("status=403")),
         "{audits:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -281,23 +313,31 @@ async fn up_makes_a_mesh_token_when_none_is_given() {
         "generated-token",
         "executors:\n  - {name: encoder, uses: encoder, with: {model: hash, dim: 16}}\n",
     );
-    let mut launched = launch::up(&flow, &dir, &[("FLOWMESH_MESH_TOKEN", String::new())], None).await;
+    let mut launched =
+        launch::up(&flow, &dir, &[("FLOWMESH_MESH_TOKEN", String::new())], None).await;
     let gateway = launched.gateway.clone();
     let http = Http::new();
     let status = http.get(&format!("{gateway}/status")).await.json();
     let (_, encoder) = executor_addresses(&status).remove(0);
     let r = http
-        .post(&format!("{encoder}/index"), &json!({"data": [{"text": "x"}]}))
+        .post(
+            &format!("{encoder}/index"),
+            &json!({"data": [{"text": "x"}]}),
+        )
         .await;
     assert_eq!(r.status, 401, "{}", text(&r));
     // The gateway has it: its calls go through.
     let r = http
-        .post(&format!("{gateway}/index"), &json!({"data": [{"text": "x"}]}))
+        .post(
+            &format!("{gateway}/index"),
+            &json!({"data": [{"text": "x"}]}),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", text(&r));
     // 32 random bytes in hex, in the executor's environment.
     let pid = children(launched.child.id().unwrap())[0];
-    let environ = String::from_utf8(std::fs::read(format!("/proc/{pid}/environ")).unwrap()).unwrap();
+    let environ =
+        String::from_utf8(std::fs::read(format!("/proc/{pid}/environ")).unwrap()).unwrap();
     let token = environ
         .split('\0')
         .find_map(|v| v.strip_prefix("FLOWMESH_MESH_TOKEN="))
@@ -333,8 +373,14 @@ async fn plain_http_fails(base: &str) {
         "{base} answered plain HTTP: {}",
         String::from_utf8_lossy(&answer)
     );
-    let via_client = Http::new().try_send("GET", &format!("http://{addr}/livez"), &[], "").await;
-    assert!(via_client.is_err(), "{base}: {:?}", via_client.map(|r| r.status));
+    let via_client = Http::new()
+        .try_send("GET", &format!("http://{addr}/livez"), &[], "")
+        .await;
+    assert!(
+        via_client.is_err(),
+        "{base}: {:?}",
+        via_client.map(|r| r.status)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +388,7 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
     let (dir, flow) = flow_dir("tls", FLOW);
     let ca = TestCa::new("flowmesh test CA");
     let ca_path = ca.write(&dir, "ca");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]).write(&dir, "mesh");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"], &dir, "mesh");
     // Without --tls-ca, flowmesh up does not start: it could not verify its executors.
     let out = tokio::process::Command::new(launch::flowmesh())
         .arg("up")
@@ -406,21 +452,20 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
 
     // An indexer serving a certificate of another CA, named by its https:// address: the
     // gateway (verifying with the test CA) finds it unhealthy and searches fail clearly.
-    let (rogue_cert, rogue_key) = other.issue(&["localhost", "127.0.0.1"]).write(&dir, "rogue");
-    let mut rogue = tokio::process::Command::new(
-        launch::flowmesh().with_file_name("flowmesh-indexer"),
-    )
-    .args(["--listen", "127.0.0.1:0", "--tls-cert"])
-    .arg(&rogue_cert)
-    .arg("--tls-key")
-    .arg(&rogue_key)
-    .env("FLOWMESH_WORKSPACE", dir.join("rogue-ws"))
-    .env_remove("FLOWMESH_MESH_TOKEN")
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true)
-    .spawn()
-    .unwrap();
+    let (rogue_cert, rogue_key) = other.issue(&["localhost", "127.0.0.1"], &dir, "rogue");
+    let mut rogue =
+        tokio::process::Command::new(launch::flowmesh().with_file_name("flowmesh-indexer"))
+            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(&rogue_cert)
+            .arg("--tls-key")
+            .arg(&rogue_key)
+            .env("FLOWMESH_WORKSPACE", dir.join("rogue-ws"))
+            .env_remove("FLOWMESH_MESH_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
     let mut lines = BufReader::new(rogue.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().unwrap();
     let rogue_base = line
@@ -436,20 +481,19 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
         ),
     )
     .unwrap();
-    let mut gateway_process = tokio::process::Command::new(
-        launch::flowmesh().with_file_name("flowmesh-gateway"),
-    )
-    .arg("--flow")
-    .arg(&gateway_flow)
-    .args(["--listen", "127.0.0.1:0", "--tls-ca"])
-    .arg(&ca_path)
-    .env_remove("FLOWMESH_TLS_CERT")
-    .env_remove("FLOWMESH_TLS_KEY")
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true)
-    .spawn()
-    .unwrap();
+    let mut gateway_process =
+        tokio::process::Command::new(launch::flowmesh().with_file_name("flowmesh-gateway"))
+            .arg("--flow")
+            .arg(&gateway_flow)
+            .args(["--listen", "127.0.0.1:0", "--tls-ca"])
+            .arg(&ca_path)
+            .env_remove("FLOWMESH_TLS_CERT")
+            .env_remove("FLOWMESH_TLS_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
     let mut lines = BufReader::new(gateway_process.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().unwrap();
     let base = line
@@ -464,7 +508,10 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
         if replica["healthy"] == false || replica["up"] == false {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still healthy: {status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still healthy: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http.get(&format!("{base}/readyz")).await.status, 503);

@@ -410,7 +410,7 @@ fn not_started(shared: &Shared, port: u16, since: u64, e: &StartFailed) -> Strin
     }
 }
 
-/// The port of `http://HOST:PORT`.
+/// The port of `http://HOST:PORT` (or `https://`).
 fn port_of(base: &str) -> Option<u16> {
     base.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
@@ -436,5 +436,6 @@ mod tests {
         assert_eq!(port_of("http://127.0.0.1:4312"), Some(4312));
         assert_eq!(port_of("http://127.0.0.1:4312/"), Some(4312));
         assert_eq!(port_of("http://127.0.0.1"), None);
+        assert_eq!(port_of("https://127.0.0.1:4312"), Some(4312));
     }
 }

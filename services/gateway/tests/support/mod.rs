@@ -5,6 +5,7 @@
 
 pub mod hostile;
 pub mod launch;
+pub mod pki;
 
 use std::future::Future;
 use std::net::SocketAddr;
