@@ -13,6 +13,7 @@
 mod aggregate;
 mod executor;
 mod openapi;
+mod password;
 mod probe;
 mod store;
 
@@ -20,11 +21,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use flowmesh_shared::health::Readiness;
+use flowmesh_shared::secret::redact_url;
 use flowmesh_shared::server::{executor_router, Limits, ServeArgs};
 
 pub use aggregate::{aggregate, Aggregation};
 pub use executor::Ranker;
 pub use openapi::openapi;
+pub use password::{redis_password, RedisPassword, RemovedFlag, PASSWORD_ENV};
 pub use store::{DocStore, EmbeddedStore, MemoryStore, RedisStore, StoreError};
 
 /// The service's name in logs, metrics and its `listening on` line.
@@ -59,9 +62,21 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     pub redis_url: String,
-    /// Redis: the password, if the URL carries none (prefer the environment variable).
-    #[arg(long, env = "FLOWMESH_RANKER_REDIS_PASSWORD", hide_env_values = true)]
-    pub redis_password: Option<String>,
+    /// Redis: a file holding the password (one line; blank lines and `#` comments skipped).
+    /// The password may instead be the value of the variable FLOWMESH_RANKER_REDIS_PASSWORD;
+    /// never a flag, since every user of the host can read a command line.
+    #[arg(long, env = "FLOWMESH_RANKER_REDIS_PASSWORD_FILE", value_name = "PATH")]
+    pub redis_password_file: Option<std::path::PathBuf>,
+    /// The removed `--redis-password VALUE`: hidden, its value forgotten as it is parsed, and
+    /// refused at start-up with an error that says what to use instead.
+    #[arg(
+        long = "redis-password",
+        hide = true,
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_parser = password::forget_value
+    )]
+    pub removed_redis_password: Option<RemovedFlag>,
     /// Redis: prefix of every key, so that several Flows can share one Redis.
     #[arg(
         long,
@@ -122,6 +137,9 @@ fn store_metrics_on_scrape<S: DocStore>(ranker: &Arc<Ranker<S>>) {
 
 /// The routes of the ranker `config` describes, ready to serve.
 pub fn app(config: &Config) -> anyhow::Result<Router> {
+    if config.removed_redis_password.is_some() {
+        anyhow::bail!(password::REMOVED_FLAG);
+    }
     let readiness = Readiness::ready();
     let limits = &config.serve.limits;
     let (aggregation, reverse) = (config.aggregation, config.reverse);
@@ -140,13 +158,22 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
             )
         }
         (StoreKind::Redis, _) => {
+            let password = redis_password(
+                std::env::var(PASSWORD_ENV).ok(),
+                config.redis_password_file.as_deref(),
+            )?;
             let store = RedisStore::new(
                 &config.redis_url,
-                config.redis_password.as_deref(),
+                password.as_ref().map(RedisPassword::expose),
                 &config.redis_prefix,
                 config.redis_timeout,
             )?;
-            tracing::info!(prefix = %config.redis_prefix, "Redis document store configured");
+            tracing::info!(
+                url = %redact_url(&config.redis_url),
+                prefix = %config.redis_prefix,
+                password = if password.is_some() { "set" } else { "none" },
+                "Redis document store configured"
+            );
             probe::probe_redis(store.clone(), config.redis_probe_interval, &readiness);
             router(
                 Arc::new(Ranker::new(store, aggregation, reverse)),

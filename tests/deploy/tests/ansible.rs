@@ -1,9 +1,14 @@
 //! The Ansible rollout, for real: five containers on a private Docker network stand in for the
-//! seed's five machines (client, flow, encoder, indexer, ranker with Redis), each with sshd and a
-//! sudo user. This machine is the controller: `ansible-playbook` from `scripts/ansible-venv.sh`
-//! runs `ansible/site.yml` over SSH with the staged binaries and models (`scripts/dist.sh`), the
-//! client host benchmarks the flow host's gateway, then `ansible/rolling-update.yml` rolls a new
-//! release out while searches from this machine keep going, and none may fail.
+//! seed's five machines (client, flow, encoder, indexer, ranker with Redis), each with systemd as
+//! PID 1 (the path real hosts take), sshd and a sudo user. This machine is the controller:
+//! `ansible-playbook` from `scripts/ansible-venv.sh` runs `ansible/site.yml` over SSH with the
+//! staged binaries and models (`scripts/dist.sh`), secure as the AWS inventory is: API keys, the
+//! mesh token, TLS from the inventory's private CA, services on the hosts' private addresses,
+//! Redis behind its firewall. From the client host it checks that executors refuse calls
+//! without the mesh token and that the read-only key searches (and cannot write); it checks the
+//! units (restart on failure; no secret in `systemctl show`, the journal or any command line);
+//! then `ansible/rolling-update.yml` rolls a new release out while searches from this machine
+//! keep going, and none may fail.
 //!
 //! Needs: Docker, the base image (`scripts/docker-base.sh`), `target/dist` (or
 //! `FLOWMESH_DIST`), the Ansible venv (`ANSIBLE_BIN`: its bin folder; default
@@ -20,6 +25,7 @@ use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
 use ansible_support::{docker, ensure_staged, host_image, repo_root, run_cmd, tail, Hosts, Http};
+use flowmesh_shared::testing::corpus::CORPUS;
 
 /// Matches per search, checked on every answer.
 const TOP_K: usize = 5;
@@ -60,11 +66,7 @@ impl Setup {
             .map_or_else(|| root.join("target/dist"), PathBuf::from);
         ensure_staged(
             &dist,
-            &[
-                "bin/flowmesh-gateway",
-                "bin/flowmesh-bench",
-                "cache/models/minilm",
-            ],
+            &["bin/flowmesh-gateway", "cache/models/minilm"],
             "run scripts/dist.sh, or set FLOWMESH_DIST",
         )?;
         let base_image = std::env::var("FLOWMESH_BASE_IMAGE")
@@ -149,8 +151,10 @@ fn random_hex(bytes: usize) -> anyhow::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The inventory of the five containers: hosts by IP, the SSH user and key, and the settings
-/// of hosts without systemd or network.
+/// The inventory of the five containers: hosts by IP (their private address), the SSH user and
+/// key, TLS on, and the settings of hosts without network. Its secrets are made by the
+/// credentials role in `credentials/` beside it, except the read-only API key, which the test
+/// brings (as a user may).
 fn inventory(hosts: &Hosts, key: &Path, dist: &Path) -> anyhow::Result<Value> {
     let mut groups = serde_json::Map::new();
     for role in ansible_support::ROLES {
@@ -165,10 +169,9 @@ fn inventory(hosts: &Hosts, key: &Path, dist: &Path) -> anyhow::Result<Value> {
             "ansible_ssh_private_key_file": key,
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
             "flowmesh_dist_dir": dist,
-            // Containers: no systemd, and apt needs no network (the base has redis-server).
-            "flowmesh_service_manager": "supervise",
+            // apt needs no network (the base has redis-server); systemd is the service manager.
             "flowmesh_apt_update_cache": false,
-            "flowmesh_redis_password": random_hex(16)?,
+            "flowmesh_tls": true,
             // The real model, one inference thread per instance: the machine has two cores.
             "flowmesh_encoder_model": "onnx",
             "flowmesh_encoder_threads": 1,
@@ -357,45 +360,49 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         hosts.hosts
     );
 
+    // The read-only API key is the test's own (a user's own key); every other secret is made
+    // by the credentials role beside the inventory.
+    let credentials = work.join("credentials");
+    std::fs::create_dir_all(&credentials)?;
+    let read_only_key = random_hex(24)?;
+    write_private(
+        &credentials.join("read_only_api_key"),
+        &format!("# the test's read-only key\n{read_only_key}\n"),
+    )?;
+
     // 1. Install and start everything.
     setup
-        .playbook(&work, "site.yml", &[], Duration::from_secs(300))
+        .playbook(&work, "site.yml", &[], Duration::from_secs(420))
         .await?;
-
-    // 2. A short benchmark from the client host against the flow host's gateway: indexes 200
-    //    documents, then searches at two concurrencies; every answer must have TOP_K matches.
-    let bench = hosts
-        .exec(
-            "client",
-            &format!(
-                "flowmesh-bench overhead --gateway http://flow:8080 --docs 200 --request-size 50 \
-                 --concurrency 1,4 --requests 300 --duration-secs 5 --top-k {TOP_K} --out /tmp/bench.json \
-                 && cat /tmp/bench.json"
-            ),
-            Duration::from_secs(120),
-        )
-        .await
-        .context("flowmesh-bench on the client host")?;
-    let json_start = bench.find('{').context("no JSON from flowmesh-bench")?;
-    let result: Value =
-        serde_json::from_str(&bench[json_start..]).context("flowmesh-bench's JSON")?;
-    let rows = result["search"].as_array().context("no search rows")?;
-    ensure!(rows.len() == 2, "expected 2 search phases: {result}");
-    for row in rows {
-        ensure!(row["errors"] == 0, "benchmark errors: {row}");
-        ensure!(
-            row["requests"].as_u64().unwrap_or(0) > 0,
-            "no benchmark requests: {row}"
-        );
-    }
-    eprintln!(
-        "benchmark from the client host:\n{}",
-        tail(&bench[..json_start], 8)
+    let secrets = Secrets::read(&credentials)?;
+    ensure!(
+        secrets.read_only_key == read_only_key,
+        "the given read-only key is kept"
     );
 
-    // 3. The reference answers, then the rolling update of a new release under search load.
-    let http = Http::default();
-    let url = format!("http://{}:8080/search", hosts.ip("flow"));
+    // 2. The mesh from another host, then the units.
+    from_the_client_host(&hosts, &secrets).await?;
+    units_restart_on_failure(&hosts).await?;
+
+    // 3. Index, take the reference answers, then the rolling update of a new release under
+    //    search load (searches with the read-only key, over HTTPS verified with the CA).
+    let ca = credentials.join("ca/ca.crt");
+    let writer = Http::new(&ca, Some(secrets.read_write_key.clone()))?;
+    let http = writer.with_key(Some(secrets.read_only_key.clone()));
+    let gateway = format!("https://{}:8080", hosts.ip("flow"));
+    let data: Vec<Value> = CORPUS
+        .iter()
+        .map(|(id, text)| json!({"id": id, "text": text}))
+        .collect();
+    let (status, answer) = writer
+        .post(
+            &format!("{gateway}/index"),
+            &json!({ "data": data }),
+            Duration::from_secs(60),
+        )
+        .await?;
+    ensure!(status == 200, "index: status {status}: {answer}");
+    let url = format!("{gateway}/search");
     let mut reference = Vec::new();
     for q in QUERIES {
         let (status, answer) = http
@@ -427,7 +434,7 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
                 "-e",
                 "flowmesh_rolling_gateway=false",
             ],
-            Duration::from_secs(300),
+            Duration::from_secs(420),
         )
         .await;
     stop.store(true, Ordering::Relaxed);
@@ -511,9 +518,333 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
     );
     match_ids(&answer).map_err(anyhow::Error::msg)?;
 
+    no_secret_shown(&hosts, &secrets).await?;
     eprintln!("ansible test passed in {:.0}s", t0.elapsed().as_secs_f64());
     drop(hosts);
     let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Writes `text` to a new file only its owner may read.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The inventory's secrets, as the credentials role left them on the controller.
+struct Secrets {
+    mesh_token: String,
+    read_write_key: String,
+    read_only_key: String,
+    redis_password: String,
+}
+
+impl Secrets {
+    /// Reads them, after checking that the folder and every file are private to their owner.
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| -> anyhow::Result<u32> {
+            Ok(std::fs::metadata(p)
+                .with_context(|| p.display().to_string())?
+                .permissions()
+                .mode()
+                & 0o777)
+        };
+        ensure!(mode(dir)? == 0o700, "{} is not 0700", dir.display());
+        let read = |name: &str| -> anyhow::Result<String> {
+            let path = dir.join(name);
+            ensure!(mode(&path)? == 0o600, "{name} is not 0600");
+            let text = std::fs::read_to_string(&path)?;
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .with_context(|| format!("no secret in {name}"))
+        };
+        ensure!(mode(&dir.join("ca/ca.key"))? == 0o600, "ca.key is not 0600");
+        Ok(Self {
+            mesh_token: read("mesh_token")?,
+            read_write_key: read("api_key")?,
+            read_only_key: read("read_only_api_key")?,
+            redis_password: read("redis_password")?,
+        })
+    }
+
+    fn all(&self) -> [(&'static str, &str); 4] {
+        [
+            ("the mesh token", &self.mesh_token),
+            ("the read-write API key", &self.read_write_key),
+            ("the read-only API key", &self.read_only_key),
+            ("the Redis password", &self.redis_password),
+        ]
+    }
+}
+
+/// `curl` on the client host, with headers (secrets among them) given on its stdin, never on
+/// its command line: the HTTP status, or 0 when no HTTP answer came (TLS or connection error).
+async fn curl_status(
+    hosts: &Hosts,
+    from: &str,
+    url: &str,
+    headers: &[String],
+    body: Option<&Value>,
+) -> anyhow::Result<u16> {
+    let data = body.map_or_else(String::new, |b| {
+        format!(
+            "-H 'content-type: application/json' --data-binary {}",
+            shell_quote(&b.to_string())
+        )
+    });
+    let script = format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 --cacert /etc/flowmesh/tls/ca.crt \
+         -H @- {data} {url} || true"
+    );
+    let stdin: String = headers.iter().map(|h| format!("{h}\n")).collect();
+    let out = run_cmd(
+        "docker",
+        &["exec", "-i", hosts.name(from), "sh", "-c", &script],
+        &[],
+        &repo_root(),
+        Some(&stdin),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(out.trim().parse().unwrap_or(0))
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// From the client host (another host of the private network): every executor refuses calls
+/// without the mesh token or with a wrong one (401) and answers its open health routes; plain
+/// HTTP to a TLS port gets no answer; the gateway searches with the read-only key, refuses a
+/// write with it (403) and anything without a key (401); Redis does not even answer; and the
+/// services listen on the hosts' private addresses only, not on loopback.
+async fn from_the_client_host(hosts: &Hosts, secrets: &Secrets) -> anyhow::Result<()> {
+    let search = json!({"data": [{"text": "a person rides a horse"}], "parameters": {"top_k": 3}});
+    let wrong = format!("Authorization: Bearer {}", random_hex(16)?);
+    let executors = [("encoder", 9001), ("indexer", 9101), ("ranker", 9201)];
+    for (role, port) in executors {
+        let base = format!("https://{}:{port}", hosts.ip(role));
+        for endpoint in ["search", "index", "delete"] {
+            let url = format!("{base}/{endpoint}");
+            let none = curl_status(hosts, "client", &url, &[], Some(&search)).await?;
+            let bad = curl_status(
+                hosts,
+                "client",
+                &url,
+                std::slice::from_ref(&wrong),
+                Some(&search),
+            )
+            .await?;
+            ensure!(
+                none == 401 && bad == 401,
+                "{role} /{endpoint} without the mesh token: {none}, with a wrong one: {bad}"
+            );
+        }
+        for open in ["livez", "readyz"] {
+            let status = curl_status(hosts, "client", &format!("{base}/{open}"), &[], None).await?;
+            ensure!(status == 200, "{role} /{open} is open: {status}");
+        }
+        let plain = format!("http://{}:{port}/livez", hosts.ip(role));
+        let status = curl_status(hosts, "client", &plain, &[], None).await?;
+        ensure!(
+            status == 0,
+            "plain HTTP to {role}'s TLS port answered {status}"
+        );
+        // Bound to the private address only.
+        let local = hosts
+            .exec(
+                role,
+                &format!("curl -s -o /dev/null -w '%{{http_code}}' -k https://127.0.0.1:{port}/livez || true"),
+                Duration::from_secs(20),
+            )
+            .await?;
+        ensure!(
+            local.trim() == "000",
+            "{role} answers on 127.0.0.1:{port} ({local}): it should listen on its private address only"
+        );
+    }
+    let gateway = format!("https://{}:8080", hosts.ip("flow"));
+    let read_only = format!("api-key: {}", secrets.read_only_key);
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/search"),
+        std::slice::from_ref(&read_only),
+        Some(&search),
+    )
+    .await?;
+    ensure!(status == 200, "search with the read-only key: {status}");
+    let index = json!({"data": [{"id": "intruder", "text": "HACKED"}]});
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/index"),
+        &[read_only],
+        Some(&index),
+    )
+    .await?;
+    ensure!(status == 403, "index with the read-only key: {status}");
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/search"),
+        &[],
+        Some(&search),
+    )
+    .await?;
+    ensure!(status == 401, "search without a key: {status}");
+    let bearer = format!("Authorization: Bearer {}", secrets.read_write_key);
+    let status = curl_status(
+        hosts,
+        "client",
+        &format!("{gateway}/status"),
+        &[bearer],
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 200,
+        "status with the read-write key as a bearer token: {status}"
+    );
+
+    // Redis: dropped by the firewall for any host but the rankers' (no answer at all), and
+    // answering the ranker host with the password (given in redis-cli's environment).
+    let ranker_ip = hosts.ip("ranker");
+    let stranger = hosts
+        .exec(
+            "client",
+            &format!("timeout 5 redis-cli -h {ranker_ip} -p 6379 ping 2>&1; echo exit=$?"),
+            Duration::from_secs(20),
+        )
+        .await?;
+    ensure!(
+        !stranger.contains("PONG") && !stranger.contains("NOAUTH") && stranger.contains("exit=124"),
+        "Redis must not answer the client host: {stranger}"
+    );
+    let own = run_cmd(
+        "docker",
+        &[
+            "exec",
+            "-i",
+            hosts.name("ranker"),
+            "sh",
+            "-c",
+            &format!("read -r pw; REDISCLI_AUTH=\"$pw\" redis-cli -h {ranker_ip} -p 6379 ping"),
+        ],
+        &[],
+        &repo_root(),
+        Some(&format!("{}\n", secrets.redis_password)),
+        Duration::from_secs(20),
+    )
+    .await?;
+    ensure!(own.trim() == "PONG", "Redis answers the ranker host: {own}");
+    let no_password = hosts
+        .exec(
+            "ranker",
+            &format!("redis-cli -h {ranker_ip} -p 6379 ping 2>&1 || true"),
+            Duration::from_secs(20),
+        )
+        .await?;
+    ensure!(
+        no_password.contains("NOAUTH"),
+        "Redis wants its password: {no_password}"
+    );
+    eprintln!("from the client host: executors refuse calls without the mesh token, the read-only key searches only, Redis is out of reach");
+    Ok(())
+}
+
+/// systemd runs the units: one killed with SIGKILL is started again by itself (Restart=
+/// on-failure) and answers its health check.
+async fn units_restart_on_failure(hosts: &Hosts) -> anyhow::Result<()> {
+    let unit = "flowmesh-encoder@9001";
+    let before = hosts.main_pid("encoder", unit).await?;
+    ensure!(before > 0, "{unit} runs under systemd");
+    hosts
+        .exec(
+            "encoder",
+            &format!("kill -KILL {before}"),
+            Duration::from_secs(20),
+        )
+        .await?;
+    let started = Instant::now();
+    loop {
+        let now = hosts.main_pid("encoder", unit).await.unwrap_or(0);
+        let state = hosts
+            .exec(
+                "encoder",
+                &format!("systemctl is-active {unit} || true"),
+                Duration::from_secs(20),
+            )
+            .await?;
+        if now > 0 && now != before && state.trim() == "active" {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{unit} was not restarted after SIGKILL (pid {before} -> {now}, {})",
+            state.trim()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ip = hosts.ip("encoder");
+    let ready = hosts
+        .exec(
+            "encoder",
+            &format!(
+                "for i in $(seq 60); do curl -fsS -o /dev/null --cacert /etc/flowmesh/tls/ca.crt \
+                 https://{ip}:9001/readyz && echo ready && break; sleep 1; done"
+            ),
+            Duration::from_secs(90),
+        )
+        .await?;
+    ensure!(
+        ready.contains("ready"),
+        "{unit} is not ready after its restart"
+    );
+    eprintln!(
+        "systemd restarted {unit} after SIGKILL in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// No secret in what the hosts show: `systemctl show` of every unit, the journal, the service
+/// logs, and the command line of every process.
+async fn no_secret_shown(hosts: &Hosts, secrets: &Secrets) -> anyhow::Result<()> {
+    for role in ansible_support::ROLES {
+        let shown = hosts
+            .exec(
+                role,
+                "systemctl show '*' --all --no-pager 2>/dev/null; \
+                 journalctl --no-pager -o verbose 2>/dev/null; \
+                 cat /var/log/flowmesh/*.log /var/log/redis/*.log 2>/dev/null; \
+                 for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\"; echo; done 2>/dev/null; true",
+                Duration::from_secs(120),
+            )
+            .await?;
+        ensure!(
+            shown.len() > 1000,
+            "{role}: too little to check ({} bytes)",
+            shown.len()
+        );
+        for (what, value) in secrets.all() {
+            ensure!(
+                !shown.contains(value),
+                "{role}: {what} appears in systemctl show, the journal, a log or a command line"
+            );
+        }
+    }
+    eprintln!("no secret in systemctl show, the journals, the logs or any command line");
     Ok(())
 }
 

@@ -10,6 +10,14 @@
 //! shards on volumes of their own) and every test image finds itself. The project is taken down
 //! with its volumes however the test ends.
 //!
+//! The stack runs as shipped, secure by default: the `secrets` service makes the mesh token, the
+//! Redis password and the read-write API key (the test brings its own read-only key, through
+//! FLOWMESH_READ_ONLY_API_KEY); the test reads the read-write key with the one command
+//! docs/compose.md gives. From another container on the compose network (no secrets of its
+//! own) it checks that every executor refuses calls without the mesh token, that Redis wants
+//! its password, and that through the gateway the read-only key searches but cannot write; no
+//! container's configuration (`docker inspect`) shows a generated secret.
+//!
 //! Needs what `scripts/docker-base.sh` (the base image) and `scripts/dist.sh` (target/dist)
 //! make; `scripts/test.sh` runs both first.
 
@@ -161,14 +169,17 @@ async fn every_document_found(http: &Http, gateway: &str, when: &str) {
     }
 }
 
-/// Each index shard's `GET /stats` (count, dimension, ...), asked inside its container.
+/// Each index shard's `GET /stats` (count, dimension, ...), asked inside its container with the
+/// mesh token from its secrets volume (as a header read from stdin: on no command line).
 async fn shard_stats(compose: &Compose) -> Vec<Value> {
     let mut stats = Vec::new();
     for shard in ["indexer-0", "indexer-1"] {
-        let url = "http://127.0.0.1:8080/stats";
+        let script =
+            "printf 'Authorization: Bearer %s\\n' \"$(cat /run/flowmesh/secrets/mesh_token)\" \
+                      | curl -fsS -H @- http://127.0.0.1:8080/stats";
         let out = compose
             .run(
-                &["exec", "-T", shard, "curl", "-fsS", url],
+                &["exec", "-T", shard, "sh", "-c", script],
                 Duration::from_secs(30),
             )
             .await
@@ -389,7 +400,7 @@ const IMAGES: &[&str] = &[
 
 /// The image Flow (compose.image.yaml) on the same project: the encoders switch to MobileNetV2,
 /// the index shards to volumes of their own; every image, indexed, finds itself first.
-async fn image_stack_serves(image: &Compose, http: &Http) {
+async fn image_stack_serves(image: &Compose, http: &Http, writer: &Http) {
     let started = Instant::now();
     image
         .run(&["up", "-d"], Duration::from_secs(400))
@@ -410,7 +421,7 @@ async fn image_stack_serves(image: &Compose, http: &Http) {
         .iter()
         .map(|(name, blob)| json!({"id": name, "blob": blob, "tags": {"file": name}}))
         .collect();
-    post_ok(http, &gateway, "index", &json!({ "data": data })).await;
+    post_ok(writer, &gateway, "index", &json!({ "data": data })).await;
     for (name, blob) in &blobs {
         let body = json!({"data": [{"blob": blob}], "parameters": {"top_k": 2}});
         let answer = post_ok(http, &gateway, "search", &body).await;
@@ -442,6 +453,212 @@ async fn image_stack_serves(image: &Compose, http: &Http) {
     );
 }
 
+/// The gateway's read-write API key, read the way docs/compose.md says.
+async fn read_write_key(compose: &Compose) -> String {
+    let out = compose
+        .run(
+            &[
+                "exec",
+                "-T",
+                "gateway",
+                "cat",
+                "/run/flowmesh/secrets/api_key",
+            ],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let key = out.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(key.len() >= 32, "a generated key of 32 bytes or more");
+    key
+}
+
+/// The name of the compose network the gateway is on.
+async fn network(compose: &Compose) -> String {
+    let id = compose.container("gateway").await.unwrap();
+    let out = run_cmd(
+        "docker",
+        &[
+            "inspect",
+            "-f",
+            "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}",
+            &id,
+        ],
+        &[],
+        &repo_root(),
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// A one-off container on the compose network (the test image, no volume, no secret): runs
+/// `script` with `stdin` (headers that carry keys go there, never on a command line); its
+/// output.
+async fn from_another_container(net: &str, script: &str, stdin: &str) -> String {
+    run_cmd(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "-i",
+            "--network",
+            net,
+            "--entrypoint",
+            "sh",
+            TEST_IMAGE,
+            "-c",
+            script,
+        ],
+        &[],
+        &repo_root(),
+        Some(stdin),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+}
+
+/// The status of `curl` from another container, with `headers` from stdin.
+async fn status_from_outside(
+    net: &str,
+    url: &str,
+    body: Option<&Value>,
+    headers: &[&str],
+) -> String {
+    let data = body.map_or_else(String::new, |b| {
+        format!(
+            "-H 'content-type: application/json' --data-binary '{}'",
+            b.to_string().replace('\'', r"'\''")
+        )
+    });
+    let script = format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 -H @- {data} {url} || true"
+    );
+    let stdin: String = headers.iter().map(|h| format!("{h}\n")).collect();
+    from_another_container(net, &script, &stdin)
+        .await
+        .trim()
+        .to_owned()
+}
+
+/// From a container of its own on the compose network: every executor refuses calls without
+/// the mesh token (and with a wrong one) but answers `/readyz`; Redis wants its password; the
+/// gateway searches with the read-only key, refuses a write with it (403) and any call without
+/// a key (401).
+async fn the_network_is_closed(compose: &Compose, read_only_key: &str) {
+    let net = network(compose).await;
+    let search = json!({"data": [{"text": "a person rides a horse"}], "parameters": {"top_k": 2}});
+    let wrong = "Authorization: Bearer 0123456789abcdef0123456789abcdef";
+    for executor in ["indexer-0", "indexer-1", "encoder-1", "encoder-2", "ranker"] {
+        for endpoint in ["search", "index", "delete"] {
+            let url = format!("http://{executor}:8080/{endpoint}");
+            let none = status_from_outside(&net, &url, Some(&search), &[]).await;
+            let bad = status_from_outside(&net, &url, Some(&search), &[wrong]).await;
+            assert_eq!(
+                (none.as_str(), bad.as_str()),
+                ("401", "401"),
+                "{executor} /{endpoint} without the mesh token, and with a wrong one"
+            );
+        }
+        let url = format!("http://{executor}:8080/readyz");
+        assert_eq!(
+            status_from_outside(&net, &url, None, &[]).await,
+            "200",
+            "{executor} /readyz"
+        );
+    }
+    let redis = from_another_container(&net, "redis-cli -h redis ping 2>&1 || true", "").await;
+    assert!(
+        redis.contains("NOAUTH"),
+        "Redis wants its password: {redis}"
+    );
+
+    let read_only = format!("api-key: {read_only_key}");
+    let gateway = "http://gateway:8080";
+    let cases = [
+        ("search", &search, vec![read_only.as_str()], "200"),
+        ("search", &search, vec![], "401"),
+        (
+            "index",
+            &json!({"data": [{"id": "x", "text": "HACKED"}]}),
+            vec![read_only.as_str()],
+            "403",
+        ),
+    ];
+    for (endpoint, body, headers, expected) in cases {
+        let url = format!("{gateway}/{endpoint}");
+        let status = status_from_outside(&net, &url, Some(body), &headers).await;
+        assert_eq!(
+            status, expected,
+            "/{endpoint} through the gateway with {headers:?}"
+        );
+    }
+    eprintln!("compose: from another container, executors refuse calls without the mesh token, Redis wants its password, the read-only key only searches");
+}
+
+/// No container's configuration shows a generated secret (every service is given file paths).
+async fn no_secret_in_the_configuration(compose: &Compose, secrets: &[&str]) {
+    let ids = compose
+        .run(&["ps", "-q", "-a"], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert!(ids.len() >= 7, "the project's containers: {ids:?}");
+    let mut args = vec!["inspect"];
+    args.extend(ids);
+    let inspect = run_cmd(
+        "docker",
+        &args,
+        &[],
+        &repo_root(),
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    for secret in secrets {
+        assert!(
+            !inspect.contains(secret),
+            "a generated secret is in `docker inspect`"
+        );
+    }
+}
+
+/// The generated secrets, read from the volume (for the checks above only).
+async fn generated_secrets(compose: &Compose) -> Vec<String> {
+    let script =
+        "cd /run/flowmesh/secrets && stat -c '%a %u %n' * && cat mesh_token redis_password api_key";
+    let out = compose
+        .run(
+            &["exec", "-T", "gateway", "sh", "-c", script],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let mut lines = out.lines();
+    for _ in 0..5 {
+        let line = lines.next().unwrap();
+        assert!(
+            line.starts_with("600 10001 "),
+            "secret files are the flowmesh user's, mode 0600: {line}"
+        );
+    }
+    lines.map(str::to_owned).collect()
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read as _;
+    let mut buf = vec![0_u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs Docker; run by scripts/test.sh"]
 async fn compose_stack_searches_through_replica_loss_and_restarts() {
@@ -453,7 +670,14 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
         .unwrap()
         .as_millis();
     let project = format!("flowmesh-compose-test-{}-{stamp}", std::process::id());
+    // The test's own read-only key (a user's own, given in the variable); the rest is made by
+    // the stack.
+    let read_only_key = random_hex(24);
     let envs = vec![
+        (
+            "FLOWMESH_READ_ONLY_API_KEY".to_owned(),
+            read_only_key.clone(),
+        ),
         ("FLOWMESH_IMAGE".to_owned(), TEST_IMAGE.to_owned()),
         ("FLOWMESH_BASE_IMAGE".to_owned(), base_image.clone()),
         ("FLOWMESH_GATEWAY_ADDR".to_owned(), "127.0.0.1".to_owned()),
@@ -488,8 +712,11 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
         .run(&["up", "-d"], Duration::from_secs(400))
         .await
         .unwrap();
-    let http = Http::new();
-    let gateway = gateway_ready(&compose, &http).await;
+    let anonymous = Http::new();
+    let gateway = gateway_ready(&compose, &anonymous).await;
+    let http = anonymous.with_key(&read_only_key);
+    let key = read_write_key(&compose).await;
+    let writer = anonymous.with_key(&key);
     compose
         .wait_healthy(EXECUTORS, Duration::from_secs(60))
         .await
@@ -507,8 +734,12 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
         .iter()
         .map(|(id, text)| json!({"id": id, "text": text, "tags": {"topic": id}}))
         .collect();
-    post_ok(&http, &gateway, "index", &json!({ "data": data })).await;
+    post_ok(&writer, &gateway, "index", &json!({ "data": data })).await;
     every_document_found(&http, &gateway, "after indexing").await;
+    the_network_is_closed(&compose, &read_only_key).await;
+    let secrets = generated_secrets(&compose).await;
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    no_secret_in_the_configuration(&compose, &secrets).await;
     let counts = shard_counts(&compose).await;
     assert_eq!(
         counts.iter().sum::<u64>(),
@@ -524,7 +755,12 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
     encoder_rejoins(&compose, &http, &gateway).await;
     indexer_restart_keeps_data(&compose, &http, &gateway, &counts).await;
     stack_restart_keeps_data(&compose, &http, &counts).await;
-    image_stack_serves(&image, &http).await;
+    assert_eq!(
+        read_write_key(&compose).await,
+        key,
+        "the stack keeps its generated key across down and up"
+    );
+    image_stack_serves(&image, &http, &writer).await;
     eprintln!(
         "compose: scenario done in {:.1}s after the build",
         started.elapsed().as_secs_f64()

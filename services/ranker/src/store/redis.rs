@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, IntoConnectionInfo as _};
 use deadpool_redis::{Pool, Runtime};
+use flowmesh_shared::secret::redact_url;
 use flowmesh_shared::Document;
 
 use super::{decode, encode, DocStore, StoreError};
@@ -32,7 +33,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// A store at `url` (`redis://host:port/db`), with `password` if the URL has none, keys
+    /// A store at `url` (`redis://host:port/db`), with `password` (instead of the URL's), keys
     /// prefixed by `prefix`, and `timeout` for every command. Connects lazily: a Redis that is
     /// down at start-up only makes requests fail until it is up.
     pub fn new(
@@ -41,11 +42,19 @@ impl RedisStore {
         prefix: &str,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
+        // The URL may carry a password: every message shows it redacted.
+        let shown = redact_url(url);
         let mut info = url
             .into_connection_info()
-            .map_err(|e| anyhow::anyhow!("invalid Redis URL {url:?}: {e}"))?;
-        if let Some(password) = password {
-            info.redis.password = Some(password.to_owned());
+            .map_err(|e| anyhow::anyhow!("invalid Redis URL {shown:?}: {e}"))?;
+        match (password, &info.redis.password) {
+            (Some(password), _) => info.redis.password = Some(password.to_owned()),
+            (None, Some(_)) => tracing::warn!(
+                url = %shown,
+                "the Redis URL carries a password: prefer FLOWMESH_RANKER_REDIS_PASSWORD or \
+                 --redis-password-file, since a URL may be shown or logged"
+            ),
+            (None, None) => {}
         }
         let pool = deadpool_redis::Config::from_connection_info(info)
             .builder()
@@ -70,14 +79,13 @@ impl RedisStore {
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
         let work = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+            let mut conn = self.pool.get().await.map_err(|e| match e {
+                deadpool_redis::PoolError::Backend(e) => unavailable(&e),
+                other => StoreError::Unavailable(format!("Redis: {other}")),
+            })?;
             cmd.query_async::<T>(&mut conn)
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))
+                .map_err(|e| unavailable(&e))
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result,
@@ -92,6 +100,21 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.query::<String>(redis::cmd("PING")).await.map(drop)
     }
+}
+
+/// A Redis error as the ranker reports it: a refused or missing password says where the
+/// password comes from (never the password itself, which no Redis error carries).
+fn unavailable(e: &redis::RedisError) -> StoreError {
+    const WHERE: &str = "FLOWMESH_RANKER_REDIS_PASSWORD or --redis-password-file";
+    let text =
+        if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS") {
+            format!("Redis refused the password ({WHERE}): {e}")
+        } else if e.code() == Some("NOAUTH") {
+            format!("Redis requires a password and none was given ({WHERE}): {e}")
+        } else {
+            format!("Redis: {e}")
+        };
+    StoreError::Unavailable(text)
 }
 
 impl DocStore for RedisStore {

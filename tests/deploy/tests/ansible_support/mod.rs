@@ -1,9 +1,11 @@
-//! Support of tests/ansible.rs: five SSH hosts as containers on a private Docker network (a
-//! guard removes them however the test ends), the controller's commands, and a small HTTP client.
+//! Support of tests/ansible.rs: five hosts as containers on a private Docker network, each with
+//! systemd as PID 1 and sshd (a guard removes them however the test ends), the controller's
+//! commands, and a small HTTPS client.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use anyhow::{ensure, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{header, Method, Request};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -38,9 +41,10 @@ pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
     Ok(out.trim().to_owned())
 }
 
-/// Builds [`HOST_IMAGE`] from `base`: a `deploy` user with passwordless sudo (as on a cloud
-/// image), sshd as the container's main process, and the public key given at `docker run`.
-/// Docker's build cache makes a second build instant.
+/// Builds [`HOST_IMAGE`] from `base`: systemd as PID 1 (as on a cloud host), sshd started by it
+/// (host keys made at first boot, per container), a `deploy` user with passwordless sudo, and
+/// Redis not started until the redis role enables it. Docker's build cache makes a second
+/// build instant.
 pub async fn host_image(base: &str) -> anyhow::Result<()> {
     let dockerfile = format!(
         r#"FROM {base}
@@ -49,16 +53,16 @@ RUN useradd --create-home --shell /bin/bash deploy \
  && printf 'deploy ALL=(ALL) NOPASSWD:ALL\n' > /etc/sudoers.d/deploy \
  && chmod 0440 /etc/sudoers.d/deploy \
  && sed -i 's/^session\s*required\s*pam_loginuid.so/session optional pam_loginuid.so/' /etc/pam.d/sshd \
- && printf '%s\n' '#!/bin/sh' 'set -e' \
-      'mkdir -p /run/sshd /home/deploy/.ssh' \
-      'printf "%s\n" "$FLOWMESH_AUTHORIZED_KEY" > /home/deploy/.ssh/authorized_keys' \
-      'chown -R deploy:deploy /home/deploy/.ssh' \
-      'chmod 700 /home/deploy/.ssh && chmod 600 /home/deploy/.ssh/authorized_keys' \
-      'ssh-keygen -A >/dev/null' \
-      'exec /usr/sbin/sshd -D -e' > /usr/local/sbin/flowmesh-host \
- && chmod 0755 /usr/local/sbin/flowmesh-host
+ && printf '%s\n' '[Unit]' 'Description=SSH host keys of this container' 'Before=ssh.service' \
+      '[Service]' 'Type=oneshot' 'ExecStart=/usr/bin/ssh-keygen -A' \
+      '[Install]' 'WantedBy=multi-user.target' > /etc/systemd/system/ssh-host-keys.service \
+ && systemctl enable ssh-host-keys.service ssh.service \
+ && systemctl disable redis-server.service \
+ && systemctl mask getty@tty1.service console-getty.service \
+ && install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
 EXPOSE 22
-CMD ["/usr/local/sbin/flowmesh-host"]
+STOPSIGNAL SIGRTMIN+3
+CMD ["/sbin/init"]
 "#
     );
     run_cmd(
@@ -84,7 +88,10 @@ pub struct Hosts {
 
 impl Hosts {
     /// Creates the network `prefix` and one container per role, named `prefix-ROLE` with the
-    /// network alias ROLE, each running sshd that accepts `public_key` for `deploy`.
+    /// network alias ROLE, each running systemd, whose sshd accepts `public_key` for `deploy`.
+    /// What systemd needs in a container without privileges: tmpfs on /run, the cgroup tree,
+    /// and no seccomp filter (Debian's redis-server unit sets PrivateUsers=, a user namespace);
+    /// NET_ADMIN for the firewall in front of Redis.
     pub async fn start(prefix: &str, public_key: &str) -> anyhow::Result<Self> {
         docker(&[
             "network",
@@ -101,13 +108,11 @@ impl Hosts {
         };
         for role in ROLES {
             let name = format!("{prefix}-{role}");
-            let key_env = format!("FLOWMESH_AUTHORIZED_KEY={}", public_key.trim());
             // Registered before it runs, so that the guard removes it even if `run` fails late.
             this.hosts.insert(role, (name.clone(), String::new()));
             docker(&[
                 "run",
                 "-d",
-                "--init",
                 "--name",
                 &name,
                 "--hostname",
@@ -118,12 +123,41 @@ impl Hosts {
                 role,
                 "--label",
                 "org.flowmesh.test=ansible",
-                "-e",
-                &key_env,
+                "--security-opt",
+                "seccomp=unconfined",
+                "--cap-add",
+                "NET_ADMIN",
+                "--tmpfs",
+                "/run",
+                "--tmpfs",
+                "/run/lock",
+                "-v",
+                "/sys/fs/cgroup:/sys/fs/cgroup:rw",
                 HOST_IMAGE,
             ])
             .await
             .with_context(|| format!("starting the {role} host"))?;
+            // The key goes in through stdin, as a file: systemd gives its services no
+            // variables of `docker run`.
+            run_cmd(
+                "docker",
+                &[
+                    "exec",
+                    "-i",
+                    &name,
+                    "sh",
+                    "-c",
+                    "cat > /home/deploy/.ssh/authorized_keys && \
+                     chown deploy:deploy /home/deploy/.ssh/authorized_keys && \
+                     chmod 0600 /home/deploy/.ssh/authorized_keys",
+                ],
+                &[],
+                &repo_root(),
+                Some(&format!("{}\n", public_key.trim())),
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| format!("installing the SSH key on the {role} host"))?;
         }
         for role in ROLES {
             let name = this.hosts[role].0.clone();
@@ -179,16 +213,18 @@ impl Hosts {
         .await
     }
 
-    /// Every service process the supervise manager runs on `role`'s host: unit -> "PID@START"
-    /// (the start time in clock ticks since boot, from /proc/PID/stat), so that a restart shows
-    /// as a changed value even if a PID were reused.
+    /// Every flowmesh instance (`flowmesh-SERVICE@PORT`) and Redis that systemd runs on
+    /// `role`'s host: unit -> "PID@START" (the main process and its start time), so that a
+    /// restart shows as a changed value even if a PID were reused.
     pub async fn processes(&self, role: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let out = self
             .exec(
                 role,
-                r#"for f in /run/flowmesh/*.pid; do [ -e "$f" ] || continue; pid=$(cat "$f");
-                   start=$(cut -d' ' -f22 "/proc/$pid/stat" 2>/dev/null || echo gone);
-                   echo "$(basename "$f" .pid) $pid@$start"; done"#,
+                r#"systemctl list-units --plain --no-legend --state=active --type=service \
+                     'flowmesh-*@*' redis-server.service | while read -r unit _; do
+                   pid=$(systemctl show -p MainPID --value "$unit");
+                   start=$(systemctl show -p ExecMainStartTimestampMonotonic --value "$unit");
+                   echo "${unit%.service} $pid@$start"; done"#,
                 Duration::from_secs(20),
             )
             .await?;
@@ -197,6 +233,18 @@ impl Hosts {
             .filter_map(|l| l.split_once(' '))
             .map(|(unit, id)| (unit.to_owned(), id.to_owned()))
             .collect())
+    }
+
+    /// The main PID systemd has for `unit` on `role`'s host (0 when it is not running).
+    pub async fn main_pid(&self, role: &str, unit: &str) -> anyhow::Result<u32> {
+        let out = self
+            .exec(
+                role,
+                &format!("systemctl show -p MainPID --value {unit}"),
+                Duration::from_secs(20),
+            )
+            .await?;
+        Ok(out.trim().parse()?)
     }
 }
 
@@ -230,21 +278,36 @@ impl Drop for Hosts {
     }
 }
 
-/// A small JSON HTTP client.
+/// A small JSON HTTP client that verifies HTTPS servers with a private CA and sends an API key.
 #[derive(Clone, Debug)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    api_key: Option<String>,
 }
 
 impl Http {
+    /// A client trusting only the CA in `ca` (PEM), sending `api_key` as `api-key`.
+    pub fn new(ca: &Path, api_key: Option<String>) -> anyhow::Result<Self> {
+        let tls = flowmesh_shared::tls::client_config_with(ca, None, None)?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            api_key,
+        })
+    }
+
+    /// The same client with another API key (or none).
+    pub fn with_key(&self, api_key: Option<String>) -> Self {
+        Self {
+            client: self.client.clone(),
+            api_key,
+        }
+    }
+
     /// POSTs `body` as JSON to `url` within `limit`: the status and the JSON answer (or the raw
     /// text as a JSON string when it is not JSON).
     pub async fn post(
@@ -253,11 +316,14 @@ impl Http {
         body: &Value,
         limit: Duration,
     ) -> anyhow::Result<(u16, Value)> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))?;
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.api_key {
+            request = request.header("api-key", key);
+        }
+        let request = request.body(Full::new(Bytes::from(body.to_string())))?;
         let response = tokio::time::timeout(limit, self.client.request(request))
             .await
             .with_context(|| format!("POST {url}: no answer within {}s", limit.as_secs()))?

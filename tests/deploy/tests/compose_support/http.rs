@@ -31,19 +31,37 @@ impl Answer {
     }
 }
 
-/// A JSON HTTP/1 client with a keep-alive pool, as a user's client would be.
+/// A JSON HTTP/1 client with a keep-alive pool, as a user's client would be, sending an API key
+/// (`api-key`) when it has one.
 #[derive(Clone, Debug)]
-pub struct Http(Client<HttpConnector, Full<Bytes>>);
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    api_key: Option<String>,
+}
 
 impl Http {
     pub fn new() -> Self {
-        Self(Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            api_key: None,
+        }
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>, limit: Duration) -> anyhow::Result<Answer> {
+    /// The same client (and pool) sending `api_key` instead.
+    pub fn with_key(&self, api_key: &str) -> Self {
+        Self {
+            client: self.client.clone(),
+            api_key: Some(api_key.to_owned()),
+        }
+    }
+
+    async fn send(&self, mut req: Request<Full<Bytes>>, limit: Duration) -> anyhow::Result<Answer> {
         let uri = req.uri().clone();
+        if let Some(key) = &self.api_key {
+            req.headers_mut().insert("api-key", key.parse()?);
+        }
         let call = async {
-            let resp = self.0.request(req).await?;
+            let resp = self.client.request(req).await?;
             let status = resp.status().as_u16();
             let body = resp.into_body().collect().await?.to_bytes();
             anyhow::Ok(Answer { status, body })
