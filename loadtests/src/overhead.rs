@@ -111,7 +111,8 @@ pub(crate) async fn run(args: OverheadArgs) -> anyhow::Result<()> {
     if args.security {
         return crate::security::run(&args).await;
     }
-    let gateway = Gateway::given_or_started(args.gateway.as_deref(), &args.flow, None, None).await?;
+    let gateway =
+        Gateway::given_or_started(args.gateway.as_deref(), &args.flow, None, None).await?;
     let result = measure(&args, &gateway.base).await;
     gateway.stop().await;
     let result = result?;
