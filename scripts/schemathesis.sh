@@ -6,7 +6,7 @@
 # The mesh runs as deployments do, with credentials: a read-write API key at the gateway and the
 # mesh token on every executor, both generated here and handed over in the environment. Each
 # service is tested with its own credential (schemathesis.toml sends it from
-# FLOWMESH_ST_AUTHORIZATION), and schemathesis' ignored_auth check proves that a call without it
+# FLOWMESH_ST_SECRET), and schemathesis' ignored_auth check proves that a call without it
 # is refused.
 #
 #   scripts/schemathesis.sh [FLOW]     # default flows/overhead.yml (hash encoder: starts fast)
@@ -76,7 +76,7 @@ for t in "${targets[@]}"; do
   base="${t#* }"
   printf '\n==> schemathesis: %s (%s)\n' "$name" "$base" >&2
   if [[ "$name" == gateway ]]; then secret="$FLOWMESH_API_KEY"; else secret="$FLOWMESH_MESH_TOKEN"; fi
-  if ! FLOWMESH_ST_AUTHORIZATION="Bearer $secret" "$ST_BIN/schemathesis" --config-file scripts/schemathesis.toml run "$base/openapi.json" --url "$base" \
+  if ! FLOWMESH_ST_SECRET="$secret" "$ST_BIN/schemathesis" --config-file scripts/schemathesis.toml run "$base/openapi.json" --url "$base" \
     --checks all --phases examples,coverage,fuzzing \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
     --max-time "${SCHEMATHESIS_MAX_TIME:-60}" \
