@@ -277,3 +277,93 @@ async fn one_search_is_one_trace_through_every_service() {
     assert_eq!(index_services.len(), 4, "{context}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Trace export to an `https://` collector: every process verifies the collector's certificate
+/// against `OTEL_EXPORTER_OTLP_CERTIFICATE` (a CA made by the test) and its spans arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_https_collector_verified_with_the_given_ca() {
+    let (dir, flow) = flow_dir("traces-tls", FLOW);
+    let ca = support::pki::Ca::new("collector CA");
+    let ca_path = ca.write(&dir, "ca");
+    let (cert, key) = ca.issue(&["127.0.0.1"], &dir, "collector");
+    let tls = flowmesh_shared::tls::ServerTlsArgs {
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        tls_client_ca: None,
+    }
+    .acceptor()
+    .unwrap();
+    let inbox = Inbox::default();
+    let app = Router::new()
+        .route("/v1/traces", post(traces_receive))
+        .with_state(inbox.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("https://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        flowmesh_shared::server::serve(
+            listener,
+            app,
+            &flowmesh_shared::server::Limits::default(),
+            tls,
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+    });
+    let log = dir.join("flowmesh.log");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ca_path.display().to_string(),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000".to_owned()),
+        ("OTEL_SERVICE_NAME", String::new()),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", String::new()),
+        ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", String::new()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", String::new()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_owned()),
+    ];
+    let mut launched = launch::up(
+        &flow,
+        &dir,
+        &env,
+        Some(std::fs::File::create(&log).unwrap()),
+    )
+    .await;
+    let parent = format!("00-{INDEX_TRACE}-{CALLER_SPAN}-01");
+    let r = Http::new()
+        .send_with(
+            "POST",
+            &format!("{}/index", launched.gateway),
+            "application/json",
+            &[("traceparent", &parent)],
+            serde_json::to_vec(&json!({"data": [{"id": "horse", "text": "A white horse."}]}))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    launched.stop().await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    let spans = inbox.lock().unwrap().clone();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let services: HashSet<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id == INDEX_TRACE)
+        .map(|s| s.service.as_str())
+        .collect();
+    assert_eq!(
+        services,
+        HashSet::from([
+            "flowmesh-gateway",
+            "flowmesh-encoder",
+            "flowmesh-indexer",
+            "flowmesh-ranker"
+        ]),
+        "{spans:#?}\n--- flowmesh log ---\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
