@@ -90,21 +90,6 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn executor_addresses(status: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for e in status["executors"].as_array().unwrap() {
-        for shard in e["shards"].as_array().unwrap() {
-            for r in shard.as_array().unwrap() {
-                out.push((
-                    e["uses"].as_str().unwrap().to_owned(),
-                    r["address"].as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// Indexes `n` short documents and checks that a search finds them with their text.
 async fn index_and_search(http: &Http, gateway: &str, n: usize) {
     let data: Vec<Value> = (0..n)
@@ -149,7 +134,7 @@ fn assert_error(r: &support::HttpResponse, status: u16, kind: &str, mentions: &[
 async fn hostile_requests_get_4xx_and_leave_the_mesh_serving() {
     let (mut launched, gateway, status) = start_serving("hostile").await;
     let http = launch::mesh_http();
-    let executors = executor_addresses(&status);
+    let executors = support::executor_addresses(&status, "uses");
     let pids = children(launched.child.id().unwrap());
     assert_eq!(pids.len(), 5, "2 encoders, 2 indexer shards, 1 ranker");
 
@@ -288,7 +273,7 @@ async fn slow_and_idle_connections_are_closed() {
     let (mut launched, gateway, _dir) = start("hostile-conns").await;
     let http = launch::mesh_http();
     let status = http.get(&format!("{gateway}/status")).await.json();
-    let indexer = executor_addresses(&status)
+    let indexer = support::executor_addresses(&status, "uses")
         .into_iter()
         .find(|(u, _)| u == "indexer")
         .unwrap()

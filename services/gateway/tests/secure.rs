@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use sha2::Digest as _;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use flowmesh_shared::testing::pki::TestCa;
 use support::launch::{self, flow_dir};
-use support::pki::Ca as TestCa;
 use support::{Http, HttpResponse, TestServer};
 
 const FLOW: &str = "name: secured
@@ -49,22 +49,6 @@ async fn traces_receive(State(inbox): State<Inbox>, body: Bytes) -> Vec<u8> {
         .unwrap()
         .push((format!("{request:?}"), body.to_vec()));
     ExportTraceServiceResponse::default().encode_to_vec()
-}
-
-/// `(executor name, address)` of every replica in `/status`.
-fn executor_addresses(status: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for e in status["executors"].as_array().unwrap() {
-        for shard in e["shards"].as_array().unwrap() {
-            for r in shard.as_array().unwrap() {
-                out.push((
-                    e["name"].as_str().unwrap().to_owned(),
-                    r["address"].as_str().unwrap().to_owned(),
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// A request each executor answers with 200 on `endpoint` (given the right credential).
@@ -177,7 +161,7 @@ async fn executors_need_the_mesh_token_and_no_secret_leaks_anywhere() {
     let status_response = reader.get(&format!("{gateway}/status")).await;
     assert_eq!(status_response.status, 200);
     let status = status_response.json();
-    let executors = executor_addresses(&status);
+    let executors = support::executor_addresses(&status, "name");
     assert_eq!(executors.len(), 3, "{status}");
 
     // Straight to each executor: without the token 401, with a wrong one 401, with it 200;
@@ -318,7 +302,7 @@ async fn up_makes_a_mesh_token_when_none_is_given() {
     let gateway = launched.gateway.clone();
     let http = Http::new();
     let status = http.get(&format!("{gateway}/status")).await.json();
-    let (_, encoder) = executor_addresses(&status).remove(0);
+    let (_, encoder) = support::executor_addresses(&status, "name").remove(0);
     let r = http
         .post(
             &format!("{encoder}/index"),
@@ -388,7 +372,7 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
     let (dir, flow) = flow_dir("tls", FLOW);
     let ca = TestCa::new("flowmesh test CA");
     let ca_path = ca.write(&dir, "ca");
-    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"], &dir, "mesh");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]).write(&dir, "mesh");
     // Without --tls-ca, flowmesh up does not start: it could not verify its executors.
     let out = tokio::process::Command::new(launch::flowmesh())
         .arg("up")
@@ -434,7 +418,7 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
     assert_eq!(r.status, 200, "{}", text(&r));
     assert_eq!(r.json()["data"][0]["matches"][0]["id"], "horse");
     let status = http.get(&format!("{gateway}/status")).await.json();
-    let executors = executor_addresses(&status);
+    let executors = support::executor_addresses(&status, "name");
     assert_eq!(executors.len(), 3);
     for (name, base) in &executors {
         assert!(base.starts_with("https://127.0.0.1:"), "{name}: {base}");
@@ -452,7 +436,9 @@ async fn tls_end_to_end_and_an_executor_of_another_ca_is_refused() {
 
     // An indexer serving a certificate of another CA, named by its https:// address: the
     // gateway (verifying with the test CA) finds it unhealthy and searches fail clearly.
-    let (rogue_cert, rogue_key) = other.issue(&["localhost", "127.0.0.1"], &dir, "rogue");
+    let (rogue_cert, rogue_key) = other
+        .issue(&["localhost", "127.0.0.1"])
+        .write(&dir, "rogue");
     let mut rogue =
         tokio::process::Command::new(launch::flowmesh().with_file_name("flowmesh-indexer"))
             .args(["--listen", "127.0.0.1:0", "--tls-cert"])

@@ -283,9 +283,9 @@ async fn one_search_is_one_trace_through_every_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_https_collector_verified_with_the_given_ca() {
     let (dir, flow) = flow_dir("traces-tls", FLOW);
-    let ca = support::pki::Ca::new("collector CA");
+    let ca = flowmesh_shared::testing::pki::TestCa::new("collector CA");
     let ca_path = ca.write(&dir, "ca");
-    let (cert, key) = ca.issue(&["127.0.0.1"], &dir, "collector");
+    let (cert, key) = ca.issue(&["127.0.0.1"]).write(&dir, "collector");
     let tls = flowmesh_shared::tls::ServerTlsArgs {
         tls_cert: Some(cert),
         tls_key: Some(key),

@@ -5,7 +5,6 @@
 
 pub mod hostile;
 pub mod launch;
-pub mod pki;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -377,4 +376,21 @@ fn every_thread_stopped(pid: i32) -> bool {
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
         })
     })
+}
+
+/// `(field, address)` of every replica in the gateway's `/status`, where `field` is an executor's
+/// `name` or `uses`.
+pub fn executor_addresses(status: &Value, field: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in status["executors"].as_array().unwrap() {
+        for shard in e["shards"].as_array().unwrap() {
+            for r in shard.as_array().unwrap() {
+                out.push((
+                    e[field].as_str().unwrap().to_owned(),
+                    r["address"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    out
 }
