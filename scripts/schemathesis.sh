@@ -21,40 +21,18 @@ cd "$(dirname "$0")/.."
 FLOW="${1:-flows/overhead.yml}"
 BIN_DIR="${FLOWMESH_BIN_DIR:-target/debug}"
 ST_BIN="$(scripts/schemathesis-venv.sh | tail -n 1)"
-WORK="$(mktemp -d)"
 # Each service's full report is kept here after the run.
 REPORTS="${SCHEMATHESIS_REPORTS:-target/schemathesis}"
 mkdir -p "$REPORTS"
-LOG="$WORK/up.log"
-MESH_PID=
+source scripts/lib/mesh.sh
 
-random_secret() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
 FLOWMESH_API_KEY="$(random_secret)"
 FLOWMESH_MESH_TOKEN="$(random_secret)"
 export FLOWMESH_API_KEY FLOWMESH_MESH_TOKEN
 unset FLOWMESH_READ_ONLY_API_KEY FLOWMESH_API_KEY_FILE FLOWMESH_READ_ONLY_API_KEY_FILE FLOWMESH_MESH_TOKEN_FILE
 
-cleanup() {
-  if [[ -n "$MESH_PID" ]] && kill -0 "$MESH_PID" 2>/dev/null; then
-    kill -TERM "$MESH_PID" 2>/dev/null || true
-    wait "$MESH_PID" 2>/dev/null || true
-  fi
-  rm -rf -- "$WORK"
-}
-trap cleanup EXIT
-
-"$BIN_DIR/flowmesh" up "$FLOW" --listen 127.0.0.1:0 --bin-dir "$BIN_DIR" \
-  --workspace "$WORK/ws" >"$LOG" 2>&1 &
-MESH_PID=$!
-
-gateway=
-for _ in $(seq 1 600); do
-  gateway="$(sed -n 's/^gateway: \(http:\/\/[0-9.:]*\)$/\1/p' "$LOG" | head -n 1)"
-  [[ -n "$gateway" ]] && break
-  kill -0 "$MESH_PID" 2>/dev/null || { cat "$LOG" >&2; echo "flowmesh up exited" >&2; exit 1; }
-  sleep 0.2
-done
-[[ -n "$gateway" ]] || { cat "$LOG" >&2; echo "the mesh did not start in 120 s" >&2; exit 1; }
+mesh_start "$FLOW" "$BIN_DIR"
+gateway="$GATEWAY"
 
 # One replica of each executor, from the gateway's /status.
 mapfile -t targets < <("$ST_BIN/python" - "$gateway" <<'PY'
@@ -89,7 +67,7 @@ for t in "${targets[@]}"; do
 done
 
 if ! kill -0 "$MESH_PID" 2>/dev/null; then
-  cat "$LOG" >&2
+  cat "$MESH_LOG" >&2
   echo "schemathesis: the mesh died during the run" >&2
   exit 1
 fi

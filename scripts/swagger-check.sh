@@ -46,43 +46,20 @@ if [[ ! -x "$CHROMIUM" || ! -x "$CHROMEDRIVER" ]]; then
 fi
 PYTHON="$(scripts/browser-venv.sh | tail -n 1)"
 
-WORK="$(mktemp -d)"
-LOG="$WORK/up.log"
-MESH_PID=
+source scripts/lib/mesh.sh
 
-cleanup() {
-  if [[ -n "$MESH_PID" ]] && kill -0 "$MESH_PID" 2>/dev/null; then
-    kill -TERM "$MESH_PID" 2>/dev/null || true
-    wait "$MESH_PID" 2>/dev/null || true
-  fi
-  rm -rf -- "$WORK"
-}
-trap cleanup EXIT
-
-# 32 random bytes each, as hex: read by the shell's builtins only, never an argument.
-new_key() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
-read_write="$(new_key)"
-read_only="$(new_key)"
+read_write="$(random_secret)"
+read_only="$(random_secret)"
 [[ ${#read_write} -eq 64 && ${#read_only} -eq 64 ]] || die "could not read random bytes for the keys"
 (
   umask 077
-  printf 'read-write %s\nread-only %s\n' "$read_write" "$read_only" >"$WORK/keys"
+  printf 'read-write %s\nread-only %s\n' "$read_write" "$read_only" >"$MESH_WORK/keys"
 )
 
 FLOWMESH_API_KEY="$read_write" FLOWMESH_READ_ONLY_API_KEY="$read_only" \
-  "$BIN_DIR/flowmesh" up "$FLOW" --listen 127.0.0.1:0 --bin-dir "$BIN_DIR" \
-  --workspace "$WORK/ws" >"$LOG" 2>&1 &
-MESH_PID=$!
+  mesh_start "$FLOW" "$BIN_DIR"
 unset read_write read_only
-
-gateway=
-for _ in $(seq 1 600); do
-  gateway="$(sed -n 's/^gateway: \(http:\/\/[0-9.:]*\)$/\1/p' "$LOG" | head -n 1)"
-  [[ -n "$gateway" ]] && break
-  kill -0 "$MESH_PID" 2>/dev/null || { cat "$LOG" >&2; die "flowmesh up exited"; }
-  sleep 0.2
-done
-[[ -n "$gateway" ]] || { cat "$LOG" >&2; die "the mesh did not start in 120 s"; }
+gateway="$GATEWAY"
 log "mesh up, gateway $gateway"
 
 # Until every shard has a healthy replica a search may answer 503, not what the page tests.
@@ -95,20 +72,20 @@ PY
     ready=1
     break
   fi
-  kill -0 "$MESH_PID" 2>/dev/null || { cat "$LOG" >&2; die "flowmesh up exited"; }
+  kill -0 "$MESH_PID" 2>/dev/null || { cat "$MESH_LOG" >&2; die "flowmesh up exited"; }
   sleep 0.2
 done
-[[ -n "$ready" ]] || { cat "$LOG" >&2; die "the gateway was not ready in 60 s"; }
+[[ -n "$ready" ]] || { cat "$MESH_LOG" >&2; die "the gateway was not ready in 60 s"; }
 
 status=0
-FLOWMESH_BROWSER_KEYS_FILE="$WORK/keys" "$PYTHON" tests/browser/swagger_authorize.py "$gateway" || status=$?
+FLOWMESH_BROWSER_KEYS_FILE="$MESH_WORK/keys" "$PYTHON" tests/browser/swagger_authorize.py "$gateway" || status=$?
 
 if ! kill -0 "$MESH_PID" 2>/dev/null; then
-  cat "$LOG" >&2
+  cat "$MESH_LOG" >&2
   die "the mesh died during the check"
 fi
 if ((status != 0)); then
   log "the mesh's log:"
-  cat "$LOG" >&2
+  cat "$MESH_LOG" >&2
   exit "$status"
 fi
