@@ -32,6 +32,7 @@ pub mod flow;
 pub mod hash;
 pub mod health;
 pub mod limits;
+pub mod mirror;
 pub mod openapi;
 pub mod rng;
 pub mod secret;

@@ -75,10 +75,12 @@ pub async fn post_error(app: &Router, endpoint: &str, body: &Value, status: Stat
 }
 
 pub mod corpus;
+mod nats;
 mod openapi;
 pub mod pki;
 mod redis;
 
+pub use nats::{nats_server_binary, NatsServer};
 pub use openapi::{assert_openapi, assert_openapi_committed, assert_routes_documented};
 pub use redis::RedisServer;
 
