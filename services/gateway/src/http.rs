@@ -117,6 +117,10 @@ pub fn router(state: AppState) -> Router {
         .route("/post", post(jina_post))
         .route_layer(shed_beyond(limits.max_concurrent_requests))
         .route("/status", get(flow_status))
+        .route(
+            "/snapshot/{executor}/{shard}",
+            get(crate::snapshot::download),
+        )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .with_state(state);
     service_router("gateway", own, readiness, &limits)

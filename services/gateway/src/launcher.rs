@@ -25,9 +25,27 @@
 //! `--tls-ca`, which is then required (the certificate must name `127.0.0.1`, where the
 //! executors listen). The client API keys are the gateway's alone: their variables are not
 //! passed to the executors.
+//!
+//! When the Flow has a mirrored executor (stateful, `replicas` >= 2), every write of each of its
+//! shards goes through a replicated log: `flowmesh up` then starts `nats-server` ([`nats`];
+//! its configuration, with the mesh token, in `{workspace}/{flow}/log/nats.conf`, mode 0600),
+//! connects the gateway to it, and starts each copy of shard `s` of executor `E` with
+//! `FLOWMESH_LOG_URL` and `FLOWMESH_LOG_STREAM` (`FLOWMESH_E_s`) in its environment and
+//! `--peers-file {workspace}/{flow}/E/shard-s/replica-r.peers`, the addresses of the other copies
+//! of its shard (written once they all listen), from which it copies a snapshot when its data is
+//! gone. Without a mirrored executor no `nats-server` is started. With `--log-url` an existing
+//! NATS server is used instead of starting one.
+//!
+//! `--restore-from DIR` (a folder written by `flowmesh snapshot`) starts every copy of shard `s`
+//! of executor `E` with `--restore-from DIR/E/shard-s.snap` when that file exists (the first
+//! start only: a restart finds its data in place).
 
+mod backup;
+mod nats;
 mod process;
 mod supervise;
+
+pub use backup::{snapshot, SnapshotArgs};
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -43,6 +61,8 @@ use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
 
 use flowmesh_shared::client::ExecutorClient;
+use flowmesh_shared::mirror::log::LOG_URL_ENV;
+use flowmesh_shared::mirror::{stream_name, Log, LogArgs};
 use flowmesh_shared::secret::{Secret, SecretSet};
 use flowmesh_shared::server::{bind, serve, Limits, MeshArgs, MESH_TOKEN_ENV, MESH_TOKEN_FILE_ENV};
 use flowmesh_shared::tls::{ClientTlsArgs, ServerTlsArgs};
@@ -52,6 +72,7 @@ use crate::auth::{ApiKeyArgs, ApiKeys};
 
 use crate::flow::spec::{AddressesSpec, ExecutorSpec};
 use crate::flow::{Flow, FlowSpec};
+use crate::snapshot::is_stateful;
 use crate::{load_flow, router, AppState};
 use process::{Launch, Policy, State};
 use supervise::{start_supervised, stop_all, Supervised};
@@ -99,11 +120,19 @@ pub struct UpArgs {
     /// How the gateway verifies `https://` executors (`--tls-ca`, required with `--tls-cert`).
     #[command(flatten)]
     pub client_tls: ClientTlsArgs,
+    /// The replicated log of mirrored executors: default, a `nats-server` started for the Flow
+    /// when it has one; `--log-url` uses a running one instead.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// A folder written by `flowmesh snapshot`: each copy of each shard starts from its
+    /// snapshot there (the workspace must not hold their data yet).
+    #[arg(long, value_name = "DIR")]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Variables of this process that the executors must not inherit: the gateway's own
 /// credentials and TLS options (the executors get theirs explicitly, see [`Security::env`]).
-const NOT_INHERITED: [&str; 9] = [
+const NOT_INHERITED: [&str; 14] = [
     API_KEY_ENV,
     READ_ONLY_API_KEY_ENV,
     "FLOWMESH_API_KEY_FILE",
@@ -113,7 +142,16 @@ const NOT_INHERITED: [&str; 9] = [
     "FLOWMESH_TLS_CLIENT_CA",
     "FLOWMESH_TLS_CLIENT_CERT",
     "FLOWMESH_TLS_CLIENT_KEY",
+    // A mirrored copy gets its log explicitly; any other executor must not follow one.
+    LOG_URL_ENV,
+    LOG_STREAM_ENV,
+    "FLOWMESH_LOG_MAX_BYTES",
+    "FLOWMESH_PEERS",
+    "FLOWMESH_RESTORE_FROM",
 ];
+
+/// The environment variable naming the log a mirrored copy follows.
+const LOG_STREAM_ENV: &str = "FLOWMESH_LOG_STREAM";
 
 /// The credentials of one run: what the gateway checks and sends, and what each executor gets
 /// in its environment.
@@ -203,23 +241,62 @@ pub async fn up(
     let mut spec = load_flow(&args.flow)?;
     let security = Security::new(&args)?;
     let started = Instant::now();
-    let mut processes = Vec::new();
-    let result = start_all(&args, &security, &mut spec, &mut processes).await;
-    if let Err(e) = result {
-        stop_all(processes).await;
-        return Err(e);
+    let mut running = Running::default();
+    let result = start_all(&args, &security, &mut spec, &mut running).await;
+    let outcome = match result {
+        Ok(log) => {
+            serve_gateway(
+                &args,
+                security,
+                spec,
+                log,
+                &running.processes,
+                started,
+                shutdown,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    stop_all(running.processes).await;
+    if let Some(server) = running.log_server {
+        server.stop().await;
     }
-    let outcome = serve_gateway(&args, security, spec, &processes, started, shutdown).await;
-    stop_all(processes).await;
     outcome
+}
+
+/// What `flowmesh up` started, to stop at the end.
+#[derive(Default)]
+struct Running {
+    processes: Vec<Supervised>,
+    log_server: Option<nats::LogServer>,
+}
+
+/// Whether the copies of each shard of `executor` are mirrored (they keep data, and there are
+/// two or more of them).
+fn is_mirrored(executor: &ExecutorSpec) -> bool {
+    is_stateful(executor) && executor.replicas >= 2
+}
+
+/// The snapshot files of a `flowmesh snapshot` folder, checked to be one.
+fn restore_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let manifest = dir.join(backup::MANIFEST);
+    if !manifest.is_file() {
+        bail!(
+            "--restore-from {}: no {} there; give a folder written by `flowmesh snapshot`",
+            dir.display(),
+            backup::MANIFEST
+        );
+    }
+    Ok(std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?)
 }
 
 async fn start_all(
     args: &UpArgs,
     security: &Security,
     spec: &mut FlowSpec,
-    processes: &mut Vec<Supervised>,
-) -> anyhow::Result<()> {
+    running: &mut Running,
+) -> anyhow::Result<Option<Log>> {
     let flow_dir = args.workspace.join(&spec.name);
     let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
     let policy = Policy {
@@ -228,6 +305,35 @@ async fn start_all(
         restart_limit: args.restart_limit,
         restart_window: Duration::from_secs(args.restart_window_secs),
         start_timeout: ready_timeout,
+    };
+    let restore = args.restore_from.as_deref().map(restore_dir).transpose()?;
+    let mirrored = spec
+        .executors
+        .iter()
+        .any(|e| e.addresses.is_none() && e.uses.service().is_some() && is_mirrored(e));
+    let token = security.mesh.first();
+    let log_url = match (&args.log.log_url, mirrored) {
+        (_, false) => None,
+        (Some(url), true) => Some(url.clone()),
+        (None, true) => {
+            let Some(token) = &token else {
+                bail!("the replicated log needs the mesh token, and there is none");
+            };
+            let server = nats::LogServer::start(&flow_dir.join("log"), token, policy).await?;
+            let url = server.url().to_owned();
+            running.log_server = Some(server);
+            Some(url)
+        }
+    };
+    let log = match &log_url {
+        Some(url) => {
+            let log_args = LogArgs {
+                log_url: Some(url.clone()),
+                log_max_bytes: args.log.log_max_bytes,
+            };
+            Log::connect(&log_args, "flowmesh-gateway", token.clone()).await?
+        }
+        None => None,
     };
     // Exits before the whole Flow is ready fail the launch instead of being restarted.
     let armed = Arc::new(AtomicBool::new(false));
@@ -239,42 +345,109 @@ async fn start_all(
             continue;
         }
         let binary = find_binary(args.bin_dir.as_deref(), service)?;
+        let mirror = is_mirrored(executor);
         let mut shards = Vec::with_capacity(executor.shards);
         for shard in 0..executor.shards {
+            let shard_dir = flow_dir.join(&executor.name).join(format!("shard-{shard}"));
+            let snapshot = restore
+                .as_ref()
+                .filter(|_| is_stateful(executor))
+                .map(|dir| dir.join(&executor.name).join(format!("shard-{shard}.snap")))
+                .filter(|file| file.is_file());
             let mut replicas = Vec::with_capacity(executor.replicas);
+            let mut peers_files = Vec::new();
             for replica in 0..executor.replicas {
-                let workspace = flow_dir
-                    .join(&executor.name)
-                    .join(format!("shard-{shard}"))
-                    .join(format!("replica-{replica}"));
+                let workspace = shard_dir.join(format!("replica-{replica}"));
                 let mut launch = launch(&binary, executor, shard, replica, workspace);
                 launch.env.extend(security.env.iter().cloned());
+                if let (true, Some(url)) = (mirror, &log_url) {
+                    let peers = shard_dir.join(format!("replica-{replica}.peers"));
+                    write_peers(&peers, &[])?;
+                    launch.env.extend([
+                        (LOG_URL_ENV.to_owned(), OsString::from(url)),
+                        (
+                            LOG_STREAM_ENV.to_owned(),
+                            OsString::from(stream_name(&executor.name, shard)),
+                        ),
+                        (
+                            "FLOWMESH_LOG_MAX_BYTES".to_owned(),
+                            OsString::from(args.log.log_max_bytes.to_string()),
+                        ),
+                    ]);
+                    launch
+                        .flags
+                        .extend(["--peers-file".to_owned(), absolute_string(&peers)?]);
+                    peers_files.push(peers);
+                }
+                if let Some(file) = &snapshot {
+                    launch.first_flags = vec!["--restore-from".to_owned(), absolute_string(file)?];
+                }
                 let p = start_supervised(launch, policy, Arc::clone(&armed)).await?;
                 replicas.push(p.base().to_owned());
-                processes.push(p);
+                running.processes.push(p);
+            }
+            // Every copy listens now: tell each where the others are.
+            for (replica, file) in peers_files.iter().enumerate() {
+                let others: Vec<&str> = replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(r, _)| *r != replica)
+                    .map(|(_, base)| base.as_str())
+                    .collect();
+                write_peers(file, &others)?;
             }
             shards.push(replicas);
         }
         executor.addresses = Some(AddressesSpec::Shards(shards));
     }
-    wait_ready(processes, &security.client, ready_timeout).await?;
+    wait_ready(&running.processes, &security.client, ready_timeout).await?;
     armed.store(true, Ordering::Release);
     // An exit between the last readiness check and arming was not restarted: fail on it too.
-    if let Some(p) = processes.iter().find(|p| p.state() == State::Exited) {
+    if let Some(p) = running
+        .processes
+        .iter()
+        .find(|p| p.state() == State::Exited)
+    {
         bail!("{} exited while starting; its log is above", p.label());
     }
-    Ok(())
+    Ok(log)
+}
+
+/// Writes the peers file of a copy (one address a line), atomically: a copy re-reads it
+/// whenever it needs a peer.
+fn write_peers(path: &Path, peers: &[&str]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("peers.tmp");
+    let mut text = peers.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `path` made absolute, as a flag's value.
+fn absolute_string(path: &Path) -> anyhow::Result<String> {
+    absolute(path)?
+        .into_string()
+        .map_err(|p| anyhow!("{} is not UTF-8", Path::new(&p).display()))
 }
 
 async fn serve_gateway(
     args: &UpArgs,
     security: Security,
     spec: FlowSpec,
+    log: Option<Log>,
     processes: &[Supervised],
     started: Instant,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let name = spec.name.clone();
+    // TODO(merge H2): `Flow::build` takes the log; until then mirrored writes are not logged.
+    let _ = &log;
     let flow = Flow::build(spec, &security.client)?;
     security.keys.reload_on_sighup();
     security.mesh.reload_on_sighup();
@@ -297,7 +470,10 @@ async fn serve_gateway(
         .with_guard(args.guard.clone())
         .with_api_keys(security.keys)
         .with_processes(Arc::new(move || process::status_json(&shared)));
-    let app = router(state);
+    let app = router(state).layer(axum::Extension(crate::snapshot::SnapshotProxy::new(
+        &args.client_tls,
+        Some(security.mesh.clone()),
+    )?));
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -421,6 +597,7 @@ fn launch(
         replica,
         binary: binary.to_owned(),
         flags: settings_to_flags(&executor.settings),
+        first_flags: Vec::new(),
         env,
         env_remove: NOT_INHERITED.to_vec(),
         workspace,

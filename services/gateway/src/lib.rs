@@ -10,6 +10,7 @@ pub mod auth;
 pub mod flow;
 pub mod http;
 pub mod launcher;
+pub mod snapshot;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

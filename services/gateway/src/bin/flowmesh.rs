@@ -1,7 +1,8 @@
 //! `flowmesh`: the command-line tool. `flowmesh up FLOW.yml` runs a whole Flow on this machine
 //! (and restarts its executor processes when they crash);
 //! `flowmesh validate FLOW.yml` checks a Flow file; `flowmesh openapi` prints the gateway's
-//! OpenAPI document.
+//! OpenAPI document; `flowmesh snapshot --gateway URL --out DIR` writes a snapshot of every shard
+//! that keeps data (`flowmesh up --restore-from DIR` starts a Flow from it).
 
 #![forbid(unsafe_code)]
 
@@ -11,7 +12,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
-use flowmesh_gateway::launcher::{up, UpArgs};
+use flowmesh_gateway::launcher::{snapshot, up, SnapshotArgs, UpArgs};
 use flowmesh_gateway::{load_flow, openapi_json};
 use flowmesh_shared::server::shutdown_signal;
 use flowmesh_shared::telemetry::init_tracing;
@@ -39,6 +40,9 @@ enum Cmd {
     },
     /// Print the gateway's OpenAPI document.
     Openapi,
+    /// Write a snapshot of every shard of a running Flow's executors that keep data to a folder
+    /// (the API key in FLOWMESH_API_KEY); `flowmesh up --restore-from DIR` starts from it.
+    Snapshot(SnapshotArgs),
 }
 
 #[tokio::main]
@@ -61,6 +65,7 @@ async fn main() {
                 );
             }
         }),
+        Cmd::Snapshot(args) => snapshot(args).await,
         Cmd::Openapi => {
             println!("{}", openapi_json());
             Ok(())

@@ -26,6 +26,8 @@ pub(super) struct Launch {
     pub binary: PathBuf,
     /// The flags from `with:` (without `--listen`).
     pub flags: Vec<String>,
+    /// Flags of the first start only (`--restore-from`: a restart finds its data in place).
+    pub first_flags: Vec<String>,
     /// Variables set on top of the inherited environment.
     pub env: Vec<(String, std::ffi::OsString)>,
     /// Variables of this process that the child does not inherit (unless set in `env`).
@@ -40,6 +42,7 @@ impl std::fmt::Debug for Launch {
             .field("label", &self.label)
             .field("binary", &self.binary)
             .field("flags", &self.flags)
+            .field("first_flags", &self.first_flags)
             .field("env", &env)
             .field("env_remove", &self.env_remove)
             .field("workspace", &self.workspace)

@@ -116,6 +116,9 @@ async fn start(
     for k in &launch.env_remove {
         command.env_remove(k);
     }
+    if port.is_none() {
+        command.args(&launch.first_flags);
+    }
     let mut child = command
         .args(&launch.flags)
         .args(["--listen", &listen])
