@@ -50,9 +50,11 @@ impl LogServer {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let dir = std::path::absolute(dir)
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
         let config = Config {
             binary,
-            dir: dir.to_owned(),
+            dir: dir.clone(),
             token: quoted(token.expose())?,
         };
         let (child, port) = config.spawn(None).await?;

@@ -83,6 +83,28 @@ pub async fn up_limited(
     stderr: Option<std::fs::File>,
     max_address_space: Option<u64>,
 ) -> Launched {
+    up_full(flow, dir, &[], env, stderr, max_address_space).await
+}
+
+/// [`up`] with `args` added to `flowmesh up`'s command line (e.g. `--restore-from DIR`).
+pub async fn up_with_args(
+    flow: &Path,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    stderr: Option<std::fs::File>,
+) -> Launched {
+    up_full(flow, dir, args, env, stderr, None).await
+}
+
+async fn up_full(
+    flow: &Path,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    stderr: Option<std::fs::File>,
+    max_address_space: Option<u64>,
+) -> Launched {
     let mut command = match max_address_space {
         Some(bytes) => {
             let mut c = Command::new("prlimit");
@@ -96,6 +118,7 @@ pub async fn up_limited(
         .arg(flow)
         .args(["--listen", "127.0.0.1:0", "--workspace"])
         .arg(dir.join("ws"))
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(stderr.map_or_else(Stdio::null, Stdio::from))
         .env("FLOWMESH_MESH_TOKEN", mesh_token())
