@@ -56,7 +56,7 @@ pub(super) async fn call_remote(
                 calls.push(async move {
                     let body = encode(ctx, &part)?;
                     match call_shard(ctx, trace, shard, body).await {
-                        Ok(answer) => Ok((positions, Output::done(answer))),
+                        Ok(answer) => Ok::<_, ApiError>((positions, Output::done(answer))),
                         Err(e) => Ok((Vec::new(), fail_docs(ctx.write, &part, e)?)),
                     }
                 });
