@@ -2,11 +2,11 @@
 //! seed's five machines (client, flow, encoder, indexer, ranker with Redis) and a second indexer
 //! host, each with systemd as PID 1 (the path real hosts take), sshd and a sudo user. The index
 //! has two shards with two mirrored copies each, copy c of shard s on indexer host (s + c) mod 2,
-//! following their shard's log (nats-server on the flow host, behind its firewall). This machine is the controller:
-//! `ansible-playbook` from `scripts/ansible-venv.sh` runs `ansible/site.yml` over SSH with the
-//! staged binaries and models (`scripts/dist.sh`), secure as the AWS inventory is: API keys, the
-//! mesh token, TLS from the inventory's private CA, services on the hosts' private addresses,
-//! Redis behind its firewall. From the client host it checks that executors refuse calls
+//! following their shard's log (nats-server on the flow host, behind its firewall). This
+//! machine is the controller: `ansible-playbook` from `scripts/ansible-venv.sh` runs
+//! `ansible/site.yml` over SSH with the staged binaries and models (`scripts/dist.sh`), secure as
+//! the AWS inventory is: API keys, the mesh token, TLS from the inventory's private CA, services
+//! on the hosts' private addresses, Redis and nats-server behind their firewalls. From the client host it checks that executors refuse calls
 //! without the mesh token and that the read-only key searches (and cannot write); it checks the
 //! units (restart on failure; no secret in `systemctl show`, the journal or any command line);
 //! then, under a steady load of searches and of small index requests, one indexer host loses
