@@ -446,7 +446,7 @@ async fn mirror_docs_found(http: &Http, gateway: &str, range: std::ops::Range<us
 /// document first (the mirror documents indexed meanwhile may change the rest of the answer).
 const MIRROR_LOAD: load::Plan = load::Plan {
     clients: 3,
-    max: 4000,
+    max: 10_000,
     limit: Duration::from_secs(600),
     act_after: 30,
     after_act: 60,
