@@ -6,8 +6,8 @@
 #
 # The image is Debian bookworm made with `debootstrap --variant=minbase` and `docker import`,
 # with the run-time libraries of the flowmesh binaries (OpenBLAS, libgomp and libgfortran for
-# faiss) and what the compose stack and the Ansible test hosts use (redis-server, curl for
-# health checks, python3 and openssh-server for Ansible, sudo; systemd, the hosts' PID 1, and
+# faiss) and what the compose stack and the Ansible test hosts use (redis-server, nats-server
+# for the log of mirrored index copies, curl for health checks, python3 and openssh-server for Ansible, sudo; systemd, the hosts' PID 1, and
 # iptables, the firewall in front of Redis). Where a registry can be reached,
 # use the standard image instead: `docker compose build` defaults to debian:bookworm-slim, and
 # docker/Dockerfile installs the same packages with apt-get when the base lacks them.
@@ -23,7 +23,7 @@ SUITE=bookworm
 PACKAGES=(
   ca-certificates curl procps
   libopenblas0-pthread libgomp1 libgfortran5
-  redis-server
+  redis-server nats-server
   python3 python3-apt openssh-server sudo
   systemd systemd-sysv dbus iptables
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages flowmesh needs to build and run, when they are missing:
-#   scripts/system-packages.sh          # building and running (compilers, cmake, OpenBLAS, venv)
+#   scripts/system-packages.sh          # building and running (compilers, cmake, OpenBLAS, venv,
+#                                       # nats-server: the log of mirrored copies)
 #   scripts/system-packages.sh --test   # and what the tests need besides (redis-server,
 #                                       # debootstrap, docker-compose; the Docker engine itself
 #                                       # must be installed and running)
@@ -17,6 +18,10 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
 # flowmesh-bench run draws its plots' text with this TrueType font (no fontconfig needed).
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need+=(fonts-dejavu-core)
+# Mirrored copies of stateful executors (replicas >= 2 of the indexer or the embedded-store
+# ranker) order and keep their writes in a NATS JetStream log: `flowmesh up` starts nats-server
+# (Debian's 2.9) when a Flow has one, and the tests start their own.
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 if [[ "${1:-}" == "--test" ]]; then
   # The ranker's Redis store is tested against a real redis-server (started by the tests).
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)

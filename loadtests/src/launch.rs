@@ -227,6 +227,11 @@ impl Launched {
         })
     }
 
+    /// The workspace this program was started in, when it was given one here.
+    pub(crate) fn workspace(&self) -> Option<&Path> {
+        self._workspace.as_ref().map(|w| w.0.as_path())
+    }
+
     /// The process id, while it runs.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()

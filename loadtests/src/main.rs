@@ -27,6 +27,7 @@ mod indexer;
 mod jina;
 mod launch;
 mod load;
+mod mirror;
 mod overhead;
 mod procstat;
 mod report;
@@ -62,6 +63,9 @@ enum Cmd {
     /// Normal search throughput and latency, calm and while abusive clients send oversized and
     /// invalid requests and hold slowloris and idle connections, interleaved over rounds.
     Abuse(abuse::AbuseArgs),
+    /// Mirrored copies of the indexer: indexing and search with one copy against two, and how
+    /// long a copy that lost its data takes to catch up from its peer and the log.
+    Mirror(mirror::MirrorArgs),
 }
 
 #[tokio::main]
@@ -73,5 +77,6 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Run(args) => seed::run(args).await,
         Cmd::Compare(args) => jina::run(args).await,
         Cmd::Abuse(args) => abuse::run(args).await,
+        Cmd::Mirror(args) => mirror::run(args).await,
     }
 }

@@ -17,21 +17,31 @@ pub struct NatsServer {
     port: u16,
 }
 
-/// The `nats-server` binary, checked to run.
+/// The `nats-server` binary, checked to run: `$FLOWMESH_NATS_SERVER`, else `nats-server` on the
+/// `PATH`, else Debian's `/usr/sbin/nats-server` (not on a normal user's `PATH`).
 pub fn nats_server_binary() -> PathBuf {
-    let path = std::env::var_os("FLOWMESH_NATS_SERVER")
-        .map_or_else(|| PathBuf::from("nats-server"), PathBuf::from);
-    let found = Command::new(&path)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "nats-server is needed ({}); ./scripts/test.sh installs it (apt-get install nats-server)",
-        path.display()
-    );
-    path
+    let runs = |path: &Path| {
+        Command::new(path)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let candidates: Vec<PathBuf> = match std::env::var_os("FLOWMESH_NATS_SERVER") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![
+            PathBuf::from("nats-server"),
+            PathBuf::from("/usr/sbin/nats-server"),
+        ],
+    };
+    match candidates.iter().find(|p| runs(p)) {
+        Some(found) => found.clone(),
+        None => panic!(
+            "nats-server is needed (looked for {candidates:?}); ./scripts/test.sh installs it \
+             (apt-get install nats-server)"
+        ),
+    }
 }
 
 impl NatsServer {

@@ -3,9 +3,15 @@
 //! It builds the image (docker/Dockerfile over target/dist, on the local base image), brings
 //! the text stack up under a project name of its own with the gateway on a free host port,
 //! indexes documents and finds them with paraphrased queries (real MiniLM), then: stops one
-//! encoder replica in the middle of a load of searches (no search may fail), starts it again,
-//! restarts an index shard (every document is found again), and takes the whole stack down and
-//! up again keeping its volumes (the index shards' logs and Redis's AOF keep everything);
+//! encoder replica in the middle of a load of searches (no search may fail), starts it again.
+//! Each index shard runs as two mirrored copies that follow the shard's log (nats-server): under
+//! a load of searches (none may fail) and while documents are indexed in small requests, one
+//! copy is killed and started again (it catches up from the log: both copies' `/stats` show the
+//! same position, count and digest, and every indexed document finds itself), then another
+//! copy loses its volume (a lost disk) and comes back empty (it restores from its peer and the
+//! copies are equal again). It restarts an index copy (every document is found again), and
+//! takes the whole stack down and up again keeping its volumes (the copies' data, the log and
+//! Redis's AOF keep everything);
 //! finally it switches the project to the image Flow (compose.image.yaml: MobileNetV2, the
 //! shards on volumes of their own) and every test image finds itself. The project is taken down
 //! with its volumes however the test ends.
@@ -40,12 +46,18 @@ use serde_json::{json, Value};
 const TEST_IMAGE: &str = "flowmesh:compose-test";
 const EXECUTORS: &[&str] = &[
     "redis",
+    "nats",
     "ranker",
-    "indexer-0",
-    "indexer-1",
+    "indexer-0a",
+    "indexer-0b",
+    "indexer-1a",
+    "indexer-1b",
     "encoder-1",
     "encoder-2",
 ];
+
+/// The two mirrored copies of each index shard (compose.yaml's services), shard by shard.
+const SHARD_COPIES: &[[&str; 2]] = &[["indexer-0a", "indexer-0b"], ["indexer-1a", "indexer-1b"]];
 
 const TOP_K: usize = 3;
 
@@ -169,27 +181,82 @@ async fn every_document_found(http: &Http, gateway: &str, when: &str) {
     }
 }
 
-/// Each index shard's `GET /stats` (count, dimension, ...), asked inside its container with the
-/// mesh token from its secrets volume (as a header read from stdin: on no command line).
-async fn shard_stats(compose: &Compose) -> Vec<Value> {
-    let mut stats = Vec::new();
-    for shard in ["indexer-0", "indexer-1"] {
-        let script =
-            "printf 'Authorization: Bearer %s\\n' \"$(cat /run/flowmesh/secrets/mesh_token)\" \
-                      | curl -fsS -H @- http://127.0.0.1:8080/stats";
-        let out = compose
-            .run(
-                &["exec", "-T", shard, "sh", "-c", script],
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-        stats.push(serde_json::from_str(&out).unwrap());
-    }
-    stats
+/// One index copy's `GET /stats` (count, dimension, `mirror`: log, position, digest, ...),
+/// asked inside its container with the mesh token from its secrets volume (as a header read
+/// from stdin: on no command line).
+async fn copy_stats(compose: &Compose, copy: &str) -> anyhow::Result<Value> {
+    let script =
+        "printf 'Authorization: Bearer %s\\n' \"$(cat /run/flowmesh/secrets/mesh_token)\" \
+                  | curl -fsS -H @- http://127.0.0.1:8080/stats";
+    let out = compose
+        .run(
+            &["exec", "-T", copy, "sh", "-c", script],
+            Duration::from_secs(30),
+        )
+        .await?;
+    serde_json::from_str(&out).with_context(|| format!("{copy} /stats: {out}"))
 }
 
-/// The number of vectors each index shard holds.
+/// Whether the two copies of shard `shard` agree: both ready, following the shard's log, at the
+/// same position with the same count and content digest (32 hex digits).
+fn copies_agree(shard: usize, a: &Value, b: &Value) -> anyhow::Result<()> {
+    let log = format!("FLOWMESH_indexer_{shard}");
+    for (copy, stats) in [(SHARD_COPIES[shard][0], a), (SHARD_COPIES[shard][1], b)] {
+        let mirror = &stats["mirror"];
+        anyhow::ensure!(
+            mirror["log"] == log.as_str(),
+            "{copy} follows {log}: {stats}"
+        );
+        anyhow::ensure!(mirror["state"] == "ready", "{copy} is ready: {stats}");
+        let digest = mirror["digest"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{copy}: a digest of 32 hex digits: {stats}"
+        );
+        anyhow::ensure!(
+            mirror["count"] == stats["count"],
+            "{copy}: the digest's count is the index's: {stats}"
+        );
+    }
+    for field in ["log_id", "position", "count", "digest"] {
+        anyhow::ensure!(
+            a["mirror"][field] == b["mirror"][field],
+            "the copies of shard {shard} differ in {field}: {a} / {b}"
+        );
+    }
+    anyhow::ensure!(a["count"] == b["count"], "the copies' counts: {a} / {b}");
+    Ok(())
+}
+
+/// Waits until the two copies of every shard agree (the gateway answers a write once one copy
+/// has it, so the other may be a moment behind); one `GET /stats` per shard then.
+async fn shard_stats(compose: &Compose) -> Vec<Value> {
+    let mut agreed = Vec::new();
+    for (shard, [a, b]) in SHARD_COPIES.iter().enumerate() {
+        let last = std::sync::Mutex::new(None);
+        wait_until(
+            &format!("the copies {a} and {b} agree"),
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || {
+                let last = &last;
+                async move {
+                    let sa = copy_stats(compose, a).await?;
+                    let sb = copy_stats(compose, b).await?;
+                    copies_agree(shard, &sa, &sb)?;
+                    *last.lock().unwrap() = Some(sa);
+                    Ok(true)
+                }
+            },
+        )
+        .await
+        .unwrap();
+        agreed.push(last.into_inner().unwrap().unwrap());
+    }
+    agreed
+}
+
+/// The number of vectors each index shard holds (both copies alike).
 async fn shard_counts(compose: &Compose) -> Vec<u64> {
     let stats = shard_stats(compose).await;
     stats.iter().map(|s| s["count"].as_u64().unwrap()).collect()
@@ -332,23 +399,236 @@ async fn encoder_rejoins(compose: &Compose, http: &Http, gateway: &str) {
     every_document_found(http, gateway, "with encoder-2 back").await;
 }
 
-/// Restarts index shard 0; once it is healthy, every document is found again.
+/// A document of the mirroring scenarios: one sentence, unlike any of the corpus (so the
+/// corpus queries keep finding their documents), found first by its own text.
+fn mirror_doc(n: usize) -> (String, String) {
+    const MATERIALS: [&str; 6] = ["brass", "ceramic", "walnut", "granite", "copper", "nylon"];
+    const PARTS: [&str; 6] = ["hinge", "bracket", "washer", "spindle", "valve", "gasket"];
+    (
+        format!("mirror-{n:03}"),
+        format!(
+            "Catalogue item {n} is a {} {} of {} millimetres.",
+            MATERIALS[n % 6],
+            PARTS[(n / 6) % 6],
+            10 + 7 * n
+        ),
+    )
+}
+
+/// Indexes mirror documents `range` in requests of `batch`: every request must be acknowledged
+/// (200), whether or not every copy of its shard is up.
+async fn index_mirror_docs(
+    writer: &Http,
+    gateway: &str,
+    range: std::ops::Range<usize>,
+    batch: usize,
+) {
+    let docs: Vec<(String, String)> = range.map(mirror_doc).collect();
+    for chunk in docs.chunks(batch) {
+        let data: Vec<Value> = chunk
+            .iter()
+            .map(|(id, text)| json!({"id": id, "text": text}))
+            .collect();
+        post_ok(writer, gateway, "index", &json!({ "data": data })).await;
+    }
+}
+
+/// Every mirror document of `range` finds itself first by its own text.
+async fn mirror_docs_found(http: &Http, gateway: &str, range: std::ops::Range<usize>, when: &str) {
+    for n in range {
+        let (id, text) = mirror_doc(n);
+        let matches = search(http, gateway, &text).await.unwrap();
+        assert_eq!(matches[0].0, id, "{when}: {text:?} -> {matches:?}");
+    }
+}
+
+/// The load of searches around a copy's outage: every search answers 200 with its corpus
+/// document first (the mirror documents indexed meanwhile may change the rest of the answer).
+const MIRROR_LOAD: load::Plan = load::Plan {
+    clients: 3,
+    max: 10_000,
+    limit: Duration::from_secs(600),
+    act_after: 30,
+    after_act: 60,
+};
+
+/// Runs [`MIRROR_LOAD`] around `act`; no search may fail.
+async fn searches_survive<A, AF>(http: &Http, gateway: &str, what: &str, act: A)
+where
+    A: FnOnce() -> AF,
+    AF: std::future::Future<Output = ()>,
+{
+    let search_http = http.clone();
+    let search_gateway = gateway.to_owned();
+    let request = move |n: usize| {
+        let (http, gateway) = (search_http.clone(), search_gateway.clone());
+        async move {
+            let (query, expected) = QUERIES[n % QUERIES.len()];
+            let matches = search(&http, &gateway, query)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if matches[0].0 == expected {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{query:?} found {matches:?}, not {expected:?} first"
+                ))
+            }
+        }
+    };
+    let report = load::run(MIRROR_LOAD, request, act).await;
+    eprintln!(
+        "mirror: {what}: {} searches in {:.1}s ({:.1}s of them around the outage), {} failed",
+        report.sent,
+        report.elapsed.as_secs_f64(),
+        report.act_took.as_secs_f64(),
+        report.failures.len()
+    );
+    assert!(
+        report.failures.is_empty(),
+        "searches failed while {what}:\n{}",
+        report.failures.join("\n")
+    );
+    assert!(
+        report.after_act >= MIRROR_LOAD.after_act,
+        "the load ended after {} searches, before the {} wanted after the outage",
+        report.sent,
+        MIRROR_LOAD.after_act
+    );
+}
+
+/// Kills one copy of shard 0 (SIGKILL: a crash, in the middle of the writes) while documents
+/// are indexed in small requests and searches run; every write is acknowledged while it is
+/// down. Started again, it reads what it missed from the log: both copies agree (position,
+/// count, digest) and every document indexed finds itself.
+async fn copy_outage_while_indexing(
+    compose: &Compose,
+    http: &Http,
+    writer: &Http,
+    gateway: &str,
+    counts: &[u64],
+) {
+    let act = || async {
+        index_mirror_docs(writer, gateway, 0..20, 4).await;
+        // The kill lands while writes are in flight; the writes after it find the copy gone.
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            compose
+                .run(
+                    &["kill", "-s", "SIGKILL", "indexer-0b"],
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+        };
+        tokio::join!(index_mirror_docs(writer, gateway, 20..40, 2), kill);
+        index_mirror_docs(writer, gateway, 40..60, 4).await;
+        let behind = copy_stats(compose, "indexer-0a").await.unwrap();
+        eprintln!(
+            "mirror: indexer-0a at {} while indexer-0b is down",
+            behind["mirror"]
+        );
+        compose
+            .run(&["start", "indexer-0b"], Duration::from_secs(60))
+            .await
+            .unwrap();
+        compose
+            .wait_healthy(&["indexer-0b"], Duration::from_secs(180))
+            .await
+            .unwrap();
+    };
+    searches_survive(http, gateway, "indexer-0b was down and caught up", act).await;
+    let after = shard_counts(compose).await;
+    assert_eq!(
+        after.iter().sum::<u64>(),
+        counts.iter().sum::<u64>() + 60,
+        "the 60 documents indexed around the outage, one chunk each, on both copies: {after:?}"
+    );
+    mirror_docs_found(http, gateway, 0..60, "after indexer-0b caught up").await;
+}
+
+/// Removes one copy of shard 1 with its volume (a lost disk) while searches run and more
+/// documents are indexed, then starts it on a new, empty volume: it restores a snapshot from
+/// its peer and the log's tail, and the copies agree again.
+async fn copy_restores_after_lost_disk(
+    compose: &Compose,
+    http: &Http,
+    writer: &Http,
+    gateway: &str,
+    counts: &[u64],
+) {
+    let (volume, created) = compose.volume("indexer-1b").await.unwrap();
+    let act = || async {
+        compose
+            .run(&["rm", "-f", "-s", "indexer-1b"], Duration::from_secs(90))
+            .await
+            .unwrap();
+        run_cmd(
+            "docker",
+            &["volume", "rm", &volume],
+            &[],
+            &repo_root(),
+            None,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        index_mirror_docs(writer, gateway, 60..80, 4).await;
+        compose
+            .run(
+                &["up", "-d", "--no-deps", "indexer-1b"],
+                Duration::from_secs(120),
+            )
+            .await
+            .unwrap();
+        compose
+            .wait_healthy(&["indexer-1b"], Duration::from_secs(300))
+            .await
+            .unwrap();
+    };
+    searches_survive(http, gateway, "indexer-1b lost its disk and restored", act).await;
+    let (_, recreated) = compose.volume("indexer-1b").await.unwrap();
+    assert_ne!(recreated, created, "indexer-1b runs on a new volume");
+    let after = shard_counts(compose).await;
+    assert_eq!(
+        after.iter().sum::<u64>(),
+        counts.iter().sum::<u64>() + 80,
+        "every document, on both copies of each shard: {after:?}"
+    );
+    mirror_docs_found(http, gateway, 0..80, "after indexer-1b restored").await;
+}
+
+/// Deletes the mirror documents: the deletes reach both copies too, and the shards hold the
+/// corpus alone again.
+async fn mirror_docs_deleted(compose: &Compose, writer: &Http, gateway: &str, counts: &[u64]) {
+    let ids: Vec<Value> = (0..80).map(|n| json!({"id": mirror_doc(n).0})).collect();
+    for chunk in ids.chunks(20) {
+        post_ok(writer, gateway, "delete", &json!({ "data": chunk })).await;
+    }
+    assert_eq!(
+        shard_counts(compose).await,
+        counts,
+        "the corpus alone after deleting the mirror documents"
+    );
+}
+
+/// Restarts copy a of index shard 0; once it is healthy, every document is found again.
 async fn indexer_restart_keeps_data(compose: &Compose, http: &Http, gateway: &str, counts: &[u64]) {
-    let before = compose.container("indexer-0").await.unwrap();
+    let before = compose.container("indexer-0a").await.unwrap();
     compose
         .run(
-            &["restart", "--timeout", "20", "indexer-0"],
+            &["restart", "--timeout", "20", "indexer-0a"],
             Duration::from_secs(90),
         )
         .await
         .unwrap();
     assert_eq!(
-        compose.container("indexer-0").await.unwrap(),
+        compose.container("indexer-0a").await.unwrap(),
         before,
         "the same container restarted"
     );
     compose
-        .wait_healthy(&["indexer-0"], Duration::from_secs(120))
+        .wait_healthy(&["indexer-0a"], Duration::from_secs(120))
         .await
         .unwrap();
     http.wait_ok(&format!("{gateway}/readyz"), Duration::from_secs(60))
@@ -357,9 +637,9 @@ async fn indexer_restart_keeps_data(compose: &Compose, http: &Http, gateway: &st
     assert_eq!(
         shard_counts(compose).await,
         counts,
-        "index shards after restarting indexer-0"
+        "index shards after restarting indexer-0a"
     );
-    every_document_found(http, gateway, "after restarting indexer-0").await;
+    every_document_found(http, gateway, "after restarting indexer-0a").await;
 }
 
 /// Takes every container down (volumes kept) and brings the stack up again: same data.
@@ -552,7 +832,15 @@ async fn the_network_is_closed(compose: &Compose, read_only_key: &str) {
     let net = network(compose).await;
     let search = json!({"data": [{"text": "a person rides a horse"}], "parameters": {"top_k": 2}});
     let wrong = "Authorization: Bearer 0123456789abcdef0123456789abcdef";
-    for executor in ["indexer-0", "indexer-1", "encoder-1", "encoder-2", "ranker"] {
+    for executor in [
+        "indexer-0a",
+        "indexer-0b",
+        "indexer-1a",
+        "indexer-1b",
+        "encoder-1",
+        "encoder-2",
+        "ranker",
+    ] {
         for endpoint in ["search", "index", "delete"] {
             let url = format!("http://{executor}:8080/{endpoint}");
             let none = status_from_outside(&net, &url, Some(&search), &[]).await;
@@ -575,6 +863,27 @@ async fn the_network_is_closed(compose: &Compose, read_only_key: &str) {
         redis.contains("NOAUTH"),
         "Redis wants its password: {redis}"
     );
+    // nats-server (the log) wants the mesh token: a client without it, or with a wrong one, is
+    // refused at CONNECT; its monitoring port is not reachable from the network.
+    for connect in [
+        r#"{"verbose":false,"pedantic":false}"#,
+        r#"{"verbose":false,"pedantic":false,"auth_token":"0123456789abcdef"}"#,
+    ] {
+        let script = format!(
+            "printf 'CONNECT %s\\r\\nPING\\r\\n' '{connect}' \
+             | curl -s --max-time 3 telnet://nats:4222 2>&1 || true"
+        );
+        let nats = from_another_container(&net, &script, "").await;
+        assert!(
+            nats.contains("Authorization Violation") && !nats.contains("PONG"),
+            "nats-server wants the mesh token: {nats}"
+        );
+    }
+    let monitor = status_from_outside(&net, "http://nats:8222/healthz", None, &[]).await;
+    assert_eq!(
+        monitor, "000",
+        "nats-server's monitoring port is on its loopback only"
+    );
 
     let read_only = format!("api-key: {read_only_key}");
     let gateway = "http://gateway:8080";
@@ -596,7 +905,7 @@ async fn the_network_is_closed(compose: &Compose, read_only_key: &str) {
             "/{endpoint} through the gateway with {headers:?}"
         );
     }
-    eprintln!("compose: from another container, executors refuse calls without the mesh token, Redis wants its password, the read-only key only searches");
+    eprintln!("compose: from another container, executors refuse calls without the mesh token, Redis wants its password, nats-server the mesh token, the read-only key only searches");
 }
 
 /// No container's configuration shows a generated secret (every service is given file paths).
@@ -631,6 +940,7 @@ async fn no_secret_in_the_configuration(compose: &Compose, secrets: &[&str]) {
 async fn generated_secrets(compose: &Compose) -> Vec<String> {
     let script =
         "cd /run/flowmesh/secrets && stat -c '%a %u %n' * && cat mesh_token redis_password api_key";
+    // api_key, mesh_token, nats.conf, read_only_api_key, redis.conf, redis_password
     let out = compose
         .run(
             &["exec", "-T", "gateway", "sh", "-c", script],
@@ -639,7 +949,7 @@ async fn generated_secrets(compose: &Compose) -> Vec<String> {
         .await
         .unwrap();
     let mut lines = out.lines();
-    for _ in 0..5 {
+    for _ in 0..6 {
         let line = lines.next().unwrap();
         assert!(
             line.starts_with("600 10001 "),
@@ -753,6 +1063,10 @@ async fn compose_stack_searches_through_replica_loss_and_restarts() {
 
     load_while_stopping_encoder(&compose, &http, &gateway).await;
     encoder_rejoins(&compose, &http, &gateway).await;
+    copy_outage_while_indexing(&compose, &http, &writer, &gateway, &counts).await;
+    copy_restores_after_lost_disk(&compose, &http, &writer, &gateway, &counts).await;
+    mirror_docs_deleted(&compose, &writer, &gateway, &counts).await;
+    every_document_found(&http, &gateway, "after the mirroring scenarios").await;
     indexer_restart_keeps_data(&compose, &http, &gateway, &counts).await;
     stack_restart_keeps_data(&compose, &http, &counts).await;
     assert_eq!(

@@ -130,6 +130,40 @@ impl Compose {
         Ok(ids[0].to_owned())
     }
 
+    /// The Docker volume of one of the project's named volumes (`name` as compose.yaml calls
+    /// it), found by Compose's labels, and when Docker made it (`CreatedAt`): a volume that
+    /// was removed and made again has another creation time.
+    pub async fn volume(&self, name: &str) -> anyhow::Result<(String, String)> {
+        let project = format!("label=com.docker.compose.project={}", self.project);
+        let volume = format!("label=com.docker.compose.volume={name}");
+        let out = run_cmd(
+            "docker",
+            &[
+                "volume", "ls", "-q", "--filter", &project, "--filter", &volume,
+            ],
+            &[],
+            &self.dir,
+            None,
+            Duration::from_secs(30),
+        )
+        .await?;
+        let names: Vec<&str> = out.split_whitespace().collect();
+        ensure!(
+            names.len() == 1,
+            "volume {name}: expected one, found {names:?}"
+        );
+        let created = run_cmd(
+            "docker",
+            &["volume", "inspect", "-f", "{{.CreatedAt}}", names[0]],
+            &[],
+            &self.dir,
+            None,
+            Duration::from_secs(30),
+        )
+        .await?;
+        Ok((names[0].to_owned(), created.trim().to_owned()))
+    }
+
     /// Docker's health status of a service's container (`healthy`, `starting`, ...).
     pub async fn health(&self, service: &str) -> anyhow::Result<String> {
         let id = self.container(service).await?;
