@@ -87,9 +87,11 @@ pub(super) fn nats_binary() -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
+    // Debian installs it in /usr/sbin, which is not on every user's PATH.
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
         .map(|d| d.join("nats-server"))
         .find(|p| p.is_file())
         .ok_or_else(|| {
