@@ -278,15 +278,63 @@ fn is_mirrored(executor: &ExecutorSpec) -> bool {
     is_stateful(executor) && executor.replicas >= 2
 }
 
-/// The snapshot files of a `flowmesh snapshot` folder, checked to be one.
-fn restore_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    let manifest = dir.join(backup::MANIFEST);
-    if !manifest.is_file() {
+/// The folder of `--restore-from`, checked against its manifest and the Flow: every file the
+/// manifest lists is there with its size and SHA-256, and each stateful executor of the Flow has
+/// as many shards as the snapshot (documents are placed on shards by id: another count would
+/// put them on the wrong shard).
+fn restore_dir(dir: &Path, spec: &FlowSpec) -> anyhow::Result<PathBuf> {
+    use sha2::Digest as _;
+    let manifest_path = dir.join(backup::MANIFEST);
+    if !manifest_path.is_file() {
         bail!(
             "--restore-from {}: no {} there; give a folder written by `flowmesh snapshot`",
             dir.display(),
             backup::MANIFEST
         );
+    }
+    let manifest: Value = std::fs::read(&manifest_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Ok(serde_json::from_slice(&b)?))
+        .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+    if manifest["flow"].as_str() != Some(spec.name.as_str()) {
+        eprintln!(
+            "note: the snapshot in {} is of flow {}, this is flow {:?}",
+            dir.display(),
+            manifest["flow"],
+            spec.name
+        );
+    }
+    let entries = manifest["shards"].as_array().cloned().unwrap_or_default();
+    for entry in &entries {
+        let file = entry["file"].as_str().unwrap_or_default();
+        let path = dir.join(file);
+        let mut f = std::fs::File::open(&path)
+            .with_context(|| format!("the snapshot's {} is missing", path.display()))?;
+        let mut hash = sha2::Sha256::new();
+        let bytes = std::io::copy(&mut f, &mut hash)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let sha: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if Some(bytes) != entry["bytes"].as_u64() || Some(sha.as_str()) != entry["sha256"].as_str()
+        {
+            bail!(
+                "{} does not match the snapshot's manifest (size or SHA-256 differ): it is damaged",
+                path.display()
+            );
+        }
+    }
+    for e in spec.executors.iter().filter(|e| is_stateful(e)) {
+        let shards = entries
+            .iter()
+            .filter(|x| x["executor"] == e.name.as_str())
+            .count();
+        if shards != 0 && shards != e.shards {
+            bail!(
+                "the snapshot holds {shards} shard(s) of {}, the Flow gives it {}: restore into \
+                 a Flow with the same shards",
+                e.name,
+                e.shards
+            );
+        }
     }
     Ok(std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?)
 }
@@ -306,7 +354,11 @@ async fn start_all(
         restart_window: Duration::from_secs(args.restart_window_secs),
         start_timeout: ready_timeout,
     };
-    let restore = args.restore_from.as_deref().map(restore_dir).transpose()?;
+    let restore = args
+        .restore_from
+        .as_deref()
+        .map(|dir| restore_dir(dir, spec))
+        .transpose()?;
     let mirrored = spec
         .executors
         .iter()
