@@ -507,6 +507,16 @@ async fn a_copy_that_lost_its_disk_restores_from_its_peer() {
     let total: u64 = agreed.iter().map(|(_, count, _)| count).sum();
     assert_eq!(total, acked.len() as u64, "{agreed:?}");
     on_every_copy(&http, &gateway, &shards, &acked).await;
+    // It was seeded from its peer, not only replayed from the log.
+    let logged = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    let prefix = format!("[{}]", victim.label);
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains("from peer")),
+        "{} did not restore from its peer",
+        victim.label
+    );
     launched.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
