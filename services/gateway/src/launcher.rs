@@ -336,7 +336,7 @@ fn restore_dir(dir: &Path, spec: &FlowSpec) -> anyhow::Result<PathBuf> {
             );
         }
     }
-    Ok(std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?)
+    std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))
 }
 
 async fn start_all(
