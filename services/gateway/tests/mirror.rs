@@ -692,3 +692,57 @@ async fn a_snapshot_restores_a_fresh_workspace() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// The pid of the `nats-server` that `flowmesh up` started, from its ports file
+/// (`nats-server_PID.ports`).
+fn nats_pid(dir: &Path) -> i32 {
+    let ports = dir.join("ws/mirror/log/ports");
+    std::fs::read_dir(&ports)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("nats-server_")?
+                .strip_suffix(".ports")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no ports file in {}", ports.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_log_server_is_restarted_and_writes_resume() {
+    let (dir, mut launched) = start("mirror-nats", INDEXER_FLOW).await;
+    let gateway = launched.gateway.clone();
+    let http = Http::new();
+    index_range(&http, &gateway, 0..50, 5).await;
+    let pid = nats_pid(&dir);
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    // Writes fail while the log is down (never acknowledged without it), then go on.
+    let began = Instant::now();
+    let probe = json!({"data": [{"id": id(50), "text": text(50)}]});
+    loop {
+        let r = http.post(&format!("{gateway}/index"), &probe).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "writes did not resume after the log server was killed: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restarted = nats_pid(&dir);
+    assert_ne!(restarted, pid, "nats-server was not started again");
+    index_range(&http, &gateway, 51..100, 7).await;
+    let shards = copies(&http, &gateway, "indexer").await;
+    let agreed = converged(&shards).await;
+    let total: u64 = agreed.iter().map(|(_, count, _)| count).sum();
+    assert_eq!(total, 100, "{agreed:?}");
+    let all: Vec<usize> = (0..100).collect();
+    every_one_finds_itself(&http, &gateway, &all, false).await;
+    launched.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
