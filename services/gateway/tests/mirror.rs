@@ -746,3 +746,66 @@ async fn a_killed_log_server_is_restarted_and_writes_resume() {
     launched.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_snapshots_need_a_read_write_key() {
+    let (dir, flow) = flow_dir("mirror-snapshot-keys", INDEXER_FLOW);
+    let env = [
+        ("FLOWMESH_API_KEY", "rw-key-for-snapshots".to_owned()),
+        (
+            "FLOWMESH_READ_ONLY_API_KEY",
+            "ro-key-for-snapshots".to_owned(),
+        ),
+    ];
+    let mut launched = launch::up(&flow, &dir, &env, None).await;
+    let gateway = launched.gateway.clone();
+    let rw = Http::new().with_header("api-key", "rw-key-for-snapshots");
+    index_range(&rw, &gateway, 0..10, 5).await;
+    let url = format!("{gateway}/snapshot/indexer/0");
+    assert_eq!(Http::new().get(&url).await.status, 401);
+    let ro = Http::new().with_header("api-key", "ro-key-for-snapshots");
+    assert_eq!(ro.get(&url).await.status, 404);
+    let r = rw.get(&url).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!r.body.is_empty());
+    let position: u64 = r.headers["x-flowmesh-log-seq"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(position >= 1, "{position}");
+    let r = rw.get(&format!("{gateway}/snapshot/encoder/0")).await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let r = rw.get(&format!("{gateway}/snapshot/indexer/7")).await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    let r = rw.get(&format!("{gateway}/snapshot/nothing/0")).await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+
+    // `flowmesh snapshot` with the key from the environment; a read-only key is refused.
+    for (key, ok) in [
+        ("ro-key-for-snapshots", false),
+        ("rw-key-for-snapshots", true),
+    ] {
+        let out = dir.join(format!("snapshot-{ok}"));
+        let run = tokio::process::Command::new(launch::flowmesh())
+            .args(["snapshot", "--gateway", &gateway, "--out"])
+            .arg(&out)
+            .env("FLOWMESH_API_KEY", key)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.success(), ok, "{stderr}");
+        assert!(!stderr.contains(key), "the key is printed: {stderr}");
+        if ok {
+            let manifest = checked_manifest(&out);
+            assert_eq!(
+                manifest["shards"].as_array().unwrap().len(),
+                2,
+                "{manifest}"
+            );
+        }
+    }
+    launched.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
