@@ -717,6 +717,16 @@ async fn a_killed_log_server_is_restarted_and_writes_resume() {
     let http = Http::new();
     index_range(&http, &gateway, 0..50, 5).await;
     let pid = nats_pid(&dir);
+    // Its configuration holds the mesh token: readable by this user only, never on its command line.
+    let conf = dir.join("ws/mirror/log/nats.conf");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&conf).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", conf.display());
+    assert!(std::fs::read_to_string(&conf)
+        .unwrap()
+        .contains(launch::mesh_token()));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(launch::mesh_token()));
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     // Writes fail while the log is down (never acknowledged without it), then go on.
     let began = Instant::now();
@@ -808,4 +818,42 @@ async fn shard_snapshots_need_a_read_write_key() {
     }
     launched.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_runs_only_for_mirrored_executors() {
+    // No mirrored executor: no log server, not even looked for.
+    let (dir, flow) = flow_dir(
+        "mirror-none",
+        "name: plain
+executors:
+  - {name: encoder, uses: encoder, replicas: 2, with: {model: hash, dim: 64}}
+  - {name: indexer, uses: indexer, shards: 2}
+",
+    );
+    let env = [(
+        "FLOWMESH_NATS_SERVER",
+        "/nonexistent/nats-server".to_owned(),
+    )];
+    let mut launched = launch::up(&flow, &dir, &env, None).await;
+    assert!(!dir.join("ws/plain/log").exists());
+    launched.stop().await;
+    // A mirrored executor and no nats-server: a clear error.
+    let (dir2, flow2) = flow_dir("mirror-no-nats", INDEXER_FLOW);
+    let run = tokio::process::Command::new(launch::flowmesh())
+        .arg("up")
+        .arg(&flow2)
+        .args(["--listen", "127.0.0.1:0", "--workspace"])
+        .arg(dir2.join("ws"))
+        .env("FLOWMESH_NATS_SERVER", "/nonexistent/nats-server")
+        .env("FLOWMESH_MESH_TOKEN", launch::mesh_token())
+        .output()
+        .await
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("apt-get install nats-server"), "{stderr}");
+    for d in [dir, dir2] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
