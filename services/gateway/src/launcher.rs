@@ -238,6 +238,13 @@ pub async fn up(
     args: UpArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Polled once now, the signal handlers are registered before any process starts: a SIGTERM
+    // from then on stops the Flow cleanly (before, one that came before the gateway served ended
+    // this process at once and left its executors and nats-server behind).
+    let mut shutdown = Box::pin(shutdown);
+    if futures::poll!(shutdown.as_mut()).is_ready() {
+        return Ok(());
+    }
     let mut spec = load_flow(&args.flow)?;
     let security = Security::new(&args)?;
     let started = Instant::now();
