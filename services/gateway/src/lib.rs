@@ -83,7 +83,7 @@ pub async fn run(
     // The log authenticates with the mesh token: NATS is configured with the same one.
     let token = mesh.as_ref().and_then(|m| m.first());
     let log = Log::connect(&config.log, "flowmesh-gateway", token).await?;
-    let flow = Flow::build_with_log(spec, &client, log)?;
+    let flow = Flow::build_with_log(spec, &client, log.as_ref())?;
     keys.reload_on_sighup();
     if let Some(mesh) = &mesh {
         mesh.reload_on_sighup();

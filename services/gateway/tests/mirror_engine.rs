@@ -229,8 +229,7 @@ async fn mesh(name: &str, shards: usize, copies: usize, options: &str) -> Mesh {
         serde_json::to_string(&addresses).unwrap()
     );
     let spec = FlowSpec::from_yaml(&yaml).unwrap();
-    let flow =
-        Arc::new(Flow::build_with_log(spec, &ExecutorClient::new(), Some(log.clone())).unwrap());
+    let flow = Arc::new(Flow::build_with_log(spec, &ExecutorClient::new(), Some(&log)).unwrap());
     let app = router(AppState::new(
         flow.clone(),
         Limits::with_max_body_bytes(1 << 20),

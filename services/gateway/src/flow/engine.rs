@@ -150,7 +150,7 @@ impl Flow {
     pub fn build_with_log(
         spec: FlowSpec,
         client: &ExecutorClient,
-        log: Option<Log>,
+        log: Option<&Log>,
     ) -> Result<Self, FlowError> {
         spec.validate()?;
         let preds = spec.predecessors()?;
@@ -174,7 +174,7 @@ impl Flow {
                     ..BalanceConfig::default()
                 };
                 let mirror = if e.is_mirrored() {
-                    let Some(log) = &log else {
+                    let Some(log) = log else {
                         return Err(FlowError::Executor {
                             executor: e.name.clone(),
                             problem: format!(
