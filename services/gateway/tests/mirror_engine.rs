@@ -402,3 +402,21 @@ async fn a_copy_that_failed_a_write_takes_no_reads_until_it_caught_up() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn with_no_caught_up_copy_reads_go_to_the_most_advanced_one() {
+    let m = mesh("mirror-fallback", 1, 2, "").await;
+    let (a, b) = (&m.copies[0][0], &m.copies[0][1]);
+    assert_eq!(m.index(&names("x", 2)).await.status, 200);
+    b.0.failing.store(true, Ordering::Relaxed);
+    assert_eq!(m.index(&names("y", 2)).await.status, 200);
+    // The only copy holding every acknowledged write dies: the one left is behind, and still
+    // answers the reads rather than failing them.
+    a.1.kill();
+    let before = b.0.searches.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        let r = m.http.post(&m.url("/search"), &docs(&names("q", 1))).await;
+        assert_eq!(r.status, 200, "{}", r.json());
+    }
+    assert_eq!(b.0.searches.load(Ordering::Relaxed), before + 10);
+}

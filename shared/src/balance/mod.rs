@@ -263,6 +263,12 @@ impl ReplicaSet {
         let tried: Tried = Arc::default();
         self.budget.deposit();
         let mut service = self.service.clone();
+        // Only mirrored sets may need the call again (a reference count on the body).
+        let call_again = if self.mirror.is_some() {
+            Some(call.clone())
+        } else {
+            None
+        };
         let attempt = Attempt {
             call,
             retry: 0,
@@ -273,7 +279,22 @@ impl ReplicaSet {
             Ok(()) => service.call(attempt).await,
             Err(failure) => Err(failure),
         };
-        result.map_err(|failure| self.to_api_error(failure, &tried))
+        let failure = match result {
+            Ok(envelope) => return Ok(envelope),
+            Err(failure) => failure,
+        };
+        // The copies that held every acknowledged write all failed during this call: the most
+        // advanced of the others answers rather than the read failing.
+        if let Some(call) = call_again {
+            let died = matches!(
+                failure,
+                Failure::NoneUp | Failure::Call(CallError::Transport(_) | CallError::Down)
+            );
+            if died && !self.any_up() {
+                return self.read_most_advanced(call).await;
+            }
+        }
+        Err(self.to_api_error(failure, &tried))
     }
 
     /// `E shard N (addresses)`, naming the replicas in `tried`, or all of them.
