@@ -11,7 +11,15 @@ use flowmesh_shared::mirror::{MirrorState, MirrorStats};
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(crate::stats_get),
-    components(schemas(IndexerStats, ShardStats, MirrorStats, MirrorState, Stats, BuildState, Metric))
+    components(schemas(
+        IndexerStats,
+        ShardStats,
+        MirrorStats,
+        MirrorState,
+        Stats,
+        BuildState,
+        Metric
+    ))
 )]
 struct IndexerApi;
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flowmesh_shared::codec::Format;
 use flowmesh_shared::mirror::{LogArgs, ShardLog, MIN_SEQ_HEADER, SEQ_HEADER};
-use flowmesh_shared::testing::nats::NatsServer;
 use flowmesh_shared::testing::temp_dir;
+use flowmesh_shared::testing::NatsServer;
 use flowmesh_shared::{Endpoint, Envelope};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
@@ -82,7 +82,11 @@ async fn deliver(copy: &Process, endpoint: Endpoint, seq: u64, body: &Bytes) -> 
     status
 }
 
-async fn get(copy: &Process, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, Bytes) {
+async fn get(
+    copy: &Process,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, Bytes) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
     let mut request = http::Request::get(format!("{}/{path}", copy.base));
@@ -209,7 +213,8 @@ async fn copies_apply_in_log_order_and_converge_after_gaps_crashes_and_restarts(
     // MIRROR file does not record; they are applied again, with the same content.
     b.kill9().await;
     let mirror_file = dir_b.join("MIRROR");
-    let mut recorded: Value = serde_json::from_slice(&std::fs::read(&mirror_file).unwrap()).unwrap();
+    let mut recorded: Value =
+        serde_json::from_slice(&std::fs::read(&mirror_file).unwrap()).unwrap();
     recorded["position"] = json!(last - 12);
     std::fs::write(&mirror_file, serde_json::to_vec(&recorded).unwrap()).unwrap();
     let b = copy(&nats, &dir_b, &[]).await;
@@ -245,8 +250,8 @@ async fn an_empty_copy_restores_from_its_peer_when_the_log_was_trimmed() {
     assert_eq!(ma["digest"], mc["digest"], "{ma} {mc}");
     assert_eq!(ma["count"], mc["count"]);
     let (seq, body) = append(&log, Endpoint::Delete, &ids(&[3, 4, 5])).await;
-    assert_eq!(deliver(&a, Endpoint::Index, seq, &body).await, 200);
-    assert_eq!(deliver(&c, Endpoint::Index, seq, &body).await, 200);
+    assert_eq!(deliver(&a, Endpoint::Delete, seq, &body).await, 200);
+    assert_eq!(deliver(&c, Endpoint::Delete, seq, &body).await, 200);
     let ma = wait_position(&a, seq).await;
     let mc = wait_position(&c, seq).await;
     assert_eq!(ma["digest"], mc["digest"]);
@@ -268,7 +273,14 @@ async fn an_empty_copy_restores_from_its_peer_when_the_log_was_trimmed() {
     drop(d);
     // A data directory that holds something is never overwritten by --restore-from.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowmesh-indexer"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir", dir_s, "--restore-from", file_s])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir_s,
+            "--restore-from",
+            file_s,
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -55,7 +55,12 @@ pub struct MirrorArgs {
     pub log_stream: Option<String>,
     /// Another copy of the same shard (repeatable), asked for a snapshot when this copy has to
     /// be seeded.
-    #[arg(long = "peer", env = "FLOWMESH_PEERS", value_delimiter = ',', value_name = "URL")]
+    #[arg(
+        long = "peer",
+        env = "FLOWMESH_PEERS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub peers: Vec<String>,
     /// A file with one peer URL per line, re-read whenever a peer is needed.
     #[arg(long, env = "FLOWMESH_PEERS_FILE", value_name = "PATH")]
@@ -65,7 +70,11 @@ pub struct MirrorArgs {
     #[arg(long, env = "FLOWMESH_RESTORE_FROM", value_name = "FILE")]
     pub restore_from: Option<PathBuf>,
     /// How long start-up waits for a peer to answer with a snapshot.
-    #[arg(long, env = "FLOWMESH_MIRROR_START_TIMEOUT_SECS", default_value_t = 120)]
+    #[arg(
+        long,
+        env = "FLOWMESH_MIRROR_START_TIMEOUT_SECS",
+        default_value_t = 120
+    )]
     pub start_timeout_secs: u64,
     /// TLS towards peers.
     #[command(flatten)]
@@ -377,7 +386,9 @@ pub async fn prepare(
         return Ok(Prepared::unmirrored());
     }
     let Some(stream) = args.log_stream.clone() else {
-        anyhow::bail!("--log-url needs --log-stream (FLOWMESH_LOG_STREAM): the log this copy follows");
+        anyhow::bail!(
+            "--log-url needs --log-stream (FLOWMESH_LOG_STREAM): the log this copy follows"
+        );
     };
     let token = mesh.as_ref().and_then(SecretSet::first);
     let Some(log) = Log::connect(&args.log, service, token).await? else {
@@ -723,12 +734,13 @@ impl Inner {
             for record in records {
                 let request = Format::MsgPack.decode::<Envelope>(&record.body);
                 match request {
-                    Ok(request) => match self.apply_at(record.seq, record.endpoint, request).await
-                    {
-                        Ok(_) => {}
-                        Err(e) if e.status().is_client_error() => {}
-                        Err(e) => return Err(e),
-                    },
+                    Ok(request) => {
+                        match self.apply_at(record.seq, record.endpoint, request).await {
+                            Ok(_) => {}
+                            Err(e) if e.status().is_client_error() => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
                     Err(e) => {
                         // The gateway appends only what it decoded: an undecodable record is a
                         // no-op on every copy alike.
