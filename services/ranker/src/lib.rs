@@ -21,9 +21,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::secret::redact_url;
 use flowmesh_shared::mirror::{Mirror, MirrorArgs, MirrorStats, MirrorStore, Prepared};
-use flowmesh_shared::server::{executor_router, stateful_executor_router, Executor, Limits, ServeArgs};
+use flowmesh_shared::secret::redact_url;
+use flowmesh_shared::server::{
+    executor_router, stateful_executor_router, Executor, Limits, ServeArgs,
+};
 use flowmesh_shared::{ApiError, Deadline, Endpoint, Envelope};
 
 pub use aggregate::{aggregate, Aggregation};
@@ -121,10 +123,13 @@ pub fn router<S: DocStore>(
     limits: &Limits,
 ) -> Router {
     store_metrics_on_scrape(&ranker);
-    let extra = Router::new().route(
-        "/openapi.json",
-        axum::routing::get(|| async { axum::Json(openapi()) }),
-    );
+    let extra = Router::new()
+        .route("/stats", axum::routing::get(plain_stats_get::<S>))
+        .with_state(Arc::clone(&ranker))
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { axum::Json(openapi()) }),
+        );
     executor_router(SERVICE, ranker, readiness, limits, extra)
 }
 
@@ -174,16 +179,32 @@ impl MirrorStore for MirroredRanker {
     }
 }
 
-/// `/stats` of a ranker with the embedded store.
+/// `/stats` of a ranker.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct RankerStats {
-    /// `embedded`.
+    /// `embedded`, `redis` or `memory`.
     pub store: &'static str,
-    /// Documents stored.
-    pub count: u64,
-    /// The copy's log, applied position, count and content digest (log null when the store is
-    /// not a mirrored copy).
-    pub mirror: MirrorStats,
+    /// Documents stored; null where counting would cost a round trip (Redis).
+    pub count: Option<u64>,
+    /// The embedded store's copy: its log, applied position, count and content digest (log
+    /// null when the store is not a mirrored copy); null for the other stores, which are not
+    /// the ranker's own state.
+    pub mirror: Option<MirrorStats>,
+}
+
+/// `/stats` of a ranker whose store is not its own state (Redis, memory).
+async fn plain_stats_get<S: DocStore>(
+    axum::extract::State(ranker): axum::extract::State<Arc<Ranker<S>>>,
+) -> Result<axum::Json<RankerStats>, ApiError> {
+    let store = ranker.store().kind();
+    let count = tokio::task::spawn_blocking(move || ranker.store().count_cheaply())
+        .await
+        .map_err(|e| ApiError::Internal(format!("stats task failed: {e}")))?;
+    Ok(axum::Json(RankerStats {
+        store,
+        count,
+        mirror: None,
+    }))
 }
 
 /// What the embedded store holds, and its mirror (log position, content digest).
@@ -195,8 +216,8 @@ async fn stats_get(
     let mirror = mirror.stats().await?;
     Ok(axum::Json(RankerStats {
         store: "embedded",
-        count: mirror.count,
-        mirror,
+        count: Some(mirror.count),
+        mirror: Some(mirror),
     }))
 }
 

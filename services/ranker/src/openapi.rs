@@ -2,8 +2,8 @@
 //! each route answers with (the shared document lists the common ones only) and the deadline
 //! header.
 
-use flowmesh_shared::openapi::{add_deadline_header, set_error_responses as set_errors};
 use flowmesh_shared::mirror::{MirrorState, MirrorStats};
+use flowmesh_shared::openapi::{add_deadline_header, set_error_responses as set_errors};
 use utoipa::openapi::OpenApi;
 
 #[derive(utoipa::OpenApi)]

@@ -144,6 +144,10 @@ fn failed(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl DocStore for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
     fn count_cheaply(&self) -> Option<u64> {
         // redb keeps each table's length in its header: no scan.
         self.count().ok()
