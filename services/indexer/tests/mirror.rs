@@ -290,3 +290,58 @@ async fn an_empty_copy_restores_from_its_peer_when_the_log_was_trimmed() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// The catch-up times of docs/benchmarks.md: a copy of 100,000 x 384 vectors restored from a
+/// peer's snapshot, and the same read from the log. `cargo test --release -p flowmesh-indexer
+/// --test mirror -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: about a minute"]
+async fn measure_restore_and_catch_up_of_100k_x_384() {
+    let nats = NatsServer::start("mirror-measure", None);
+    let log = shard_log(&nats.url(), 1 << 30).await;
+    let (dir_a, dir_b, dir_c) = (
+        temp_dir("mirror-ma"),
+        temp_dir("mirror-mb"),
+        temp_dir("mirror-mc"),
+    );
+    let a = copy(&nats, &dir_a, &[]).await;
+    let loading = Instant::now();
+    let mut last = 0;
+    for batch in 0..400 {
+        let (seq, body) = append(
+            &log,
+            Endpoint::Index,
+            &docs(batch * 250, batch * 250 + 250, 384, 0),
+        )
+        .await;
+        assert_eq!(deliver(&a, Endpoint::Index, seq, &body).await, 200);
+        last = seq;
+    }
+    let ma = wait_position(&a, last).await;
+    assert_eq!(ma["count"], 100_000);
+    println!(
+        "loaded 100,000 x 384 into one copy in {:.1}s",
+        loading.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let b = copy(&nats, &dir_b, &["--peer", &a.base]).await;
+    let mb = wait_position(&b, last).await;
+    let restore = started.elapsed();
+    assert_eq!(ma["digest"], mb["digest"]);
+
+    let started = Instant::now();
+    let c = copy(&nats, &dir_c, &[]).await;
+    let mc = wait_position(&c, last).await;
+    let replay = started.elapsed();
+    assert_eq!(ma["digest"], mc["digest"]);
+    println!(
+        "100,000 x 384: restored from a peer's snapshot in {:.1}s; caught up from the log in {:.1}s",
+        restore.as_secs_f64(),
+        replay.as_secs_f64()
+    );
+    drop((a, b, c));
+    for dir in [dir_a, dir_b, dir_c] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
