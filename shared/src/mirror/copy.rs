@@ -32,7 +32,7 @@ use crate::tls::ClientTlsArgs;
 pub const EXIT_BEHIND_LOG: i32 = 75;
 
 /// Records read from the log per batch when catching up.
-const CATCH_UP_BATCH: u64 = 512;
+const CATCH_UP_BATCH: u64 = 128;
 
 /// How often a running copy compares its position with the log's newest record.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
