@@ -184,6 +184,42 @@ impl ExecutorClient {
         }
     }
 
+    /// `method uri` with `headers` added to the usual ones (mesh token, trace context, time
+    /// left before `deadline`) and `body` (MessagePack when not empty): the answer's status,
+    /// headers and body as they came, whatever the status. For calls that read response headers
+    /// (the applied position of a mirrored copy, `x-flowmesh-log-seq`).
+    pub async fn exchange(
+        &self,
+        method: Method,
+        uri: Uri,
+        headers: http::HeaderMap,
+        body: Bytes,
+        trace: &opentelemetry::Context,
+        deadline: Deadline,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
+        let has_body = !body.is_empty();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(body))
+            .map_err(|e| CallError::Transport(e.to_string()))?;
+        if has_body {
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(Format::MsgPack.mime()),
+            );
+            req.headers_mut().insert(
+                header::ACCEPT,
+                http::HeaderValue::from_static(Format::MsgPack.mime()),
+            );
+        }
+        req.headers_mut().extend(headers);
+        self.authorize(req.headers_mut());
+        crate::trace::inject(trace, req.headers_mut());
+        deadline.insert_into(req.headers_mut());
+        self.send(req).await
+    }
+
     /// Adds `Authorization: Bearer` with the first mesh token, marked sensitive (hyper never
     /// logs it; traces never record request headers).
     fn authorize(&self, headers: &mut http::HeaderMap) {
@@ -221,7 +257,8 @@ impl ExecutorClient {
     }
 }
 
-fn status_error(status: StatusCode, bytes: &[u8]) -> CallError {
+/// The [`CallError`] of an answer with a non-200 `status` and body `bytes`.
+pub fn status_error(status: StatusCode, bytes: &[u8]) -> CallError {
     let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| {
         ErrorBody::new(
             String::from_utf8_lossy(&bytes[..bytes.len().min(200)]),

@@ -129,6 +129,10 @@ pub enum ApiError {
         /// The ids of the documents that were not written.
         not_written: Vec<String>,
     },
+    /// The request conflicts with how the service works (a write sent straight to a mirrored
+    /// copy instead of through the gateway).
+    #[error("{0}")]
+    Conflict(String),
     /// The service is not ready yet (model loading, store disconnected, ...).
     #[error("{0}")]
     NotReady(String),
@@ -149,6 +153,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UnknownEndpoint(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Rejected { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
@@ -183,6 +188,7 @@ impl ApiError {
             Self::RequestTimeout(_) => "request_timeout",
             Self::PartialWrite { .. } => "partial_write",
             Self::NotReady(_) => "not_ready",
+            Self::Conflict(_) => "conflict",
             Self::Internal(_) => "internal",
         }
     }

@@ -504,10 +504,15 @@ async fn jina_post(
     .await)
 }
 
+/// How long `/status` waits for each copy's `GET /stats`.
+const STATUS_STATS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The Flow's topology and the health of every replica.
 #[utoipa::path(get, path = "/status", responses((status = 200, description = "Topology and health", body = Object)))]
 async fn flow_status(State(s): State<AppState>) -> Json<Value> {
-    let mut status = s.flow.status();
+    // Each copy of a stateful executor is asked for its content (`GET /stats`) at once, each
+    // within a short timeout, so a stalled copy delays /status by at most that.
+    let mut status = s.flow.full_status(STATUS_STATS_TIMEOUT).await;
     status["version"] = json!(env!("CARGO_PKG_VERSION"));
     if let Some(processes) = &s.processes {
         status["processes"] = processes();

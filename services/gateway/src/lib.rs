@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use flowmesh_shared::client::ExecutorClient;
+use flowmesh_shared::mirror::{Log, LogArgs};
 use flowmesh_shared::server::{bind_and_serve, warn_if_exposed, ServeArgs};
 use flowmesh_shared::tls::ClientTlsArgs;
 
@@ -49,6 +50,9 @@ pub struct Config {
     /// The gateway's own limits.
     #[command(flatten)]
     pub guard: GatewayLimits,
+    /// The replicated log of mirrored executors (`--log-url`): needed when the Flow has one.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Reads and validates a Flow file.
@@ -77,7 +81,10 @@ pub async fn run(
     let client = ExecutorClient::secured(&config.client_tls, mesh.clone()).context(
         "invalid client TLS configuration (--tls-ca, --tls-client-cert, --tls-client-key)",
     )?;
-    let flow = Flow::build(spec, &client)?;
+    // The log authenticates with the mesh token: NATS is configured with the same one.
+    let token = mesh.as_ref().and_then(|m| m.first());
+    let log = Log::connect(&config.log, "flowmesh-gateway", token).await?;
+    let flow = Flow::build_with_log(spec, &client, log.as_ref())?;
     keys.reload_on_sighup();
     if let Some(mesh) = &mesh {
         mesh.reload_on_sighup();

@@ -41,8 +41,10 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use flowmesh_shared::health::Readiness;
-use flowmesh_shared::server::{executor_router, Limits, ServeArgs};
-use flowmesh_shared::ApiError;
+use flowmesh_shared::mirror::{Mirror, MirrorArgs, MirrorStats, MirrorStore, Prepared};
+use flowmesh_shared::server::{stateful_executor_router, Executor, Limits, ServeArgs};
+use flowmesh_shared::{ApiError, Deadline, Endpoint, Envelope};
+use serde::Serialize;
 
 pub use annoy::{write_index, AnnoyFile, AnnoyMetric};
 pub use annoy_index::AnnoyBuilder;
@@ -119,6 +121,9 @@ pub struct Config {
     /// bytes per match at peak: the default, 1,000,000, is about 400 MB.
     #[arg(long, env = "FLOWMESH_INDEXER_MAX_MATCHES", default_value_t = executor::DEFAULT_MAX_MATCHES)]
     pub max_matches: usize,
+    /// Mirrored copies: the log this copy follows, its peers, a snapshot to restore from.
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -190,15 +195,57 @@ fn scratch_dir() -> PathBuf {
     std::env::temp_dir().join(format!("flowmesh-annoy-{}-{n}", std::process::id()))
 }
 
-/// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `/openapi.json`, `/livez`, `/readyz`,
-/// `/metrics`.
+/// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `GET /mirror/snapshot`,
+/// `/openapi.json`, `/livez`, `/readyz`, `/metrics` (a shard that is not a mirrored copy).
 pub fn router(indexer: Arc<Indexer>, readiness: Readiness, limits: &Limits) -> Router {
+    let mirror = Mirror::start(Prepared::unmirrored(), store_of(&indexer));
+    router_with_mirror(indexer, readiness, limits, mirror)
+}
+
+/// [`router`] for a shard whose writes go through `mirror` (a mirrored copy when it follows a
+/// log).
+pub fn router_with_mirror(
+    indexer: Arc<Indexer>,
+    readiness: Readiness,
+    limits: &Limits,
+    mirror: Mirror,
+) -> Router {
     size_metrics_on_scrape(indexer.shard());
     let extra = Router::new()
         .route("/stats", get(stats_get))
-        .with_state(Arc::clone(indexer.shard()))
+        .with_state((Arc::clone(indexer.shard()), mirror.clone()))
         .route("/openapi.json", get(|| async { Json(openapi()) }));
-    executor_router(SERVICE, indexer, readiness, limits, extra)
+    stateful_executor_router(SERVICE, indexer, readiness, limits, extra, mirror)
+}
+
+/// The shard as its mirror sees it.
+struct MirroredIndexer(Arc<Indexer>);
+
+impl MirrorStore for MirroredIndexer {
+    fn apply(
+        &self,
+        endpoint: Endpoint,
+        request: Envelope,
+    ) -> futures::future::BoxFuture<'_, Result<Envelope, ApiError>> {
+        Box::pin(self.0.call(endpoint, request, Deadline::NONE))
+    }
+
+    fn count(&self) -> u64 {
+        self.0.shard().len() as u64
+    }
+
+    fn digest(&self) -> String {
+        self.0.shard().digest()
+    }
+
+    fn export(&self) -> Result<Vec<u8>, ApiError> {
+        Ok(self.0.shard().export_image())
+    }
+}
+
+/// The store side of `indexer`'s mirror.
+pub fn store_of(indexer: &Arc<Indexer>) -> Arc<dyn MirrorStore> {
+    Arc::new(MirroredIndexer(Arc::clone(indexer)))
 }
 
 /// Sets the shard's size gauges whenever `/metrics` is scraped, labelled with the executor and
@@ -239,20 +286,40 @@ fn shard_labels() -> [(&'static str, String); 2] {
     ]
 }
 
-/// What the shard holds: count, dimension, backend, metric, durability, and for approximate
-/// backends the state of the built structure.
+/// `/stats`: the shard's statistics and its mirror's.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IndexerStats {
+    /// Count, dimension, backend, metric, durability, build state.
+    #[serde(flatten)]
+    pub shard: ShardStats,
+    /// The copy's log, applied position, count and content digest (log null when the shard is
+    /// not a mirrored copy).
+    pub mirror: MirrorStats,
+}
+
+/// What the shard holds: count, dimension, backend, metric, durability, for approximate
+/// backends the state of the built structure, and its mirror (log position, content digest).
 #[utoipa::path(get, path = "/stats", responses(
-    (status = 200, description = "The shard's statistics", body = ShardStats)))]
-async fn stats_get(State(shard): State<Arc<Shard>>) -> Result<Json<ShardStats>, ApiError> {
+    (status = 200, description = "The shard's statistics", body = IndexerStats)))]
+async fn stats_get(
+    State((shard, mirror)): State<(Arc<Shard>, Mirror)>,
+) -> Result<Json<IndexerStats>, ApiError> {
     // Reading waits for a writer, which may wait for a long scan: not on the async threads.
     let stats = tokio::task::spawn_blocking(move || shard.shard_stats())
         .await
         .map_err(|e| ApiError::Internal(format!("stats task failed: {e}")))?;
-    Ok(Json(stats))
+    Ok(Json(IndexerStats {
+        shard: stats,
+        mirror: mirror.stats().await?,
+    }))
 }
 
-/// The routes of the indexer `config` describes, ready to serve.
+/// The routes of the indexer `config` describes, ready to serve (not a mirrored copy: see
+/// [`serve_app`]).
 pub fn app(config: &Config) -> anyhow::Result<Router> {
+    if config.mirror.is_mirrored() || config.mirror.restore_from.is_some() {
+        anyhow::bail!("--log-url and --restore-from need the indexer's start-up (serve_app)");
+    }
     let indexer = config.indexer()?;
     tracing::info!(
         backend = indexer.shard().backend(),
@@ -263,5 +330,40 @@ pub fn app(config: &Config) -> anyhow::Result<Router> {
         Arc::new(indexer),
         Readiness::ready(),
         &config.serve.limits,
+    ))
+}
+
+/// The routes of the indexer `config` describes, as the binary starts them: with `--log-url`
+/// a mirrored copy (seeded from a peer when its data directory is empty or too old, then
+/// catching up with its log in the background), with `--restore-from` restored first.
+pub async fn serve_app(config: &Config) -> anyhow::Result<Router> {
+    let mesh = config.serve.mesh.tokens()?;
+    let data_dir = config.data_dir();
+    let install = |dir: &std::path::Path, bytes: &[u8]| Shard::install_image(dir, bytes);
+    let prepared = flowmesh_shared::mirror::prepare(
+        &config.mirror,
+        data_dir.as_deref(),
+        mesh,
+        SERVICE,
+        &install,
+    )
+    .await?;
+    let config = config.clone();
+    let indexer = tokio::task::spawn_blocking(move || config.indexer().map(|i| (i, config)))
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the shard failed: {e}"))?;
+    let (indexer, config) = indexer?;
+    tracing::info!(
+        backend = indexer.shard().backend(),
+        metric = config.metric.as_str(),
+        "index opened"
+    );
+    let indexer = Arc::new(indexer);
+    let mirror = Mirror::start(prepared, store_of(&indexer));
+    Ok(router_with_mirror(
+        indexer,
+        Readiness::ready(),
+        &config.serve.limits,
+        mirror,
     ))
 }

@@ -5,20 +5,30 @@ use flowmesh_shared::openapi::{add_deadline_header, set_error_responses as add_e
 use utoipa::openapi::OpenApi;
 
 use crate::backend::{Metric, Stats};
-use crate::{BuildState, ShardStats};
+use crate::{BuildState, IndexerStats, ShardStats};
+use flowmesh_shared::mirror::{MirrorState, MirrorStats};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(crate::stats_get),
-    components(schemas(ShardStats, Stats, BuildState, Metric))
+    components(schemas(
+        IndexerStats,
+        ShardStats,
+        MirrorStats,
+        MirrorState,
+        Stats,
+        BuildState,
+        Metric
+    ))
 )]
 struct IndexerApi;
 
 /// The statuses of `POST /{endpoint}`, beyond 200.
-const ENDPOINT_ERRORS: [(&str, &str); 8] = [
+const ENDPOINT_ERRORS: [(&str, &str); 9] = [
     ("400", "Malformed body; a document without an id or embedding, with a NaN or infinite value in its embedding (the message names the document), or of another dimension than the index; an invalid parameter (`top_k` not a positive integer or above --max-top-k, a malformed deadline header)"),
     ("404", "/update of a document the shard does not hold (named; nothing is changed)"),
     ("405", "A method other than POST"),
+    ("409", "A write to a mirrored copy (--log-url) without its log position (x-flowmesh-log-seq): writes to a mirrored copy come through the gateway, in log order"),
     ("413", "Body above --max-body-bytes, more documents than --max-documents, or a search asking for more matches (query vectors x top_k) than --max-matches"),
     ("429", "More requests in flight than --max-concurrent-requests; retry after `Retry-After`"),
     ("500", "The shard could not write its log (nothing was acknowledged)"),

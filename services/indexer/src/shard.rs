@@ -367,6 +367,57 @@ impl VectorIndex for Shard {
 }
 
 impl Shard {
+    /// The whole shard as snapshot bytes (the WAL's snapshot format), copied under the writer
+    /// lock so that no write is half in it: a mirrored copy's image for its peers.
+    pub fn export_image(&self) -> Vec<u8> {
+        let rows = {
+            let _writes = self.inner.writer();
+            self.inner.all.export()
+        };
+        crate::wal::encode_snapshot(0, &rows)
+    }
+
+    /// Installs an image from [`Shard::export_image`] into the empty data directory `dir`, so
+    /// that opening the shard there recovers it.
+    pub fn install_image(dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+        crate::wal::install_snapshot(dir, bytes)?;
+        Ok(())
+    }
+
+    /// Entries stored.
+    pub fn len(&self) -> usize {
+        self.inner.all.len()
+    }
+
+    /// Whether the shard stores nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The content digest (see [`flowmesh_shared::mirror::Digest`]) over every entry's id,
+    /// parent id and vector bytes.
+    pub fn digest(&self) -> String {
+        let rows = self.inner.all.export();
+        let mut digest = flowmesh_shared::mirror::Digest::new();
+        let mut value = Vec::new();
+        for entry in rows.entries() {
+            value.clear();
+            match entry.parent_id {
+                Some(p) => {
+                    value.push(1);
+                    value.extend_from_slice(&(p.len() as u64).to_le_bytes());
+                    value.extend_from_slice(p.as_bytes());
+                }
+                None => value.push(0),
+            }
+            for x in entry.vector {
+                value.extend_from_slice(&x.to_le_bytes());
+            }
+            digest.add(entry.id.as_bytes(), &value);
+        }
+        digest.finish()
+    }
+
     /// Whether the shard holds `id` (an entry, or the parent of stored chunks).
     pub fn holds(&self, id: &str) -> bool {
         self.inner.all.contains(id)

@@ -21,8 +21,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use flowmesh_shared::health::Readiness;
+use flowmesh_shared::mirror::{Mirror, MirrorArgs, MirrorStats, MirrorStore, Prepared};
 use flowmesh_shared::secret::redact_url;
-use flowmesh_shared::server::{executor_router, Limits, ServeArgs};
+use flowmesh_shared::server::{
+    executor_router, stateful_executor_router, Executor, Limits, ServeArgs,
+};
+use flowmesh_shared::{ApiError, Deadline, Endpoint, Envelope};
 
 pub use aggregate::{aggregate, Aggregation};
 pub use executor::Ranker;
@@ -98,6 +102,10 @@ pub struct Config {
     /// aggregate, which becomes their score.
     #[arg(long, env = "FLOWMESH_RANKER_REVERSE")]
     pub reverse: bool,
+    /// Mirrored copies of the embedded store: the log this copy follows, its peers, a snapshot
+    /// to restore from.
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Serving options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -115,10 +123,13 @@ pub fn router<S: DocStore>(
     limits: &Limits,
 ) -> Router {
     store_metrics_on_scrape(&ranker);
-    let extra = Router::new().route(
-        "/openapi.json",
-        axum::routing::get(|| async { axum::Json(openapi()) }),
-    );
+    let extra = Router::new()
+        .route("/stats", axum::routing::get(plain_stats_get::<S>))
+        .with_state(Arc::clone(&ranker))
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { axum::Json(openapi()) }),
+        );
     executor_router(SERVICE, ranker, readiness, limits, extra)
 }
 
@@ -135,27 +146,164 @@ fn store_metrics_on_scrape<S: DocStore>(ranker: &Arc<Ranker<S>>) {
     });
 }
 
-/// The routes of the ranker `config` describes, ready to serve.
+/// The embedded store as its mirror sees it.
+struct MirroredRanker(Arc<Ranker<EmbeddedStore>>);
+
+fn store_failed(e: &anyhow::Error) -> ApiError {
+    ApiError::Internal(format!("embedded store: {e:#}"))
+}
+
+impl MirrorStore for MirroredRanker {
+    fn apply(
+        &self,
+        endpoint: Endpoint,
+        request: Envelope,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Envelope, ApiError>> + Send + '_>>
+    {
+        Box::pin(self.0.call(endpoint, request, Deadline::NONE))
+    }
+
+    fn count(&self) -> u64 {
+        self.0.store().count().unwrap_or(0)
+    }
+
+    fn digest(&self) -> String {
+        self.0.store().digest().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the store for its digest");
+            String::new()
+        })
+    }
+
+    fn export(&self) -> Result<Vec<u8>, ApiError> {
+        self.0.store().export_image().map_err(|e| store_failed(&e))
+    }
+}
+
+/// `/stats` of a ranker.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RankerStats {
+    /// `embedded`, `redis` or `memory`.
+    pub store: &'static str,
+    /// Documents stored; null where counting would cost a round trip (Redis).
+    pub count: Option<u64>,
+    /// The embedded store's copy: its log, applied position, count and content digest (log
+    /// null when the store is not a mirrored copy); null for the other stores, which are not
+    /// the ranker's own state.
+    pub mirror: Option<MirrorStats>,
+}
+
+/// `/stats` of a ranker whose store is not its own state (Redis, memory).
+async fn plain_stats_get<S: DocStore>(
+    axum::extract::State(ranker): axum::extract::State<Arc<Ranker<S>>>,
+) -> Result<axum::Json<RankerStats>, ApiError> {
+    let store = ranker.store().kind();
+    let count = tokio::task::spawn_blocking(move || ranker.store().count_cheaply())
+        .await
+        .map_err(|e| ApiError::Internal(format!("stats task failed: {e}")))?;
+    Ok(axum::Json(RankerStats {
+        store,
+        count,
+        mirror: None,
+    }))
+}
+
+/// What the embedded store holds, and its mirror (log position, content digest).
+#[utoipa::path(get, path = "/stats", responses(
+    (status = 200, description = "The store's statistics", body = RankerStats)))]
+async fn stats_get(
+    axum::extract::State(mirror): axum::extract::State<Mirror>,
+) -> Result<axum::Json<RankerStats>, ApiError> {
+    let mirror = mirror.stats().await?;
+    Ok(axum::Json(RankerStats {
+        store: "embedded",
+        count: Some(mirror.count),
+        mirror: Some(mirror),
+    }))
+}
+
+/// The routes of a ranker over the embedded store whose writes go through `mirror`:
+/// those of [`router`], plus `GET /stats` and `GET /mirror/snapshot`.
+pub fn embedded_router(
+    ranker: Arc<Ranker<EmbeddedStore>>,
+    readiness: Readiness,
+    limits: &Limits,
+    mirror: Mirror,
+) -> Router {
+    store_metrics_on_scrape(&ranker);
+    let extra = Router::new()
+        .route("/stats", axum::routing::get(stats_get))
+        .with_state(mirror.clone())
+        .route(
+            "/openapi.json",
+            axum::routing::get(|| async { axum::Json(openapi()) }),
+        );
+    stateful_executor_router(SERVICE, ranker, readiness, limits, extra, mirror)
+}
+
+/// The store side of `ranker`'s mirror.
+pub fn store_of(ranker: &Arc<Ranker<EmbeddedStore>>) -> Arc<dyn MirrorStore> {
+    Arc::new(MirroredRanker(Arc::clone(ranker)))
+}
+
+/// The routes of the ranker `config` describes, as the binary starts them: with the embedded
+/// store and `--log-url`, a mirrored copy (seeded from a peer when its data directory is empty
+/// or too old, then catching up with its log); with `--restore-from`, restored first. Other
+/// stores with `--log-url` are refused: they are not the ranker's own state.
+pub async fn serve_app(config: &Config) -> anyhow::Result<Router> {
+    let mirrored = config.mirror.is_mirrored() || config.mirror.restore_from.is_some();
+    if !mirrored {
+        return app(config);
+    }
+    let data_dir = data_dir(config);
+    let dir = match (config.store, data_dir) {
+        (StoreKind::Embedded, Some(dir)) => dir,
+        (store, _) => anyhow::bail!(
+            "--log-url and --restore-from need the embedded store with a data directory              (--store embedded --data-dir DIR): the {store:?} store is not a stateful store of              the ranker's own, and its copies cannot be mirrored"
+        ),
+    };
+    let mesh = config.serve.mesh.tokens()?;
+    let install = |dir: &std::path::Path, bytes: &[u8]| EmbeddedStore::install_image(dir, bytes);
+    let prepared =
+        flowmesh_shared::mirror::prepare(&config.mirror, Some(&dir), mesh, SERVICE, &install)
+            .await?;
+    let store = EmbeddedStore::open(&dir)?;
+    tracing::info!(dir = %dir.display(), "embedded document store opened");
+    let ranker = Arc::new(Ranker::new(store, config.aggregation, config.reverse));
+    let mirror = Mirror::start(prepared, store_of(&ranker));
+    Ok(embedded_router(
+        ranker,
+        Readiness::ready(),
+        &config.serve.limits,
+        mirror,
+    ))
+}
+
+fn data_dir(config: &Config) -> Option<std::path::PathBuf> {
+    config
+        .data_dir
+        .clone()
+        .or_else(|| std::env::var_os("FLOWMESH_WORKSPACE").map(std::path::PathBuf::from))
+}
+
+/// The routes of the ranker `config` describes, ready to serve (not a mirrored copy: see
+/// [`serve_app`]).
 pub fn app(config: &Config) -> anyhow::Result<Router> {
     if config.removed_redis_password.is_some() {
         anyhow::bail!(password::REMOVED_FLAG);
     }
+    if config.mirror.is_mirrored() || config.mirror.restore_from.is_some() {
+        anyhow::bail!("--log-url and --restore-from need the ranker's start-up (serve_app)");
+    }
     let readiness = Readiness::ready();
     let limits = &config.serve.limits;
     let (aggregation, reverse) = (config.aggregation, config.reverse);
-    let data_dir = config
-        .data_dir
-        .clone()
-        .or_else(|| std::env::var_os("FLOWMESH_WORKSPACE").map(std::path::PathBuf::from));
-    let router = match (config.store, data_dir) {
+    let router = match (config.store, data_dir(config)) {
         (StoreKind::Embedded, Some(dir)) => {
             let store = EmbeddedStore::open(&dir)?;
             tracing::info!(dir = %dir.display(), "embedded document store opened");
-            router(
-                Arc::new(Ranker::new(store, aggregation, reverse)),
-                readiness,
-                limits,
-            )
+            let ranker = Arc::new(Ranker::new(store, aggregation, reverse));
+            let mirror = Mirror::start(Prepared::unmirrored(), store_of(&ranker));
+            embedded_router(ranker, readiness, limits, mirror)
         }
         (StoreKind::Redis, _) => {
             let password = redis_password(

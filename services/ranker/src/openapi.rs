@@ -2,13 +2,22 @@
 //! each route answers with (the shared document lists the common ones only) and the deadline
 //! header.
 
+use flowmesh_shared::mirror::{MirrorState, MirrorStats};
 use flowmesh_shared::openapi::{add_deadline_header, set_error_responses as set_errors};
 use utoipa::openapi::OpenApi;
 
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(crate::stats_get),
+    components(schemas(crate::RankerStats, MirrorStats, MirrorState))
+)]
+struct RankerApi;
+
 /// The statuses of `POST /{endpoint}`, beyond 200.
-const ENDPOINT_ERRORS: [(&str, &str); 6] = [
+const ENDPOINT_ERRORS: [(&str, &str); 7] = [
     ("400", "Malformed body; a document to store without an id; a match with a NaN or infinite score (the message names the match); an invalid parameter (`top_k` not a positive integer or above --max-top-k, a malformed deadline header)"),
     ("405", "A method other than POST"),
+    ("409", "A write to a mirrored copy (--log-url) without its log position (x-flowmesh-log-seq): writes to a mirrored copy come through the gateway, in log order"),
     ("413", "Body above --max-body-bytes, or more documents than --max-documents"),
     ("429", "More requests in flight than --max-concurrent-requests; retry after `Retry-After`"),
     ("503", "`unavailable`: the document store (Redis) cannot be reached or failed; `not_ready`: not ready"),
@@ -29,6 +38,7 @@ pub fn openapi() -> OpenApi {
          503 `unavailable` while the document store (Redis) cannot be reached; /readyz answers \
          503 naming Redis while it is down.",
     );
+    api.merge(<RankerApi as utoipa::OpenApi>::openapi());
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
             set_errors(op, &ENDPOINT_ERRORS);

@@ -16,6 +16,7 @@
 //! a replica died (connection refused or dropped, or marked down) is not drawn from the budget:
 //! the dead replica is out of the pool, so the retry goes to another one and adds no load to it.
 
+mod mirror;
 mod monitor;
 mod replica;
 mod retry;
@@ -37,6 +38,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::retry::Retry;
 use tower::{Service, ServiceExt};
 
+pub use self::mirror::{MirrorState, MIRROR_GRACE};
 use self::monitor::Monitor;
 pub use self::replica::Replica;
 use self::replica::{Attempt, ReplicaService, ShardId, Tried};
@@ -113,6 +115,13 @@ pub struct ReplicaSet {
     service: Retrying,
     /// Every call deposits in it; the retry policy withdraws a retry from it.
     budget: Arc<TpsBudget>,
+    /// For mirrored copies (see `mirror.rs`): the shard's acknowledged position.
+    mirror: Option<Arc<MirrorState>>,
+    /// Wakes the monitor when a call takes a replica out of the pool.
+    down: Arc<Notify>,
+    client: ExecutorClient,
+    timeout: Duration,
+    retries: u32,
 }
 
 impl std::fmt::Debug for ReplicaSet {
@@ -134,6 +143,31 @@ impl ReplicaSet {
         bases: &[String],
         client: ExecutorClient,
         config: BalanceConfig,
+    ) -> Self {
+        Self::build(executor, shard, bases, client, config, None)
+    }
+
+    /// [`new`](Self::new) for the mirrored copies of a shard that keeps data: writes go to
+    /// every copy ([`write_mirrored`](Self::write_mirrored)), reads only to copies that hold
+    /// every acknowledged write.
+    pub fn mirrored(
+        executor: &str,
+        shard: usize,
+        bases: &[String],
+        client: ExecutorClient,
+        config: BalanceConfig,
+    ) -> Self {
+        let mirror = Some(Arc::new(MirrorState::default()));
+        Self::build(executor, shard, bases, client, config, mirror)
+    }
+
+    fn build(
+        executor: &str,
+        shard: usize,
+        bases: &[String],
+        client: ExecutorClient,
+        config: BalanceConfig,
+        mirror: Option<Arc<MirrorState>>,
     ) -> Self {
         // The monitor sets gauges at once: the recorder must exist before them, or they are lost.
         let _ = crate::telemetry::metrics_handle();
@@ -182,13 +216,16 @@ impl ReplicaSet {
             config.retry_percent,
         ));
         let policy = RetryPolicy::new(shard_id.clone(), replicas.len(), budget.clone(), &config);
+        let timeout = config.timeout;
+        let retries = config.retries;
         let monitor = Monitor {
             shard: shard_id.clone(),
             replicas: replicas.clone(),
-            client,
+            client: client.clone(),
             changes_tx,
-            down,
+            down: down.clone(),
             config,
+            mirror: mirror.clone(),
         };
         tokio::spawn(monitor.run(endpoint));
         Self {
@@ -196,6 +233,11 @@ impl ReplicaSet {
             replicas,
             service: Retry::new(policy, attempts),
             budget,
+            mirror,
+            down,
+            client,
+            timeout,
+            retries,
         }
     }
 
@@ -214,9 +256,19 @@ impl ReplicaSet {
     /// allow. Fails fast when no replica is up. Errors name the executor, the shard and the
     /// replicas that failed.
     pub async fn call(&self, call: Call) -> Result<Envelope, ApiError> {
+        if self.mirror.is_some() && !self.any_up() {
+            // No copy is known to hold every acknowledged write: the most advanced answers.
+            return self.read_most_advanced(call).await;
+        }
         let tried: Tried = Arc::default();
         self.budget.deposit();
         let mut service = self.service.clone();
+        // Only mirrored sets may need the call again (a reference count on the body).
+        let call_again = if self.mirror.is_some() {
+            Some(call.clone())
+        } else {
+            None
+        };
         let attempt = Attempt {
             call,
             retry: 0,
@@ -227,7 +279,22 @@ impl ReplicaSet {
             Ok(()) => service.call(attempt).await,
             Err(failure) => Err(failure),
         };
-        result.map_err(|failure| self.to_api_error(failure, &tried))
+        let failure = match result {
+            Ok(envelope) => return Ok(envelope),
+            Err(failure) => failure,
+        };
+        // The copies that held every acknowledged write all failed during this call: the most
+        // advanced of the others answers rather than the read failing.
+        if let Some(call) = call_again {
+            let died = matches!(
+                failure,
+                Failure::NoneUp | Failure::Call(CallError::Transport(_) | CallError::Down)
+            );
+            if died && !self.any_up() {
+                return self.read_most_advanced(call).await;
+            }
+        }
+        Err(self.to_api_error(failure, &tried))
     }
 
     /// `E shard N (addresses)`, naming the replicas in `tried`, or all of them.

@@ -7,6 +7,7 @@ use tokio::sync::{mpsc, Notify};
 use tower::discover::Change;
 use tower::load::PeakEwma;
 
+use super::mirror::{probe_copy, MirrorState};
 use super::replica::{Replica, ReplicaService, ShardId};
 use super::{BalanceConfig, Discovered};
 use crate::client::ExecutorClient;
@@ -19,6 +20,8 @@ pub(super) struct Monitor {
     /// Notified when a call marks a replica down.
     pub(super) down: Arc<Notify>,
     pub(super) config: BalanceConfig,
+    /// For mirrored copies: a copy is healthy only once it holds every acknowledged write.
+    pub(super) mirror: Option<Arc<MirrorState>>,
 }
 
 impl Monitor {
@@ -84,6 +87,9 @@ impl Monitor {
     }
 
     async fn probe(&self, replica: &Replica) -> bool {
+        if let Some(mirror) = &self.mirror {
+            return probe_copy(&self.client, replica, mirror, self.config.probe_timeout).await;
+        }
         let Ok(uri) = replica.uri("/readyz") else {
             return false;
         };

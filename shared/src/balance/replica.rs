@@ -23,6 +23,9 @@ pub struct Replica {
     base: String,
     up: AtomicBool,
     calls: AtomicU64,
+    /// For a mirrored copy: the highest log position it is known to have applied (from its
+    /// answers' `x-flowmesh-log-seq`); 0 otherwise.
+    position: AtomicU64,
 }
 
 impl Replica {
@@ -32,6 +35,7 @@ impl Replica {
             base: base.trim_end_matches('/').to_owned(),
             up: AtomicBool::new(true),
             calls: AtomicU64::new(0),
+            position: AtomicU64::new(0),
         }
     }
 
@@ -48,6 +52,28 @@ impl Replica {
     /// How many calls were sent to this replica.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// For a mirrored copy: the highest log position it is known to have applied.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// A write answer said the copy applied `position`: known positions only go up (answers
+    /// of concurrent writes arrive in any order).
+    pub(super) fn advance(&self, position: u64) {
+        self.position.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// A health probe said the copy applied `position`: its own word, even when lower (a copy
+    /// that lost its data starts over).
+    pub(super) fn set_position(&self, position: u64) {
+        self.position.store(position, Ordering::Release);
+    }
+
+    /// Counts a call sent to this replica outside the balancer.
+    pub(super) fn count_call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Puts the replica in the pool (`true`) or takes it out.

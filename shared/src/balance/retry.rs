@@ -37,7 +37,7 @@ impl Failure {
     /// budget. A replica that died (refused or dropped the connection, or was marked down) is
     /// out of the pool: the retry adds no load to it, so it is not budgeted. Overload, errors
     /// and timeouts are; a timeout is retried only where there is another replica to try.
-    fn retry_kind(&self, replicas: usize) -> (bool, bool) {
+    pub(super) fn retry_kind(&self, replicas: usize) -> (bool, bool) {
         match self {
             Self::Call(CallError::Transport(_) | CallError::Down) => (true, false),
             Self::Call(e) => (e.is_retryable(), true),

@@ -9,8 +9,13 @@
 //! order, reading from the log any it missed, so every copy goes through the same writes in the
 //! same order and ends with the same content. See docs/flows.md, "Mirrored copies".
 
+pub mod copy;
 pub mod log;
 
+pub use copy::{
+    dir_is_empty, prepare, Digest, Install, Mirror, MirrorArgs, MirrorState, MirrorStats,
+    MirrorStore, Prepared, EXIT_BEHIND_LOG, LOG_ID_HEADER,
+};
 pub use log::{Bounds, Log, LogArgs, LogError, Record, ShardLog};
 
 /// On a write sent to a copy: the write's position in its shard's log. On a copy's answers: the

@@ -28,7 +28,7 @@ mod signal;
 pub use crate::limits::Limits;
 pub use crate::tls::ServerTlsArgs;
 pub use args::ServeArgs;
-pub use executor::{executor_router, Executor};
+pub use executor::{executor_router, stateful_executor_router, Executor};
 pub use listen::{bind, bind_and_serve, serve, warn_if_exposed};
 pub use mesh::{
     bearer_token, require_mesh_token, MeshArgs, MeshGuard, MeshLayer, MESH_TOKEN_ENV,

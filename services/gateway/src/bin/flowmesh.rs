@@ -60,8 +60,11 @@ async fn main() {
             println!("flow {:?} is valid:", spec.name);
             for e in &spec.executors {
                 println!(
-                    "  {} (uses {}, {} shard(s) x {} replica(s))",
-                    e.name, e.uses, e.shards, e.replicas
+                    "  {} (uses {}, {} shard(s); {})",
+                    e.name,
+                    e.uses,
+                    e.shards,
+                    e.describe_kind()
                 );
             }
         }),

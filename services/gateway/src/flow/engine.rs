@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use flowmesh_shared::balance::{BalanceConfig, ReplicaSet};
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::limits::DEFAULT_MAX_TOP_K;
+use flowmesh_shared::mirror::{stream_name, Log, ShardLog, WriteConsistency};
 use flowmesh_shared::trace;
 use flowmesh_shared::{ApiError, Deadline, Document, Envelope, Header, Parameters, Route};
 
@@ -44,7 +45,16 @@ enum Kind {
         shards: Vec<ReplicaSet>,
         /// What merges the answers of `all` polling.
         merge: Merge,
+        /// For mirrored copies: each shard's log, and how many copies must apply a write.
+        mirror: Option<Mirrored>,
     },
+}
+
+/// The writes of a mirrored executor: each shard's replicated log, and how many copies must
+/// acknowledge a write (`write_consistency`).
+struct Mirrored {
+    logs: Vec<ShardLog>,
+    consistency: WriteConsistency,
 }
 
 struct Node {
@@ -129,8 +139,19 @@ pub struct Answer {
 
 impl Flow {
     /// Connects to every executor of `spec`. Every remote executor must have addresses (the
-    /// launcher fills them in for the ones it starts).
+    /// launcher fills them in for the ones it starts). A Flow with a mirrored executor needs
+    /// the log: see [`build_with_log`](Self::build_with_log).
     pub fn build(spec: FlowSpec, client: &ExecutorClient) -> Result<Self, FlowError> {
+        Self::build_with_log(spec, client, None)
+    }
+
+    /// [`build`](Self::build) with the replicated log (`--log-url`) that orders the writes of
+    /// mirrored executors; a Flow with a mirrored executor and no log is refused, naming it.
+    pub fn build_with_log(
+        spec: FlowSpec,
+        client: &ExecutorClient,
+        log: Option<&Log>,
+    ) -> Result<Self, FlowError> {
         spec.validate()?;
         let preds = spec.predecessors()?;
         let mut nodes = Vec::with_capacity(spec.executors.len());
@@ -152,16 +173,53 @@ impl Flow {
                     health_interval: Duration::from_millis(spec.settings.health_interval_ms),
                     ..BalanceConfig::default()
                 };
+                let mirror = if e.is_mirrored() {
+                    let Some(log) = log else {
+                        return Err(FlowError::Executor {
+                            executor: e.name.clone(),
+                            problem: format!(
+                                "{}; its writes go through a replicated log: give the gateway \
+                                 --log-url (FLOWMESH_LOG_URL), the NATS server that holds it",
+                                e.describe_kind()
+                            ),
+                        });
+                    };
+                    Some(Mirrored {
+                        logs: (0..addresses.len())
+                            .map(|shard| log.shard(&stream_name(&e.name, shard)))
+                            .collect(),
+                        consistency: e.write_consistency()?,
+                    })
+                } else {
+                    None
+                };
                 let shards = addresses
                     .iter()
                     .enumerate()
                     .map(|(shard, replicas)| {
-                        ReplicaSet::new(&e.name, shard, replicas, client.clone(), config.clone())
+                        if mirror.is_some() {
+                            ReplicaSet::mirrored(
+                                &e.name,
+                                shard,
+                                replicas,
+                                client.clone(),
+                                config.clone(),
+                            )
+                        } else {
+                            ReplicaSet::new(
+                                &e.name,
+                                shard,
+                                replicas,
+                                client.clone(),
+                                config.clone(),
+                            )
+                        }
                     })
                     .collect();
                 Kind::Remote {
                     shards,
                     merge: e.merge(),
+                    mirror,
                 }
             };
             nodes.push(Node {
@@ -217,7 +275,7 @@ impl Flow {
                             Value::Array(
                                 s.replicas()
                                     .iter()
-                                    .map(|r| json!({"address": r.base(), "up": r.is_up(), "calls": r.calls()}))
+                                    .map(|r| json!({"address": r.base(), "up": r.is_up(), "reads": r.is_up(), "calls": r.calls()}))
                                     .collect(),
                             )
                         })
@@ -228,15 +286,24 @@ impl Flow {
                     .iter()
                     .map(|(e, p)| (e.path().to_owned(), json!(p)))
                     .collect();
-                json!({
+                let mut entry = json!({
                     "name": &*n.name,
                     "uses": n.spec.uses,
+                    "kind": if n.spec.is_stateful() { "stateful" } else { "stateless" },
+                    "mirrored": n.spec.is_mirrored(),
                     "needs": needs,
                     "replicas": n.spec.replicas,
                     "shards": shards,
                     "polling": polling,
                     "uses_after": n.spec.merge(),
-                })
+                });
+                if let Kind::Remote {
+                    mirror: Some(m), ..
+                } = &n.kind
+                {
+                    entry["write_consistency"] = json!(m.consistency.to_string());
+                }
+                entry
             })
             .collect();
         json!({
@@ -246,6 +313,56 @@ impl Flow {
             "prefetch": self.spec.settings.prefetch,
             "executors": executors,
         })
+    }
+
+    /// [`status`](Self::status), and for each copy of a stateful executor what its `GET /stats`
+    /// says (`position`, `count`, `digest`, `state`; asked of every copy at once, each within
+    /// `timeout`), with per shard whether its copies hold the same content (`converged`) and
+    /// overall whether any shard's copies differ (`diverged`).
+    pub async fn full_status(&self, timeout: Duration) -> Value {
+        let mut status = self.status();
+        let mut asks = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Kind::Remote { shards, .. } = &n.kind {
+                if n.spec.is_stateful() {
+                    for (s, set) in shards.iter().enumerate() {
+                        asks.push(async move { (i, s, set.copy_stats(timeout).await) });
+                    }
+                }
+            }
+        }
+        let answers = futures::future::join_all(asks).await;
+        let mut diverged = false;
+        let mut converged: Vec<Vec<Value>> = vec![Vec::new(); self.nodes.len()];
+        for (i, s, stats) in answers {
+            let copies = &mut status["executors"][i]["shards"][s];
+            let mut seen = Vec::with_capacity(stats.len());
+            for (c, stats) in stats.into_iter().enumerate() {
+                let mirror = stats.as_ref().and_then(|v| v.get("mirror")).cloned();
+                let field = |k: &str| mirror.as_ref().and_then(|m| m.get(k)).cloned();
+                let copy = &mut copies[c];
+                for k in ["position", "count", "digest", "state"] {
+                    copy[k] = field(k).unwrap_or(Value::Null);
+                }
+                seen.push(mirror.and_then(|m| {
+                    Some((
+                        m.get("position")?.as_u64()?,
+                        m.get("count")?.as_u64()?,
+                        m.get("digest")?.as_str()?.to_owned(),
+                    ))
+                }));
+            }
+            let verdict = convergence(&seen);
+            diverged |= verdict == Some(false);
+            converged[i].push(json!(verdict));
+        }
+        for (i, verdicts) in converged.into_iter().enumerate() {
+            if self.nodes[i].spec.is_stateful() && !verdicts.is_empty() {
+                status["executors"][i]["converged"] = Value::Array(verdicts);
+            }
+        }
+        status["diverged"] = json!(diverged);
+        status
     }
 
     /// Runs `request` through the Flow for `endpoint` within `limits`.
@@ -309,8 +426,8 @@ impl Flow {
             out
         };
         let mut runs = Vec::with_capacity(batches.len());
-        for batch in batches {
-            runs.push(self.run_batch(&ctx, batch));
+        for (index, batch) in batches.into_iter().enumerate() {
+            runs.push(self.run_batch(&ctx, index, batch));
         }
         let answers: Vec<Output> = futures::stream::iter(runs)
             .buffered(self.spec.settings.prefetch)
@@ -357,7 +474,7 @@ impl Flow {
         })
     }
 
-    async fn run_batch(&self, ctx: &RequestCtx, docs: Vec<Document>) -> NodeOutput {
+    async fn run_batch(&self, ctx: &RequestCtx, batch: usize, docs: Vec<Document>) -> NodeOutput {
         let start: Shared<BoxFuture<'_, NodeOutput>> =
             futures::future::ready(Ok(Output::done(docs)))
                 .boxed()
@@ -372,7 +489,7 @@ impl Flow {
             };
             let fut = async move {
                 let (docs, failed) = join_outputs(try_join_all(inputs).await?);
-                let mut out = self.run_node(ctx, i, docs).await?;
+                let mut out = self.run_node(ctx, batch, i, docs).await?;
                 out.failed.absorb(failed);
                 Ok(out)
             };
@@ -387,7 +504,13 @@ impl Flow {
         Ok(Output { docs, failed })
     }
 
-    async fn run_node(&self, ctx: &RequestCtx, i: usize, mut docs: Vec<Document>) -> NodeOutput {
+    async fn run_node(
+        &self,
+        ctx: &RequestCtx,
+        batch: usize,
+        i: usize,
+        mut docs: Vec<Document>,
+    ) -> NodeOutput {
         let node = &self.nodes[i];
         // Nothing left of the batch (its documents failed upstream): nothing to send.
         if !node.spec.serves(ctx.endpoint) || docs.is_empty() {
@@ -403,10 +526,20 @@ impl Flow {
                 }
                 Ok(Output::done(docs))
             }
-            Kind::Remote { shards, merge } => {
+            Kind::Remote {
+                shards,
+                merge,
+                mirror,
+            } => {
                 let trace = span.context();
                 let polling = *node.polling.get(ctx.endpoint);
-                call_remote(ctx, &trace, node, shards, polling, *merge, docs).await
+                let target = remote::Target {
+                    node,
+                    shards,
+                    mirror: mirror.as_ref(),
+                    batch,
+                };
+                call_remote(ctx, &trace, &target, polling, *merge, docs).await
             }
         };
         match &out {
@@ -434,6 +567,23 @@ impl Flow {
     }
 }
 
+/// Whether the copies of one shard hold the same content, from each copy's `(position, count,
+/// digest)` (`None` when it did not say): `false` when two copies at the same position differ,
+/// `true` when every copy is at the same position with the same content, else unknown.
+fn convergence(copies: &[Option<(u64, u64, String)>]) -> Option<bool> {
+    let known: Vec<&(u64, u64, String)> = copies.iter().flatten().collect();
+    for (i, a) in known.iter().enumerate() {
+        for b in &known[i + 1..] {
+            if a.0 == b.0 && (a.1 != b.1 || a.2 != b.2) {
+                return Some(false);
+            }
+        }
+    }
+    let all_known = known.len() == copies.len();
+    let same_position = known.windows(2).all(|w| w[0].0 == w[1].0);
+    (all_known && same_position && !known.is_empty()).then_some(true)
+}
+
 /// The span of one executor's part of one batch of a request: the parent of its calls' client
 /// spans (or, for a built-in executor, the only record of it).
 fn node_span(ctx: &RequestCtx, node: &Node, docs: usize) -> trace::SpanGuard {
@@ -455,4 +605,37 @@ fn node_span(ctx: &RequestCtx, node: &Node, docs: usize) -> trace::SpanGuard {
             KeyValue::new("flowmesh.request_id", ctx.request_id.to_string()),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::convergence;
+
+    fn copy(position: u64, count: u64, digest: &str) -> Option<(u64, u64, String)> {
+        Some((position, count, digest.to_owned()))
+    }
+
+    #[test]
+    fn copies_converge_only_on_equal_content_at_one_position() {
+        assert_eq!(
+            convergence(&[copy(7, 3, "ab"), copy(7, 3, "ab")]),
+            Some(true)
+        );
+        assert_eq!(
+            convergence(&[copy(7, 3, "ab"), copy(7, 3, "cd")]),
+            Some(false)
+        );
+        assert_eq!(
+            convergence(&[copy(7, 3, "ab"), copy(7, 4, "ab")]),
+            Some(false)
+        );
+        // Different positions, or a copy that did not answer: not known yet.
+        assert_eq!(convergence(&[copy(7, 3, "ab"), copy(6, 2, "cd")]), None);
+        assert_eq!(convergence(&[copy(7, 3, "ab"), None]), None);
+        // Two copies at one position that differ are divergence whatever a third says.
+        assert_eq!(
+            convergence(&[copy(7, 3, "ab"), copy(7, 3, "cd"), None]),
+            Some(false)
+        );
+    }
 }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use flowmesh_shared::endpoint::PerEndpoint;
 pub use flowmesh_shared::flow::{Merge, Polling, Uses};
+pub use flowmesh_shared::mirror::WriteConsistency;
 use flowmesh_shared::Endpoint;
 
 mod validate;
@@ -166,6 +167,26 @@ pub struct ExecutorSpec {
     /// Retries on another replica; default: the Flow's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Whether the executor keeps data (Jina's word). Default: the indexer does, the ranker
+    /// does unless its store is `redis` or `memory`, the rest do not. A stateful executor with
+    /// two or more replicas runs them as mirrored copies of each shard (see
+    /// [`is_mirrored`](Self::is_mirrored)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stateful: Option<bool>,
+    /// How many copies of a mirrored shard must acknowledge a write before it is answered: `1`
+    /// (default), `majority`, `all` or a number up to `replicas`. Only on stateful executors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_consistency: Option<ConsistencySpec>,
+}
+
+/// `write_consistency:` as written: a number or a word, checked by [`ExecutorSpec::write_consistency`].
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ConsistencySpec {
+    /// A number of copies.
+    Count(u64),
+    /// `majority`, `all`, or a number as a string.
+    Word(String),
 }
 
 fn one() -> usize {
@@ -292,6 +313,75 @@ impl ExecutorSpec {
     /// Whether the gateway runs this executor itself.
     pub fn is_builtin(&self) -> bool {
         self.uses.is_builtin()
+    }
+
+    /// Whether the executor keeps data: `stateful:` when given, else the indexer, and the
+    /// ranker unless its store (`with: {store: ...}`) is `redis` or `memory`.
+    pub fn is_stateful(&self) -> bool {
+        self.stateful.unwrap_or(match self.uses {
+            Uses::Indexer => true,
+            Uses::Ranker => !matches!(
+                self.settings
+                    .get("store")
+                    .and_then(Value::as_str)
+                    .map(str::to_ascii_lowercase)
+                    .as_deref(),
+                Some("redis" | "memory")
+            ),
+            Uses::Sentencizer | Uses::Encoder | Uses::Remote => false,
+        })
+    }
+
+    /// How many copies each shard has: the longest list of `addresses`, else `replicas`.
+    pub fn copies_per_shard(&self) -> usize {
+        match &self.addresses {
+            Some(AddressesSpec::Replicas(r)) => r.len(),
+            Some(AddressesSpec::Shards(s)) => s.iter().map(Vec::len).max().unwrap_or(0),
+            None => self.replicas,
+        }
+    }
+
+    /// Whether the executor runs mirrored copies of each shard: stateful with two or more
+    /// copies. Every write then goes through its shard's replicated log to every copy.
+    pub fn is_mirrored(&self) -> bool {
+        self.is_stateful() && self.copies_per_shard() >= 2
+    }
+
+    /// `write_consistency`, parsed (default `1`).
+    pub fn write_consistency(&self) -> Result<WriteConsistency, FlowError> {
+        let parsed = match &self.write_consistency {
+            None => return Ok(WriteConsistency::default()),
+            Some(ConsistencySpec::Count(n)) => usize::try_from(*n)
+                .ok()
+                .and_then(|n| WriteConsistency::parse(&n.to_string())),
+            Some(ConsistencySpec::Word(w)) => WriteConsistency::parse(w),
+        };
+        parsed.ok_or_else(|| {
+            bad(
+                &self.name,
+                "write_consistency must be 1, majority, all or a number of copies of at least 1",
+            )
+        })
+    }
+
+    /// What kind of executor this is, for `flowmesh validate`: `stateful, 2 mirrored copies
+    /// per shard, write_consistency 1`, `stateless, 2 load-balanced replicas`, ...
+    pub fn describe_kind(&self) -> String {
+        let copies = self.copies_per_shard();
+        if self.is_builtin() {
+            "stateless, built into the gateway".to_owned()
+        } else if self.is_mirrored() {
+            let consistency = self
+                .write_consistency()
+                .map_or_else(|e| e.to_string(), |c| c.to_string());
+            format!("stateful, {copies} mirrored copies per shard, write_consistency {consistency}")
+        } else if self.is_stateful() {
+            "stateful, 1 copy per shard".to_owned()
+        } else if copies == 1 {
+            "stateless, 1 replica".to_owned()
+        } else {
+            format!("stateless, {copies} load-balanced replicas")
+        }
     }
 }
 

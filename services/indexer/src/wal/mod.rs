@@ -37,6 +37,7 @@ use anyhow::{bail, Context as _};
 use crate::backend::Entry;
 
 pub(crate) use snapshot::Snapshotter;
+pub(crate) use snapshot::{encode as encode_snapshot, install as install_snapshot};
 
 /// One logged write.
 #[derive(Debug, Clone, PartialEq)]

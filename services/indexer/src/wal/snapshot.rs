@@ -53,7 +53,22 @@ impl Snapshotter {
 /// Writes the snapshot of `rows` at `seq` into `path` and syncs it.
 fn write_synced(path: &Path, seq: u64, rows: &Rows) -> io::Result<()> {
     let file = File::create(path)?;
-    let mut out = CrcWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let inner = encode_into(BufWriter::with_capacity(1 << 20, file), seq, rows)?;
+    let file = inner.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()
+}
+
+/// The snapshot of `rows` at `seq` as bytes (a mirrored copy's image for its peers).
+pub(crate) fn encode(seq: u64, rows: &Rows) -> Vec<u8> {
+    let dim = rows.dim.unwrap_or(0);
+    let cap = rows.ids.len() * (4 * dim + 48) + 64;
+    // Writing into a Vec cannot fail.
+    encode_into(Vec::with_capacity(cap), seq, rows).unwrap_or_default()
+}
+
+/// Writes the snapshot of `rows` at `seq` into `out`, returning it.
+fn encode_into<W: Write>(out: W, seq: u64, rows: &Rows) -> io::Result<W> {
+    let mut out = CrcWriter::new(out);
     out.write_all(SNAP_MAGIC)?;
     out.write_all(&seq.to_le_bytes())?;
     let dim = rows.dim.unwrap_or(0);
@@ -70,14 +85,33 @@ fn write_synced(path: &Path, seq: u64, rows: &Rows) -> io::Result<()> {
     let crc = out.crc();
     let mut inner = out.into_inner();
     inner.write_all(&crc.to_le_bytes())?;
-    let file = inner.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()
+    Ok(inner)
+}
+
+/// Installs the snapshot `bytes` (from [`encode`]) into the empty data directory `dir`, as the
+/// file the next [`super::Log::open`] recovers. Checked whole before anything is written.
+pub(crate) fn install(dir: &Path, bytes: &[u8]) -> anyhow::Result<u64> {
+    let (seq, _) = decode(bytes)?;
+    fs::create_dir_all(dir)?;
+    let path = dir.join(format!("snapshot-{seq:020}.snap"));
+    let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    Ok(seq)
 }
 
 /// Reads the snapshot in `path`: its sequence number and its rows.
 pub(super) fn read_snapshot(path: &Path) -> anyhow::Result<(u64, Rows)> {
     let mut bytes = Vec::new();
     BufReader::new(File::open(path)?).read_to_end(&mut bytes)?;
+    decode(&bytes)
+}
+
+/// Reads a snapshot from its bytes: its sequence number and its rows.
+pub(crate) fn decode(bytes: &[u8]) -> anyhow::Result<(u64, Rows)> {
     if bytes.len() < 8 + 8 + 4 + 8 + 4 {
         bail!("too short to be a snapshot");
     }

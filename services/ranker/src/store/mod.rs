@@ -56,6 +56,9 @@ pub trait DocStore: Send + Sync + 'static {
     fn count_cheaply(&self) -> Option<u64> {
         None
     }
+
+    /// The store's kind as `/stats` names it: `embedded`, `redis` or `memory`.
+    fn kind(&self) -> &'static str;
 }
 
 /// The embedded store: a map in memory, lost when the process exits.
@@ -88,6 +91,10 @@ impl MemoryStore {
 // a std lock on the async threads is fine. A poisoned lock still holds a consistent map (no
 // operation below panics half-way), so it is used as is.
 impl DocStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Document>>, StoreError> {
         let docs = self.docs.read().unwrap_or_else(PoisonError::into_inner);
         Ok(ids.iter().map(|id| docs.get(id).cloned()).collect())

@@ -118,6 +118,10 @@ fn unavailable(e: &redis::RedisError) -> StoreError {
 }
 
 impl DocStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Document>>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());

@@ -127,7 +127,7 @@ fn flow_files_round_trip_through_serialisation() {
 
 #[test]
 fn every_option_round_trips() {
-    let text = "name: all-options\nwith: {request_size: 3, prefetch: 2, timeout_ms: 500, request_timeout_ms: 9000, retries: 1, health_interval_ms: 50}\nexecutors:\n  - {name: s, uses: sentencizer, with: {min_sent_len: 2}}\n  - name: i\n    uses: remote\n    needs: [gateway, s]\n    shards: 2\n    replicas: 2\n    polling: {/search: all, '*': any}\n    uses_after: concat\n    addresses: [['http://a:1', 'http://b:1'], ['http://c:1', 'http://d:1']]\n    endpoints: [/search, index]\n    timeout_ms: 20\n    retries: 0\n  - {name: r, uses: ranker, needs: all, polling: ALL}\n";
+    let text = "name: all-options\nwith: {request_size: 3, prefetch: 2, timeout_ms: 500, request_timeout_ms: 9000, retries: 1, health_interval_ms: 50}\nexecutors:\n  - {name: s, uses: sentencizer, with: {min_sent_len: 2}}\n  - name: i\n    uses: remote\n    needs: [gateway, s]\n    shards: 2\n    replicas: 2\n    polling: {/search: all, '*': any}\n    uses_after: concat\n    addresses: [['http://a:1', 'http://b:1'], ['http://c:1', 'http://d:1']]\n    endpoints: [/search, index]\n    timeout_ms: 20\n    retries: 0\n    stateful: true\n    write_consistency: majority\n  - {name: r2, uses: indexer, replicas: 3, write_consistency: 2}\n  - {name: r, uses: ranker, needs: all, polling: ALL}\n";
     let parsed = FlowSpec::from_yaml(text).unwrap();
     let written = serde_yaml_ng::to_string(&parsed).unwrap();
     assert_eq!(FlowSpec::from_yaml(&written).unwrap(), parsed, "{written}");
@@ -142,4 +142,123 @@ fn executors_may_be_named_by_https_addresses() {
     spec.validate().unwrap();
     let error = err("executors:\n  - {name: a, uses: remote, addresses: ['https://x:1/path']}\n");
     assert!(error.contains("no path"), "{error}");
+}
+
+fn one_executor(yaml: &str) -> ExecutorSpec {
+    FlowSpec::from_yaml(&format!("executors:\n  - {yaml}\n"))
+        .unwrap()
+        .executors
+        .remove(0)
+}
+
+#[test]
+fn stateful_defaults_and_mirroring() {
+    // (executor, stateful, mirrored, what validate says)
+    let cases = [
+        ("{name: i, uses: indexer}", true, false, "stateful, 1 copy per shard"),
+        (
+            "{name: i, uses: indexer, replicas: 2}",
+            true,
+            true,
+            "stateful, 2 mirrored copies per shard, write_consistency 1",
+        ),
+        (
+            "{name: i, uses: indexer, replicas: 3, write_consistency: all}",
+            true,
+            true,
+            "stateful, 3 mirrored copies per shard, write_consistency all",
+        ),
+        (
+            "{name: r, uses: ranker, replicas: 2, write_consistency: Majority}",
+            true,
+            true,
+            "stateful, 2 mirrored copies per shard, write_consistency majority",
+        ),
+        (
+            "{name: r, uses: ranker, replicas: 2, with: {store: redis}}",
+            false,
+            false,
+            "stateless, 2 load-balanced replicas",
+        ),
+        (
+            "{name: r, uses: ranker, replicas: 2, with: {store: memory}}",
+            false,
+            false,
+            "stateless, 2 load-balanced replicas",
+        ),
+        (
+            "{name: e, uses: encoder, replicas: 2}",
+            false,
+            false,
+            "stateless, 2 load-balanced replicas",
+        ),
+        (
+            "{name: i, uses: indexer, replicas: 2, stateful: false}",
+            false,
+            false,
+            "stateless, 2 load-balanced replicas",
+        ),
+        (
+            "{name: x, uses: remote, stateful: true, addresses: ['http://a:1', 'http://b:1'], write_consistency: 2}",
+            true,
+            true,
+            "stateful, 2 mirrored copies per shard, write_consistency 2",
+        ),
+        (
+            "{name: x, uses: remote, addresses: ['http://a:1', 'http://b:1']}",
+            false,
+            false,
+            "stateless, 2 load-balanced replicas",
+        ),
+    ];
+    for (yaml, stateful, mirrored, kind) in cases {
+        let e = one_executor(yaml);
+        assert_eq!(e.is_stateful(), stateful, "{yaml}");
+        assert_eq!(e.is_mirrored(), mirrored, "{yaml}");
+        assert_eq!(e.describe_kind(), kind, "{yaml}");
+    }
+    assert_eq!(
+        one_executor("{name: i, uses: indexer, replicas: 3, write_consistency: '3'}")
+            .write_consistency()
+            .unwrap(),
+        WriteConsistency::Count(3)
+    );
+}
+
+#[test]
+fn state_problems_are_named() {
+    let cases = [
+        (
+            "{name: a, uses: indexer, replicas: 2, write_consistency: 3}",
+            r#"executor "a": write_consistency 3 is more than the 2 copies"#,
+        ),
+        (
+            "{name: a, uses: encoder, replicas: 2, write_consistency: all}",
+            r#"executor "a": write_consistency is only for stateful executors"#,
+        ),
+        (
+            "{name: a, uses: encoder, stateful: true}",
+            r#"executor "a": stateful: true, but the encoder keeps no data"#,
+        ),
+        (
+            "{name: a, uses: sentencizer, stateful: true}",
+            r#"executor "a": stateful: true, but the sentencizer keeps no data"#,
+        ),
+        (
+            "{name: a, uses: indexer, replicas: 2, write_consistency: most}",
+            r#"executor "a": write_consistency must be 1, majority, all"#,
+        ),
+        (
+            "{name: a, uses: indexer, replicas: 2, write_consistency: 0}",
+            r#"executor "a": write_consistency must be 1, majority, all"#,
+        ),
+        (
+            "{name: a, uses: indexer, shards: 2, addresses: [['http://a:1', 'http://b:1'], ['http://c:1']], write_consistency: 2}",
+            r#"executor "a": write_consistency 2 is more than the 1 copies"#,
+        ),
+    ];
+    for (executor, expected) in cases {
+        let error = err(&format!("executors:\n  - {executor}\n"));
+        assert!(error.contains(expected), "{executor}: {error}");
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use flowmesh_shared::Endpoint;
 
-use super::{bad, ExecutorSpec, FlowError, FlowSpec, Needs, PollingSpec, Uses};
+use super::{bad, ExecutorSpec, FlowError, FlowSpec, Needs, PollingSpec, Uses, WriteConsistency};
 
 impl FlowSpec {
     /// Checks everything that can be checked before anything starts.
@@ -194,6 +194,48 @@ impl ExecutorSpec {
         if let Some(addresses) = self.shard_addresses()? {
             for a in addresses.iter().flatten() {
                 check_address(name, a)?;
+            }
+        }
+        self.validate_state()
+    }
+
+    /// `stateful` and `write_consistency`.
+    fn validate_state(&self) -> Result<(), FlowError> {
+        let name = &self.name;
+        if self.stateful == Some(true) && matches!(self.uses, Uses::Sentencizer | Uses::Encoder) {
+            return Err(bad(
+                name,
+                format!(
+                    "stateful: true, but the {} keeps no data (stateful is for the indexer, \
+                     the ranker and remote executors)",
+                    self.uses
+                ),
+            ));
+        }
+        if self.write_consistency.is_none() {
+            return Ok(());
+        }
+        if !self.is_stateful() {
+            return Err(bad(
+                name,
+                "write_consistency is only for stateful executors (their replicas are mirrored \
+                 copies); this one is stateless",
+            ));
+        }
+        let consistency = self.write_consistency()?;
+        let copies = match self.shard_addresses()? {
+            Some(shards) => shards.iter().map(Vec::len).min().unwrap_or(0),
+            None => self.replicas,
+        };
+        if let WriteConsistency::Count(n) = consistency {
+            if n > copies {
+                return Err(bad(
+                    name,
+                    format!(
+                        "write_consistency {n} is more than the {copies} copies of each shard \
+                         (replicas)"
+                    ),
+                ));
             }
         }
         Ok(())
