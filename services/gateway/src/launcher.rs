@@ -72,7 +72,6 @@ use crate::auth::{ApiKeyArgs, ApiKeys};
 
 use crate::flow::spec::{AddressesSpec, ExecutorSpec};
 use crate::flow::{Flow, FlowSpec};
-use crate::snapshot::is_stateful;
 use crate::{load_flow, router, AppState};
 use process::{Launch, Policy, State};
 use supervise::{start_supervised, stop_all, Supervised};
@@ -279,12 +278,6 @@ struct Running {
     log_server: Option<nats::LogServer>,
 }
 
-/// Whether the copies of each shard of `executor` are mirrored (they keep data, and there are
-/// two or more of them).
-fn is_mirrored(executor: &ExecutorSpec) -> bool {
-    is_stateful(executor) && executor.replicas >= 2
-}
-
 /// The folder of `--restore-from`, checked against its manifest and the Flow: every file the
 /// manifest lists is there with its size and SHA-256, and each stateful executor of the Flow has
 /// as many shards as the snapshot (documents are placed on shards by id: another count would
@@ -329,7 +322,7 @@ fn restore_dir(dir: &Path, spec: &FlowSpec) -> anyhow::Result<PathBuf> {
             );
         }
     }
-    for e in spec.executors.iter().filter(|e| is_stateful(e)) {
+    for e in spec.executors.iter().filter(|e| e.is_stateful()) {
         let shards = entries
             .iter()
             .filter(|x| x["executor"] == e.name.as_str())
@@ -369,7 +362,7 @@ async fn start_all(
     let mirrored = spec
         .executors
         .iter()
-        .any(|e| e.addresses.is_none() && e.uses.service().is_some() && is_mirrored(e));
+        .any(|e| e.addresses.is_none() && e.uses.service().is_some() && e.is_mirrored());
     let token = security.mesh.first();
     let log_url = match (&args.log.log_url, mirrored) {
         (_, false) => None,
@@ -404,13 +397,13 @@ async fn start_all(
             continue;
         }
         let binary = find_binary(args.bin_dir.as_deref(), service)?;
-        let mirror = is_mirrored(executor);
+        let mirror = executor.is_mirrored();
         let mut shards = Vec::with_capacity(executor.shards);
         for shard in 0..executor.shards {
             let shard_dir = flow_dir.join(&executor.name).join(format!("shard-{shard}"));
             let snapshot = restore
                 .as_ref()
-                .filter(|_| is_stateful(executor))
+                .filter(|_| executor.is_stateful())
                 .map(|dir| dir.join(&executor.name).join(format!("shard-{shard}.snap")))
                 .filter(|file| file.is_file());
             let mut replicas = Vec::with_capacity(executor.replicas);
@@ -505,9 +498,7 @@ async fn serve_gateway(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let name = spec.name.clone();
-    // TODO(merge H2): `Flow::build` takes the log; until then mirrored writes are not logged.
-    let _ = &log;
-    let flow = Flow::build(spec, &security.client)?;
+    let flow = Flow::build_with_log(spec, &security.client, log.as_ref())?;
     security.keys.reload_on_sighup();
     security.mesh.reload_on_sighup();
     if security.mesh_from_file {

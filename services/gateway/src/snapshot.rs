@@ -17,16 +17,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
 
-use flowmesh_shared::flow::Uses;
 use flowmesh_shared::mirror::SEQ_HEADER;
 use flowmesh_shared::secret::SecretSet;
 use flowmesh_shared::tls::ClientTlsArgs;
 use flowmesh_shared::ApiError;
 
 use crate::auth::{caller_of, Caller};
-use crate::flow::spec::ExecutorSpec;
 use crate::http::AppState;
 
 /// The header naming the log a snapshot's position belongs to (empty when the copy is not mirrored).
@@ -78,18 +75,6 @@ impl SnapshotProxy {
     }
 }
 
-/// Whether `executor` keeps data: the indexer, and the ranker unless its store is Redis or memory.
-pub fn is_stateful(executor: &ExecutorSpec) -> bool {
-    match executor.uses {
-        Uses::Indexer => true,
-        Uses::Ranker => !matches!(
-            executor.settings.get("store").and_then(Value::as_str),
-            Some("redis" | "memory")
-        ),
-        _ => false,
-    }
-}
-
 /// Streams a snapshot of shard `shard` of `executor` from one of its ready copies.
 pub async fn download(
     State(s): State<AppState>,
@@ -106,7 +91,7 @@ pub async fn download(
             "the Flow has no executor {executor:?}"
         )));
     };
-    if !is_stateful(e) {
+    if !e.is_stateful() {
         return Err(ApiError::BadRequest(format!(
             "executor {executor:?} keeps no data (it is stateless): there is nothing to snapshot"
         )));
