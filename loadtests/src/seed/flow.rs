@@ -115,6 +115,8 @@ fn executor(name: &str, uses: Uses, settings: Value) -> ExecutorSpec {
         endpoints: None,
         timeout_ms: None,
         retries: None,
+        stateful: None,
+        write_consistency: None,
     }
 }
 
