@@ -392,8 +392,7 @@ async fn a_copy_that_failed_a_write_takes_no_reads_until_it_caught_up() {
     let url = m.url("/search");
     let body = docs(&names("q", 1));
     for _ in 0..5 {
-        let answers =
-            futures::future::join_all((0..16).map(|_| m.http.post(&url, &body))).await;
+        let answers = futures::future::join_all((0..16).map(|_| m.http.post(&url, &body))).await;
         assert!(answers.iter().all(|r| r.status == 200));
     }
     assert!(
