@@ -243,11 +243,22 @@ async fn an_empty_copy_restores_from_its_peer_when_the_log_was_trimmed() {
     let bounds = log.bounds().await.unwrap();
     assert!(bounds.first > 1, "the log was trimmed: {bounds:?}");
 
-    // An empty copy cannot read the log from 1: it takes A's snapshot, then the rest.
+    // An empty copy cannot read the log from 1: it takes A's snapshot, then the rest. Its data
+    // folder stays the same folder, with the owner and mode the deployment gave it (a volume's
+    // mount point, or a folder whose parent the service cannot write, cannot be made again).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(&dir_c).unwrap();
+    std::fs::set_permissions(&dir_c, std::fs::Permissions::from_mode(0o710)).unwrap();
+    let mode = |dir: &Path| std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
     let c = copy(&nats, &dir_c, &["--log-max-bytes", max, "--peer", &a.base]).await;
     let ma = wait_position(&a, last).await;
     let mc = wait_position(&c, last).await;
     assert_eq!(ma["digest"], mc["digest"], "{ma} {mc}");
+    assert_eq!(
+        mode(&dir_c),
+        0o710,
+        "the restore replaced the data folder itself instead of its content"
+    );
     assert_eq!(ma["count"], mc["count"]);
     let (seq, body) = append(&log, Endpoint::Delete, &ids(&[3, 4, 5])).await;
     assert_eq!(deliver(&a, Endpoint::Delete, seq, &body).await, 200);

@@ -448,11 +448,9 @@ pub async fn prepare(
         let started = Instant::now();
         match peers.snapshot(&bounds.id, bounds.first).await {
             Ok((peer, fetched)) => {
-                // The directory is replaced by the peer's image.
-                if dir.exists() {
-                    std::fs::remove_dir_all(dir)?;
-                }
-                std::fs::create_dir_all(dir)?;
+                // The directory's content is replaced by the peer's image. The directory itself
+                // stays: it is often a mount point or sits in a folder this user cannot write.
+                clear_dir(dir)?;
                 install(dir, &fetched.body)?;
                 start.position = fetched.position;
                 start.log_id = fetched.log_id;
@@ -478,6 +476,21 @@ pub async fn prepare(
         recorded: start,
         dir: dir.map(Path::to_path_buf),
     })
+}
+
+/// Removes everything in `dir` (creating it when absent), but not `dir` itself.
+fn clear_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 const RESTORING: u8 = 0;
