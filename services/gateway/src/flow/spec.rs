@@ -320,6 +320,10 @@ impl ExecutorSpec {
     pub fn is_stateful(&self) -> bool {
         self.stateful.unwrap_or(match self.uses {
             Uses::Indexer => true,
+            // A ranker run elsewhere (`addresses`) picks its store on its own host, out of the
+            // Flow's sight: it is stateful only when the Flow says so (Ansible's rankers share
+            // one Redis).
+            Uses::Ranker if self.addresses.is_some() => false,
             Uses::Ranker => !matches!(
                 self.settings
                     .get("store")

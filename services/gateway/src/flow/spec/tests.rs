@@ -210,6 +210,19 @@ fn stateful_defaults_and_mirroring() {
             false,
             "stateless, 2 load-balanced replicas",
         ),
+        // A ranker run elsewhere chose its store on its own host (Ansible's share one Redis).
+        (
+            "{name: r, uses: ranker, addresses: ['http://a:1', 'http://b:1']}",
+            false,
+            false,
+            "stateless, 2 load-balanced replicas",
+        ),
+        (
+            "{name: r, uses: ranker, stateful: true, addresses: ['http://a:1', 'http://b:1']}",
+            true,
+            true,
+            "stateful, 2 mirrored copies per shard, write_consistency 1",
+        ),
     ];
     for (yaml, stateful, mirrored, kind) in cases {
         let e = one_executor(yaml);
