@@ -450,6 +450,10 @@ async fn start_all(
             }
             shards.push(replicas);
         }
+        // Whether it keeps data was decided from its settings (the ranker's store); with
+        // addresses filled in, the spec alone could no longer tell, so the decision is pinned.
+        let stateful = executor.is_stateful();
+        executor.stateful = Some(stateful);
         executor.addresses = Some(AddressesSpec::Shards(shards));
     }
     wait_ready(&running.processes, &security.client, ready_timeout).await?;
