@@ -1,14 +1,19 @@
-//! The Ansible rollout, for real: five containers on a private Docker network stand in for the
-//! seed's five machines (client, flow, encoder, indexer, ranker with Redis), each with systemd as
-//! PID 1 (the path real hosts take), sshd and a sudo user. This machine is the controller:
-//! `ansible-playbook` from `scripts/ansible-venv.sh` runs `ansible/site.yml` over SSH with the
-//! staged binaries and models (`scripts/dist.sh`), secure as the AWS inventory is: API keys, the
-//! mesh token, TLS from the inventory's private CA, services on the hosts' private addresses,
-//! Redis behind its firewall. From the client host it checks that executors refuse calls
+//! The Ansible rollout, for real: six containers on a private Docker network stand in for the
+//! seed's five machines (client, flow, encoder, indexer, ranker with Redis) and a second indexer
+//! host, each with systemd as PID 1 (the path real hosts take), sshd and a sudo user. The index
+//! has two shards with two mirrored copies each, copy c of shard s on indexer host (s + c) mod 2,
+//! following their shard's log (nats-server on the flow host, behind its firewall). This
+//! machine is the controller: `ansible-playbook` from `scripts/ansible-venv.sh` runs
+//! `ansible/site.yml` over SSH with the staged binaries and models (`scripts/dist.sh`), secure as
+//! the AWS inventory is: API keys, the mesh token, TLS from the inventory's private CA, services
+//! on the hosts' private addresses, Redis and nats-server behind their firewalls. From the client host it checks that executors refuse calls
 //! without the mesh token and that the read-only key searches (and cannot write); it checks the
 //! units (restart on failure; no secret in `systemctl show`, the journal or any command line);
-//! then `ansible/rolling-update.yml` rolls a new release out while searches from this machine
-//! keep going, and none may fail.
+//! then, under a steady load of searches and of small index requests, one indexer host loses
+//! its services and its data and is brought back by `site.yml`: no search fails, no write is
+//! refused, every acknowledged document is found afterwards and the two copies of every shard
+//! agree (position, count, digest); then `ansible/rolling-update.yml` rolls a new release out
+//! while searches from this machine keep going, and none may fail.
 //!
 //! Needs: Docker, the base image (`scripts/docker-base.sh`), `target/dist` (or
 //! `FLOWMESH_DIST`), the Ansible venv (`ANSIBLE_BIN`: its bin folder; default
@@ -24,7 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use serde_json::{json, Value};
 
-use ansible_support::{docker, ensure_staged, host_image, repo_root, run_cmd, tail, Hosts, Http};
+use ansible_support::{
+    docker, ensure_staged, host_image, repo_root, run_cmd, tail, wait_until, Hosts, Http, HOSTS,
+};
 use flowmesh_shared::testing::corpus::CORPUS;
 
 /// Matches per search, checked on every answer.
@@ -151,17 +158,17 @@ fn random_hex(bytes: usize) -> anyhow::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The inventory of the five containers: hosts by IP (their private address), the SSH user and
+/// The inventory of the six containers: hosts by IP (their private address), the SSH user and
 /// key, TLS on, and the settings of hosts without network. Its secrets are made by the
 /// credentials role in `credentials/` beside it, except the read-only API key, which the test
 /// brings (as a user may).
 fn inventory(hosts: &Hosts, key: &Path, dist: &Path) -> anyhow::Result<Value> {
     let mut groups = serde_json::Map::new();
-    for role in ansible_support::ROLES {
-        groups.insert(
-            role.to_owned(),
-            json!({"hosts": {format!("{role}-1"): {"ansible_host": hosts.ip(role)}}}),
-        );
+    for (host, group) in HOSTS {
+        let entry = groups
+            .entry(group.to_owned())
+            .or_insert_with(|| json!({"hosts": {}}));
+        entry["hosts"][inventory_name(host)] = json!({"ansible_host": hosts.ip(host)});
     }
     Ok(json!({"all": {
         "vars": {
@@ -176,13 +183,31 @@ fn inventory(hosts: &Hosts, key: &Path, dist: &Path) -> anyhow::Result<Value> {
             "flowmesh_encoder_model": "onnx",
             "flowmesh_encoder_threads": 1,
             "flowmesh_encoder_replicas": 2,
-            "flowmesh_indexer_shards_per_host": 2,
-            "flowmesh_indexer_copies": 2,
+            // Two shards, two mirrored copies of each: one copy of every shard on each indexer
+            // host.
+            "flowmesh_indexer_shards": 2,
+            "flowmesh_indexer_replicas": 2,
             "flowmesh_ranker_replicas": 2,
         },
         "children": groups,
     }}))
 }
+
+/// A host's name in the inventory: `indexer-2` as it is, `ROLE-1` for the first of each role.
+fn inventory_name(host: &str) -> String {
+    if host.contains('-') {
+        host.to_owned()
+    } else {
+        format!("{host}-1")
+    }
+}
+
+/// The inventory's copies of each index shard: (host, port) of copy c of shard s, on indexer
+/// host (s + c) mod 2 (in inventory order: indexer-1, indexer-2), port 9101 + 2 s + c.
+const SHARD_COPIES: [[(&str, u16); 2]; 2] = [
+    [("indexer", 9101), ("indexer-2", 9102)],
+    [("indexer-2", 9103), ("indexer", 9104)],
+];
 
 fn search_body(query: &str) -> Value {
     json!({"data": [{"text": query}], "parameters": {"top_k": TOP_K}})
@@ -217,11 +242,12 @@ struct LoadReport {
 }
 
 /// Searches `url` with `concurrency` loops until `stop` is set; every answer must be a 200 with
-/// exactly the reference matches of its query.
+/// `TOP_K` matches that have their stored text, and with exactly the reference matches of its
+/// query when there is a reference (none while documents are being indexed).
 async fn search_load(
     http: Http,
     url: String,
-    reference: Arc<Vec<Vec<String>>>,
+    reference: Option<Arc<Vec<Vec<String>>>>,
     concurrency: usize,
     stop: Arc<AtomicBool>,
 ) -> LoadReport {
@@ -242,13 +268,14 @@ async fn search_load(
                     .await
                 {
                     Err(e) => Err(format!("{e:#}")),
-                    Ok((200, answer)) => match match_ids(&answer) {
-                        Ok(ids) if ids == reference[q] => Ok(()),
-                        Ok(ids) => Err(format!(
+                    Ok((200, answer)) => match (match_ids(&answer), reference.as_deref()) {
+                        (Ok(_), None) => Ok(()),
+                        (Ok(ids), Some(reference)) if ids == reference[q] => Ok(()),
+                        (Ok(ids), Some(reference)) => Err(format!(
                             "query {q}: ids {ids:?} instead of {:?}",
                             reference[q]
                         )),
-                        Err(e) => Err(format!("query {q}: {e}")),
+                        (Err(e), _) => Err(format!("query {q}: {e}")),
                     },
                     Ok((status, answer)) => Err(format!("status {status}: {answer}")),
                 };
@@ -286,6 +313,300 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<LoadReport>>) -> Vec<
     out
 }
 
+/// What the index load saw.
+#[derive(Debug, Default)]
+struct IndexReport {
+    /// The documents whose request was acknowledged (200).
+    acknowledged: Vec<(String, String)>,
+    failed: u64,
+    samples: Vec<String>,
+}
+
+/// A document of the index load: one sentence, found first by its own text.
+fn load_doc(n: usize) -> (String, String) {
+    const MATERIALS: [&str; 6] = ["brass", "ceramic", "walnut", "granite", "copper", "nylon"];
+    const PARTS: [&str; 6] = ["hinge", "bracket", "washer", "spindle", "valve", "gasket"];
+    (
+        format!("ledger-{n:04}"),
+        format!(
+            "Ledger line {n} lists a {} {} of {} millimetres.",
+            MATERIALS[n % 6],
+            PARTS[(n / 6) % 6],
+            10 + 7 * n
+        ),
+    )
+}
+
+/// Indexes two documents per request, one request every 200 ms (at most 1000 requests), until
+/// `stop` is set.
+async fn index_load(writer: Http, url: String, stop: Arc<AtomicBool>) -> IndexReport {
+    let mut report = IndexReport::default();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) && n < 2000 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let docs = [load_doc(n), load_doc(n + 1)];
+        n += 2;
+        let data: Vec<Value> = docs
+            .iter()
+            .map(|(id, text)| json!({"id": id, "text": text}))
+            .collect();
+        let outcome = match writer
+            .post(&url, &json!({ "data": data }), Duration::from_secs(30))
+            .await
+        {
+            Ok((200, _)) => Ok(()),
+            Ok((status, answer)) => Err(format!("status {status}: {answer}")),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        match outcome {
+            Ok(()) => report.acknowledged.extend(docs),
+            Err(e) => {
+                report.failed += 1;
+                if report.samples.len() < 5 {
+                    report.samples.push(e);
+                }
+            }
+        }
+    }
+    report
+}
+
+/// One index copy's `GET /stats`, asked on its host with the mesh token (a header given on
+/// curl's stdin, never on a command line).
+async fn copy_stats(
+    hosts: &Hosts,
+    secrets: &Secrets,
+    host: &str,
+    port: u16,
+) -> anyhow::Result<Value> {
+    let ip = hosts.ip(host);
+    let script = format!(
+        "curl -fsS --max-time 10 --cacert /etc/flowmesh/tls/ca.crt -H @- https://{ip}:{port}/stats"
+    );
+    let out = run_cmd(
+        "docker",
+        &["exec", "-i", hosts.name(host), "sh", "-c", &script],
+        &[],
+        &repo_root(),
+        Some(&format!("Authorization: Bearer {}\n", secrets.mesh_token)),
+        Duration::from_secs(30),
+    )
+    .await?;
+    serde_json::from_str(&out).with_context(|| format!("{host}:{port} /stats: {out}"))
+}
+
+/// Whether the two copies of `shard` agree: both ready, following the shard's log, at the same
+/// position with the same count and content digest (32 hex digits).
+fn copies_agree(shard: usize, a: &Value, b: &Value) -> anyhow::Result<()> {
+    let log = format!("FLOWMESH_indexer_{shard}");
+    for (copy, stats) in [(SHARD_COPIES[shard][0], a), (SHARD_COPIES[shard][1], b)] {
+        let mirror = &stats["mirror"];
+        ensure!(
+            mirror["log"] == log.as_str(),
+            "{copy:?} follows {log}: {stats}"
+        );
+        ensure!(mirror["state"] == "ready", "{copy:?} is ready: {stats}");
+        let digest = mirror["digest"].as_str().unwrap_or_default();
+        ensure!(
+            digest.len() == 32 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{copy:?}: a digest of 32 hex digits: {stats}"
+        );
+    }
+    for field in ["log_id", "position", "count", "digest"] {
+        ensure!(
+            a["mirror"][field] == b["mirror"][field],
+            "the copies of shard {shard} differ in {field}: {a} / {b}"
+        );
+    }
+    ensure!(a["count"] == b["count"], "the copies' counts: {a} / {b}");
+    Ok(())
+}
+
+/// Waits until the two copies of every shard agree; the number of vectors of each shard then.
+async fn shards_agree(hosts: &Hosts, secrets: &Secrets) -> anyhow::Result<Vec<u64>> {
+    let mut counts = Vec::new();
+    for (shard, [(ha, pa), (hb, pb)]) in SHARD_COPIES.iter().enumerate() {
+        let count = std::sync::Mutex::new(0_u64);
+        wait_until(
+            &format!("the copies of shard {shard} agree"),
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || {
+                let count = &count;
+                async move {
+                    let a = copy_stats(hosts, secrets, ha, *pa).await?;
+                    let b = copy_stats(hosts, secrets, hb, *pb).await?;
+                    copies_agree(shard, &a, &b)?;
+                    *count.lock().map_err(|_| anyhow::anyhow!("poisoned"))? =
+                        a["count"].as_u64().context("a count")?;
+                    Ok(true)
+                }
+            },
+        )
+        .await?;
+        counts.push(
+            count
+                .into_inner()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?,
+        );
+    }
+    Ok(counts)
+}
+
+/// Under a steady load of searches and of small index requests, the second indexer host loses
+/// its flowmesh services and its data folder (a host lost with its disk), then `site.yml
+/// --limit indexer-2` brings it back (its copies restore from their peers on the other host,
+/// then follow the log). No search fails, no write is refused, the copies of every shard agree
+/// afterwards and every acknowledged document finds itself.
+async fn indexer_host_lost_and_restored(
+    setup: &Setup,
+    work: &Path,
+    hosts: &Hosts,
+    secrets: &Secrets,
+    (writer, http): (&Http, &Http),
+    gateway: &str,
+) -> anyhow::Result<()> {
+    let before: u64 = shards_agree(hosts, secrets).await?.iter().sum();
+    let stop = Arc::new(AtomicBool::new(false));
+    let searches = tokio::spawn(search_load(
+        http.clone(),
+        format!("{gateway}/search"),
+        None,
+        2,
+        stop.clone(),
+    ));
+    let writes = tokio::spawn(index_load(
+        writer.clone(),
+        format!("{gateway}/index"),
+        stop.clone(),
+    ));
+    let outage = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        hosts
+            .exec(
+                "indexer-2",
+                "systemctl stop 'flowmesh-indexer@*' && rm -rf /var/lib/flowmesh/indexer \
+                 && test ! -e /var/lib/flowmesh/indexer",
+                Duration::from_secs(90),
+            )
+            .await
+            .context("stopping indexer-2's copies and wiping their data")?;
+        let lost = Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        setup
+            .playbook(
+                work,
+                "site.yml",
+                &["--limit", "indexer-2"],
+                Duration::from_secs(420),
+            )
+            .await?;
+        eprintln!(
+            "indexer-2 lost its data and was back in {:.0}s",
+            lost.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        anyhow::Ok(())
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let searched = searches.await?;
+    let written = writes.await?;
+    outage?;
+    eprintln!(
+        "while indexer-2 was lost and restored: {} searches answered, {} failed {:?}; \
+         {} documents acknowledged, {} index requests failed {:?}",
+        searched.ok,
+        searched.failed,
+        searched.samples,
+        written.acknowledged.len(),
+        written.failed,
+        written.samples
+    );
+    ensure!(
+        searched.failed == 0,
+        "{} searches failed while indexer-2 was lost: {:?}",
+        searched.failed,
+        searched.samples
+    );
+    ensure!(searched.ok >= 20, "only {} searches ran", searched.ok);
+    ensure!(
+        written.failed == 0,
+        "{} index requests failed while indexer-2 was lost (one copy of each shard was up): {:?}",
+        written.failed,
+        written.samples
+    );
+    ensure!(
+        written.acknowledged.len() >= 20,
+        "only {} documents were indexed",
+        written.acknowledged.len()
+    );
+    let after: u64 = shards_agree(hosts, secrets).await?.iter().sum();
+    ensure!(
+        after == before + written.acknowledged.len() as u64,
+        "{before} chunks before, {} acknowledged one-sentence documents, {after} after",
+        written.acknowledged.len()
+    );
+    let url = format!("{gateway}/search");
+    for (id, text) in &written.acknowledged {
+        let body = json!({"data": [{"text": text}], "parameters": {"top_k": 1}});
+        let (status, answer) = http.post(&url, &body, Duration::from_secs(30)).await?;
+        ensure!(status == 200, "search {text:?}: status {status}: {answer}");
+        ensure!(
+            answer["data"][0]["matches"][0]["id"] == id.as_str(),
+            "the acknowledged document {id} is lost: {text:?} -> {answer}"
+        );
+    }
+    eprintln!(
+        "indexer-2 lost and restored: 0 failed searches, 0 refused writes, {} acknowledged \
+         documents all found, the copies of both shards agree",
+        written.acknowledged.len()
+    );
+    Ok(())
+}
+
+/// `flowmesh snapshot` on the flow host, through the deployed (standalone) gateway with the
+/// read-write key from its file: a file per index shard, each as its manifest describes it
+/// (size and SHA-256), at a position of the shard's log.
+async fn snapshot_on_the_flow_host(hosts: &Hosts, gateway: &str) -> anyhow::Result<()> {
+    let out = hosts
+        .exec(
+            "flow",
+            &format!(
+                "set -e; rm -rf /tmp/flowmesh-snapshot; \
+                 FLOWMESH_API_KEY=\"$(head -n 1 /etc/flowmesh/secrets/api_key)\" \
+                 /opt/flowmesh/bin/flowmesh snapshot --gateway {gateway} \
+                 --tls-ca /etc/flowmesh/tls/ca.crt --out /tmp/flowmesh-snapshot >&2; \
+                 cd /tmp/flowmesh-snapshot; cat manifest.json; echo; echo '--- sums'; \
+                 sha256sum indexer/*.snap"
+            ),
+            Duration::from_secs(60),
+        )
+        .await
+        .context("flowmesh snapshot on the flow host")?;
+    let (manifest, sums) = out
+        .split_once("\n--- sums\n")
+        .with_context(|| format!("a manifest, then the files' sums: {out}"))?;
+    let manifest: Value = serde_json::from_str(manifest)
+        .with_context(|| format!("the snapshot's manifest: {out}"))?;
+    let shards = manifest["shards"].as_array().context("shards")?;
+    ensure!(shards.len() == 2, "two index shards: {manifest}");
+    for shard in shards {
+        let file = shard["file"].as_str().context("file")?;
+        let sha = shard["sha256"].as_str().context("sha256")?;
+        ensure!(
+            sums.lines().any(|l| l.split_whitespace().eq([sha, file])),
+            "{file} does not have the manifest's SHA-256 {sha}: {sums}"
+        );
+        ensure!(
+            shard["position"].as_u64().is_some_and(|p| p > 0) && shard["bytes"].as_u64() > Some(0),
+            "a snapshot of the indexed shard: {shard}"
+        );
+    }
+    eprintln!("flowmesh snapshot through the deployed gateway: {} shards", shards.len());
+    Ok(())
+}
+
 /// Every flowmesh unit of `before` has another process in `after`.
 fn assert_restarted(
     role: &str,
@@ -295,7 +616,7 @@ fn assert_restarted(
 ) -> anyhow::Result<()> {
     let units: Vec<&String> = before
         .keys()
-        .filter(|u| u.starts_with("flowmesh-"))
+        .filter(|u| u.starts_with("flowmesh-") && u.contains('@'))
         .collect();
     ensure!(
         units.len() == expected_units,
@@ -402,6 +723,9 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         )
         .await?;
     ensure!(status == 200, "index: status {status}: {answer}");
+    indexer_host_lost_and_restored(&setup, &work, &hosts, &secrets, (&writer, &http), &gateway)
+        .await?;
+    snapshot_on_the_flow_host(&hosts, &gateway).await?;
     let url = format!("{gateway}/search");
     let mut reference = Vec::new();
     for q in QUERIES {
@@ -411,7 +735,7 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         ensure!(status == 200, "search {q:?}: status {status}: {answer}");
         reference.push(match_ids(&answer).map_err(anyhow::Error::msg)?);
     }
-    let roles = ["encoder", "indexer", "ranker", "flow"];
+    let roles = ["encoder", "indexer", "indexer-2", "ranker", "flow"];
     let mut before = Vec::new();
     for role in roles {
         before.push(hosts.processes(role).await?);
@@ -420,7 +744,7 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
     let load = tokio::spawn(search_load(
         http.clone(),
         url.clone(),
-        Arc::new(reference),
+        Some(Arc::new(reference)),
         2,
         stop.clone(),
     ));
@@ -461,21 +785,28 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
         after.push(hosts.processes(role).await?);
     }
     assert_restarted("encoder", &before[0], &after[0], 2)?;
-    assert_restarted("indexer", &before[1], &after[1], 4)?;
-    assert_restarted("ranker", &before[2], &after[2], 2)?;
+    assert_restarted("indexer", &before[1], &after[1], 2)?;
+    assert_restarted("indexer-2", &before[2], &after[2], 2)?;
+    assert_restarted("ranker", &before[3], &after[3], 2)?;
     ensure!(
-        before[2].contains_key("redis-server")
-            && before[2].get("redis-server") == after[2].get("redis-server"),
+        before[3].contains_key("redis-server")
+            && before[3].get("redis-server") == after[3].get("redis-server"),
         "Redis must keep running through the rolling update: before {:?}, after {:?}",
-        before[2].get("redis-server"),
-        after[2].get("redis-server")
+        before[3].get("redis-server"),
+        after[3].get("redis-server")
     );
     ensure!(
-        before[3] == after[3],
-        "the gateway was restarted although skipped: {:?} -> {:?}",
-        before[3],
-        after[3]
+        before[4].contains_key("flowmesh-nats"),
+        "nats-server runs on the flow host: {:?}",
+        before[4]
     );
+    ensure!(
+        before[4] == after[4],
+        "the gateway (or nats-server) was restarted although skipped: {:?} -> {:?}",
+        before[4],
+        after[4]
+    );
+    shards_agree(&hosts, &secrets).await?;
 
     // 4. The same rollout again, now with the gateway (last): the executors are at this
     //    release already, so nothing of theirs may change or restart; only the gateway is
@@ -500,7 +831,7 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
     for role in roles {
         last.push(hosts.processes(role).await?);
     }
-    for (i, role) in roles.iter().enumerate().take(3) {
+    for (i, role) in roles.iter().enumerate().take(4) {
         ensure!(
             after[i] == last[i],
             "{role}: a second rollout of the same release restarted services: {:?} -> {:?}",
@@ -508,7 +839,13 @@ async fn site_then_rolling_update_keeps_search_answering() -> anyhow::Result<()>
             last[i]
         );
     }
-    assert_restarted("flow", &after[3], &last[3], 1)?;
+    assert_restarted("flow", &after[4], &last[4], 1)?;
+    ensure!(
+        after[4].get("flowmesh-nats") == last[4].get("flowmesh-nats"),
+        "nats-server keeps running through the gateway's restart: {:?} -> {:?}",
+        after[4],
+        last[4]
+    );
     let (status, answer) = http
         .post(&url, &search_body(QUERIES[0]), Duration::from_secs(30))
         .await?;
@@ -631,7 +968,12 @@ fn shell_quote(text: &str) -> String {
 async fn from_the_client_host(hosts: &Hosts, secrets: &Secrets) -> anyhow::Result<()> {
     let search = json!({"data": [{"text": "a person rides a horse"}], "parameters": {"top_k": 3}});
     let wrong = format!("Authorization: Bearer {}", random_hex(16)?);
-    let executors = [("encoder", 9001), ("indexer", 9101), ("ranker", 9201)];
+    let executors = [
+        ("encoder", 9001),
+        ("indexer", 9101),
+        ("indexer-2", 9102),
+        ("ranker", 9201),
+    ];
     for (role, port) in executors {
         let base = format!("https://{}:{port}", hosts.ip(role));
         for endpoint in ["search", "index", "delete"] {
@@ -759,7 +1101,28 @@ async fn from_the_client_host(hosts: &Hosts, secrets: &Secrets) -> anyhow::Resul
         no_password.contains("NOAUTH"),
         "Redis wants its password: {no_password}"
     );
-    eprintln!("from the client host: executors refuse calls without the mesh token, the read-only key searches only, Redis is out of reach");
+    // nats-server (the log, on the flow host): dropped by its firewall for any host but the flow
+    // and indexer hosts; an indexer host reaches it, but not without the mesh token.
+    let flow_ip = hosts.ip("flow");
+    let connect = format!(
+        "printf 'CONNECT {{\"verbose\":false}}\\r\\nPING\\r\\n' \
+         | timeout 8 curl -s --max-time 5 telnet://{flow_ip}:4222 2>&1; echo exit=$?"
+    );
+    let stranger = hosts
+        .exec("client", &connect, Duration::from_secs(20))
+        .await?;
+    ensure!(
+        !stranger.contains("INFO") && !stranger.contains("exit=0"),
+        "nats-server must not answer the client host: {stranger}"
+    );
+    let tokenless = hosts
+        .exec("indexer", &connect, Duration::from_secs(20))
+        .await?;
+    ensure!(
+        tokenless.contains("INFO") && tokenless.contains("Authorization Violation"),
+        "nats-server answers an indexer host, and wants the mesh token: {tokenless}"
+    );
+    eprintln!("from the client host: executors refuse calls without the mesh token, the read-only key searches only, Redis and nats-server are out of reach");
     Ok(())
 }
 
@@ -821,7 +1184,7 @@ async fn units_restart_on_failure(hosts: &Hosts) -> anyhow::Result<()> {
 /// No secret in what the hosts show: `systemctl show` of every unit, the journal, the service
 /// logs, and the command line of every process.
 async fn no_secret_shown(hosts: &Hosts, secrets: &Secrets) -> anyhow::Result<()> {
-    for role in ansible_support::ROLES {
+    for (role, _) in HOSTS {
         let shown = hosts
             .exec(
                 role,

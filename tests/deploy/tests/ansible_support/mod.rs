@@ -1,4 +1,4 @@
-//! Support of tests/ansible.rs: five hosts as containers on a private Docker network, each with
+//! Support of tests/ansible.rs: six hosts as containers on a private Docker network, each with
 //! systemd as PID 1 and sshd (a guard removes them however the test ends), the controller's
 //! commands, and a small HTTPS client.
 
@@ -19,8 +19,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// The five roles of the seed's benchmark, one host each.
-pub const ROLES: [&str; 5] = ["client", "flow", "encoder", "indexer", "ranker"];
+/// The hosts: (name, the inventory group it is in). The five roles of the seed's benchmark, one
+/// host each, and a second indexer host, so that the two mirrored copies of each index shard
+/// run on different hosts.
+pub const HOSTS: [(&str, &str); 6] = [
+    ("client", "client"),
+    ("flow", "flow"),
+    ("encoder", "encoder"),
+    ("indexer", "indexer"),
+    ("indexer-2", "indexer"),
+    ("ranker", "ranker"),
+];
 
 /// The image the hosts run: the base with a login user and sshd (built by [`host_image`]).
 pub const HOST_IMAGE: &str = "flowmesh-ansible-host:bookworm";
@@ -43,7 +52,8 @@ pub async fn docker(args: &[&str]) -> anyhow::Result<String> {
 
 /// Builds [`HOST_IMAGE`] from `base`: systemd as PID 1 (as on a cloud host), sshd started by it
 /// (host keys made at first boot, per container), a `deploy` user with passwordless sudo, and
-/// Redis not started until the redis role enables it. Docker's build cache makes a second
+/// neither Redis nor Debian's nats-server started (the redis role enables Redis; the nats role
+/// runs its own nats-server unit). Docker's build cache makes a second
 /// build instant.
 pub async fn host_image(base: &str) -> anyhow::Result<()> {
     let dockerfile = format!(
@@ -57,7 +67,7 @@ RUN useradd --create-home --shell /bin/bash deploy \
       '[Service]' 'Type=oneshot' 'ExecStart=/usr/bin/ssh-keygen -A' \
       '[Install]' 'WantedBy=multi-user.target' > /etc/systemd/system/ssh-host-keys.service \
  && systemctl enable ssh-host-keys.service ssh.service \
- && systemctl disable redis-server.service \
+ && systemctl disable redis-server.service nats-server.service \
  && systemctl mask getty@tty1.service console-getty.service \
  && install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
 EXPOSE 22
@@ -78,17 +88,17 @@ CMD ["/sbin/init"]
     Ok(())
 }
 
-/// Five containers on a private network, removed (with the network) on drop.
+/// The hosts' containers on a private network, removed (with the network) on drop.
 #[derive(Debug)]
 pub struct Hosts {
     pub network: String,
-    /// Role -> (container name, IP address on the network).
+    /// Host (a name of [`HOSTS`]) -> (container name, IP address on the network).
     pub hosts: BTreeMap<&'static str, (String, String)>,
 }
 
 impl Hosts {
-    /// Creates the network `prefix` and one container per role, named `prefix-ROLE` with the
-    /// network alias ROLE, each running systemd, whose sshd accepts `public_key` for `deploy`.
+    /// Creates the network `prefix` and one container per host of [`HOSTS`], named
+    /// `prefix-HOST` with the network alias HOST, each running systemd, whose sshd accepts `public_key` for `deploy`.
     /// What systemd needs in a container without privileges: tmpfs on /run, the cgroup tree,
     /// and no seccomp filter (Debian's redis-server unit sets PrivateUsers=, a user namespace);
     /// NET_ADMIN for the firewall in front of Redis.
@@ -106,7 +116,7 @@ impl Hosts {
             network: prefix.to_owned(),
             hosts: BTreeMap::new(),
         };
-        for role in ROLES {
+        for (role, _) in HOSTS {
             let name = format!("{prefix}-{role}");
             // Registered before it runs, so that the guard removes it even if `run` fails late.
             this.hosts.insert(role, (name.clone(), String::new()));
@@ -159,7 +169,7 @@ impl Hosts {
             .await
             .with_context(|| format!("installing the SSH key on the {role} host"))?;
         }
-        for role in ROLES {
+        for (role, _) in HOSTS {
             let name = this.hosts[role].0.clone();
             let ip = docker(&[
                 "inspect",
@@ -213,15 +223,16 @@ impl Hosts {
         .await
     }
 
-    /// Every flowmesh instance (`flowmesh-SERVICE@PORT`) and Redis that systemd runs on
-    /// `role`'s host: unit -> "PID@START" (the main process and its start time), so that a
-    /// restart shows as a changed value even if a PID were reused.
+    /// Every flowmesh instance (`flowmesh-SERVICE@PORT`), nats-server (`flowmesh-nats`) and
+    /// Redis that systemd runs on `role`'s host: unit -> "PID@START" (the main process and its
+    /// start time), so that a restart shows as a changed value even if a PID were reused.
     pub async fn processes(&self, role: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let out = self
             .exec(
                 role,
                 r#"systemctl list-units --plain --no-legend --state=active --type=service \
-                     'flowmesh-*@*' redis-server.service | while read -r unit _; do
+                     'flowmesh-*@*' flowmesh-nats.service redis-server.service \
+                     | while read -r unit _; do
                    pid=$(systemctl show -p MainPID --value "$unit");
                    start=$(systemctl show -p ExecMainStartTimestampMonotonic --value "$unit");
                    echo "${unit%.service} $pid@$start"; done"#,
