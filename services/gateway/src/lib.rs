@@ -24,6 +24,8 @@ use flowmesh_shared::tls::ClientTlsArgs;
 
 pub use auth::{ApiKeyArgs, ApiKeys};
 
+use crate::snapshot::SnapshotProxy;
+
 pub use flow::{Flow, FlowError, FlowSpec, GatewayLimits};
 pub use http::{openapi_json, router, AppState};
 
@@ -93,7 +95,11 @@ pub async fn run(
     let state = AppState::new(Arc::new(flow), config.serve.limits.clone())
         .with_guard(config.guard)
         .with_api_keys(keys);
-    bind_and_serve("flowmesh-gateway", &config.serve, router(state), shutdown).await?;
+    // `GET /snapshot/{executor}/{shard}` (flowmesh snapshot) fetches from the copies as the
+    // Flow calls them: with the mesh token and the executors' CA.
+    let proxy = SnapshotProxy::new(&config.client_tls, mesh)?;
+    let app = router(state).layer(axum::Extension(proxy));
+    bind_and_serve("flowmesh-gateway", &config.serve, app, shutdown).await?;
     Ok(())
 }
 
