@@ -12,7 +12,7 @@
 mod attack;
 mod health;
 mod report;
-mod tally;
+pub(crate) mod tally;
 
 use std::path::PathBuf;
 use std::sync::Arc;

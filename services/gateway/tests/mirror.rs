@@ -202,6 +202,16 @@ async fn every_one_finds_itself(http: &Http, gateway: &str, ids: &[usize], with_
     );
 }
 
+/// Waits until the copies of each shard agree ([`converged`]), then checks that together the
+/// shards hold exactly `ids` (their counts add up) and that each id is on every copy of its
+/// shard.
+async fn hold_exactly(http: &Http, gateway: &str, shards: &[Vec<Member>], ids: &[usize]) {
+    let agreed = converged(shards).await;
+    let total: u64 = agreed.iter().map(|(_, count, _)| count).sum();
+    assert_eq!(total, ids.len() as u64, "{agreed:?}");
+    on_every_copy(http, gateway, shards, ids).await;
+}
+
 /// Checks id by id that every document of `ids` is on every copy of the indexer shard that holds
 /// it and on no copy of the others: each document's embedding (from the encoder, called directly)
 /// is searched on each copy directly with `top_k` 1.
@@ -426,10 +436,7 @@ async fn copies_of_each_shard_hold_the_same_documents() {
     let shards = copies(&http, &gateway, "indexer").await;
     assert_eq!(shards.len(), 2);
     assert!(shards.iter().all(|c| c.len() == 2), "{shards:?}");
-    let agreed = converged(&shards).await;
-    let total: u64 = agreed.iter().map(|(_, count, _)| count).sum();
-    assert_eq!(total, 200, "{agreed:?}");
-    on_every_copy(&http, &gateway, &shards, &all).await;
+    hold_exactly(&http, &gateway, &shards, &all).await;
     // The gateway compares the copies too.
     let status = http.get(&format!("{gateway}/status")).await.json();
     assert_eq!(status["diverged"], false, "{status}");
@@ -465,10 +472,7 @@ async fn a_copy_killed_during_indexing_gets_every_acknowledged_document() {
     let acked = finish_load(&stop, load, &seen).await;
 
     let shards = copies(&http, &gateway, "indexer").await;
-    let agreed = converged(&shards).await;
-    let total: u64 = agreed.iter().map(|(_, count, _)| count).sum();
-    assert_eq!(total, acked.len() as u64, "{agreed:?}");
-    on_every_copy(&http, &gateway, &shards, &acked).await;
+    hold_exactly(&http, &gateway, &shards, &acked).await;
     every_one_finds_itself(&http, &gateway, &acked, false).await;
     launched.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -499,12 +503,9 @@ async fn a_copy_that_lost_its_disk_restores_from_its_peer() {
     let mut acked = finish_load(&stop, load, &seen).await;
 
     let shards = copies(&http, &gateway, "indexer").await;
-    let agreed = converged(&shards).await;
     acked.extend(0..100);
     acked.sort_unstable();
-    let total: u64 = agreed.iter().map(|(_, count, _)| count).sum();
-    assert_eq!(total, acked.len() as u64, "{agreed:?}");
-    on_every_copy(&http, &gateway, &shards, &acked).await;
+    hold_exactly(&http, &gateway, &shards, &acked).await;
     // It was seeded from its peer, not only replayed from the log.
     let logged = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     let prefix = format!("[{}]", victim.label);
@@ -543,14 +544,8 @@ async fn a_frozen_copy_catches_up_when_it_thaws() {
     wait_acked(&seen, acked_at_stop + 60, Duration::from_secs(60)).await;
     let acked = finish_load(&stop, load, &seen).await;
 
-    let agreed = converged(&shards).await;
-    let total: u64 = agreed.iter().map(|(_, count, _)| count).sum();
-    assert_eq!(
-        total,
-        acked.len() as u64,
-        "{agreed:?} (frozen {frozen_for:?})"
-    );
-    on_every_copy(&http, &gateway, &shards, &acked).await;
+    eprintln!("a copy was frozen for {frozen_for:?}");
+    hold_exactly(&http, &gateway, &shards, &acked).await;
     // Not restarted: it caught up by itself.
     let p = wait_running(&http, &gateway, &victim.label, 0).await;
     assert_eq!(p["pid"].as_u64(), Some(u64::try_from(victim.pid).unwrap()));

@@ -77,16 +77,8 @@ async fn executor_call<E: Executor>(
     headers: HeaderMap,
     request: Negotiated<Envelope>,
 ) -> Result<Reply<Envelope>, ApiError> {
-    let path = format!("/{name}");
-    let deadline = Deadline::from_headers(&headers)?;
-    if deadline.is_expired() {
-        return Err(deadline.exceeded(&path));
-    }
-    state.limits.check(&request.body)?;
+    let (path, deadline) = admit(&name, &headers, &state.limits, &request.body)?;
     let reply = request.reply;
-    crate::trace::set_current_attribute(|| {
-        opentelemetry::KeyValue::new("flowmesh.documents", request.body.data.len() as i64)
-    });
     // Another name passes through unchanged (see [`Executor`]), after the same checks.
     let Ok(endpoint) = name.parse::<Endpoint>() else {
         return Ok(Reply(reply, request.body));
@@ -94,6 +86,26 @@ async fn executor_call<E: Executor>(
     let work = state.executor.call(endpoint, request.body, deadline);
     let response = deadline.run(&path, work).await?;
     Ok(Reply(reply, response))
+}
+
+/// What every executor call passes first, mirrored or not: its deadline (400 when malformed,
+/// 504 when already past), then the request limits; the route's path and the deadline.
+fn admit(
+    name: &str,
+    headers: &HeaderMap,
+    limits: &Limits,
+    body: &Envelope,
+) -> Result<(String, Deadline), ApiError> {
+    let path = format!("/{name}");
+    let deadline = Deadline::from_headers(headers)?;
+    if deadline.is_expired() {
+        return Err(deadline.exceeded(&path));
+    }
+    limits.check(body)?;
+    crate::trace::set_current_attribute(|| {
+        opentelemetry::KeyValue::new("flowmesh.documents", body.data.len() as i64)
+    });
+    Ok((path, deadline))
 }
 
 /// The routes of a stateful executor (one that keeps data): those of [`executor_router`], plus
@@ -192,12 +204,7 @@ async fn mirrored_call<E: Executor>(
     headers: HeaderMap,
     request: Negotiated<Envelope>,
 ) -> Result<Reply<Envelope>, ApiError> {
-    let path = format!("/{name}");
-    let deadline = Deadline::from_headers(&headers)?;
-    if deadline.is_expired() {
-        return Err(deadline.exceeded(&path));
-    }
-    state.limits.check(&request.body)?;
+    let (path, deadline) = admit(&name, &headers, &state.limits, &request.body)?;
     let reply = request.reply;
     let Ok(endpoint) = name.parse::<Endpoint>() else {
         return Ok(Reply(reply, request.body));
