@@ -603,7 +603,10 @@ async fn snapshot_on_the_flow_host(hosts: &Hosts, gateway: &str) -> anyhow::Resu
             "a snapshot of the indexed shard: {shard}"
         );
     }
-    eprintln!("flowmesh snapshot through the deployed gateway: {} shards", shards.len());
+    eprintln!(
+        "flowmesh snapshot through the deployed gateway: {} shards",
+        shards.len()
+    );
     Ok(())
 }
 
