@@ -5,12 +5,16 @@
 //!    starts the replicated log). Each round indexes the same documents into both, in an order
 //!    that alternates, then searches both at each concurrency; the medians of the rounds and
 //!    their ratios are reported.
-//! 2. Catch-up. A Flow of one indexer shard with two copies is indexed with `--catchup-vectors`
-//!    random vectors of `--dim` dimensions. One copy is killed (SIGKILL) and its data folder
-//!    deleted, as a lost disk; the launcher restarts it and it copies what it lacks, and the
-//!    time until the gateway sees it ready again is measured twice: with the whole history in
-//!    the log (it replays the log) and with a log kept short (`FLOWMESH_LOG_MAX_BYTES`), so that
-//!    it copies a snapshot from its peer and then the log's tail.
+//! 2. Catch-up, on a Flow of one indexer shard with two copies, of `--catchup-vectors` random
+//!    vectors of `--dim` dimensions, two ways:
+//!    - `log`: copy 1 is frozen (SIGSTOP, a host cut off) while the vectors are indexed, then
+//!      thawed: it reads all of them from the log. Timed from the thaw.
+//!    - `peer`: the vectors are indexed, then copy 1 is killed (SIGKILL) and its data folder
+//!      deleted, as a lost disk; the launcher restarts it and it installs its peer's snapshot.
+//!      Timed from the kill, the launcher's restart delay included.
+//!
+//!    Each ends when the gateway's `/status` shows copy 1 taking reads again with the same
+//!    position and digest as its peer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use flowmesh_gateway::flow::spec::{FlowSpec, Uses};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::abuse::tally::median;
 use crate::launch::{Launched, TempDir};
 use crate::load::{self, get, HttpClient, LoadConfig};
 use crate::short;
@@ -88,19 +93,18 @@ struct Row {
     two_copies_p50_ms: f64,
 }
 
-/// One catch-up of a copy that lost its data.
+/// One catch-up of a copy.
 #[derive(Debug, Serialize)]
 struct Catchup {
-    /// `log` (replayed the whole log) or `snapshot` (a peer's snapshot, then the log's tail).
+    /// `log` (a copy that was away replays what it missed from the log) or `peer` (a copy that
+    /// lost its data installs its peer's snapshot).
     from: &'static str,
     vectors: usize,
     dim: usize,
-    log_max_bytes: u64,
-    /// From the kill to the gateway seeing the copy ready (the launcher's restart included).
+    /// From the thaw (`log`) or the kill (`peer`) to the gateway's `/status` showing the copy
+    /// taking reads, converged with its peer.
     seconds: f64,
     vectors_per_s: f64,
-    /// Whether both copies then report the same count and digest.
-    converged: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,10 +149,8 @@ pub(crate) async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     }
     let mut catchup = Vec::new();
     if args.catchup_vectors > 0 {
-        // The whole history fits in the log; then a log that keeps about a tenth of it.
-        let bytes = (args.catchup_vectors * args.dim * 5) as u64;
-        for (from, max) in [("log", (bytes * 4).max(1 << 30)), ("snapshot", bytes / 10)] {
-            catchup.push(measure_catchup(&args, &dir.0, from, max).await?);
+        for from in ["log", "peer"] {
+            catchup.push(measure_catchup(&args, &dir.0, from).await?);
         }
     }
     let rows = rows(&args, &phases);
@@ -163,10 +165,6 @@ pub(crate) async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     crate::report::publish(&table(&result), &result, args.out.as_deref())?;
     let errors: usize = result.phases.iter().map(|p| p.errors).sum();
     anyhow::ensure!(errors == 0, "{errors} requests failed");
-    anyhow::ensure!(
-        result.catchup.iter().all(|c| c.converged),
-        "a copy did not converge with its peer after catching up"
-    );
     Ok(())
 }
 
@@ -316,20 +314,16 @@ fn table(result: &MirrorResult) -> String {
             ("catch-up from", Align::Left),
             ("vectors", Align::Right),
             ("dim", Align::Right),
-            ("log keeps (MB)", Align::Right),
             ("seconds", Align::Right),
             ("vectors/s", Align::Right),
-            ("converged", Align::Left),
         ]);
         for r in &result.catchup {
             c.row(vec![
                 r.from.to_owned(),
                 r.vectors.to_string(),
                 r.dim.to_string(),
-                format!("{:.0}", r.log_max_bytes as f64 / 1e6),
                 format!("{:.1}", r.seconds),
                 format!("{:.0}", r.vectors_per_s),
-                r.converged.to_string(),
             ]);
         }
         out.push('\n');
@@ -338,12 +332,11 @@ fn table(result: &MirrorResult) -> String {
     out
 }
 
-/// Indexes a one-shard Flow with two copies, loses one copy's data, and times its return.
+/// Runs a one-shard Flow with two copies and times one catch-up of copy 1 (`from`).
 async fn measure_catchup(
     args: &MirrorArgs,
     dir: &Path,
     from: &'static str,
-    log_max_bytes: u64,
 ) -> anyhow::Result<Catchup> {
     let name = format!("catchup-{from}");
     // One shard, two copies, vectors given with the documents (no encoder).
@@ -353,9 +346,14 @@ async fn measure_catchup(
     FlowSpec::from_yaml(&yaml)?;
     let path = dir.join(format!("{name}.yml"));
     std::fs::write(&path, yaml)?;
-    let max = log_max_bytes.to_string();
-    let mesh = Launched::flow_with(&path, &[], &[("FLOWMESH_LOG_MAX_BYTES", &max)]).await?;
-    let outcome = catchup_in(args, &mesh, &name, from, log_max_bytes).await;
+    let mesh = Launched::flow_with(&path, &[], &[]).await?;
+    let outcome = catchup_in(args, &mesh, &name, from).await;
+    if outcome.is_err() {
+        // A frozen copy must not outlive the bench: the launcher stops it with the mesh.
+        if let Ok(pid) = copy_pid(&load::http_client(), &mesh.base).await {
+            let _ = signal(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
     mesh.stop().await;
     outcome
 }
@@ -365,25 +363,77 @@ async fn catchup_in(
     mesh: &Launched,
     flow: &str,
     from: &'static str,
-    log_max_bytes: u64,
 ) -> anyhow::Result<Catchup> {
     let client = load::http_client();
+    let pid = copy_pid(&client, &mesh.base).await?;
+    if from == "log" {
+        // Away while everything is written: a host cut off, neither answering nor dead.
+        signal(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    }
     eprintln!(
         "catch-up from the {from}: indexing {} vectors of {} dimensions ...",
         args.catchup_vectors, args.dim
     );
+    index_vectors(&client, &mesh.base, args.catchup_vectors, args.dim).await?;
+    let started = Instant::now();
+    if from == "log" {
+        signal(pid, nix::sys::signal::Signal::SIGCONT)?;
+    } else {
+        let data = mesh
+            .workspace()
+            .context("the Flow runs in no workspace of ours")?
+            .join(flow)
+            .join("indexer")
+            .join("shard-0")
+            .join("replica-1");
+        signal(pid, nix::sys::signal::Signal::SIGKILL)?;
+        // The launcher waits before restarting it; its data goes meanwhile.
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("cannot delete {}", data.display()))?;
+        std::fs::create_dir_all(&data)?;
+    }
+    let deadline = started + Duration::from_secs(1800);
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "copy 1 did not catch up in 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = fetch_status(&client, &mesh.base).await?;
+        if copy_up(&status, 1) && status["diverged"] == json!(false) && shard_converged(&status) {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("  copy 1 caught up from the {from} in {seconds:.1} s");
+    Ok(Catchup {
+        from,
+        vectors: args.catchup_vectors,
+        dim: args.dim,
+        seconds,
+        vectors_per_s: args.catchup_vectors as f64 / seconds,
+    })
+}
+
+/// Indexes `count` random vectors of `dim` dimensions, 500 a request.
+async fn index_vectors(
+    client: &HttpClient,
+    base: &str,
+    count: usize,
+    dim: usize,
+) -> anyhow::Result<()> {
     let mut rng = flowmesh_shared::rng::SplitMix64::new(7);
     let batch = 500;
-    for start in (0..args.catchup_vectors).step_by(batch) {
-        let end = (start + batch).min(args.catchup_vectors);
+    for start in (0..count).step_by(batch) {
+        let end = (start + batch).min(count);
         let data: Vec<Value> = (start..end)
             .map(|i| {
-                let v: Vec<f32> = (0..args.dim).map(|_| rng.normal()).collect();
+                let v: Vec<f32> = (0..dim).map(|_| rng.normal()).collect();
                 json!({"id": format!("v{i}"), "embedding": v})
             })
             .collect();
         let body = Bytes::from(json!({"data": data}).to_string());
-        let answer = load::post(&client, &format!("{}/index", mesh.base), body).await?;
+        let answer = load::post(client, &format!("{base}/index"), body).await?;
         if answer.status != 200 {
             bail!(
                 "indexing failed with {}: {}",
@@ -392,69 +442,26 @@ async fn catchup_in(
             );
         }
     }
-    let status = fetch_status(&client, &mesh.base).await?;
+    Ok(())
+}
+
+/// The process id of copy 1 of the indexer, from `/status`.
+async fn copy_pid(client: &HttpClient, base: &str) -> anyhow::Result<i32> {
+    let status = fetch_status(client, base).await?;
     let copy = status["processes"]
         .as_array()
         .and_then(|ps| {
             ps.iter()
                 .find(|p| p["executor"] == "indexer" && p["replica"] == 1)
         })
-        .cloned()
         .context("no process for copy 1 of the indexer in /status")?;
     let pid = copy["pid"].as_i64().context("copy 1 has no pid")?;
-    let workspace = mesh
-        .workspace()
-        .context("the Flow runs in no workspace of ours")?
-        .join(flow)
-        .join("indexer")
-        .join("shard-0")
-        .join("replica-1");
-    let started = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
-    // The launcher waits before restarting it; its data goes meanwhile.
-    std::fs::remove_dir_all(&workspace)
-        .with_context(|| format!("cannot delete {}", workspace.display()))?;
-    std::fs::create_dir_all(&workspace)?;
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut seen_down = false;
-    loop {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "copy 1 was not ready again in 30 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let status = fetch_status(&client, &mesh.base).await?;
-        let up = copy_up(&status, 1);
-        if !up {
-            seen_down = true;
-        } else if seen_down {
-            break;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    // Both copies' content, as /status reports it.
-    let mut converged = false;
-    for _ in 0..50 {
-        let status = fetch_status(&client, &mesh.base).await?;
-        if status["diverged"] == json!(false) && shard_converged(&status) {
-            converged = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!("  copy 1 ready again after {seconds:.1} s; converged: {converged}");
-    Ok(Catchup {
-        from,
-        vectors: args.catchup_vectors,
-        dim: args.dim,
-        log_max_bytes,
-        seconds,
-        vectors_per_s: args.catchup_vectors as f64 / seconds,
-        converged,
-    })
+    Ok(i32::try_from(pid)?)
+}
+
+fn signal(pid: i32, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .with_context(|| format!("cannot send {signal} to copy 1 ({pid})"))
 }
 
 async fn fetch_status(client: &HttpClient, base: &str) -> anyhow::Result<Value> {
@@ -485,19 +492,4 @@ fn shard_converged(status: &Value) -> bool {
         && copies[0]["digest"].is_string()
         && copies[0]["digest"] == copies[1]["digest"]
         && copies[0]["position"] == copies[1]["position"]
-}
-
-/// The median of the finite values (NaN when there are none).
-fn median(values: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    }
 }

@@ -138,3 +138,32 @@ async fn the_token_is_required_and_a_restart_keeps_the_log() {
     assert_eq!(seq, Some(6));
     assert_eq!(shard.bounds().await.unwrap().id, id);
 }
+
+/// One read of more records than the server lets a client hold unread (64 MiB): 80 records of
+/// 1 MiB come back whole and in order, without the server dropping the reader as a slow
+/// consumer (which stalls the read until it gives up).
+#[tokio::test]
+async fn a_read_of_large_records_does_not_stall() {
+    let server = NatsServer::start("log-large", None);
+    let log = connect(&server, None, 1 << 30).await;
+    let shard = log.shard(&stream_name("indexer", 0));
+    for i in 1..=80u64 {
+        let body = Bytes::from(vec![i as u8; 1 << 20]);
+        assert_eq!(
+            shard
+                .append(Endpoint::Index, body, &format!("big{i}"))
+                .await
+                .unwrap(),
+            i
+        );
+    }
+    let started = std::time::Instant::now();
+    let records = shard.read(1, 80).await.unwrap();
+    assert_eq!(records.len(), 80);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1);
+        assert_eq!(r.body.len(), 1 << 20);
+        assert_eq!(r.body[0], (i + 1) as u8);
+    }
+    eprintln!("read 80 MiB in {:?}", started.elapsed());
+}

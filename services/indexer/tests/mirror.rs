@@ -226,6 +226,37 @@ async fn copies_apply_in_log_order_and_converge_after_gaps_crashes_and_restarts(
     let _ = std::fs::remove_dir_all(&dir_b);
 }
 
+/// Concurrent writes overtake each other between the gateway and a copy: a write that arrives
+/// before its predecessors waits for them to arrive the same way instead of reading them from
+/// the log. The log here never holds these writes (the test does not append them), so a copy
+/// that went to the log for them would answer 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_overtake_each_other_wait_for_their_predecessors() {
+    let nats = NatsServer::start("mirror-overtake", None);
+    let dir = temp_dir("mirror-overtake");
+    let a = std::sync::Arc::new(copy(&nats, &dir, &[]).await);
+    wait_position(&a, 0).await;
+    let mut sent = Vec::new();
+    for (i, seq) in [3_u64, 2, 1].into_iter().enumerate() {
+        let a = std::sync::Arc::clone(&a);
+        let from = seq as usize * 10;
+        let body = Format::MsgPack
+            .encode(&docs(from, from + 10, 8, 0))
+            .unwrap();
+        sent.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            deliver(&a, Endpoint::Index, seq, &body).await
+        }));
+    }
+    for handle in sent {
+        assert_eq!(handle.await.unwrap(), 200);
+    }
+    let m = wait_position(&a, 3).await;
+    assert_eq!(m["count"], 30, "{m}");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_copy_restores_from_its_peer_when_the_log_was_trimmed() {
     let nats = NatsServer::start("mirror-restore", None);

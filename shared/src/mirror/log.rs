@@ -33,6 +33,12 @@ pub const DEFAULT_LOG_MAX_BYTES: i64 = 1 << 30;
 /// How long one read of the log may wait for the next record.
 const READ_STALL: Duration = Duration::from_secs(10);
 
+/// Records a reader asks the server for at once. The server sends a pull's records without
+/// regard to their size, and drops a client with more than 64 MiB unread as a slow consumer:
+/// with records of up to 8 MiB (NATS's largest payload), a few at a time stay below that. (A
+/// pull of the default 500 records of about 1 MB each stalled a copy's catch-up for 10 s.)
+const READ_BATCH: i64 = 4;
+
 /// Where the replicated logs of mirrored copies are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
@@ -309,6 +315,7 @@ impl ShardLog {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: from,
                 },
+                max_batch: READ_BATCH,
                 ..consumer::pull::OrderedConfig::default()
             })
             .await
