@@ -139,15 +139,17 @@ async fn the_token_is_required_and_a_restart_keeps_the_log() {
     assert_eq!(shard.bounds().await.unwrap().id, id);
 }
 
-/// One read of more records than the server lets a client hold unread (64 MiB): 80 records of
-/// 1 MiB come back whole and in order, without the server dropping the reader as a slow
-/// consumer (which stalls the read until it gives up).
-#[tokio::test]
+/// One read of more records than the server lets a client hold unread (64 MiB), by a reader
+/// whose thread is busy for a while (as a copy's is, applying what it reads): 160 records of
+/// 1 MiB come back whole and in order. A read that asked for all of them at once had the server
+/// drop the reader as a slow consumer ("MaxPending of 67108864 Exceeded"), and it stalled.
+#[tokio::test(flavor = "current_thread")]
 async fn a_read_of_large_records_does_not_stall() {
+    const RECORDS: u64 = 160;
     let server = NatsServer::start("log-large", None);
     let log = connect(&server, None, 1 << 30).await;
     let shard = log.shard(&stream_name("indexer", 0));
-    for i in 1..=80u64 {
+    for i in 1..=RECORDS {
         let body = Bytes::from(vec![i as u8; 1 << 20]);
         assert_eq!(
             shard
@@ -157,13 +159,19 @@ async fn a_read_of_large_records_does_not_stall() {
             i
         );
     }
+    // Busy: soon after the read starts, the one thread that reads the socket is blocked.
+    let busy = tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    });
     let started = std::time::Instant::now();
-    let records = shard.read(1, 80).await.unwrap();
-    assert_eq!(records.len(), 80);
+    let records = shard.read(1, RECORDS).await.unwrap();
+    busy.await.unwrap();
+    assert_eq!(records.len() as u64, RECORDS);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r.seq, i as u64 + 1);
         assert_eq!(r.body.len(), 1 << 20);
         assert_eq!(r.body[0], (i + 1) as u8);
     }
-    eprintln!("read 80 MiB in {:?}", started.elapsed());
+    eprintln!("read {RECORDS} MiB in {:?}", started.elapsed());
 }

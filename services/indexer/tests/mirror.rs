@@ -227,9 +227,9 @@ async fn copies_apply_in_log_order_and_converge_after_gaps_crashes_and_restarts(
 }
 
 /// Concurrent writes overtake each other between the gateway and a copy: a write that arrives
-/// before its predecessors waits for them to arrive the same way instead of reading them from
-/// the log. The log here never holds these writes (the test does not append them), so a copy
-/// that went to the log for them would answer 503.
+/// before its predecessors (here 5 ms apart, newest first) waits for them to arrive the same
+/// way instead of reading them from the log. The log here never holds these writes (the test
+/// does not append them), so a copy that went to the log for them would answer 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_that_overtake_each_other_wait_for_their_predecessors() {
     let nats = NatsServer::start("mirror-overtake", None);
@@ -244,7 +244,7 @@ async fn writes_that_overtake_each_other_wait_for_their_predecessors() {
             .encode(&docs(from, from + 10, 8, 0))
             .unwrap();
         sent.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            tokio::time::sleep(Duration::from_millis(5 * i as u64)).await;
             deliver(&a, Endpoint::Index, seq, &body).await
         }));
     }
