@@ -736,6 +736,13 @@ impl Inner {
     fn record(&self, force: bool) -> Result<(), ApiError> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        // The log's id before the position: a new log resets the position before it is named,
+        // so a position read after the new name belongs to the new log.
+        let log_id = self
+            .log_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let position = self.position.load(Ordering::Acquire);
         let due = recorded.0.is_none_or(|at| at.elapsed() >= RECORD_EVERY);
         if !force && (position == recorded.1 || !due) {
@@ -747,11 +754,7 @@ impl Inner {
                 .as_ref()
                 .map(|l| l.name().to_owned())
                 .unwrap_or_default(),
-            log_id: self
-                .log_id
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            log_id,
             position,
         };
         write_recorded(dir, &file)
@@ -853,9 +856,11 @@ impl Inner {
                 log = log.name(),
                 "the log was created anew: applying it from its start over the data held"
             );
+            // The position first: the follower may record the file meanwhile, and must never
+            // pair the new log with the old log's position.
+            self.position.store(0, Ordering::Release);
             *self.log_id.lock().unwrap_or_else(PoisonError::into_inner) = bounds.id.clone();
             *self.digest.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            self.position.store(0, Ordering::Release);
             // At once: the file must name the new log.
             self.record(true)?;
         }
