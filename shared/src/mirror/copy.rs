@@ -736,6 +736,10 @@ impl Inner {
     fn record(&self, force: bool) -> Result<(), ApiError> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        // Most writes land inside the interval: they stop here, before any copy is made.
+        if !force && recorded.0.is_some_and(|at| at.elapsed() < RECORD_EVERY) {
+            return Ok(());
+        }
         // The log's id before the position: a new log resets the position before it is named,
         // so a position read after the new name belongs to the new log.
         let log_id = self
@@ -744,8 +748,7 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let position = self.position.load(Ordering::Acquire);
-        let due = recorded.0.is_none_or(|at| at.elapsed() >= RECORD_EVERY);
-        if !force && (position == recorded.1 || !due) {
+        if !force && position == recorded.1 {
             return Ok(());
         }
         let file = Recorded {
