@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cli;
 pub mod flow;
 pub mod http;
 pub mod launcher;

@@ -2,7 +2,10 @@
 //! (and restarts its executor processes when they crash);
 //! `flowmesh validate FLOW.yml` checks a Flow file; `flowmesh openapi` prints the gateway's
 //! OpenAPI document; `flowmesh snapshot --gateway URL --out DIR` writes a snapshot of every shard
-//! that keeps data (`flowmesh up --restore-from DIR` starts a Flow from it).
+//! that keeps data (`flowmesh up --restore-from DIR` starts a Flow from it);
+//! `flowmesh index INPUT --gateway URL` sends a JSONL file, a CSV file or a folder of images to
+//! a gateway in batches, resuming where an interrupted run stopped; `flowmesh search TEXT
+//! --gateway URL` prints the matches of one query.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +15,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand};
+use flowmesh_gateway::cli::{index, search, IndexArgs, SearchArgs};
 use flowmesh_gateway::launcher::{snapshot, up, SnapshotArgs, UpArgs};
 use flowmesh_gateway::{load_flow, openapi_json};
 use flowmesh_shared::server::shutdown_signal;
@@ -43,6 +47,12 @@ enum Cmd {
     /// Write a snapshot of every shard of a running Flow's executors that keep data to a folder
     /// (the API key in FLOWMESH_API_KEY); `flowmesh up --restore-from DIR` starts from it.
     Snapshot(SnapshotArgs),
+    /// Send the documents of a JSONL file, a CSV file or a folder of images to a gateway's
+    /// `/index` in batches, with a progress bar; an interrupted run resumes after the last
+    /// acknowledged batch (the API key in FLOWMESH_API_KEY or --api-key-file).
+    Index(Box<IndexArgs>),
+    /// Search a gateway for one text and print the matches as a table (or `--json`).
+    Search(Box<SearchArgs>),
 }
 
 #[tokio::main]
@@ -69,6 +79,8 @@ async fn main() {
             }
         }),
         Cmd::Snapshot(args) => snapshot(args).await,
+        Cmd::Index(args) => index(*args).await,
+        Cmd::Search(args) => search(*args).await,
         Cmd::Openapi => {
             println!("{}", openapi_json());
             Ok(())
