@@ -432,7 +432,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(gateway) => against_gateway(&args, gateway, &specs, &workload, settings).await?,
         None => launched(&args, &specs, &workload, settings).await?,
     };
-    println!("{}", report.markdown());
+    // The terminal gets aligned columns; results.md keeps the Markdown.
+    println!("{}", report.terminal(crate::table::terminal_width()));
     if let Some(out) = &args.out {
         let plots = report.write(out)?;
         eprintln!("results in {} ({} plots)", out.display(), plots.len());

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::phase::{PhaseResult, PhaseSummary};
 use super::target::Operation;
 use super::Settings;
-use crate::table::{opt, Align, Table};
+use crate::table::{duration, opt, Align, Table};
 
 /// One row of the table: a phase with what it ran on (in `results.json`, beside the phase's
 /// figures).
@@ -115,31 +115,99 @@ impl Report {
         }
     }
 
-    /// The seed's table: one line per phase.
+    /// The seed's table in Markdown (`results.md`): one line per phase.
     pub(crate) fn markdown(&self) -> String {
+        self.table(false).render()
+    }
+
+    /// What the terminal shows at the end of a run: the settings on a line (with the document
+    /// store when every phase had the same), then the table at most `width` characters wide,
+    /// its headers short (`docs/s`, `p50 ms`).
+    pub(crate) fn terminal(&self, width: usize) -> String {
+        let mut settings = self.settings_line();
+        if let Some(store) = self.one_store() {
+            settings.push_str(&format!(", store {store}"));
+        }
+        format!(
+            "{}\n\n{}",
+            crate::table::wrap_list(&settings, width).join("\n"),
+            self.table(true).terminal(width)
+        )
+    }
+
+    /// The document store of every phase, when they all had the same.
+    fn one_store(&self) -> Option<&str> {
+        let first = self.rows.first()?;
+        self.rows
+            .iter()
+            .all(|r| r.store == first.store)
+            .then_some(first.store.as_str())
+    }
+
+    /// The settings that shape the figures, on one line: `text, 2000 docs, request size 50,
+    /// concurrency 4, top_k 50, 2 shards, 2 encoder replicas (onnx), query 60 s`.
+    pub(crate) fn settings_line(&self) -> String {
+        let s = &self.settings;
+        let a = &s.args;
+        let w = &a.workload;
+        let scenario = match w.scenario {
+            super::Scenario::Text => "text",
+            super::Scenario::Image => "image",
+        };
+        let encoder = match a.flow.encoder {
+            super::flow::Encoder::Onnx => "onnx",
+            super::flow::Encoder::Hash => "hash",
+        };
+        let mut line = format!(
+            "{scenario}, {} docs, request size {}, concurrency {}, top_k {}",
+            w.docs, w.request_size, a.concurrency, w.top_k
+        );
+        if a.gateway.is_none() {
+            line.push_str(&format!(
+                ", {} shards, {} encoder replicas ({encoder})",
+                a.flow.shards, a.flow.replicas
+            ));
+        }
+        let limit = |load: &crate::load::LoadConfig| {
+            (load.duration < crate::load::NO_LIMIT)
+                .then(|| crate::table::duration(load.duration.as_secs_f64()))
+        };
+        if let Some(d) = limit(&s.query_limits) {
+            line.push_str(&format!(", queries for {d}"));
+        }
+        line
+    }
+
+    /// The seed's table: one line per phase; for a terminal with short headers, and without
+    /// the store when [`Self::terminal`] names it above.
+    fn table(&self, terminal: bool) -> Table {
         let engines = self.rows.iter().any(|r| r.engine != "flowmesh");
-        let right = |name: String| (name, Align::Right);
+        let store = !terminal || self.one_store().is_none();
+        let right = |name: &str| (name.to_owned(), Align::Right);
+        let name = |long: &'static str, short: &'static str| if terminal { short } else { long };
         let mut columns = Vec::new();
         if engines {
             columns.push(("engine".to_owned(), Align::Left));
         }
-        for name in ["operation", "indexer", "document store"] {
-            columns.push((name.to_owned(), Align::Left));
+        columns.push((name("operation", "phase").to_owned(), Align::Left));
+        columns.push(("indexer".to_owned(), Align::Left));
+        if store {
+            columns.push((name("document store", "store").to_owned(), Align::Left));
         }
-        for name in [
-            "hours",
-            "documents",
-            "documents/s",
-            "requests/s",
-            "latency p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "errors",
-            "build s",
+        for (long, short) in [
+            ("duration", "time"),
+            ("documents", "docs"),
+            ("documents/s", "docs/s"),
+            ("requests/s", "req/s"),
+            ("latency p50 ms", "p50 ms"),
+            ("p95 ms", "p95 ms"),
+            ("p99 ms", "p99 ms"),
+            ("errors", "errors"),
+            ("build s", "build s"),
         ] {
-            columns.push(right(name.to_owned()));
+            columns.push(right(name(long, short)));
         }
-        columns.push(right(format!(
+        columns.push(right(&format!(
             "recall@{}",
             self.settings.args.workload.top_k
         )));
@@ -150,11 +218,13 @@ impl Report {
             if engines {
                 cells.push(row.engine.clone());
             }
+            cells.push(operation_name(row.operation).to_owned());
+            cells.push(row.indexer.clone());
+            if store {
+                cells.push(row.store.clone());
+            }
             cells.extend([
-                operation_name(row.operation).to_owned(),
-                row.indexer.clone(),
-                row.store.clone(),
-                format!("{:.3}", m.elapsed.as_secs_f64() / 3600.0),
+                duration(m.elapsed.as_secs_f64()),
                 m.documents.to_string(),
                 format!("{:.1}", m.docs_per_s()),
                 format!("{:.2}", m.requests_per_s()),
@@ -167,7 +237,7 @@ impl Report {
             ]);
             t.row(cells);
         }
-        t.render()
+        t
     }
 
     /// Writes `results.json`, `results.md` and the plots into `dir` (created if needed);
@@ -186,7 +256,8 @@ impl Report {
             serde_json::to_string_pretty(&self.to_json(&plots))?,
         )?;
         let mut md = format!(
-            "# flowmesh-bench run\n\nTopology: {}\n\n",
+            "# flowmesh-bench run\n\nSettings: {}\n\nTopology: {}\n\n",
+            self.settings_line(),
             super::flow::topology_line(&self.topology)
         );
         md.push_str(&self.markdown());
@@ -231,9 +302,45 @@ mod tests {
         let line = md.lines().nth(2).expect("a row");
         assert_eq!(
             line,
-            "| query | annoy:trees=100 | redis | 0.001 | 150 | 50.0 | 1.00 | 20 | 30 | 30 | 0 | 1.2 | 0.988 |"
+            "| query | annoy:trees=100 | redis | 3.00 s | 150 | 50.0 | 1.00 | 20 | 30 | 30 | 0 | 1.2 | 0.988 |"
         );
         assert!(md.contains("recall@50"));
+        let term = report.terminal(100);
+        assert!(!term.contains('|'), "{term}");
+        assert!(term.lines().all(|l| l.chars().count() <= 100), "{term}");
+        assert!(term.contains("3.00 s") && term.contains("0.988"), "{term}");
+        assert!(
+            term.starts_with("text, 10 docs, request size 50, concurrency 4, top_k 50, 2 shards"),
+            "{term}"
+        );
+        let settings = term.split("\n\n").next().expect("the settings");
+        assert!(settings.ends_with("store redis"), "{term}");
+        // Short headers, wrapped only where the width needs it; the store is named above.
+        let table = term
+            .split("\n\n")
+            .nth(1)
+            .expect("a table after the settings");
+        let headers: Vec<&str> = table
+            .lines()
+            .take_while(|l| !l.starts_with("---"))
+            .flat_map(str::split_whitespace)
+            .collect();
+        for name in [
+            "phase",
+            "indexer",
+            "time",
+            "docs/s",
+            "req/s",
+            "p50",
+            "p99",
+            "recall@50",
+        ] {
+            assert!(headers.contains(&name), "{name} in {term}");
+        }
+        assert!(
+            !headers.contains(&"store") && !headers.contains(&"hours"),
+            "{term}"
+        );
         let json = serde_json::to_value(report.to_json(&[])).expect("JSON");
         assert_eq!(json["phases"][0]["documents"], 150);
         assert_eq!(json["phases"][0]["recall_at_k"], 0.9876);
