@@ -156,7 +156,7 @@ impl Run {
             return Ok(());
         }
         while self.source.mark().offset < saved.offset {
-            if self.source.next()?.is_none() {
+            if self.source.next_entry()?.is_none() {
                 break;
             }
         }
@@ -187,7 +187,7 @@ impl Run {
     async fn send_all(&mut self, batch_size: u64, batch_bytes: usize) -> anyhow::Result<()> {
         let mut batch = Batch::new();
         loop {
-            let item = self.source.next()?;
+            let item = self.source.next_entry()?;
             match item {
                 Some(Ok(entry)) => {
                     let size = serde_json::to_vec(&entry.doc).map_or(0, |v| v.len());

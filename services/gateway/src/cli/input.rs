@@ -204,7 +204,7 @@ impl Source {
 
     /// The next document; `Ok(None)` at the end; `Ok(Some(Err(bad)))` for a part that is not
     /// a document (the source is then past it). Reading errors are `Err`.
-    pub fn next(&mut self) -> anyhow::Result<Option<Result<Entry, Bad>>> {
+    pub fn next_entry(&mut self) -> anyhow::Result<Option<Result<Entry, Bad>>> {
         match &mut self.kind {
             Kind::Jsonl(reader) => loop {
                 let Some(bytes) = read_line(reader, &mut self.mark)? else {
@@ -229,9 +229,8 @@ impl Source {
                 if text.is_empty() {
                     continue;
                 }
-                let text = match std::str::from_utf8(text) {
-                    Ok(t) => t,
-                    Err(_) => return Ok(Some(Err(bad("not UTF-8 text".into())))),
+                let Ok(text) = std::str::from_utf8(text) else {
+                    return Ok(Some(Err(bad("not UTF-8 text".into()))));
                 };
                 let fields = match parse_csv(text) {
                     Ok(f) => f,
@@ -560,7 +559,7 @@ fn hex(bytes: &[u8]) -> String {
 fn read_all(path: &Path, format: Format) -> anyhow::Result<Result<Vec<Entry>, Bad>> {
     let mut source = Source::open(path, format)?;
     let mut out = Vec::new();
-    while let Some(item) = source.next()? {
+    while let Some(item) = source.next_entry()? {
         match item {
             Ok(e) => out.push(e),
             Err(b) => return Ok(Err(b)),
@@ -668,7 +667,7 @@ mod tests {
         let content = b"{\"text\":\"a\"}\n{\"text\":\"b\"}\n";
         let path = temp("m.jsonl", content);
         let mut s = Source::open(&path, Format::Jsonl).unwrap();
-        s.next().unwrap().unwrap().unwrap();
+        s.next_entry().unwrap().unwrap().unwrap();
         let mark = s.mark().clone();
         assert_eq!(mark.offset, 13);
         assert_eq!(mark.line, 1);
