@@ -360,7 +360,8 @@ fn throughput(report: &Report, root: &DrawingArea<BitMapBackend<'_>, Shift>) -> 
                 .map_err(|e| anyhow!("{e}"))?;
         }
     }
-    legend(&mut chart, SeriesLabelPosition::UpperRight)
+    // Rates sit high on the chart: the legend goes below them.
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn legend<'a, 'b: 'a, X, Y>(
