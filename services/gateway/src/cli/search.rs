@@ -107,7 +107,7 @@ pub fn table(matches: &[Value], width: usize) -> String {
     };
     let (rank, score) = (natural(0), natural(1));
     // The id and the tags get what they need up to a cap; the text gets the rest.
-    let mut id = natural(2).min(32);
+    let mut id = natural(2).min(40);
     let mut tags = natural(4).min(30);
     let gaps = 2 * 4;
     let fixed = |id: usize, tags: usize| rank + score + id + tags + gaps;
