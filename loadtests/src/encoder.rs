@@ -45,6 +45,15 @@ pub(crate) struct EncoderArgs {
     /// Side of the generated JPEG images, in pixels (image models).
     #[arg(long, default_value_t = 224)]
     image_side: u32,
+    /// Which texts a text model gets: `sentences` of 8 to 24 words, or `mixed` lengths of 4 to
+    /// 40 words.
+    #[arg(long, value_enum, default_value_t = TextKind::Sentences)]
+    texts: TextKind,
+    /// Extra encoder flags of a baseline service, repeated for several (for example
+    /// `--baseline=--batch-order=arrival`): it runs beside the service with the same flags plus
+    /// these, and each row measures both, one after the other, against the same raw loop.
+    #[arg(long, allow_hyphen_values = true)]
+    baseline: Vec<String>,
     /// Where to write the JSON results.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -54,11 +63,19 @@ pub(crate) struct EncoderArgs {
     encoder: Vec<String>,
 }
 
+/// The texts of a text model's workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TextKind {
+    Sentences,
+    Mixed,
+}
+
 pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
     let argv = std::iter::once("flowmesh-encoder".to_owned()).chain(args.encoder.iter().cloned());
     let config = flowmesh_encoder::Config::try_parse_from(argv)?;
     let model = config.model()?;
     let workload = Arc::new(match model.modality() {
+        Modality::Text if args.texts == TextKind::Mixed => Workload::mixed_texts(),
         Modality::Text => Workload::texts(),
         Modality::Image(spec) => Workload::images(
             &spec,
@@ -76,11 +93,29 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
     }
     let raw_batch = args.raw_batch.max(1);
     let service = Launched::service("flowmesh-encoder", &args.encoder).await?;
-    let measured = service_rows(&args, &service, &model, &workload, raw_batch).await;
+    let baseline = if args.baseline.is_empty() {
+        None
+    } else {
+        let flags: Vec<String> = args.encoder.iter().chain(&args.baseline).cloned().collect();
+        Some(Launched::service("flowmesh-encoder", &flags).await?)
+    };
+    let measured = service_rows(
+        &args,
+        &service,
+        baseline.as_ref(),
+        &model,
+        &workload,
+        raw_batch,
+    )
+    .await;
     service.stop().await;
+    if let Some(baseline) = baseline {
+        baseline.stop().await;
+    }
     let result = EncoderResult {
         benchmark: "encoder",
         encoder_flags: args.encoder.clone(),
+        baseline_flags: args.baseline.clone(),
         unit,
         raw_batch,
         prepare_ms_per_input: workload.prepare_seconds() * 1e3,
@@ -97,6 +132,7 @@ pub(crate) async fn run(args: EncoderArgs) -> anyhow::Result<()> {
 struct EncoderResult {
     benchmark: &'static str,
     encoder_flags: Vec<String>,
+    baseline_flags: Vec<String>,
     unit: &'static str,
     raw_batch: usize,
     prepare_ms_per_input: f64,
@@ -106,6 +142,8 @@ struct EncoderResult {
 /// One service phase against the raw loop just before it.
 #[derive(Debug, Serialize)]
 struct ServiceRow {
+    /// `service`, or `baseline` (the service with `--baseline` flags).
+    variant: &'static str,
     per_request: usize,
     concurrency: usize,
     requests: usize,
@@ -121,23 +159,27 @@ struct ServiceRow {
     service_cpu_ms_per_input: Option<f64>,
     client_cpu_ms_per_input: Option<f64>,
     mean_batch: Option<f64>,
+    /// The mean share of padding in the model calls' tokens (ONNX text models).
+    padded_share: Option<f64>,
     /// The service's resident memory at the end of the phase.
     service_rss_mib: Option<f64>,
 }
 
-/// Every service row: each request size at each concurrency, the raw model just before each.
+/// Every service row: each request size at each concurrency, the raw model just before each;
+/// with a baseline, the baseline and the service after the same raw loop, their order
+/// alternating from row to row.
 async fn service_rows(
     args: &EncoderArgs,
     service: &Launched,
+    baseline: Option<&Launched>,
     model: &Arc<dyn Model>,
     workload: &Arc<Workload>,
     raw_batch: usize,
 ) -> anyhow::Result<Vec<ServiceRow>> {
     let client = load::http_client();
-    let url = format!("{}/encode", service.base);
     let duration = Duration::from_secs(args.duration_secs);
-    let unit = workload.unit();
     let mut rows = Vec::new();
+    let mut turn = 0usize;
     for &per_request in &args.per_request {
         for &c in &args.concurrency {
             // The raw model just before each row (the service idle meanwhile), so that each ratio
@@ -149,51 +191,95 @@ async fn service_rows(
                 })
                 .await??
             };
-            let cpu_before = (
-                service.pid().and_then(procstat::cpu_seconds),
-                procstat::own_cpu_seconds(),
-            );
-            let batches_before = batches(&client, &service.base).await;
-            // One request of the size first: the model's first calls at a new batch size are
-            // slow.
-            let mut config = LoadConfig::new(c, usize::MAX, duration);
-            config.warmup = 1;
-            let m = phase(&client, &url, workload, per_request, &config).await;
-            if let Some(f) = &m.warmup_failure {
-                anyhow::bail!("warm-up: {}: {}", f.kind, f.message);
+            let mut variants = vec![("service", service)];
+            if let Some(b) = baseline {
+                variants.push(("baseline", b));
+                if turn % 2 == 1 {
+                    variants.reverse();
+                }
             }
-            let mean_batch = batches(&client, &service.base)
-                .await
-                .zip(batches_before)
-                .and_then(|((sum, n), (sum0, n0))| (n > n0).then(|| (sum - sum0) / (n - n0)));
-            let inputs = (m.requests() * per_request) as f64;
-            let cpu_ms =
-                |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1e3 / inputs);
-            let cpu = ServiceCpu {
-                service_ms: cpu_ms(cpu_before.0, service.pid().and_then(procstat::cpu_seconds)),
-                client_ms: cpu_ms(cpu_before.1, procstat::own_cpu_seconds()),
-                mean_batch,
-            };
-            let mut row = row(per_request, c, &raw, &cpu, &m);
-            row.service_rss_mib = service
-                .pid()
-                .and_then(procstat::rss_bytes)
-                .map(|b| b as f64 / f64::from(1 << 20));
-            eprintln!(
-                "{per_request} {unit}/request, concurrency {c}: {:.1} {unit}/s, raw {:.1} ({:.0}%); CPU ms/{unit}: raw {:.2}, service {:.2}, client {:.2}; mean batch {:.1}; errors {}",
-                row.per_s,
-                raw.per_s,
-                100.0 * row.of_raw,
-                raw.cpu_ms.unwrap_or(f64::NAN),
-                cpu.service_ms.unwrap_or(f64::NAN),
-                cpu.client_ms.unwrap_or(f64::NAN),
-                cpu.mean_batch.unwrap_or(f64::NAN),
-                row.errors
-            );
-            rows.push(row);
+            turn += 1;
+            for (variant, launched) in variants {
+                let shape = Shape {
+                    per_request,
+                    concurrency: c,
+                    duration,
+                };
+                let mut row = service_row(&client, launched, workload, &raw, shape).await?;
+                row.variant = variant;
+                rows.push(row);
+            }
         }
     }
     Ok(rows)
+}
+
+/// The size of a phase: inputs per request, concurrent callers, how long.
+#[derive(Clone, Copy)]
+struct Shape {
+    per_request: usize,
+    concurrency: usize,
+    duration: Duration,
+}
+
+/// One phase against `service`, measured as a row.
+async fn service_row(
+    client: &load::HttpClient,
+    service: &Launched,
+    workload: &Arc<Workload>,
+    raw: &Raw,
+    shape: Shape,
+) -> anyhow::Result<ServiceRow> {
+    let Shape {
+        per_request,
+        concurrency: c,
+        duration,
+    } = shape;
+    let unit = workload.unit();
+    let url = format!("{}/encode", service.base);
+    let cpu_before = (
+        service.pid().and_then(procstat::cpu_seconds),
+        procstat::own_cpu_seconds(),
+    );
+    let before = counters(client, &service.base).await;
+    // One request of the size first: the model's first calls at a new batch size are slow.
+    let mut config = LoadConfig::new(c, usize::MAX, duration);
+    config.warmup = 1;
+    let m = phase(client, &url, workload, per_request, &config).await;
+    if let Some(f) = &m.warmup_failure {
+        anyhow::bail!("warm-up: {}: {}", f.kind, f.message);
+    }
+    let after = counters(client, &service.base).await;
+    let mean = |of: fn(&Counters) -> Option<(f64, f64)>| {
+        let ((sum, n), (sum0, n0)) = (of(after.as_ref()?)?, of(before.as_ref()?)?);
+        (n > n0).then(|| (sum - sum0) / (n - n0))
+    };
+    let inputs = (m.requests() * per_request) as f64;
+    let cpu_ms = |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1e3 / inputs);
+    let cpu = ServiceCpu {
+        service_ms: cpu_ms(cpu_before.0, service.pid().and_then(procstat::cpu_seconds)),
+        client_ms: cpu_ms(cpu_before.1, procstat::own_cpu_seconds()),
+        mean_batch: mean(|c| c.batch),
+    };
+    let mut row = row(per_request, c, raw, &cpu, &m);
+    row.padded_share = mean(|c| c.padded);
+    row.service_rss_mib = service
+        .pid()
+        .and_then(procstat::rss_bytes)
+        .map(|b| b as f64 / f64::from(1 << 20));
+    eprintln!(
+        "{per_request} {unit}/request, concurrency {c}: {:.1} {unit}/s, raw {:.1} ({:.0}%); CPU ms/{unit}: raw {:.2}, service {:.2}, client {:.2}; mean batch {:.1}; padding {:.0}%; errors {}",
+        row.per_s,
+        raw.per_s,
+        100.0 * row.of_raw,
+        raw.cpu_ms.unwrap_or(f64::NAN),
+        cpu.service_ms.unwrap_or(f64::NAN),
+        cpu.client_ms.unwrap_or(f64::NAN),
+        cpu.mean_batch.unwrap_or(f64::NAN),
+        100.0 * row.padded_share.unwrap_or(f64::NAN),
+        row.errors
+    );
+    Ok(row)
 }
 
 /// One service phase: `POST /encode` of `per_request` inputs, each answer checked.
@@ -230,18 +316,31 @@ struct ServiceCpu {
     mean_batch: Option<f64>,
 }
 
-/// The sum and count of the service's batch sizes so far, from its `/metrics`.
-async fn batches(client: &load::HttpClient, base: &str) -> Option<(f64, f64)> {
+/// Sums and counts of the service's summaries so far, from its `/metrics`.
+struct Counters {
+    /// Inputs per model call.
+    batch: Option<(f64, f64)>,
+    /// The padded share of each model call's tokens.
+    padded: Option<(f64, f64)>,
+}
+
+async fn counters(client: &load::HttpClient, base: &str) -> Option<Counters> {
     let answer = load::get(client, &format!("{base}/metrics")).await.ok()?;
     let text = String::from_utf8_lossy(&answer.body);
     let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
     };
-    Some((
-        value("flowmesh_encoder_batch_size_sum ")?,
-        value("flowmesh_encoder_batch_size_count ")?,
-    ))
+    let pair = |name: &str| {
+        Some((
+            value(&format!("{name}_sum "))?,
+            value(&format!("{name}_count "))?,
+        ))
+    };
+    Some(Counters {
+        batch: pair("flowmesh_encoder_batch_size"),
+        padded: pair("flowmesh_encoder_padded_token_share"),
+    })
 }
 
 /// One row of results: the service's phase `m` against the raw loop's `raw`.
@@ -254,6 +353,7 @@ fn row(
 ) -> ServiceRow {
     let per_s = (m.requests() * per_request) as f64 / m.seconds();
     ServiceRow {
+        variant: "service",
         per_request,
         concurrency,
         requests: m.requests(),
@@ -269,6 +369,7 @@ fn row(
         service_cpu_ms_per_input: cpu.service_ms,
         client_cpu_ms_per_input: cpu.client_ms,
         mean_batch: cpu.mean_batch,
+        padded_share: None,
         service_rss_mib: None,
     }
 }
@@ -291,7 +392,7 @@ pub(crate) fn raw_throughput(
     };
     let call = |i: usize| -> anyhow::Result<()> {
         let out = match workload {
-            Workload::Texts { texts } => {
+            Workload::Texts { texts, .. } => {
                 let batch: Vec<&str> = (0..batch)
                     .map(|j| texts[(i + j) % texts.len()].as_str())
                     .collect();
@@ -354,6 +455,7 @@ fn table(result: &EncoderResult) -> String {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
     let right = |name: String| (name, Align::Right);
     let mut t = Table::new([
+        ("variant".into(), Align::Left),
         right(format!("{unit}/request")),
         right("concurrency".into()),
         right(format!("{unit}/s")),
@@ -365,10 +467,12 @@ fn table(result: &EncoderResult) -> String {
         right("CPU service".into()),
         right("CPU client".into()),
         right("mean batch".into()),
+        right("padding".into()),
         right("errors".into()),
     ]);
     for r in &result.service {
         t.row(vec![
+            r.variant.to_owned(),
             r.per_request.to_string(),
             r.concurrency.to_string(),
             format!("{:.1}", r.per_s),
@@ -380,13 +484,51 @@ fn table(result: &EncoderResult) -> String {
             ms(r.service_cpu_ms_per_input),
             ms(r.client_cpu_ms_per_input),
             opt(r.mean_batch, 1),
+            r.padded_share
+                .map_or_else(|| "-".to_owned(), |p| format!("{:.0}%", 100.0 * p)),
             r.errors.to_string(),
         ]);
     }
+    let ratios = ratios(result);
     format!(
-        "raw model: batches of {}, measured just before each row; CPU: ms per {} of the raw loop, the service and the load generator\n\n{}",
+        "raw model: batches of {}, measured just before each row; CPU: ms per {} of the raw loop, the service and the load generator\n\n{}{ratios}",
         result.raw_batch,
         unit.trim_end_matches('s'),
         t.render()
     )
+}
+
+/// With a baseline: the service against it, row by row (throughput, and CPU per input).
+fn ratios(result: &EncoderResult) -> String {
+    let mut lines = Vec::new();
+    for r in result.service.iter().filter(|r| r.variant == "service") {
+        let Some(b) = result.service.iter().find(|b| {
+            b.variant == "baseline"
+                && b.per_request == r.per_request
+                && b.concurrency == r.concurrency
+        }) else {
+            continue;
+        };
+        let cpu = r
+            .service_cpu_ms_per_input
+            .zip(b.service_cpu_ms_per_input)
+            .map_or_else(|| "-".to_owned(), |(s, b)| format!("{:.2}", s / b));
+        lines.push(format!(
+            "- {} {}/request, concurrency {}: {:.2}x the baseline's {}/s, CPU per input {cpu}x",
+            r.per_request,
+            result.unit,
+            r.concurrency,
+            r.per_s / b.per_s,
+            result.unit
+        ));
+    }
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n\nservice against the baseline ({}):\n{}",
+            result.baseline_flags.join(" "),
+            lines.join("\n")
+        )
+    }
 }

@@ -443,6 +443,7 @@ async fn index(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, RawOn
     // The raw loop embeds the same sentences, in the same order.
     let sentences = Arc::new(Workload::Texts {
         texts: (0..args.index_docs * spd).map(sentence).collect(),
+        make: sentence,
     });
     let client = load::http_client();
     let duration = Duration::from_secs(args.duration_secs);

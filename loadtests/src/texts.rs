@@ -161,6 +161,7 @@ const WORDS: &[&str] = &[
 /// Streams of the texts: one per kind of text, so that they never coincide.
 const SHORT: u64 = 1;
 const SENTENCE: u64 = 2;
+const MIXED: u64 = 3;
 
 /// `n` words drawn by `rng`, separated by spaces.
 fn words(rng: &mut SplitMix64, n: usize, out: &mut String) {
@@ -185,6 +186,16 @@ pub(crate) fn short(i: usize) -> String {
 pub(crate) fn sentence(i: usize) -> String {
     let mut rng = SplitMix64::for_item(0, SENTENCE, i);
     let n = rng.within(8..=24);
+    let mut out = String::new();
+    words(&mut rng, n, &mut out);
+    out
+}
+
+/// A text of 4 to 40 words for item `i`, without punctuation: queries and passages mixed, as
+/// an encoder serving both sees them.
+pub(crate) fn mixed(i: usize) -> String {
+    let mut rng = SplitMix64::for_item(0, MIXED, i);
+    let n = rng.within(4..=40);
     let mut out = String::new();
     words(&mut rng, n, &mut out);
     out

@@ -14,7 +14,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 use serde_json::json;
 
-use crate::texts::{sentence, SplitMix64};
+use crate::texts::{mixed, sentence, SplitMix64};
 
 /// Distinct images sent round robin.
 const IMAGES: usize = 64;
@@ -24,8 +24,11 @@ const BODIES: usize = 8;
 
 /// The inputs of a benchmark.
 pub(crate) enum Workload {
-    /// Sentences of 8 to 24 words.
-    Texts { texts: Vec<String> },
+    /// Generated texts: the first 4,096 for the raw loop, and how text `i` is made.
+    Texts {
+        texts: Vec<String>,
+        make: fn(usize) -> String,
+    },
     /// JPEG images: their tensors for the raw loop, and request bodies by images per request.
     Images {
         tensors: Vec<ImageTensor>,
@@ -38,10 +41,20 @@ pub(crate) enum Workload {
 }
 
 impl Workload {
-    /// 4,096 sentences.
+    /// Sentences of 8 to 24 words.
     pub(crate) fn texts() -> Self {
+        Self::texts_of(sentence)
+    }
+
+    /// Texts of 4 to 40 words, of mixed lengths.
+    pub(crate) fn mixed_texts() -> Self {
+        Self::texts_of(mixed)
+    }
+
+    fn texts_of(make: fn(usize) -> String) -> Self {
         Self::Texts {
-            texts: (0..4096).map(sentence).collect(),
+            texts: (0..4096).map(make).collect(),
+            make,
         }
     }
 
@@ -113,8 +126,8 @@ impl Workload {
     /// The `i`-th `POST /encode` body of `n` inputs.
     pub(crate) fn body(&self, i: usize, n: usize) -> Bytes {
         match self {
-            Self::Texts { .. } => {
-                let texts: Vec<String> = (0..n).map(|j| sentence(i * n + j)).collect();
+            Self::Texts { make, .. } => {
+                let texts: Vec<String> = (0..n).map(|j| make(i * n + j)).collect();
                 Bytes::from(json!({ "texts": texts }).to_string())
             }
             Self::Images { bodies, base64, .. } => match bodies.get(&n) {

@@ -43,6 +43,9 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Most jobs waiting; beyond it callers are refused.
     pub queue_capacity: usize,
+    /// Batch texts of similar token counts together (`--batch-order length`); otherwise texts
+    /// run in arrival order, as many as fit one batch.
+    pub by_length: bool,
 }
 
 /// Why a job was not run.
@@ -73,6 +76,8 @@ struct Job {
     inputs: Inputs,
     /// The job's share of the token budget (0 for images).
     tokens: usize,
+    /// What each text costs in tokens, as [`Model::tokens`] counts it (empty for images).
+    costs: Vec<usize>,
     /// Past it, the job is not worth running.
     deadline: Deadline,
     reply: oneshot::Sender<Reply>,
@@ -111,6 +116,17 @@ pub(crate) struct Batcher {
     max_tokens: usize,
     /// Most parts of one request queued at a time.
     window: usize,
+    /// Whether a request's texts are sorted by token count before they are cut into parts.
+    by_length: bool,
+}
+
+/// A request's inputs cut into parts that each fit one batch.
+struct Parts {
+    /// Each part with what its texts cost in tokens (empty for images).
+    parts: Vec<(Inputs, Vec<usize>)>,
+    /// Where the parts' inputs, taken in order, belong in the request: `order[k]` is the
+    /// request's index of the k-th input; `None` when they are in the request's order.
+    order: Option<Vec<usize>>,
 }
 
 impl Batcher {
@@ -135,6 +151,7 @@ impl Batcher {
             max_batch: config.max_batch.max(1),
             max_tokens: config.max_tokens.max(1),
             window: config.workers.max(1) + 1,
+            by_length: config.by_length,
         })
     }
 
@@ -153,19 +170,20 @@ impl Batcher {
     /// further part is run and the answer is [`BatchError::DeadlineExceeded`].
     pub(crate) async fn embed(&self, inputs: Inputs, deadline: Deadline) -> Reply {
         let count = inputs.len();
-        let mut parts = self.split(inputs).into_iter();
+        let Parts { parts, order } = self.split(inputs);
+        let mut parts = parts.into_iter();
         let mut pending = VecDeque::with_capacity(self.window);
         let mut embeddings = Vec::with_capacity(count);
         loop {
             while pending.len() < self.window {
-                let Some((part, tokens)) = parts.next() else {
+                let Some((part, costs)) = parts.next() else {
                     break;
                 };
                 if deadline.is_expired() {
                     count_cancelled("deadline");
                     return Err(BatchError::DeadlineExceeded);
                 }
-                pending.push_back(self.submit(part, tokens, deadline)?);
+                pending.push_back(self.submit(part, costs, deadline)?);
             }
             let Some(answer) = pending.pop_front() else {
                 break;
@@ -173,41 +191,60 @@ impl Batcher {
             embeddings.extend(answer.await.unwrap_or(Err(BatchError::Stopped))?);
         }
         debug_assert_eq!(embeddings.len(), count, "one embedding per input");
-        Ok(embeddings)
+        Ok(match order {
+            Some(order) => unsort(embeddings, &order),
+            None => embeddings,
+        })
     }
 
-    /// `inputs` in parts that each fit one batch, in order, with their tokens: at most
-    /// `max_batch` inputs and, for texts, `max_tokens` tokens (a text over the budget by itself,
-    /// which the model truncates, is a part of its own).
-    fn split(&self, inputs: Inputs) -> Vec<(Inputs, usize)> {
+    /// `inputs` in parts that each fit one batch: at most `max_batch` inputs and, for texts,
+    /// `max_tokens` tokens (a text over the budget by itself, which the model truncates, is a part
+    /// of its own). Images keep their order; texts are taken shortest first when batching by
+    /// length, so that each part holds texts of similar lengths.
+    fn split(&self, inputs: Inputs) -> Parts {
         match inputs {
             Inputs::Images(mut images) => {
                 let mut parts = Vec::with_capacity(images.len().div_ceil(self.max_batch));
                 while !images.is_empty() {
                     let rest = images.split_off(self.max_batch.min(images.len()));
-                    parts.push((Inputs::Images(images), 0));
+                    parts.push((Inputs::Images(images), Vec::new()));
                     images = rest;
                 }
-                parts
+                Parts { parts, order: None }
             }
             Inputs::Texts(texts) => {
+                let costs: Vec<usize> = texts.iter().map(|t| self.model.tokens(t)).collect();
+                let mut texts: Vec<(usize, String, usize)> = texts
+                    .into_iter()
+                    .zip(costs)
+                    .enumerate()
+                    .map(|(i, (text, cost))| (i, text, cost))
+                    .collect();
+                let order = (self.by_length && texts.len() > 1).then(|| {
+                    // Stable: texts of one length keep their order.
+                    texts.sort_by_key(|(_, _, cost)| *cost);
+                    texts.iter().map(|(i, _, _)| *i).collect()
+                });
                 let mut parts = Vec::new();
-                let (mut part, mut tokens) = (Vec::new(), 0);
-                for text in texts {
-                    let cost = self.model.tokens(&text);
+                let (mut part, mut part_costs, mut tokens) = (Vec::new(), Vec::new(), 0);
+                for (_, text, cost) in texts {
                     if !part.is_empty()
                         && (part.len() == self.max_batch || tokens + cost > self.max_tokens)
                     {
-                        parts.push((Inputs::Texts(std::mem::take(&mut part)), tokens));
+                        parts.push((
+                            Inputs::Texts(std::mem::take(&mut part)),
+                            std::mem::take(&mut part_costs),
+                        ));
                         tokens = 0;
                     }
                     part.push(text);
+                    part_costs.push(cost);
                     tokens += cost;
                 }
                 if !part.is_empty() {
-                    parts.push((Inputs::Texts(part), tokens));
+                    parts.push((Inputs::Texts(part), part_costs));
                 }
-                parts
+                Parts { parts, order }
             }
         }
     }
@@ -216,15 +253,17 @@ impl Batcher {
     fn submit(
         &self,
         inputs: Inputs,
-        tokens: usize,
+        costs: Vec<usize>,
         deadline: Deadline,
     ) -> Result<oneshot::Receiver<Reply>, BatchError> {
         let (reply, answer) = oneshot::channel();
+        let tokens = costs.iter().sum();
         // Counted before it is sent, so that the thread taking it can never count it out first.
         let depth = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
         let refused = match self.tx.try_send(Job {
             inputs,
             tokens,
+            costs,
             deadline,
             reply,
         }) {
@@ -251,8 +290,20 @@ fn infer_loop(queue: &Mutex<Queue>, queued: &AtomicUsize, model: &dyn Model, con
                 None => return,
             }
         };
-        run(batch, model);
+        run(batch, model, config.by_length);
     }
+}
+
+/// `items` taken in sorted order back in their original order: `order[k]` is where the k-th
+/// belongs.
+fn unsort<T: Default>(items: Vec<T>, order: &[usize]) -> Vec<T> {
+    let mut out: Vec<T> = std::iter::repeat_with(T::default)
+        .take(items.len())
+        .collect();
+    for (item, &at) in items.into_iter().zip(order) {
+        out[at] = item;
+    }
+    out
 }
 
 /// Takes the next batch from the queue; `None` when the queue is closed and empty.
@@ -303,62 +354,175 @@ fn gather(q: &mut Queue, queued: &AtomicUsize, config: &BatchConfig) -> Option<V
     Some(batch)
 }
 
-/// Runs one batch and answers each of its jobs with its own embeddings.
-fn run(mut batch: Vec<Job>, model: &dyn Model) {
+/// The most a group may waste on padding: a text joins the group of shorter texts before it
+/// while the group's padded tokens stay within this share of its model call's tokens.
+const MAX_PADDED_SHARE: f64 = 0.2;
+
+/// The fewest texts a group holds before padding may close it: a model call has a fixed cost,
+/// which very small groups would pay too often.
+const MIN_GROUP: usize = 4;
+
+/// Cuts texts sorted by token count (`costs`, ascending) into consecutive groups, each run as one
+/// model call and padded to its longest text: a text starts a new group when adding it would make
+/// padding more than [`MAX_PADDED_SHARE`] of the group's tokens, once the group holds
+/// [`MIN_GROUP`] texts.
+pub(crate) fn length_groups(costs: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut sum) = (0, 0usize);
+    for (i, &cost) in costs.iter().enumerate() {
+        let held = i - start;
+        // Sorted: `cost` would be the group's longest, so every text pads to it.
+        let padded = (held + 1) * cost.max(1);
+        let real = sum + cost.max(1);
+        if held >= MIN_GROUP && (padded - real) as f64 > MAX_PADDED_SHARE * padded as f64 {
+            groups.push(start..i);
+            (start, sum) = (i, 0);
+        }
+        sum += cost.max(1);
+    }
+    if start < costs.len() {
+        groups.push(start..costs.len());
+    }
+    groups
+}
+
+/// One model call on `inputs`: its embeddings, checked (one per input, finite), or why not. A
+/// panicking model must not take the thread, and with it the service, down.
+fn call(model: &dyn Model, inputs: Batch<'_>) -> Result<Vec<Vec<f32>>, String> {
+    let total = inputs.len();
+    metrics::histogram!("flowmesh_encoder_batch_size").record(total as f64);
+    let started = Instant::now();
+    let result = catch_unwind(AssertUnwindSafe(|| model.embed(inputs)));
+    metrics::histogram!("flowmesh_encoder_inference_seconds")
+        .record(started.elapsed().as_secs_f64());
+    match result.map(|r| r.and_then(|e| check_finite(&e).map(|()| e))) {
+        Ok(Ok(embeddings)) if embeddings.len() == total => Ok(embeddings),
+        Ok(Ok(embeddings)) => Err(format!(
+            "{} embeddings for {total} inputs",
+            embeddings.len()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the model panicked on this batch".to_owned()),
+    }
+}
+
+/// Runs one batch and answers each of its jobs with its own embeddings: images in one model
+/// call; texts in one call in arrival order, or, by length, in groups of similar lengths.
+fn run(mut batch: Vec<Job>, model: &dyn Model, by_length: bool) {
     // `gather` puts jobs of one kind in a batch.
     let sizes: Vec<usize> = batch.iter().map(|j| j.inputs.len()).collect();
     let total: usize = sizes.iter().sum();
     let of_images = matches!(batch.first().map(|j| &j.inputs), Some(Inputs::Images(_)));
-    let images: Vec<ImageTensor> = if of_images {
+    let result = if of_images {
         // Moved out of the jobs (no copy); the model stacks them into one tensor.
-        batch
+        let images: Vec<ImageTensor> = batch
             .iter_mut()
             .flat_map(|j| match &mut j.inputs {
                 Inputs::Images(i) => std::mem::take(i),
                 Inputs::Texts(_) => Vec::new(),
             })
-            .collect()
+            .collect();
+        debug_assert_eq!(images.len(), total, "one kind per batch");
+        call(model, Batch::Images(&images))
     } else {
-        Vec::new()
+        // Every text of the batch with its cost, in arrival order.
+        let texts: Vec<(&str, usize)> = batch
+            .iter()
+            .flat_map(|j| match &j.inputs {
+                Inputs::Texts(t) => t
+                    .iter()
+                    .map(String::as_str)
+                    .zip(j.costs.iter().copied().chain(std::iter::repeat(1)))
+                    .collect(),
+                Inputs::Images(_) => Vec::new(),
+            })
+            .collect();
+        debug_assert_eq!(texts.len(), total, "one kind per batch");
+        run_texts(model, &texts, by_length)
     };
-    let texts: Vec<&str> = batch
-        .iter()
-        .flat_map(|j| match &j.inputs {
-            Inputs::Texts(t) => t.as_slice(),
-            Inputs::Images(_) => &[],
-        })
-        .map(String::as_str)
-        .collect();
-    let inputs = if of_images {
-        Batch::Images(&images)
-    } else {
-        Batch::Texts(&texts)
-    };
-    debug_assert_eq!(inputs.len(), total, "one kind per batch");
-    metrics::histogram!("flowmesh_encoder_batch_size").record(total as f64);
-    let started = Instant::now();
-    // A panicking model must not take the thread, and with it the service, down.
-    let result = catch_unwind(AssertUnwindSafe(|| model.embed(inputs)));
-    metrics::histogram!("flowmesh_encoder_inference_seconds")
-        .record(started.elapsed().as_secs_f64());
-    let result = result.map(|r| r.and_then(|e| check_finite(&e).map(|()| e)));
-    let failure = match result {
-        Ok(Ok(embeddings)) if embeddings.len() == total => {
+    match result {
+        Ok(embeddings) => {
             let mut embeddings = embeddings.into_iter();
             for (job, size) in batch.into_iter().zip(sizes) {
                 let mine: Vec<Vec<f32>> = embeddings.by_ref().take(size).collect();
                 // The caller may have gone meanwhile; nothing to do then.
                 let _ = job.reply.send(Ok(mine));
             }
-            return;
         }
-        Ok(Ok(embeddings)) => format!("{} embeddings for {total} inputs", embeddings.len()),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "the model panicked on this batch".to_owned(),
-    };
-    tracing::error!(error = %failure, inputs = total, "model failed on a batch");
-    let error = BatchError::Model(failure);
-    for job in batch {
-        let _ = job.reply.send(Err(error.clone()));
+        Err(failure) => {
+            tracing::error!(error = %failure, inputs = total, "model failed on a batch");
+            let error = BatchError::Model(failure);
+            for job in batch {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// The embeddings of `texts` (with their token costs), in their order: one model call, or, by
+/// length, one call per group of similar lengths ([`length_groups`]).
+fn run_texts(
+    model: &dyn Model,
+    texts: &[(&str, usize)],
+    by_length: bool,
+) -> Result<Vec<Vec<f32>>, String> {
+    if !by_length || texts.len() <= MIN_GROUP {
+        let plain: Vec<&str> = texts.iter().map(|(t, _)| *t).collect();
+        return call(model, Batch::Texts(&plain));
+    }
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].1);
+    let costs: Vec<usize> = order.iter().map(|&i| texts[i].1).collect();
+    let sorted: Vec<&str> = order.iter().map(|&i| texts[i].0).collect();
+    let mut embeddings = Vec::with_capacity(texts.len());
+    for group in length_groups(&costs) {
+        embeddings.extend(call(model, Batch::Texts(&sorted[group]))?);
+    }
+    Ok(unsort(embeddings, &order))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_close_when_padding_would_pass_its_share() {
+        // Equal lengths never close a group.
+        assert_eq!(length_groups(&[5; 10]), [0..10]);
+        // Short texts, then long ones: two groups.
+        assert_eq!(
+            length_groups(&[4, 4, 4, 5, 5, 20, 20, 21, 22]),
+            [0..5, 5..9]
+        );
+        // Fewer than MIN_GROUP texts stay together whatever their lengths.
+        assert_eq!(length_groups(&[1, 50, 100]), [0..3]);
+        assert_eq!(length_groups(&[]), Vec::<std::ops::Range<usize>>::new());
+        // Every group of sorted lengths wastes at most the share on padding, once it holds
+        // MIN_GROUP texts.
+        let costs: Vec<usize> = (0..200).map(|i| 6 + i / 4).collect();
+        let groups = length_groups(&costs);
+        assert_eq!(
+            groups.iter().map(ExactSizeIterator::len).sum::<usize>(),
+            200
+        );
+        for g in groups {
+            let slice = &costs[g];
+            let padded = slice.len() * slice[slice.len() - 1];
+            let real: usize = slice.iter().sum();
+            assert!(
+                slice.len() <= MIN_GROUP + 1
+                    || (padded - real) as f64 <= MAX_PADDED_SHARE * padded as f64,
+                "{slice:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsort_puts_each_item_back() {
+        let order = [2, 0, 3, 1];
+        assert_eq!(
+            unsort(vec!["c", "a", "d", "b"], &order),
+            ["a", "b", "c", "d"]
+        );
     }
 }

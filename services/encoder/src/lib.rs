@@ -73,6 +73,15 @@ pub enum ModelKind {
     Onnx,
 }
 
+/// The order in which batched texts meet the model (`--batch-order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BatchOrder {
+    /// Texts of similar token counts share a model call, so that little of it is padding.
+    Length,
+    /// Texts run in the order they arrived, as many as fit one batch.
+    Arrival,
+}
+
 /// A `--model-config` that is a bare name (`mobilenetv2`, no such file here) names a prepared
 /// model: `MODELS/<name>/config.json`; anything else is a path.
 fn resolve_model_config(given: &std::path::Path, models: &std::path::Path) -> PathBuf {
@@ -145,6 +154,12 @@ pub struct Config {
     /// already queued (batches still grow under load, while the model is busy).
     #[arg(long, env = "FLOWMESH_ENCODER_MAX_WAIT_MS", default_value_t = 0)]
     pub max_wait_ms: u64,
+    /// How batched texts are ordered: `length` sorts each request's texts, and each batch's, by
+    /// token count and runs texts of similar lengths together (a model call pads every text to
+    /// its longest); `arrival` keeps them in the order they came. Answers keep each request's
+    /// order either way; images are unaffected.
+    #[arg(long, env = "FLOWMESH_ENCODER_BATCH_ORDER", value_enum, default_value_t = BatchOrder::Length)]
+    pub batch_order: BatchOrder,
     /// Most requests (or batch-sized parts of large ones) waiting for the model; more are
     /// answered 429, and `/readyz` answers 503 while it is full.
     #[arg(long, env = "FLOWMESH_ENCODER_QUEUE_SIZE", default_value_t = 1024)]
@@ -235,6 +250,7 @@ impl Config {
             max_tokens: self.max_batch_tokens,
             max_wait: std::time::Duration::from_millis(self.max_wait_ms),
             queue_capacity: self.queue_size,
+            by_length: self.batch_order == BatchOrder::Length,
         };
         Ok(Encoder::batched(model, &batching)?
             .with_image_limits(limits)

@@ -160,3 +160,151 @@ async fn the_token_budget_and_batch_size_bound_a_batch() {
     let sizes = batch_sizes(&config(2, 10_000, 64), "a", &one_word).await;
     assert_eq!(sizes, [1, 2, 2, 1], "batches of at most 2 texts");
 }
+
+/// A text of `words` words for item `i` (the hash model counts words as tokens).
+fn words(i: usize, words: usize) -> String {
+    (0..words)
+        .map(|w| format!("w{i}x{w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Lengths from 1 to 40 words in a scrambled order, as a mix of queries and passages comes.
+fn mixed_lengths(n: usize) -> Vec<usize> {
+    (0..n).map(|i| 1 + (i * 17 + 5) % 40).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_of_similar_lengths_share_model_calls_and_answers_keep_each_callers_order() {
+    let h = gated(&config(64, 10_000, 1024));
+    let first = spawn_encode(&h.encoder, "first");
+    h.entered().await;
+    // Eight callers of 12 texts each, queued while the model is busy: one batch of 96 texts
+    // would exceed 64, so they run as batches of whole requests, each sorted by length.
+    let jobs: Vec<Vec<String>> = (0..8)
+        .map(|j| {
+            mixed_lengths(12)
+                .into_iter()
+                .enumerate()
+                .map(|(k, n)| words(j * 100 + k, (n + j) % 40 + 1))
+                .collect()
+        })
+        .collect();
+    let handles: Vec<_> = jobs
+        .iter()
+        .map(|texts| {
+            let encoder = h.encoder.clone();
+            let mut docs: Vec<Document> = texts.iter().map(|t| doc(t)).collect();
+            tokio::spawn(async move {
+                encoder
+                    .encode(&mut docs)
+                    .await
+                    .map(|()| docs)
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.open(1000);
+    assert!(first.await.unwrap().is_ok());
+    let reference = HashModel::new(32).unwrap();
+    for (texts, handle) in jobs.iter().zip(handles) {
+        let docs = handle.await.unwrap().unwrap();
+        for (t, d) in texts.iter().zip(docs) {
+            assert_eq!(d.text.as_deref(), Some(t.as_str()));
+            assert_eq!(
+                d.embedding.unwrap(),
+                reference.embed_texts(&[t.as_str()]).unwrap()[0],
+                "{t:?} got its own embedding, in its request's place"
+            );
+        }
+    }
+    let batches = h.state.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches.iter().map(Vec::len).sum::<usize>(),
+        97,
+        "every text ran once"
+    );
+    let count = |t: &String| t.split_whitespace().count();
+    for b in &batches {
+        let lengths: Vec<usize> = b.iter().map(count).collect();
+        assert!(
+            lengths.windows(2).all(|w| w[0] <= w[1]),
+            "a model call's texts are sorted by length: {lengths:?}"
+        );
+    }
+    // The padding the calls paid: every text padded to its call's longest.
+    let padded: usize = batches
+        .iter()
+        .map(|b| b.len() * b.iter().map(count).max().unwrap())
+        .sum();
+    let real: usize = batches.iter().flatten().map(count).sum();
+    let share = 1.0 - real as f64 / padded as f64;
+    assert!(
+        share < 0.2,
+        "padding is {share:.2} of the tokens: {batches:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_arrival_order_a_batch_is_one_model_call() {
+    let mut c = config(64, 10_000, 1024);
+    c.by_length = false;
+    let h = gated(&c);
+    let texts: Vec<String> = mixed_lengths(12)
+        .into_iter()
+        .enumerate()
+        .map(|(k, n)| words(k, n))
+        .collect();
+    let encoder = h.encoder.clone();
+    let mut docs: Vec<Document> = texts.iter().map(|t| doc(t)).collect();
+    let handle = tokio::spawn(async move { encoder.encode(&mut docs).await.map(|()| docs) });
+    h.open(10);
+    handle.await.unwrap().unwrap();
+    assert_eq!(h.state.batches.lock().unwrap().clone(), [texts]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_request_queued_behind_a_long_one_waits_for_at_most_two_of_its_parts() {
+    // One inference thread and batches of 4 texts: a request of 40 texts is 10 parts, of which
+    // at most workers + 1 = 2 are queued at a time.
+    let h = gated(&config(4, 10_000, 1024));
+    let long: Vec<String> = mixed_lengths(40)
+        .into_iter()
+        .enumerate()
+        .map(|(k, n)| words(k, n))
+        .collect();
+    let encoder = h.encoder.clone();
+    let mut docs: Vec<Document> = long.iter().map(|t| doc(t)).collect();
+    let long_job = tokio::spawn(async move { encoder.encode(&mut docs).await.map(|()| docs) });
+    h.entered().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let short = spawn_encode(&h.encoder, "short one");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // One call at a time, until the short request has its answer.
+    let mut calls = 0;
+    while !short.is_finished() {
+        assert!(calls < 10, "the short request was not served");
+        h.open(1);
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(short.await.unwrap().is_ok());
+    let seen = h.seen();
+    let at = seen.iter().position(|t| t == "short one").unwrap();
+    // Ahead of it: the part running when it came and the one part queued then, 4 texts each.
+    assert!(
+        at <= 8,
+        "the short request ran after {at} texts of the long one: {:?}",
+        h.batch_sizes()
+    );
+    h.open(100);
+    let docs = long_job.await.unwrap().unwrap();
+    let reference = HashModel::new(32).unwrap();
+    for (t, d) in long.iter().zip(docs) {
+        assert_eq!(
+            d.embedding.unwrap(),
+            reference.embed_texts(&[t.as_str()]).unwrap()[0]
+        );
+    }
+}

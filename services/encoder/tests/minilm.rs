@@ -147,3 +147,67 @@ fn a_missing_library_or_model_is_a_clear_error() {
         384
     );
 }
+
+/// A sentence of `n` words for item `i`, from a small vocabulary.
+fn sentence(i: usize, n: usize) -> String {
+    const WORDS: [&str; 12] = [
+        "river", "quiet", "horse", "runs", "across", "the", "bright", "city", "under", "rain",
+        "music", "plays",
+    ];
+    (0..n)
+        .map(|w| WORDS[(i * 7 + w * 5 + w * w) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batching_by_length_keeps_every_callers_order_under_concurrency() {
+    let model: std::sync::Arc<dyn Model> = std::sync::Arc::new(model());
+    let config = flowmesh_encoder::BatchConfig {
+        workers: 1,
+        max_batch: 64,
+        max_tokens: 4096,
+        max_wait: std::time::Duration::ZERO,
+        queue_capacity: 1024,
+        by_length: true,
+    };
+    let encoder =
+        std::sync::Arc::new(flowmesh_encoder::Encoder::batched(model.clone(), &config).unwrap());
+    // Eight callers at once, each with 20 texts of 4 to 40 words in a scrambled order.
+    let jobs: Vec<Vec<String>> = (0..8)
+        .map(|j| {
+            (0..20)
+                .map(|k| sentence(j * 20 + k, 4 + (k * 13 + j * 7) % 37))
+                .collect()
+        })
+        .collect();
+    let handles: Vec<_> = jobs
+        .iter()
+        .map(|texts| {
+            let encoder = encoder.clone();
+            let mut docs: Vec<flowmesh_shared::Document> = texts
+                .iter()
+                .enumerate()
+                .map(|(k, t)| flowmesh_shared::Document::text(k.to_string(), t.clone()))
+                .collect();
+            tokio::spawn(async move { encoder.encode(&mut docs).await.map(|()| docs) })
+        })
+        .collect();
+    let mut worst = f64::MAX;
+    for (texts, handle) in jobs.iter().zip(handles) {
+        let docs = handle.await.unwrap().unwrap();
+        for (t, d) in texts.iter().zip(docs) {
+            let alone: Vec<f64> = model.embed_texts(&[t.as_str()]).unwrap()[0]
+                .iter()
+                .map(|x| f64::from(*x))
+                .collect();
+            let c = cosine(d.embedding.as_ref().unwrap(), &alone);
+            worst = worst.min(c);
+            assert!(
+                c >= 1.0 - 1e-6,
+                "cosine {c} for {t:?}: not its own embedding"
+            );
+        }
+    }
+    eprintln!("minimum cosine, batched by length against alone: {worst:.9}");
+}

@@ -417,6 +417,7 @@ fn batched(max_batch: usize, max_wait: Duration) -> (Arc<Recording>, Arc<Encoder
         max_tokens: 16_384,
         max_wait,
         queue_capacity: 64,
+        by_length: true,
     };
     let encoder = Encoder::batched(recording.clone(), &config).unwrap();
     (recording, Arc::new(encoder))

@@ -243,6 +243,12 @@ impl Model for OnnxTextModel {
             mask.extend(e.get_attention_mask().iter().map(|x| i64::from(*x)));
             types.extend(e.get_type_ids().iter().map(|x| i64::from(*x)));
         }
+        // The share of this call's tokens that is padding (every text is padded to the longest).
+        let real: i64 = mask.iter().sum();
+        if n * seq > 0 {
+            metrics::histogram!("flowmesh_encoder_padded_token_share")
+                .record(1.0 - real as f64 / (n * seq) as f64);
+        }
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(self.inputs.len());
         for (name, role) in &self.inputs {

@@ -155,5 +155,6 @@ pub(crate) fn batch_config(
         max_tokens,
         max_wait: Duration::ZERO,
         queue_capacity: queue,
+        by_length: true,
     }
 }
