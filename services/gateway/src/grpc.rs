@@ -63,6 +63,15 @@ const STATUS: &str = "/jina.JinaInfoRPC/_status";
 /// `--max-concurrent-requests`).
 const PER_STREAM: usize = 16;
 
+/// How long the requests of a `Call` without a valid key are read (and dropped) before it is
+/// refused.
+const REFUSED_DRAIN: Duration = Duration::from_secs(2);
+
+/// The slot, even if a thread panicked holding it.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The gRPC service: one tower service that routes the methods above.
 #[derive(Clone)]
 pub struct JinaGrpc {
@@ -207,26 +216,67 @@ impl Inner {
 
     /// `Call`: the requests of the stream, answered as they finish (in order when the client
     /// asks with `__results_in_order__: true`), at most [`PER_STREAM`] at once.
+    ///
+    /// A call that fails (no valid key, or a write with a read-only key) fails once the client
+    /// has sent its requests, not while it is still sending: Jina's client reports a status that
+    /// arrives during its sends as an opaque `INTERNAL` error instead. The requests after a
+    /// refused write are read and dropped; without a valid key they are read for at most
+    /// [`REFUSED_DRAIN`].
     async fn call_stream(
         self: Arc<Self>,
         request: Request<Streaming<DataRequestProto>>,
     ) -> Result<Response<BoxStream<'static, Result<DataRequestProto, Status>>>, Status> {
         let client = request.remote_addr();
-        let caller = self.caller(request.metadata(), client, Some(CALL))?;
+        let caller = match self.caller(request.metadata(), client, Some(CALL)) {
+            Ok(caller) => caller,
+            Err(status) => {
+                let mut input = request.into_inner();
+                let _ = tokio::time::timeout(REFUSED_DRAIN, async {
+                    while let Some(Ok(_)) = input.next().await {}
+                })
+                .await;
+                return Err(status);
+            }
+        };
         let in_order = request
             .metadata()
             .get("__results_in_order__")
             .is_some_and(|v| v == "true");
+        // The first refusal; once set, the stream's other requests are dropped unrun.
+        let refused: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
+        let refusal = Arc::clone(&refused);
         let answers = request.into_inner().map(move |item| {
             let this = Arc::clone(&self);
             let caller = caller.clone();
-            async move { this.data_request(&caller, client, item?).await }
+            let refusal = Arc::clone(&refusal);
+            async move {
+                let request = match item {
+                    Ok(request) => request,
+                    // The input broke (a message over the limit): nothing more will come.
+                    Err(status) => return Some(Err(status)),
+                };
+                if lock(&refusal).is_some() {
+                    return None;
+                }
+                match this.data_request(&caller, client, request).await {
+                    Ok(answer) => Some(Ok(answer)),
+                    Err(status) => {
+                        lock(&refusal).get_or_insert(status);
+                        None
+                    }
+                }
+            }
         });
         let answers = if in_order {
             answers.buffered(PER_STREAM).boxed()
         } else {
             answers.buffer_unordered(PER_STREAM).boxed()
         };
+        let last = futures::stream::once(async move { lock(&refused).take().map(Err) });
+        let answers = answers
+            .chain(last)
+            .filter_map(futures::future::ready)
+            .boxed();
         Ok(Response::new(answers))
     }
 

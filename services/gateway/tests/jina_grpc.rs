@@ -18,9 +18,9 @@ use flowmesh_gateway::auth::ApiKeys;
 use flowmesh_gateway::{AppState, Flow, FlowSpec};
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::secret::{Secret, SecretSet};
-use flowmesh_shared::Limits;
 use flowmesh_shared::testing::pki::TestCa;
 use flowmesh_shared::tls::ServerTlsArgs;
+use flowmesh_shared::Limits;
 use support::TestServer;
 use tokio::net::TcpListener;
 
@@ -127,15 +127,13 @@ async fn run_check(setup: Setup) {
     } else {
         ApiKeys::none()
     };
-    let state = AppState::new(Arc::clone(&flow), Limits::with_max_body_bytes(1 << 20))
-        .with_api_keys(keys);
+    let state =
+        AppState::new(Arc::clone(&flow), Limits::with_max_body_bytes(1 << 20)).with_api_keys(keys);
 
     let dir = support::launch::temp_dir(&format!("jina-grpc-{}", uuid::Uuid::new_v4().simple()));
     let (tls, ca_file) = if setup.tls {
         let ca = TestCa::new("flowmesh grpc test CA");
-        let (cert, key) = ca
-            .issue(&["127.0.0.1", "localhost"])
-            .write(&dir, "gateway");
+        let (cert, key) = ca.issue(&["127.0.0.1", "localhost"]).write(&dir, "gateway");
         let args = ServerTlsArgs {
             tls_cert: Some(cert),
             tls_key: Some(key),
@@ -203,6 +201,8 @@ async fn run_check(setup: Setup) {
         out.status
     );
     assert!(stdout.contains("PASSED jina grpc check"), "{log}");
+    // What was checked, for `--nocapture`.
+    println!("{stdout}");
     for key in [&setup.key, &setup.read_only_key].into_iter().flatten() {
         assert!(!stdout.contains(key.as_str()), "a key was printed\n{log}");
     }

@@ -461,10 +461,9 @@ fn node_to_json(node: NodeProto, field: &str) -> Result<Value, ApiError> {
             }
             Value::Array(items)
         }
-        Some(Content::Doc(doc)) => Value::Object(dict_to_json(
-            DictOfAnyProto { data: doc.data },
-            field,
-        )?),
+        Some(Content::Doc(doc)) => {
+            Value::Object(dict_to_json(DictOfAnyProto { data: doc.data }, field)?)
+        }
         Some(Content::DocArray(list)) => Value::Array(
             list.docs
                 .into_iter()

@@ -248,8 +248,10 @@ def main():
 
     docs = DocList[Query]([Query(id=i, text=t, tags={"n": int(i[-2:]), "lang": "en"}) for i, t in IDS.items()])
     if API_KEY:
+        # Many small requests: the refusal must come as UNAUTHENTICATED even while they are sent.
         expect_error("index without the API key", "UNAUTHENTICATED",
-                     lambda: client.post("/index", inputs=docs, return_type=DocList[Query], timeout=TIMEOUT_S))
+                     lambda: client.post("/index", inputs=docs, request_size=1, return_type=DocList[Query],
+                                         timeout=TIMEOUT_S))
         expect_error("index with a wrong API key", "UNAUTHENTICATED",
                      lambda: client.post("/index", inputs=docs, return_type=DocList[Query], timeout=TIMEOUT_S,
                                          metadata=(("authorization", "Bearer not-the-key"),)))
@@ -297,7 +299,7 @@ def main():
                               return_type=DocList[Query], timeout=TIMEOUT_S, metadata=ro)
         check_matches("search (read-only key)", list(results), queries[:1])
         expect_error("index with a read-only key", "PERMISSION_DENIED",
-                     lambda: client.post("/index", inputs=docs[:1], return_type=DocList[Query],
+                     lambda: client.post("/index", inputs=docs, request_size=1, return_type=DocList[Query],
                                          timeout=TIMEOUT_S, metadata=ro))
 
     if REFUSED:

@@ -122,7 +122,10 @@ fn answers_are_written_as_docarray_reads_them() {
         panic!("the embedding is not an ndarray");
     };
     let dense = array.dense.as_ref().unwrap();
-    assert_eq!((dense.dtype.as_str(), dense.shape.as_slice()), ("<f4", &[3u32][..]));
+    assert_eq!(
+        (dense.dtype.as_str(), dense.shape.as_slice()),
+        ("<f4", &[3u32][..])
+    );
     assert_eq!(&dense.buffer[..4], &0.25f32.to_le_bytes());
     // Tags: integers that fit 32 bits are integers, the rest floats, as docarray writes them.
     let Some(Content::Dict(tags)) = &proto.data["tags"].content else {
@@ -134,7 +137,10 @@ fn answers_are_written_as_docarray_reads_them() {
         Some(Content::Float((1u64 << 40) as f64))
     );
     assert_eq!(tags.data["none"].content, None);
-    assert_eq!(proto.data["blob"].content, Some(Content::Blob(b"\x89PNG".to_vec())));
+    assert_eq!(
+        proto.data["blob"].content,
+        Some(Content::Blob(b"\x89PNG".to_vec()))
+    );
 }
 
 #[test]
@@ -148,8 +154,8 @@ fn responses_carry_status_routes_and_parameters() {
         start_time: "2026-01-02T03:04:05.123456Z".into(),
         end_time: "2026-01-02T03:04:06Z".into(),
     }];
-    let answer = DataRequestProto::decode(response_to_proto(envelope).encode_to_vec().as_slice())
-        .unwrap();
+    let answer =
+        DataRequestProto::decode(response_to_proto(envelope).encode_to_vec().as_slice()).unwrap();
     let header = answer.header.unwrap();
     assert_eq!(header.request_id, "r");
     assert_eq!(header.exec_endpoint.as_deref(), Some("/search"));
@@ -159,10 +165,7 @@ fn responses_carry_status_routes_and_parameters() {
     let start = route.start_time.unwrap();
     assert_eq!((start.seconds, start.nanos), (1_767_323_045, 123_456_000));
     let top_k = &answer.parameters.unwrap().fields["top_k"];
-    assert_eq!(
-        top_k.kind,
-        Some(prost_types::value::Kind::NumberValue(2.0))
-    );
+    assert_eq!(top_k.kind, Some(prost_types::value::Kind::NumberValue(2.0)));
     let Some(data_content_proto::Documents::Docs(docs)) = answer.data.unwrap().documents else {
         panic!("no documents");
     };
@@ -179,7 +182,10 @@ fn errors_follow_jinas_header_convention() {
     let answer = error_to_proto(header, &ApiError::UnknownEndpoint("/nope".into()));
     let status = answer.header.unwrap().status.unwrap();
     assert_eq!(status.code, StatusCode::Error as i32);
-    assert!(status.description.contains("unknown_endpoint"), "{status:?}");
+    assert!(
+        status.description.contains("unknown_endpoint"),
+        "{status:?}"
+    );
     let exception = status.exception.unwrap();
     assert_eq!(exception.name, "unknown_endpoint");
     assert!(exception.args[0].contains("/nope"));
@@ -190,7 +196,14 @@ fn errors_follow_jinas_header_convention() {
             not_written: vec!["a".into(), "b".into()],
         },
     );
-    let args = partial.header.unwrap().status.unwrap().exception.unwrap().args;
+    let args = partial
+        .header
+        .unwrap()
+        .status
+        .unwrap()
+        .exception
+        .unwrap()
+        .args;
     assert_eq!(args[1], "not_written: a,b");
 }
 
@@ -222,7 +235,9 @@ fn serialized_documents_and_unknown_endpoints() {
     };
     let mut req = request("index", Vec::new());
     req.data = Some(DataContentProto {
-        documents: Some(data_content_proto::Documents::DocsBytes(list.encode_to_vec())),
+        documents: Some(data_content_proto::Documents::DocsBytes(
+            list.encode_to_vec(),
+        )),
     });
     let (endpoint, envelope) = request_from_proto(req).unwrap();
     assert_eq!(endpoint, Endpoint::Index);
@@ -262,14 +277,37 @@ fn bad_documents_are_refused_with_the_field_named() {
         parameters: None,
     };
     let cases = [
-        (with_field("embedding", Content::Ndarray(nan)), "data[0].embedding"),
-        (with_field("embedding", Content::Ndarray(short)), "does not match"),
-        (with_field("embedding", Content::Ndarray(big_endian)), "not supported"),
-        (with_field("tags", Content::Text("x".into())), "data[0].tags must be a dict"),
-        (with_field("text", Content::Integer(1)), "data[0].text must be a string"),
-        (with_field("score", Content::Float(f64::INFINITY)), "data[0].score"),
         (
-            with_field("matches", Content::List(ListOfAnyProto { data: vec![node(Content::Integer(1))] })),
+            with_field("embedding", Content::Ndarray(nan)),
+            "data[0].embedding",
+        ),
+        (
+            with_field("embedding", Content::Ndarray(short)),
+            "does not match",
+        ),
+        (
+            with_field("embedding", Content::Ndarray(big_endian)),
+            "not supported",
+        ),
+        (
+            with_field("tags", Content::Text("x".into())),
+            "data[0].tags must be a dict",
+        ),
+        (
+            with_field("text", Content::Integer(1)),
+            "data[0].text must be a string",
+        ),
+        (
+            with_field("score", Content::Float(f64::INFINITY)),
+            "data[0].score",
+        ),
+        (
+            with_field(
+                "matches",
+                Content::List(ListOfAnyProto {
+                    data: vec![node(Content::Integer(1))],
+                }),
+            ),
             "data[0].matches must be a list of documents",
         ),
     ];
