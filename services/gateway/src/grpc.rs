@@ -332,7 +332,10 @@ impl Inner {
         }
         let (endpoint, mut envelope) = match convert::request_from_proto(request) {
             Ok(read) => read,
-            Err((header, error)) => return Ok(convert::error_to_proto(header, &error)),
+            Err(refused) => {
+                let (header, error) = *refused;
+                return Ok(convert::error_to_proto(header, &error));
+            }
         };
         let request_id = crate::http::ensure_request_id(&mut envelope.header);
         let header = envelope.header.clone();

@@ -216,3 +216,20 @@ async fn run_check(setup: Setup) {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Flow's `with: grpc_listen` is an address; anything else is refused with the file.
+#[test]
+fn flow_files_name_the_grpc_address() {
+    let flow = |with: &str| {
+        FlowSpec::from_yaml(&format!(
+            "with: {{{with}}}\nexecutors:\n- {{name: encoder, uses: encoder, addresses: ['http://127.0.0.1:9']}}\n"
+        ))
+    };
+    let spec = flow("grpc_listen: '127.0.0.1:54321'").unwrap();
+    assert_eq!(
+        spec.settings.grpc_listen,
+        Some("127.0.0.1:54321".parse().unwrap())
+    );
+    assert_eq!(flow("").unwrap().settings.grpc_listen, None);
+    assert!(flow("grpc_listen: 'localhost'").is_err());
+}

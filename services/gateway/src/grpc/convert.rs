@@ -25,15 +25,15 @@ use super::proto::{
 /// answer with).
 pub fn request_from_proto(
     request: DataRequestProto,
-) -> Result<(Endpoint, Envelope), (Header, ApiError)> {
+) -> Result<(Endpoint, Envelope), Box<(Header, ApiError)>> {
     let header = header_from_proto(request.header.unwrap_or_default());
     let named = header.exec_endpoint.clone();
     let Ok(endpoint) = named.trim_start_matches('/').parse::<Endpoint>() else {
-        return Err((header, ApiError::UnknownEndpoint(named)));
+        return Err(Box::new((header, ApiError::UnknownEndpoint(named))));
     };
     let parameters = match request.parameters.map(struct_to_json).transpose() {
         Ok(p) => p.unwrap_or_default(),
-        Err(e) => return Err((header, e)),
+        Err(e) => return Err(Box::new((header, e))),
     };
     let docs = match request.data.and_then(|d| d.documents) {
         None => Vec::new(),
@@ -43,7 +43,7 @@ pub fn request_from_proto(
                 Ok(list) => list.docs,
                 Err(e) => {
                     let e = ApiError::InvalidBody(format!("data.docs_bytes is not a DocList: {e}"));
-                    return Err((header, e));
+                    return Err(Box::new((header, e)));
                 }
             }
         }
@@ -52,11 +52,11 @@ pub fn request_from_proto(
     for (i, doc) in docs.into_iter().enumerate() {
         match document_from_proto(doc, &format!("data[{i}]")) {
             Ok(d) => data.push(d),
-            Err(e) => return Err((header, e)),
+            Err(e) => return Err(Box::new((header, e))),
         }
     }
     let envelope = Envelope {
-        header: header.clone(),
+        header,
         parameters,
         data,
         routes: Vec::new(),
@@ -398,7 +398,7 @@ fn ndarray_values(dense: &DenseNdArrayProto, field: &str) -> Result<Vec<f64>, Ap
         .shape
         .iter()
         .try_fold(1usize, |n, d| n.checked_mul(*d as usize));
-    if buffer.len() % size != 0 || count != Some(buffer.len() / size) {
+    if !buffer.len().is_multiple_of(size) || count != Some(buffer.len() / size) {
         return Err(ApiError::InvalidBody(format!(
             "{field}: ndarray of shape {:?} and dtype {dtype} does not match its {} bytes",
             dense.shape,

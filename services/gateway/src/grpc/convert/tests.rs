@@ -243,10 +243,10 @@ fn serialized_documents_and_unknown_endpoints() {
     assert_eq!(endpoint, Endpoint::Index);
     assert_eq!(envelope.data[0].text.as_deref(), Some("alpha"));
 
-    let (header, error) = request_from_proto(request("/nope", Vec::new())).unwrap_err();
+    let (header, error) = *request_from_proto(request("/nope", Vec::new())).unwrap_err();
     assert_eq!(header.request_id, "r");
     assert_eq!(error.kind(), "unknown_endpoint");
-    let (_, error) = request_from_proto(DataRequestProto::default()).unwrap_err();
+    let (_, error) = *request_from_proto(DataRequestProto::default()).unwrap_err();
     assert_eq!(error.kind(), "unknown_endpoint");
 }
 
@@ -312,7 +312,7 @@ fn bad_documents_are_refused_with_the_field_named() {
         ),
     ];
     for (doc, want) in cases {
-        let (_, error) = request_from_proto(request("/index", vec![doc])).unwrap_err();
+        let (_, error) = *request_from_proto(request("/index", vec![doc])).unwrap_err();
         assert_eq!(error.kind(), "invalid_body", "{error}");
         assert!(error.to_string().contains(want), "{error} lacks {want:?}");
     }
