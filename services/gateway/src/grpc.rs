@@ -19,7 +19,7 @@
 //! deadline) is answered with Jina's convention instead of ending the stream: a response with
 //! no documents whose `header.status` is `ERROR`, the error's kind as `exception.name` and its
 //! message as `exception.args` (Jina's client raises it as `BadServer`). Messages are bounded by
-//! `--max-body-bytes` (`RESOURCE_EXHAUSTED` beyond), requests in flight by
+//! `--max-body-bytes` (`OUT_OF_RANGE` beyond), requests in flight by
 //! `--max-concurrent-requests` (its own budget of that many, answered `overloaded` beyond).
 //! With the gateway's certificate (`--tls-cert`), gRPC is served over TLS too (`grpcs://`).
 

@@ -15,7 +15,8 @@ Checks, in order: `Client.is_flow_ready()` and `dry_run()`; `jina ping flow grpc
 SUCCESS with its 5 documents); /search over the streaming call with a `Doc(TextDoc)` whose
 `matches` is a `DocList` of documents with `score` and `tags` (best match, scores, tags, top_k);
 the same over the unary call (`stream=False`); a search read back through a schema whose matches
-are a plain `List[...]`; and an unknown endpoint, refused in the response header.
+are a plain `List[...]`; an unknown endpoint, refused in the response header; and a request
+over the --max-body-bytes of the test (1 MiB), refused with OUT_OF_RANGE.
 
 Exit status: 0 all checks passed, 1 a check failed, 2 usage or setup error.
 
@@ -292,6 +293,11 @@ def main():
     # ---- errors ---------------------------------------------------------------------------
     expect_error("unknown endpoint", "unknown_endpoint",
                  lambda: client.post("/nope", inputs=queries[:1], return_type=DocList[Query],
+                                     timeout=TIMEOUT_S, metadata=METADATA))
+    # The gateway's --max-body-bytes is 1 MiB in the test: a 2 MiB request is refused whole.
+    big = DocList[Query]([Query(id="big", text="x" * (2 << 20))])
+    expect_error("a request over --max-body-bytes", "OUT_OF_RANGE",
+                 lambda: client.post("/search", inputs=big, return_type=DocList[Query],
                                      timeout=TIMEOUT_S, metadata=METADATA))
     if READONLY_KEY:
         ro = (("authorization", f"Bearer {READONLY_KEY}"),)
