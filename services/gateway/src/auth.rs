@@ -52,7 +52,7 @@ fn access(path: &str) -> Access {
 }
 
 /// The credential a request presents: `api-key: KEY`, else `Authorization: Bearer KEY`.
-fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     match headers.get("api-key") {
         Some(key) => Some(key.as_bytes().trim_ascii()),
         None => bearer_token(headers),

@@ -25,7 +25,7 @@ use flowmesh_shared::{
 
 use crate::auth::audit::is_printable_id;
 use crate::auth::{authorize, caller_of, ApiKeys, Caller, WriteAudit};
-use crate::flow::engine::RunLimits;
+use crate::flow::engine::{Answer, RunLimits};
 use crate::flow::{Flow, GatewayLimits};
 
 /// What `flowmesh up` reports of the executor processes it supervises, for `GET /status`.
@@ -367,17 +367,7 @@ async fn run_audited(
     endpoint: Endpoint,
     mut request: Negotiated<Envelope>,
 ) -> Response {
-    let header = &mut request.body.header;
-    // Generated here rather than by the Flow, so that the audit line has it.
-    if header.request_id.is_empty() {
-        header.request_id = uuid::Uuid::new_v4().simple().to_string();
-    }
-    // An id the limits refuse (the request then fails with 400) is not logged as it is.
-    let request_id = if is_printable_id(&header.request_id) {
-        header.request_id.clone()
-    } else {
-        "invalid".to_owned()
-    };
+    let request_id = ensure_request_id(&mut request.body.header);
     let docs = request.body.data.len();
     let result = run(state, endpoint, request).await;
     let audit = WriteAudit::new(request_id, endpoint, docs, &result);
@@ -386,39 +376,27 @@ async fn run_audited(
     response
 }
 
+/// Gives the request an id when it has none (generated here rather than by the Flow, so that
+/// the audit line has it), and returns the id to log: `invalid` for one the limits refuse (the
+/// request then fails with 400).
+pub(crate) fn ensure_request_id(header: &mut Header) -> String {
+    if header.request_id.is_empty() {
+        header.request_id = uuid::Uuid::new_v4().simple().to_string();
+    }
+    if is_printable_id(&header.request_id) {
+        header.request_id.clone()
+    } else {
+        "invalid".to_owned()
+    }
+}
+
 async fn run(
     state: &AppState,
     endpoint: Endpoint,
     request: Negotiated<Envelope>,
 ) -> Result<Response, ApiError> {
     let reply = request.reply;
-    let envelope = request.body;
-    let flow_timeout = state.flow.spec().settings.request_timeout_ms;
-    let deadline = state.guard.deadline(flow_timeout);
-    state.guard.check(&state.limits, &envelope)?;
-    let limits = RunLimits {
-        deadline,
-        chunks: state.guard.chunk_budget(),
-        max_top_k: state.limits.max_top_k,
-    };
-    // Executor calls are cut off at the deadline and answered by the Flow (a write then says
-    // what it did not write); this is the net for work between calls, a moment later.
-    let budget = deadline.remaining().unwrap_or_default();
-    let answer = match tokio::time::timeout(
-        budget + DEADLINE_GRACE,
-        state.flow.run(endpoint, envelope, limits),
-    )
-    .await
-    {
-        Ok(answer) => answer?,
-        Err(_) => {
-            return Err(ApiError::DeadlineExceeded(format!(
-                "the request took longer than its deadline of {} ms (--request-timeout, \
-                 FLOWMESH_REQUEST_TIMEOUT, or the Flow's request_timeout_ms)",
-                budget.as_millis()
-            )))
-        }
-    };
+    let answer = run_flow(state, endpoint, request.body).await?;
     // Per-executor time in the standard header browsers and tools show; Jina clients only accept
     // start and end times in `routes`.
     let timing: Vec<String> = answer
@@ -431,6 +409,39 @@ async fn run(
         response.headers_mut().insert("server-timing", v);
     }
     Ok(response)
+}
+
+/// Runs `envelope` through the Flow under the gateway's limits and the request's deadline: the
+/// core of every endpoint, over HTTP and gRPC alike.
+pub(crate) async fn run_flow(
+    state: &AppState,
+    endpoint: Endpoint,
+    envelope: Envelope,
+) -> Result<Answer, ApiError> {
+    let flow_timeout = state.flow.spec().settings.request_timeout_ms;
+    let deadline = state.guard.deadline(flow_timeout);
+    state.guard.check(&state.limits, &envelope)?;
+    let limits = RunLimits {
+        deadline,
+        chunks: state.guard.chunk_budget(),
+        max_top_k: state.limits.max_top_k,
+    };
+    // Executor calls are cut off at the deadline and answered by the Flow (a write then says
+    // what it did not write); this is the net for work between calls, a moment later.
+    let budget = deadline.remaining().unwrap_or_default();
+    match tokio::time::timeout(
+        budget + DEADLINE_GRACE,
+        state.flow.run(endpoint, envelope, limits),
+    )
+    .await
+    {
+        Ok(answer) => answer,
+        Err(_) => Err(ApiError::DeadlineExceeded(format!(
+            "the request took longer than its deadline of {} ms (--request-timeout, \
+             FLOWMESH_REQUEST_TIMEOUT, or the Flow's request_timeout_ms)",
+            budget.as_millis()
+        ))),
+    }
 }
 
 /// The body of Jina's `POST /post`: an envelope plus the endpoint to run.

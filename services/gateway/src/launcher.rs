@@ -84,6 +84,10 @@ pub struct UpArgs {
     /// Where the gateway listens.
     #[arg(long, env = "FLOWMESH_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Where the gateway also serves Jina's gRPC protocol; default: the Flow's
+    /// `with: grpc_listen`, else no gRPC.
+    #[arg(long, env = "FLOWMESH_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
     /// Where the service binaries are; default: next to this program, then `PATH`.
     #[arg(long, env = "FLOWMESH_BIN_DIR")]
     pub bin_dir: Option<PathBuf>,
@@ -502,6 +506,7 @@ async fn serve_gateway(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let name = spec.name.clone();
+    let grpc_listen = args.grpc_listen.or(spec.settings.grpc_listen);
     let flow = Flow::build_with_log(spec, &security.client, log.as_ref())?;
     security.keys.reload_on_sighup();
     security.mesh.reload_on_sighup();
@@ -519,11 +524,16 @@ async fn serve_gateway(
             )
         })?;
     let local = listener.local_addr()?;
+    let grpc_listener = match grpc_listen {
+        Some(addr) => Some(crate::grpc::bind(addr, tls).await?),
+        None => None,
+    };
     let shared: Vec<_> = processes.iter().map(|p| Arc::clone(&p.shared)).collect();
     let state = AppState::new(Arc::new(flow), args.limits.clone())
         .with_guard(args.guard.clone())
         .with_api_keys(security.keys)
         .with_processes(Arc::new(move || process::status_json(&shared)));
+    let grpc_state = state.clone();
     let app = router(state).layer(axum::Extension(crate::snapshot::SnapshotProxy::new(
         &args.client_tls,
         Some(security.mesh.clone()),
@@ -539,9 +549,28 @@ async fn serve_gateway(
         let scheme = if tls { "https" } else { "http" };
         writeln!(out, "gateway: {scheme}://{local}")?;
         writeln!(out, "swagger ui: {scheme}://{local}/docs")?;
+        if let Some(grpc) = &grpc_listener {
+            let scheme = if tls { "grpcs" } else { "grpc" };
+            writeln!(out, "gRPC (Jina): {scheme}://{}", grpc.local_addr()?)?;
+        }
         out.flush()?;
     }
-    serve(listener, app, &args.limits, security.server_tls, shutdown).await?;
+    let Some(grpc_listener) = grpc_listener else {
+        serve(listener, app, &args.limits, security.server_tls, shutdown).await?;
+        return Ok(());
+    };
+    let grpc_tls = args
+        .tls
+        .server_config()
+        .context("invalid TLS configuration")?;
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let grpc = crate::grpc::serve(grpc_listener, grpc_state, grpc_tls, shutdown.clone());
+    let http = async {
+        serve(listener, app, &args.limits, security.server_tls, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    tokio::try_join!(http, grpc)?;
     Ok(())
 }
 

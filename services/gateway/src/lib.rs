@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod cli;
 pub mod flow;
+pub mod grpc;
 pub mod http;
 pub mod launcher;
 pub mod snapshot;
@@ -56,6 +57,10 @@ pub struct Config {
     /// The replicated log of mirrored executors (`--log-url`): needed when the Flow has one.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Also serve Jina's gRPC protocol on this address (over TLS with --tls-cert); default: the
+    /// Flow's `with: grpc_listen`, else no gRPC.
+    #[arg(long, env = "FLOWMESH_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<std::net::SocketAddr>,
 }
 
 /// Reads and validates a Flow file.
@@ -87,6 +92,7 @@ pub async fn run(
     // The log authenticates with the mesh token: NATS is configured with the same one.
     let token = mesh.as_ref().and_then(|m| m.first());
     let log = Log::connect(&config.log, "flowmesh-gateway", token).await?;
+    let grpc_listen = config.grpc_listen.or(spec.settings.grpc_listen);
     let flow = Flow::build_with_log(spec, &client, log.as_ref())?;
     keys.reload_on_sighup();
     if let Some(mesh) = &mesh {
@@ -99,8 +105,23 @@ pub async fn run(
     // `GET /snapshot/{executor}/{shard}` (flowmesh snapshot) fetches from the copies as the
     // Flow calls them: with the mesh token and the executors' CA.
     let proxy = SnapshotProxy::new(&config.client_tls, mesh)?;
+    let grpc_state = state.clone();
     let app = router(state).layer(axum::Extension(proxy));
-    bind_and_serve("flowmesh-gateway", &config.serve, app, shutdown).await?;
+    let Some(grpc_addr) = grpc_listen else {
+        bind_and_serve("flowmesh-gateway", &config.serve, app, shutdown).await?;
+        return Ok(());
+    };
+    // Bound first, so that a bad address fails before the HTTP `listening on` line.
+    let tls = config
+        .serve
+        .tls
+        .server_config()
+        .context("invalid TLS configuration")?;
+    let listener = grpc::bind(grpc_addr, tls.is_some()).await?;
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let grpc = grpc::serve(listener, grpc_state, tls, shutdown.clone());
+    let http = bind_and_serve("flowmesh-gateway", &config.serve, app, shutdown);
+    tokio::try_join!(http, grpc)?;
     Ok(())
 }
 

@@ -120,6 +120,29 @@ pub(super) fn refused(
     );
 }
 
+/// Logs the line of a gRPC data request that writes, or of a gRPC data call refused for its
+/// credential (`endpoint` is then the gRPC method: the endpoint is not known yet); `status` is
+/// the HTTP status the same answer has over HTTP, `kind` the error's kind when it failed.
+pub(crate) fn grpc_write(
+    request_id: &str,
+    key: &str,
+    client: Option<SocketAddr>,
+    endpoint: &str,
+    docs: usize,
+    status: u16,
+    kind: Option<&str>,
+) {
+    line(
+        request_id,
+        key,
+        client,
+        endpoint,
+        docs,
+        status,
+        outcome(status, kind),
+    );
+}
+
 /// A request id worth logging as it is: what shared's limits accept in `header.request_id`.
 pub fn is_printable_id(id: &str) -> bool {
     !id.is_empty()

@@ -64,6 +64,10 @@ pub struct FlowSettings {
     /// How often replicas are health-checked, in milliseconds.
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
+    /// Where the gateway also serves Jina's gRPC protocol (`127.0.0.1:54321`); the gateway's
+    /// `--grpc-listen` overrides it. Default: no gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<std::net::SocketAddr>,
 }
 
 fn default_request_size() -> usize {
@@ -91,6 +95,7 @@ impl Default for FlowSettings {
             request_timeout_ms: None,
             retries: default_retries(),
             health_interval_ms: default_health_interval_ms(),
+            grpc_listen: None,
         }
     }
 }
