@@ -169,7 +169,7 @@ impl Config {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[nats] {line}");
+                    eprintln!("{}", flowmesh_shared::logging::forward_line("nats", &line));
                 }
             });
         }
