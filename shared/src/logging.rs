@@ -105,24 +105,35 @@ fn forward_line_as(format: LogFormat, label: &str, line: &str) -> String {
         LogFormat::Text => format!("[{label}] {line}"),
         LogFormat::Json => {
             let parsed = serde_json::from_str::<serde_json::Value>(line);
-            let object = match parsed {
-                Ok(serde_json::Value::Object(mut object)) => {
-                    object.insert("process".into(), label.into());
-                    object
-                }
-                _ => {
-                    let mut object = serde_json::Map::new();
-                    object.insert("timestamp".into(), now_rfc3339().into());
-                    object.insert("level".into(), "INFO".into());
-                    object.insert("target".into(), "flowmesh::process".into());
-                    object.insert("message".into(), line.into());
-                    object.insert("process".into(), label.into());
-                    object
-                }
+            let mut object = match parsed {
+                Ok(serde_json::Value::Object(object)) => object,
+                _ => message_object(line, "flowmesh::process"),
             };
+            object.insert("process".into(), label.into());
             serde_json::Value::Object(object).to_string()
         }
     }
+}
+
+/// A message this process prints on stderr itself rather than logs (the progress of
+/// `flowmesh up`): `message` as it is in text, an object with it as its `message` in JSON.
+pub fn own_line(message: &str) -> String {
+    match format() {
+        LogFormat::Text => message.to_owned(),
+        LogFormat::Json => {
+            serde_json::Value::Object(message_object(message, "flowmesh")).to_string()
+        }
+    }
+}
+
+/// A JSON log object at level info holding `message`.
+fn message_object(message: &str, target: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut object = serde_json::Map::new();
+    object.insert("timestamp".into(), now_rfc3339().into());
+    object.insert("level".into(), "INFO".into());
+    object.insert("target".into(), target.into());
+    object.insert("message".into(), message.into());
+    object
 }
 
 /// Now, as the JSON log lines write their timestamps.
