@@ -44,8 +44,10 @@ impl LogFormat {
     }
 }
 
-/// The log option every binary takes.
+/// The log option every binary takes. Added to a service's own options by
+/// [`crate::service::main`], so it makes no argument group (two would clash there).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct LogArgs {
     /// Log format on stderr: `text`, or `json` (one object per line). `RUST_LOG` filters what
     /// is logged (default `info`; `flowmesh::access=off` silences the access log).
@@ -172,6 +174,29 @@ mod tests {
             wrapped["timestamp"].as_str().is_some_and(|t| t.len() > 18),
             "{wrapped}"
         );
+    }
+
+    /// As `service::main` reads a service's options: `--log-format` added to them.
+    #[test]
+    fn the_option_joins_a_services_own_options() {
+        use clap::FromArgMatches as _;
+        #[derive(Debug, clap::Parser)]
+        struct Own {
+            #[arg(long, default_value_t = 1)]
+            size: u32,
+            #[command(flatten)]
+            serve: crate::server::ServeArgs,
+        }
+        let command =
+            <LogArgs as clap::Args>::augment_args(<Own as clap::CommandFactory>::command());
+        let matches = command
+            .try_get_matches_from(["svc", "--size", "3", "--log-format", "json"])
+            .map_err(|e| e.to_string());
+        let matches = matches.unwrap_or_else(|e| panic!("{e}"));
+        let log = LogArgs::from_arg_matches(&matches).map_err(|e| e.to_string());
+        assert_eq!(log.map(|l| l.log_format), Ok(LogFormat::Json));
+        let own = Own::from_arg_matches(&matches).map_err(|e| e.to_string());
+        assert_eq!(own.map(|o| o.size), Ok(3));
     }
 
     #[test]
