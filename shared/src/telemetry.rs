@@ -121,6 +121,8 @@ pub fn metrics_router() -> Router {
 /// Sets `flowmesh_build_info{version,service} 1` for `service` (each service of a process has
 /// its own series).
 pub fn build_info(service: &'static str) {
+    // Recorded before the recorder exists, it would be lost.
+    let _ = metrics_handle();
     metrics::gauge!(
         "flowmesh_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
