@@ -174,6 +174,19 @@ fn promql_metrics(expr: &str) -> BTreeSet<String> {
         "or",
         "unless",
         "offset",
+        // Aggregations, which may take `by (...)` before their parenthesis.
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "group",
     ];
     // Drop what is inside {...}, [...] and quotes, and the (...) after by/without.
     let mut cleaned = String::new();
@@ -284,10 +297,20 @@ fn promql_names_are_read_from_expressions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_have_help_process_metrics_endpoint_routes_and_what_the_dashboard_reads() {
     // Real services in this process: one recorder, so the gateway's /metrics shows them all.
-    let encoder = flowmesh_encoder::app(&flowmesh_encoder::Config::parse_from([
-        "e", "--model", "hash", "--dim", "64",
-    ]))
-    .unwrap();
+    // The encoder batches (the `hash` model alone would run inline, without batch metrics).
+    let batching = flowmesh_encoder::BatchConfig {
+        workers: 1,
+        max_batch: 32,
+        max_tokens: 1 << 20,
+        max_wait: std::time::Duration::from_millis(1),
+        queue_capacity: 64,
+    };
+    let model = std::sync::Arc::new(flowmesh_encoder::HashModel::new(64).unwrap());
+    let encoder = flowmesh_encoder::router(
+        std::sync::Arc::new(flowmesh_encoder::Encoder::batched(model, &batching).unwrap()),
+        flowmesh_shared::health::Readiness::ready(),
+        &flowmesh_shared::Limits::with_max_body_bytes(1 << 20),
+    );
     let indexer = flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap();
     let ranker = flowmesh_ranker::app(&flowmesh_ranker::Config::parse_from(["r"])).unwrap();
     let enc = TestServer::start(encoder).await;
