@@ -9,8 +9,8 @@
 //! - [`fanout`]: shard routing and the top-k / concat mergers;
 //! - [`error`]: the error type and its JSON body;
 //! - [`limits`], [`deadline`]: what one request may ask of a service, and when it must be done;
-//! - [`health`], [`telemetry`], [`trace`], [`server`]: readiness, logs and metrics, distributed
-//!   traces (OpenTelemetry), and serving;
+//! - [`health`], [`logging`], [`telemetry`], [`trace`], [`server`]: readiness, logs (text or
+//!   JSON), the access log and metrics, distributed traces (OpenTelemetry), and serving;
 //! - [`secret`], [`tls`]: API keys, the mesh token and passwords (never printed, compared in
 //!   constant time, reloaded on SIGHUP), and TLS with rustls (servers, clients, mutual TLS);
 //! - [`service`]: a service binary's start-up (`main`) and its `run`;
@@ -32,8 +32,10 @@ pub mod flow;
 pub mod hash;
 pub mod health;
 pub mod limits;
+pub mod logging;
 pub mod mirror;
 pub mod openapi;
+mod process_metrics;
 pub mod rng;
 pub mod secret;
 pub mod server;

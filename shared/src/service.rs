@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use axum::Router;
+use clap::FromArgMatches as _;
 
+use crate::logging::{self, LogArgs};
 use crate::server::{
     bind, require_mesh_token, serve as serve_on, shutdown_signal, warn_if_exposed, ServeArgs,
 };
@@ -18,7 +20,8 @@ use crate::{telemetry, trace};
 /// What a service's `run` serves until: resolves on Ctrl-C or SIGTERM.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// The whole `main` of the binary `flowmesh-{name}`: logs, then the command line `C`, then
+/// The whole `main` of the binary `flowmesh-{name}`: logs (`--log-format`, added to the options
+/// of `C`), then the command line `C`, then
 /// traces, then `run` until Ctrl-C or SIGTERM. Traces are flushed before the process exits; an
 /// error is printed as `flowmesh-{name}: {error:#}` and the exit code is a failure.
 pub async fn main<C, F, Fut>(name: &str, run: F) -> ExitCode
@@ -27,8 +30,14 @@ where
     F: FnOnce(C, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    telemetry::init_tracing();
-    let config = C::parse();
+    // `--log-format` is added to the service's own options, so that logs start before those
+    // are read.
+    let command = <LogArgs as clap::Args>::augment_args(C::command());
+    let matches = command.get_matches();
+    let log = LogArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    logging::init(log.log_format);
+    let config =
+        C::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut C::command()).exit());
     let traces = trace::init_traces(name);
     let result = run(config, Box::pin(shutdown_signal())).await;
     traces.shutdown().await;
@@ -63,7 +72,11 @@ pub async fn serve(
     let app = match &tokens {
         Some(tokens) => {
             tokens.reload_on_sighup();
-            app.layer(require_mesh_token(service, tokens.clone()))
+            // Tracked outside the token check too: its 401s are counted and logged.
+            telemetry::tracked(
+                service,
+                app.layer(require_mesh_token(service, tokens.clone())),
+            )
         }
         None => app,
     };

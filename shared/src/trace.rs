@@ -1,5 +1,5 @@
 //! Distributed traces: one OpenTelemetry trace per request, with a span for every hop, exported
-//! over OTLP/HTTP.
+//! over OTLP/HTTP or OTLP/gRPC, plain or over TLS.
 //!
 //! Traces are on only when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
 //! is set when [`init_traces`] runs. Off, every function here returns after one check of a
@@ -9,13 +9,18 @@
 //! ([`client_span`]) whose context travels in the call's `traceparent` header ([`inject`]).
 //!
 //! Spans go through the SDK's batch processor (its own thread, configured by the `OTEL_BSP_*`
-//! variables) to the OTLP exporter, whose HTTP client is the workspace's hyper client running on
-//! the service's Tokio runtime (no reqwest). An `https://` collector is verified against the CA
-//! of `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, `OTEL_EXPORTER_OTLP_CERTIFICATE` (the OTel
-//! standard variables) or else `FLOWMESH_TLS_CA`; a client certificate for mutual TLS comes from
-//! `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` and `..._CLIENT_KEY`, or else
-//! `FLOWMESH_TLS_CLIENT_CERT` and `FLOWMESH_TLS_CLIENT_KEY`. [`Traces::shutdown`] exports what is
-//! still buffered.
+//! variables) to the OTLP exporter. Over HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL` `http/protobuf`, the
+//! default, or `http/json`) its client is the workspace's hyper client running on the service's
+//! Tokio runtime (no reqwest); over gRPC (`grpc`) it is a tonic channel whose connections this
+//! module makes ([`GrpcConnector`]), so that TLS is rustls with `ring` as everywhere else.
+//!
+//! An `https://` collector is verified against the CA of `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`
+//! or `OTEL_EXPORTER_OTLP_CERTIFICATE` (the OTel standard variables) when one is set, and
+//! otherwise against the system's roots (`SSL_CERT_FILE`, `SSL_CERT_DIR` or the platform's
+//! store) plus the CA of `FLOWMESH_TLS_CA` if set. A client certificate for mutual TLS comes
+//! from `OTEL_EXPORTER_OTLP_[TRACES_]CLIENT_CERTIFICATE` and `..._CLIENT_KEY`, or else
+//! `FLOWMESH_TLS_CLIENT_CERT` and `FLOWMESH_TLS_CLIENT_KEY`. [`Traces::shutdown`] exports what
+//! is still buffered.
 //!
 //! Spans record the method, route, service, request id, executor and status of a call, never a
 //! header's value: the `Authorization` header (API keys, the mesh token) is never recorded.
@@ -23,20 +28,23 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     SpanKind, Status, TraceContextExt as _, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_otlp::{
+    Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
@@ -114,13 +122,15 @@ fn endpoint_configured() -> bool {
         || env_var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
 }
 
-/// `http/protobuf` unless the environment asks for `http/json`, as the OTel specification says
-/// (the exporter crate itself would default to JSON once its JSON feature is on).
+/// `http/protobuf` unless the environment asks for `http/json` or `grpc`, as the OTel
+/// specification says (the exporter crate itself would default to JSON once its JSON feature is
+/// on).
 fn protocol() -> Protocol {
     let named = env_var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .or_else(|| env_var("OTEL_EXPORTER_OTLP_PROTOCOL"));
     match named.as_deref().map(str::trim) {
         Some("http/json") => Protocol::HttpJson,
+        Some("grpc") => Protocol::Grpc,
         None | Some("http/protobuf") => Protocol::HttpBinary,
         Some(other) => {
             tracing::warn!(
@@ -130,6 +140,12 @@ fn protocol() -> Protocol {
             Protocol::HttpBinary
         }
     }
+}
+
+/// The collector's address as configured: the traces endpoint, else the base one. (Over HTTP
+/// the exporter adds `/v1/traces` to the base itself; over gRPC both are used as they are.)
+fn configured_endpoint() -> Option<String> {
+    env_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env_var("OTEL_EXPORTER_OTLP_ENDPOINT"))
 }
 
 /// The export timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`
@@ -149,15 +165,25 @@ fn first_var(names: &[&str]) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
 }
 
-/// The TLS configuration for an `https://` collector: `None` when no CA is configured (then
-/// only `http://` collectors can be reached).
-fn export_tls() -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
-    let Some(ca) = first_var(&[
+/// The TLS configuration for an `https://` collector (see the module's documentation for whom
+/// it trusts), with no ALPN protocols: each transport sets its own.
+fn export_tls() -> anyhow::Result<rustls::ClientConfig> {
+    let roots = match first_var(&[
         "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
         "OTEL_EXPORTER_OTLP_CERTIFICATE",
-        "FLOWMESH_TLS_CA",
-    ]) else {
-        return Ok(None);
+    ]) {
+        Some(ca) => crate::tls::read_roots(&ca)?,
+        None => {
+            let mut roots = system_roots();
+            if let Some(ca) = first_var(&["FLOWMESH_TLS_CA"]) {
+                for cert in crate::tls::read_certificates(&ca)? {
+                    roots.add(cert).with_context(|| {
+                        format!("{} holds a certificate that is not a CA", ca.display())
+                    })?;
+                }
+            }
+            roots
+        }
     };
     let cert = first_var(&[
         "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
@@ -169,34 +195,195 @@ fn export_tls() -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> 
         "OTEL_EXPORTER_OTLP_CLIENT_KEY",
         "FLOWMESH_TLS_CLIENT_KEY",
     ]);
-    crate::tls::client_config_with(&ca, cert.as_deref(), key.as_deref()).map(Some)
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .context("cannot set up TLS")?
+        .with_root_certificates(roots);
+    Ok(match (cert, key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = crate::tls::read_certificates(&cert)?;
+            let private = crate::tls::read_private_key(&key)?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .with_context(|| {
+                    format!(
+                        "the key {} does not match the client certificate {}",
+                        key.display(),
+                        cert.display()
+                    )
+                })?
+        }
+        _ => anyhow::bail!(
+            "a client certificate for the OTLP collector needs its key, and a key its certificate"
+        ),
+    })
 }
 
-/// The exporter's connector: `http://`, and `https://` verified against [`export_tls`]'s CA.
-fn export_connector() -> anyhow::Result<HttpsConnector<HttpConnector>> {
-    Ok(crate::tls::https_connector(
-        HttpConnector::new(),
-        export_tls()?,
-    ))
+/// The system's trusted roots (`SSL_CERT_FILE`, `SSL_CERT_DIR`, or the platform's store); none
+/// when they cannot be read, which is logged.
+fn system_roots() -> rustls::RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "cannot read some of the system's CA certificates");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!(
+            ignored,
+            "no usable system CA certificate: an https:// collector needs \
+             OTEL_EXPORTER_OTLP_CERTIFICATE"
+        );
+    }
+    roots
+}
+
+/// Whether the collector is reached over TLS.
+fn is_https(endpoint: Option<&str>) -> bool {
+    endpoint.is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
 }
 
 fn build_provider(service: &str) -> anyhow::Result<SdkTracerProvider> {
     let timeout = export_timeout();
-    let client = ExportClient {
-        http: Client::builder(TokioExecutor::new()).build(export_connector()?),
-        runtime: tokio::runtime::Handle::current(),
-        timeout,
+    let endpoint = configured_endpoint();
+    // The system's roots are read only for an https:// collector.
+    let tls = if is_https(endpoint.as_deref()) {
+        Some(export_tls()?)
+    } else {
+        None
     };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(protocol())
-        .with_timeout(timeout)
-        .with_http_client(client)
-        .build()?;
+    let exporter = match protocol() {
+        Protocol::Grpc => {
+            let endpoint = endpoint.unwrap_or_default();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_channel(grpc_channel(&endpoint, tls, timeout)?)
+                .with_timeout(timeout)
+                .build()?
+        }
+        protocol => {
+            let connector =
+                crate::tls::https_connector(HttpConnector::new(), tls.map(std::sync::Arc::new));
+            let client = ExportClient {
+                http: Client::builder(TokioExecutor::new()).build(connector),
+                runtime: tokio::runtime::Handle::current(),
+                timeout,
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(protocol)
+                .with_timeout(timeout)
+                .with_http_client(client)
+                .build()?
+        }
+    };
     Ok(SdkTracerProvider::builder()
         .with_resource(resource(service))
         .with_batch_exporter(exporter)
         .build())
+}
+
+/// The tonic channel to the gRPC collector at `endpoint`, connecting lazily (a collector that
+/// is down costs a failed export, not a failed start). With `tls`, connections are TLS with
+/// ALPN `h2`, made by [`GrpcConnector`]; tonic is given the address as `http://` so that it
+/// never tries TLS of its own.
+fn grpc_channel(
+    endpoint: &str,
+    tls: Option<rustls::ClientConfig>,
+    timeout: Duration,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let uri: http::Uri = endpoint
+        .trim()
+        .parse()
+        .with_context(|| format!("invalid OTLP endpoint {endpoint:?}"))?;
+    let host = uri
+        .host()
+        .with_context(|| format!("the OTLP endpoint {endpoint:?} has no host"))?
+        .to_owned();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let authority = match uri.authority() {
+        Some(a) if a.port().is_some() => a.as_str().to_owned(),
+        _ if host.contains(':') && !host.starts_with('[') => format!("[{host}]:{port}"),
+        _ => format!("{host}:{port}"),
+    };
+    let tls = match tls {
+        None => None,
+        Some(mut config) => {
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let bare = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let name = rustls::pki_types::ServerName::try_from(bare)
+                .with_context(|| format!("{host} is not a valid TLS server name"))?;
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
+        }
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .with_context(|| format!("invalid OTLP endpoint {endpoint:?}"))?
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .connect_with_connector_lazy(GrpcConnector {
+            tls: tls.map(std::sync::Arc::new),
+        });
+    Ok(channel)
+}
+
+/// A byte stream tonic's HTTP/2 runs over: TCP, or TLS over TCP.
+trait GrpcIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> GrpcIo for T {}
+
+/// Opens the gRPC exporter's connections: TCP to the URI's host and port, then TLS when the
+/// collector is `https://`, verifying the configured name (not the URI's, which is the same).
+#[derive(Clone)]
+struct GrpcConnector {
+    tls: Option<
+        std::sync::Arc<(
+            tokio_rustls::TlsConnector,
+            rustls::pki_types::ServerName<'static>,
+        )>,
+    >,
+}
+
+impl tower::Service<http::Uri> for GrpcConnector {
+    type Response = TokioIo<Box<dyn GrpcIo>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "no host");
+            let host = uri.host().ok_or_else(invalid)?;
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(80);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let io: Box<dyn GrpcIo> = match tls.as_deref() {
+                None => Box::new(tcp),
+                Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+            };
+            Ok(TokioIo::new(io))
+        })
+    }
 }
 
 /// `service.name` and where in the Flow this process sits (the launcher's `FLOWMESH_*`

@@ -123,8 +123,12 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .with_state(state);
-    service_router("gateway", own, readiness, &limits)
-        .layer(axum::middleware::from_fn_with_state(keys, authorize))
+    // Tracked again outside `authorize`, so that its 401s are counted and logged.
+    flowmesh_shared::telemetry::tracked(
+        "gateway",
+        service_router("gateway", own, readiness, &limits)
+            .layer(axum::middleware::from_fn_with_state(keys, authorize)),
+    )
 }
 
 /// The OpenAPI document of the gateway.
@@ -372,6 +376,8 @@ async fn run_audited(
     let result = run(state, endpoint, request).await;
     let audit = WriteAudit::new(request_id, endpoint, docs, &result);
     let mut response = result.into_response();
+    let id = flowmesh_shared::telemetry::RequestId(audit.request_id.clone());
+    response.extensions_mut().insert(id);
     response.extensions_mut().insert(audit);
     response
 }

@@ -717,7 +717,8 @@ async fn wait_ready(
             );
         }
         if last_report.elapsed() > Duration::from_secs(5) {
-            eprintln!("waiting for {} to become ready ...", waiting.join(", "));
+            let line = format!("waiting for {} to become ready ...", waiting.join(", "));
+            eprintln!("{}", flowmesh_shared::logging::own_line(&line));
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -179,19 +179,23 @@ async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
                 let address = r["address"].as_str().unwrap().to_owned();
                 let text = scrape(address.clone()).await;
                 let calls = r["calls"].as_f64().unwrap();
-                let labels = [("path", "/{endpoint}"), ("status", "200")];
+                // Executor calls are labelled with their endpoint.
+                let count = |metric_name: &str| -> f64 {
+                    ["/index", "/search", "/update", "/delete"]
+                        .iter()
+                        .map(|path| {
+                            let labels = [("path", *path), ("status", "200")];
+                            metric(&text, metric_name, &labels).unwrap_or(0.0)
+                        })
+                        .sum()
+                };
                 assert_eq!(
-                    metric(&text, "flowmesh_http_requests_total", &labels).unwrap_or(0.0),
+                    count("flowmesh_http_requests_total"),
                     calls,
                     "{name} at {address}: {text}"
                 );
                 assert_eq!(
-                    metric(
-                        &text,
-                        "flowmesh_http_request_duration_seconds_count",
-                        &labels
-                    )
-                    .unwrap_or(0.0),
+                    count("flowmesh_http_request_duration_seconds_count"),
                     calls,
                     "{name} at {address}: {text}"
                 );
@@ -209,10 +213,27 @@ async fn metrics_reflect_the_traffic(http: &Http, gateway: &str) {
             .sum()
     };
     // Both requests went through the encoder and the ranker; the search reached both shards.
-    let calls = [("path", "/{endpoint}")];
-    assert_eq!(sum("encoder", "flowmesh_http_requests_total", &calls), 2.0);
-    assert_eq!(sum("ranker", "flowmesh_http_requests_total", &calls), 2.0);
-    assert!(sum("indexer", "flowmesh_http_requests_total", &calls) >= 3.0);
+    let calls = |executor: &str| {
+        sum(
+            executor,
+            "flowmesh_http_requests_total",
+            &[("path", "/index")],
+        ) + sum(
+            executor,
+            "flowmesh_http_requests_total",
+            &[("path", "/search")],
+        )
+    };
+    assert_eq!(calls("encoder"), 2.0);
+    assert_eq!(calls("ranker"), 2.0);
+    assert!(calls("indexer") >= 3.0);
+    // One index and one search: each executor's calls are labelled apart.
+    for executor in ["encoder", "ranker"] {
+        for path in ["/index", "/search"] {
+            let labels = [("path", path)];
+            assert_eq!(sum(executor, "flowmesh_http_requests_total", &labels), 1.0);
+        }
+    }
     assert!(sum("encoder", "flowmesh_encoder_batch_size_count", &[]) >= 2.0);
     for t in &texts["encoder"] {
         assert!(

@@ -1,6 +1,6 @@
 //! Routes and layers every service shares, the gateway included: health and metrics, load
-//! shedding, the JSON answers for unknown paths and wrong methods, body limits and request
-//! metrics.
+//! shedding, the JSON answers for unknown paths and wrong methods, body limits, request
+//! metrics and the access log.
 
 use std::sync::Arc;
 
@@ -13,25 +13,29 @@ use tokio::sync::Semaphore;
 use crate::error::ApiError;
 use crate::health::{health_router, Readiness};
 use crate::limits::Limits;
-use crate::telemetry::{metrics_router, track_requests};
+use crate::telemetry::{build_info, metrics_router, tracked};
 
 /// A service's `own` routes with what every service serves the same way around them:
-/// `/livez` and `/readyz` (from `readiness`), `/metrics`, JSON answers for unknown paths and
-/// wrong methods, the body limit of `limits`, and request metrics labelled `service`.
+/// `/livez` and `/readyz` (from `readiness`), `/metrics` (with `flowmesh_build_info` for
+/// `service`), JSON answers for unknown paths and wrong methods, the body limit of `limits`,
+/// and request metrics and the access log labelled `service`
+/// ([`crate::telemetry::track_requests`]). A layer added around the result that answers on its
+/// own (API keys, the mesh token) should be wrapped in [`tracked`] again, so that its answers
+/// are counted and logged too.
 pub fn service_router(
     service: &'static str,
     own: Router,
     readiness: Readiness,
     limits: &Limits,
 ) -> Router {
-    own.merge(health_router(readiness))
+    build_info(service);
+    let router = own
+        .merge(health_router(readiness))
         .merge(metrics_router())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(move |req, next| {
-            track_requests(service, req, next)
-        }))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    tracked(service, router)
 }
 
 /// The middleware behind [`shed_beyond`].

@@ -18,8 +18,8 @@ use clap::{Parser, Subcommand};
 use flowmesh_gateway::cli::{index, search, IndexArgs, SearchArgs};
 use flowmesh_gateway::launcher::{snapshot, up, SnapshotArgs, UpArgs};
 use flowmesh_gateway::{load_flow, openapi_json};
+use flowmesh_shared::logging::{self, LogArgs, LOG_FORMAT_ENV};
 use flowmesh_shared::server::shutdown_signal;
-use flowmesh_shared::telemetry::init_tracing;
 use flowmesh_shared::trace::init_traces;
 
 #[derive(Debug, Parser)]
@@ -31,6 +31,8 @@ use flowmesh_shared::trace::init_traces;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,10 +57,27 @@ enum Cmd {
     Search(Box<SearchArgs>),
 }
 
-#[tokio::main]
-async fn main() {
-    init_tracing();
-    let result = match Cli::parse().command {
+fn main() {
+    let cli = Cli::parse();
+    logging::init(cli.log.log_format);
+    // The processes `flowmesh up` starts inherit the environment: set here, before any other
+    // thread runs, it gives them the same log format.
+    std::env::set_var(LOG_FORMAT_ENV, cli.log.log_format.as_str());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("flowmesh: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run(cli.command));
+}
+
+async fn run(command: Cmd) {
+    let result = match command {
         Cmd::Up(args) => {
             // The gateway runs in this process; each executor process sets up its own traces.
             let traces = init_traces("gateway");

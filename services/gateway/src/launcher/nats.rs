@@ -59,7 +59,8 @@ impl LogServer {
         };
         let (child, port) = config.spawn(None).await?;
         let url = format!("nats://127.0.0.1:{port}");
-        eprintln!("[nats] replicated log at {url} (data in {})", dir.display());
+        let line = format!("replicated log at {url} (data in {})", dir.display());
+        eprintln!("{}", flowmesh_shared::logging::forward_line("nats", &line));
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(config, port, child, policy, stop_rx));
         Ok(Self { url, stop_tx, task })
@@ -169,7 +170,7 @@ impl Config {
             tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[nats] {line}");
+                    eprintln!("{}", flowmesh_shared::logging::forward_line("nats", &line));
                 }
             });
         }

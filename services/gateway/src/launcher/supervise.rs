@@ -23,6 +23,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use flowmesh_shared::logging::forward_line;
+
 use super::process::{Launch, Policy, Shared, State};
 
 /// How long a stopping process gets between SIGTERM and SIGKILL.
@@ -108,7 +110,7 @@ async fn start(
     if let Err(e) = std::fs::create_dir_all(&launch.workspace) {
         // Let the process say what it makes of it; the line explains the rest.
         let line = format!("cannot create {}: {e}", launch.workspace.display());
-        eprintln!("[{}] {line}", launch.label);
+        eprintln!("{}", forward_line(&launch.label, &line));
         shared.status().push_line(&line);
     }
     let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
@@ -143,7 +145,7 @@ async fn start(
             if let Some(i) = line.find("listening on ") {
                 return Some(line[i + "listening on ".len()..].trim().to_owned());
             }
-            eprintln!("[{}] {line}", launch.label);
+            eprintln!("{}", forward_line(&launch.label, &line));
             shared.status().push_line(&line);
         }
         None
@@ -184,7 +186,7 @@ async fn start(
 /// Copies a process's output to this process's stderr and to its `/status` log.
 async fn forward(shared: Arc<Shared>, mut lines: Lines<impl AsyncBufRead + Unpin>) {
     while let Ok(Some(line)) = lines.next_line().await {
-        eprintln!("[{}] {line}", shared.launch.label);
+        eprintln!("{}", forward_line(&shared.launch.label, &line));
         shared.status().push_line(&line);
     }
 }
