@@ -55,6 +55,10 @@ pub struct Config {
     /// The replicated log of mirrored executors (`--log-url`): needed when the Flow has one.
     #[command(flatten)]
     pub log: LogArgs,
+    /// Let browsers on other origins call the API: answer CORS preflights (without an API key)
+    /// and add the CORS headers (as the Flow's `with: {cors: true}`).
+    #[arg(long, env = "FLOWMESH_CORS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub cors: bool,
 }
 
 /// Reads and validates a Flow file.
@@ -94,7 +98,8 @@ pub async fn run(
     warn_without_keys(&keys, config.serve.listen);
     let state = AppState::new(Arc::new(flow), config.serve.limits.clone())
         .with_guard(config.guard)
-        .with_api_keys(keys);
+        .with_api_keys(keys)
+        .with_cors(config.cors);
     // `GET /snapshot/{executor}/{shard}` (flowmesh snapshot) fetches from the copies as the
     // Flow calls them: with the mesh token and the executors' CA.
     let proxy = SnapshotProxy::new(&config.client_tls, mesh)?;
