@@ -560,7 +560,8 @@ async fn jina_post(
 }
 
 /// The answer to an endpoint no executor serves: the request's documents as they came (within
-/// the same limits as any request), its endpoint in the header, no routes.
+/// the same limits as any request; a document without an id gets one), its endpoint in the
+/// header, no routes.
 fn pass_through(
     state: &AppState,
     endpoint: String,
@@ -573,7 +574,22 @@ fn pass_through(
         header.request_id = uuid::Uuid::new_v4().simple().to_string();
     }
     header.exec_endpoint = endpoint;
-    Ok(Reply(reply, envelope).into_response())
+    // As the Flow does for every request: a document without an id gets one.
+    for doc in &mut envelope.data {
+        if doc.id.is_empty() {
+            doc.id = uuid::Uuid::new_v4().simple().to_string();
+        }
+    }
+    // Nothing is written: the audit of `/post` is told so (as for a search), and logs no line.
+    let audit = WriteAudit::new(
+        envelope.header.request_id.clone(),
+        Endpoint::Search,
+        envelope.data.len(),
+        &Ok::<(), ApiError>(()),
+    );
+    let mut response = Reply(reply, envelope).into_response();
+    response.extensions_mut().insert(audit);
+    Ok(response)
 }
 
 /// Jina's readiness check, as `Client.is_flow_ready()` (and the older `dry_run()`) and
