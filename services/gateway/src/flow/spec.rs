@@ -254,7 +254,7 @@ fn bad(executor: &str, problem: impl Into<String>) -> FlowError {
 impl FlowSpec {
     /// Parses and validates a Flow from YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, FlowError> {
-        let spec: Self = serde_yaml_ng::from_str(text).map_err(|e| jina::explain(text, e))?;
+        let spec: Self = serde_yaml_ng::from_str(text).map_err(|e| jina::explain(text, &e))?;
         spec.validate()?;
         Ok(spec)
     }

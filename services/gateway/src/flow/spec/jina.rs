@@ -168,7 +168,7 @@ const EXECUTOR: &[(&str, &str)] = &[
 
 /// The error for a Flow file serde refused: a key of Jina's that means nothing here is named
 /// with what to use instead; anything else is serde's message.
-pub(super) fn explain(text: &str, error: serde_yaml_ng::Error) -> FlowError {
+pub(super) fn explain(text: &str, error: &serde_yaml_ng::Error) -> FlowError {
     let own = serde_yaml_ng::from_str::<Value>(text)
         .ok()
         .and_then(|flow| jina_key(&flow));
