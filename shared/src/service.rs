@@ -13,7 +13,8 @@ use clap::FromArgMatches as _;
 
 use crate::logging::{self, LogArgs};
 use crate::server::{
-    bind, require_mesh_token, serve as serve_on, shutdown_signal, warn_if_exposed, ServeArgs,
+    bind, check_with, require_mesh_token, serve as serve_on, shutdown_signal, warn_if_exposed,
+    ServeArgs, CHECK_WITH_FLAG,
 };
 use crate::{telemetry, trace};
 
@@ -24,12 +25,24 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// of `C`), then the command line `C`, then
 /// traces, then `run` until Ctrl-C or SIGTERM. Traces are flushed before the process exits; an
 /// error is printed as `flowmesh-{name}: {error:#}` and the exit code is a failure.
+///
+/// Started as `flowmesh-{name} --flowmesh-check-with` (hidden: [`CHECK_WITH_FLAG`]), it starts
+/// nothing: it reads a Flow's `with:` settings as a JSON object on stdin and prints on stdout
+/// what its flags make of them ([`check_with`]), for `flowmesh validate`.
 pub async fn main<C, F, Fut>(name: &str, run: F) -> ExitCode
 where
     C: clap::Parser,
     F: FnOnce(C, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    // `flowmesh up` and `flowmesh validate` ask the binary to check a Flow's `with:` settings
+    // against its own flags, before logging or anything else starts.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == CHECK_WITH_FLAG)
+    {
+        return print_with_check(&<LogArgs as clap::Args>::augment_args(C::command()));
+    }
     // `--log-format` is added to the service's own options, so that logs start before those
     // are read.
     let command = <LogArgs as clap::Args>::augment_args(C::command());
@@ -45,6 +58,26 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flowmesh-{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads `with:` settings (a JSON object) on stdin and prints [`check_with`]'s answer.
+fn print_with_check(command: &clap::Command) -> ExitCode {
+    let mut input = String::new();
+    let read = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input);
+    let settings = read.map_err(|e| e.to_string()).and_then(|_| {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&input)
+            .map_err(|e| e.to_string())
+    });
+    match settings {
+        Ok(settings) => {
+            println!("{}", check_with(command, &settings));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{CHECK_WITH_FLAG}: stdin is not a JSON object of settings: {e}");
             ExitCode::FAILURE
         }
     }

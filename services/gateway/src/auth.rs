@@ -2,8 +2,8 @@
 //! [`authorize`], and the audit line of every write ([`audit`]).
 //!
 //! With no key configured the gateway is open, as before, and every caller is `anonymous`. With
-//! any key configured, every route but `/livez`, `/readyz`, `/docs` (and its assets) and
-//! `/openapi.json` needs one, unknown paths included (they answer 401 before 404, so that what
+//! any key configured, every route but `/livez`, `/readyz`, `/dry_run` (Jina's readiness check),
+//! `/docs` (and its assets) and `/openapi.json` needs one, unknown paths included (they answer 401 before 404, so that what
 //! exists cannot be probed without a key). A read-write key may call everything; a read-only key
 //! `/search`, `/post` with a search endpoint, `GET /status` and `GET /metrics`, and gets 403 on a
 //! write. `/post` names its endpoint in the body, so it is authorized by its handler, which finds
@@ -42,7 +42,7 @@ enum Access {
 
 fn access(path: &str) -> Access {
     match path {
-        "/livez" | "/readyz" | "/openapi.json" | "/docs" => Access::Open,
+        "/livez" | "/readyz" | "/dry_run" | "/openapi.json" | "/docs" => Access::Open,
         p if p.starts_with("/docs/") => Access::Open,
         "/search" | "/status" | "/metrics" => Access::Read,
         "/index" | "/update" | "/delete" => Access::Write,
@@ -146,6 +146,7 @@ mod tests {
         for open in [
             "/livez",
             "/readyz",
+            "/dry_run",
             "/openapi.json",
             "/docs",
             "/docs/",

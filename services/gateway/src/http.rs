@@ -44,6 +44,9 @@ pub struct AppState {
     pub processes: Option<ProcessStatus>,
     /// The client API keys; none: the API is open.
     pub keys: ApiKeys,
+    /// Whether browsers on other origins may call the API (`--cors`; the Flow's `cors: true`
+    /// turns it on too).
+    pub cors: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -53,6 +56,7 @@ impl std::fmt::Debug for AppState {
             .field("limits", &self.limits)
             .field("guard", &self.guard)
             .field("keys", &self.keys)
+            .field("cors", &self.cors)
             .finish_non_exhaustive()
     }
 }
@@ -66,7 +70,16 @@ impl AppState {
             guard: GatewayLimits::defaults(),
             processes: None,
             keys: ApiKeys::none(),
+            cors: false,
         }
+    }
+
+    /// Answers CORS preflight requests and adds the CORS headers to every answer when `cors`
+    /// (see [`cors_layer`]); the Flow's `with: {cors: true}` does so whatever this says.
+    #[must_use]
+    pub fn with_cors(mut self, cors: bool) -> Self {
+        self.cors = cors;
+        self
     }
 
     /// Requires the client API keys `keys` (see [`crate::auth`]).
@@ -95,11 +108,14 @@ impl AppState {
 /// requests worked on at once (429 beyond them). `/livez`, `/readyz` and `/metrics` are shared's,
 /// as on every service; the gateway is ready when every shard of every executor has a healthy
 /// replica. With API keys in the state, every route but health, `/docs` and `/openapi.json`
-/// needs one ([`authorize`], outermost, so that unknown paths answer 401 before 404); writes
-/// are audited.
+/// needs one ([`authorize`], so that unknown paths answer 401 before 404); writes are audited.
+/// With CORS on ([`AppState::cors`] or the Flow's `cors: true`), [`cors_layer`] is outermost:
+/// a browser's preflight is answered without an API key (it never carries one), and every
+/// answer, a 401 included, carries the CORS headers.
 pub fn router(state: AppState) -> Router {
     let limits = state.limits.clone();
     let keys = state.keys.clone();
+    let cors = state.cors || state.flow.spec().settings.cors;
     let readiness = Readiness::ready();
     let flow = Arc::clone(&state.flow);
     readiness.add_check(move || {
@@ -117,18 +133,38 @@ pub fn router(state: AppState) -> Router {
         .route("/post", post(jina_post))
         .route_layer(shed_beyond(limits.max_concurrent_requests))
         .route("/status", get(flow_status))
+        .route("/dry_run", get(dry_run))
         .route(
             "/snapshot/{executor}/{shard}",
             get(crate::snapshot::download),
         )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .with_state(state);
-    // Tracked again outside `authorize`, so that its 401s are counted and logged.
-    flowmesh_shared::telemetry::tracked(
-        "gateway",
-        service_router("gateway", own, readiness, &limits)
-            .layer(axum::middleware::from_fn_with_state(keys, authorize)),
-    )
+    let app = service_router("gateway", own, readiness, &limits)
+        .layer(axum::middleware::from_fn_with_state(keys, authorize));
+    let app = if cors { app.layer(cors_layer()) } else { app };
+    // Tracked again outside `authorize` and CORS, so that 401s and preflights are counted and
+    // logged.
+    flowmesh_shared::telemetry::tracked("gateway", app)
+}
+
+/// CORS as Jina's `cors: true`: any origin, the methods the API has, and the headers a
+/// browser app sends (`content-type`, and the API key as `api-key` or `authorization`). No
+/// credentials mode: the key is a header the app sets, not a cookie. `server-timing` is
+/// readable by the app.
+pub fn cors_layer() -> tower_http::cors::CorsLayer {
+    use axum::http::{header, HeaderName, Method};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            HeaderName::from_static("api-key"),
+        ])
+        .expose_headers([HeaderName::from_static("server-timing")])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The OpenAPI document of the gateway.
@@ -142,6 +178,7 @@ pub fn router(state: AppState) -> Router {
     paths(
         jina_post,
         flow_status,
+        dry_run,
         livez,
         readyz,
         metrics_text
@@ -202,7 +239,10 @@ impl utoipa::Modify for Security {
             SecurityRequirement::new("bearer", Vec::<String>::new()),
         ]);
         for (path, item) in &mut api.paths.paths {
-            let open = matches!(path.as_str(), "/livez" | "/readyz" | "/openapi.json");
+            let open = matches!(
+                path.as_str(),
+                "/livez" | "/readyz" | "/dry_run" | "/openapi.json"
+            );
             let writes = matches!(path.as_str(), "/index" | "/update" | "/delete" | "/post");
             for op in [&mut item.get, &mut item.post].into_iter().flatten() {
                 if open {
@@ -321,7 +361,7 @@ impl utoipa::Modify for ErrorResponses {
                 "/post",
                 &[
                     WRITE_UNAVAILABLE,
-                    ("404", "Unknown execEndpoint, or an /update of a document that is not in the index"),
+                    ("404", "An /update of a document that is not in the index"),
                 ],
             ),
         ];
@@ -453,7 +493,9 @@ pub(crate) async fn run_flow(
 /// The body of Jina's `POST /post`: an envelope plus the endpoint to run.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostRequest {
-    /// The endpoint: `/index`, `/search`, `/update` or `/delete`.
+    /// The endpoint: `/index`, `/search`, `/update` or `/delete`; with any other (or none), the
+    /// documents pass through unchanged, as through a Jina Flow none of whose executors serves
+    /// the endpoint.
     #[serde(rename = "execEndpoint", alias = "exec_endpoint", default)]
     pub exec_endpoint: String,
     /// Routing metadata.
@@ -470,9 +512,11 @@ pub struct PostRequest {
 }
 
 /// Jina's generic endpoint: runs the endpoint named by `execEndpoint`. A read-only API key may
-/// only search.
+/// only search. An endpoint that no executor serves (anything but `/index`, `/search`,
+/// `/update` and `/delete`) lets the documents pass through unchanged, as Jina does: the answer
+/// is the request's documents, with the endpoint in `header.exec_endpoint`.
 #[utoipa::path(post, path = "/post", request_body = PostRequest,
-    responses((status = 200, description = "The answer of the endpoint", body = Envelope)))]
+    responses((status = 200, description = "The answer of the endpoint; for an endpoint no executor serves, the documents as sent", body = Envelope)))]
 async fn jina_post(
     State(s): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -490,7 +534,13 @@ async fn jina_post(
         exec_endpoint
     };
     let Ok(endpoint) = named.trim_start_matches('/').parse::<Endpoint>() else {
-        return Err(ApiError::UnknownEndpoint(named));
+        let envelope = Envelope {
+            header,
+            parameters,
+            data,
+            routes: Vec::new(),
+        };
+        return pass_through(&s, named, envelope, request.reply);
     };
     let caller = caller_of(caller.as_deref());
     if WriteAudit::is_write(endpoint) && !caller.may_write() {
@@ -521,16 +571,73 @@ async fn jina_post(
     .await)
 }
 
+/// The answer to an endpoint no executor serves: the request's documents as they came (within
+/// the same limits as any request; a document without an id gets one), its endpoint in the
+/// header, no routes.
+fn pass_through(
+    state: &AppState,
+    endpoint: String,
+    mut envelope: Envelope,
+    reply: flowmesh_shared::codec::Format,
+) -> Result<Response, ApiError> {
+    state.guard.check(&state.limits, &envelope)?;
+    let header = &mut envelope.header;
+    if header.request_id.is_empty() {
+        header.request_id = uuid::Uuid::new_v4().simple().to_string();
+    }
+    header.exec_endpoint = endpoint;
+    // As the Flow does for every request: a document without an id gets one.
+    for doc in &mut envelope.data {
+        if doc.id.is_empty() {
+            doc.id = uuid::Uuid::new_v4().simple().to_string();
+        }
+    }
+    // Nothing is written: the audit of `/post` is told so (as for a search), and logs no line.
+    let audit = WriteAudit::new(
+        envelope.header.request_id.clone(),
+        Endpoint::Search,
+        envelope.data.len(),
+        &Ok::<(), ApiError>(()),
+    );
+    let mut response = Reply(reply, envelope).into_response();
+    response.extensions_mut().insert(audit);
+    Ok(response)
+}
+
+/// Jina's readiness check, as `Client.is_flow_ready()` (and the older `dry_run()`) and
+/// `jina ping flow http://...` call it; open like `/readyz` (no API key: `jina ping` has no way
+/// to send one). Always 200, with Jina's status: `code` 0 (SUCCESS) when
+/// every shard of every executor has a healthy replica, else 3 (ERROR) with a `description` and
+/// an `exception`, which the client reads as not ready.
+#[utoipa::path(get, path = "/dry_run", responses((status = 200,
+    description = "`{\"code\": 0}` when the Flow is ready, `{\"code\": 3, \"description\": ...}` when not",
+    body = Object)))]
+async fn dry_run(State(s): State<AppState>) -> Json<Value> {
+    Json(if s.flow.is_ready() {
+        json!({"code": 0, "description": "", "exception": null})
+    } else {
+        let why = "the Flow is not ready: some executor shard has no healthy replica (see /status)";
+        json!({
+            "code": 3,
+            "description": why,
+            "exception": {"name": "FlowNotReady", "args": [why], "stacks": [], "executor": ""},
+        })
+    })
+}
+
 /// How long `/status` waits for each copy's `GET /stats`.
 const STATUS_STATS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The Flow's topology and the health of every replica.
+/// The Flow's topology and the health of every replica; for Jina's clients also `jina` (the
+/// versions, as Jina's `/status` has them) and `envs` (empty: the environment is not shown).
 #[utoipa::path(get, path = "/status", responses((status = 200, description = "Topology and health", body = Object)))]
 async fn flow_status(State(s): State<AppState>) -> Json<Value> {
     // Each copy of a stateful executor is asked for its content (`GET /stats`) at once, each
     // within a short timeout, so a stalled copy delays /status by at most that.
     let mut status = s.flow.full_status(STATUS_STATS_TIMEOUT).await;
     status["version"] = json!(env!("CARGO_PKG_VERSION"));
+    status["jina"] = json!({"flowmesh": env!("CARGO_PKG_VERSION"), "protocol": "http"});
+    status["envs"] = json!({});
     if let Some(processes) = &s.processes {
         status["processes"] = processes();
     }

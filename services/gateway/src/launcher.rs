@@ -82,11 +82,13 @@ pub struct UpArgs {
     /// The Flow file (YAML).
     pub flow: PathBuf,
     /// Where the gateway listens.
-    #[arg(long, env = "FLOWMESH_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Where the gateway also serves Jina's gRPC protocol; default: the Flow's
-    /// `with: grpc_listen`, else no gRPC.
-    #[arg(long, env = "FLOWMESH_GRPC_LISTEN", value_name = "ADDR")]
+    /// `IP:PORT`, `localhost:PORT` or `:PORT` (loopback); the Flow's `with: {port: N}` applies
+    /// when this is not given.
+    #[arg(long, env = "FLOWMESH_LISTEN", value_parser = flowmesh_shared::server::parse_listen)]
+    pub listen: Option<SocketAddr>,
+    /// Where the gateway also serves Jina's gRPC protocol (the forms of `--listen`); default:
+    /// the Flow's `with: grpc_listen`, else no gRPC.
+    #[arg(long, env = "FLOWMESH_GRPC_LISTEN", value_name = "ADDR", value_parser = flowmesh_shared::server::parse_listen)]
     pub grpc_listen: Option<SocketAddr>,
     /// Where the service binaries are; default: next to this program, then `PATH`.
     #[arg(long, env = "FLOWMESH_BIN_DIR")]
@@ -131,6 +133,24 @@ pub struct UpArgs {
     /// snapshot there (the workspace must not hold their data yet).
     #[arg(long, value_name = "DIR")]
     pub restore_from: Option<PathBuf>,
+    /// Let browsers on other origins call the gateway: answer CORS preflights (without an API
+    /// key) and add the CORS headers (as the Flow's `with: {cors: true}`).
+    #[arg(long, env = "FLOWMESH_CORS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub cors: bool,
+}
+
+/// Where the gateway of `flowmesh up` listens without `--listen`.
+const DEFAULT_PORT: u16 = 8080;
+
+impl UpArgs {
+    /// Where the gateway listens: `--listen`, else 127.0.0.1 on the Flow's `port`, else
+    /// 127.0.0.1:8080.
+    pub fn listen_on(&self, spec: &FlowSpec) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            let port = spec.settings.port.unwrap_or(DEFAULT_PORT);
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
+        })
+    }
 }
 
 /// Variables of this process that the executors must not inherit: the gateway's own
@@ -249,6 +269,9 @@ pub async fn up(
         return Ok(());
     }
     let mut spec = load_flow(&args.flow)?;
+    check_settings(&spec, args.bin_dir.as_deref())
+        .await
+        .with_context(|| format!("invalid flow file {}", args.flow.display()))?;
     let security = Security::new(&args)?;
     let started = Instant::now();
     let mut running = Running::default();
@@ -468,7 +491,11 @@ async fn start_all(
         .iter()
         .find(|p| p.state() == State::Exited)
     {
-        bail!("{} exited while starting; its log is above", p.label());
+        bail!(
+            "{} exited while starting; {}",
+            p.label(),
+            supervise::last_lines(&p.shared)
+        );
     }
     Ok(log)
 }
@@ -507,21 +534,19 @@ async fn serve_gateway(
 ) -> anyhow::Result<()> {
     let name = spec.name.clone();
     let grpc_listen = args.grpc_listen.or(spec.settings.grpc_listen);
+    let listen = args.listen_on(&spec);
     let flow = Flow::build_with_log(spec, &security.client, log.as_ref())?;
     security.keys.reload_on_sighup();
     security.mesh.reload_on_sighup();
     if security.mesh_from_file {
         forward_sighup(processes);
     }
-    crate::warn_without_keys(&security.keys, args.listen);
+    crate::warn_without_keys(&security.keys, listen);
     let tls = security.server_tls.is_some();
-    let listener = bind("flowmesh-gateway", args.listen, tls)
+    let listener = bind("flowmesh-gateway", listen, tls)
         .await
         .with_context(|| {
-            format!(
-                "cannot listen on {} (use --listen to pick another address)",
-                args.listen
-            )
+            format!("cannot listen on {listen} (use --listen to pick another address)")
         })?;
     let local = listener.local_addr()?;
     let grpc_listener = match grpc_listen {
@@ -532,6 +557,7 @@ async fn serve_gateway(
     let state = AppState::new(Arc::new(flow), args.limits.clone())
         .with_guard(args.guard.clone())
         .with_api_keys(security.keys)
+        .with_cors(args.cors)
         .with_processes(Arc::new(move || process::status_json(&shared)));
     let grpc_state = state.clone();
     let app = router(state).layer(axum::Extension(crate::snapshot::SnapshotProxy::new(
@@ -624,26 +650,87 @@ fn find_binary(bin_dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("cannot find {name} (looked in {}); build it with `cargo build --release --workspace` or pass --bin-dir", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")))
 }
 
-/// Turns `with:` settings into flags: `num_trees: 10` becomes `--num-trees 10`, `true` a bare
-/// flag, `false` nothing, a list one flag per item.
-pub fn settings_to_flags(settings: &serde_json::Map<String, Value>) -> Vec<String> {
-    let mut flags = Vec::new();
-    for (key, value) in settings {
-        let flag = format!("--{}", key.replace('_', "-"));
-        let items: Vec<&Value> = match value {
-            Value::Array(items) => items.iter().collect(),
-            other => vec![other],
+pub use flowmesh_shared::server::settings_to_flags;
+
+/// Checks the `with:` settings of every executor that `flowmesh up` starts against the real
+/// flags of its binary (asked with its hidden `--flowmesh-check-with`, see
+/// [`flowmesh_shared::server::check_with`]): an unknown key is named with the nearest valid
+/// one, a value its flag does not accept with the flag's own message. Every problem of the
+/// Flow is listed in the error. A binary that cannot be found or asked is noted on stderr and
+/// not checked (`flowmesh up` then fails on it anyway).
+pub async fn check_settings(spec: &FlowSpec, bin_dir: Option<&Path>) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for e in &spec.executors {
+        let Some(service) = e.uses.service() else {
+            continue;
         };
-        for item in items {
-            match item {
-                Value::Bool(true) => flags.push(flag.clone()),
-                Value::Bool(false) | Value::Null => {}
-                Value::String(s) => flags.extend([flag.clone(), s.clone()]),
-                other => flags.extend([flag.clone(), other.to_string()]),
+        if e.addresses.is_some() || e.settings.is_empty() {
+            continue;
+        }
+        let answer = match find_binary(bin_dir, service) {
+            Ok(binary) => ask_flags(&binary, &e.settings).await,
+            Err(err) => Err(err),
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                eprintln!(
+                    "note: the with: settings of executor {:?} are not checked: {err:#}",
+                    e.name
+                );
+                continue;
             }
+        };
+        for p in answer["problems"].as_array().into_iter().flatten() {
+            problems.push(format!(
+                "executor {:?}: with: `{}` {}",
+                e.name,
+                p["key"].as_str().unwrap_or_default(),
+                p["message"].as_str().unwrap_or_default()
+            ));
         }
     }
-    flags
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", problems.join("\n"))
+    }
+}
+
+/// How long a service binary may take to answer `--flowmesh-check-with`.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks `binary` what its flags make of `settings` (JSON on its stdin, JSON on its stdout).
+async fn ask_flags(
+    binary: &Path,
+    settings: &serde_json::Map<String, Value>,
+) -> anyhow::Result<Value> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(binary)
+        .arg(flowmesh_shared::server::CHECK_WITH_FLAG)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {}", binary.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&serde_json::to_vec(settings)?).await?;
+    }
+    let out = tokio::time::timeout(CHECK_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow!("{} did not answer in time", binary.display()))??;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}): {}",
+            binary.display(),
+            flowmesh_shared::server::CHECK_WITH_FLAG,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{} answered no JSON", binary.display()))
 }
 
 /// How to start (and restart) one replica of one shard of `executor`.
@@ -699,7 +786,11 @@ async fn wait_ready(
         let mut waiting = Vec::new();
         for p in processes {
             if p.state() == State::Exited {
-                bail!("{} exited while starting; its log is above", p.label());
+                bail!(
+                    "{} exited while starting; {}",
+                    p.label(),
+                    supervise::last_lines(&p.shared)
+                );
             }
             let uri = format!("{}/readyz", p.base()).parse()?;
             if client.get_ok(uri).await.is_err() {

@@ -59,8 +59,12 @@ pub struct Config {
     pub log: LogArgs,
     /// Also serve Jina's gRPC protocol on this address (over TLS with --tls-cert); default: the
     /// Flow's `with: grpc_listen`, else no gRPC.
-    #[arg(long, env = "FLOWMESH_GRPC_LISTEN", value_name = "ADDR")]
+    #[arg(long, env = "FLOWMESH_GRPC_LISTEN", value_name = "ADDR", value_parser = flowmesh_shared::server::parse_listen)]
     pub grpc_listen: Option<std::net::SocketAddr>,
+    /// Let browsers on other origins call the API: answer CORS preflights (without an API key)
+    /// and add the CORS headers (as the Flow's `with: {cors: true}`).
+    #[arg(long, env = "FLOWMESH_CORS", value_parser = clap::builder::FalseyValueParser::new())]
+    pub cors: bool,
 }
 
 /// Reads and validates a Flow file.
@@ -101,7 +105,8 @@ pub async fn run(
     warn_without_keys(&keys, config.serve.listen);
     let state = AppState::new(Arc::new(flow), config.serve.limits.clone())
         .with_guard(config.guard)
-        .with_api_keys(keys);
+        .with_api_keys(keys)
+        .with_cors(config.cors);
     // `GET /snapshot/{executor}/{shard}` (flowmesh snapshot) fetches from the copies as the
     // Flow calls them: with the mesh token and the executors' CA.
     let proxy = SnapshotProxy::new(&config.client_tls, mesh)?;

@@ -121,6 +121,7 @@ fn routes() -> Vec<(&'static str, &'static str, &'static str, Value, Needs)> {
         ("metrics", "GET", "/metrics", Value::Null, Needs::Read),
         ("livez", "GET", "/livez", Value::Null, Needs::Nothing),
         ("readyz", "GET", "/readyz", Value::Null, Needs::Nothing),
+        ("dry_run", "GET", "/dry_run", Value::Null, Needs::Nothing),
         ("docs", "GET", "/docs/", Value::Null, Needs::Nothing),
         (
             "docs asset",

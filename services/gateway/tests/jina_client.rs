@@ -1,5 +1,8 @@
 //! Jina's own HTTP client (jina 3.34 from PyPI, in a venv made by `scripts/jina-venv.sh`) indexes
-//! into and searches the gateway, with the real executors behind it.
+//! into and searches the gateway, with the real executors behind it; asks whether the Flow is
+//! ready (`is_flow_ready`, `dry_run`, and `jina ping flow http://...` from the venv's `jina`),
+//! and posts to an endpoint no executor serves. Then one executor goes away, and the client
+//! and `jina ping` say that the Flow is not ready.
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
@@ -88,19 +91,80 @@ async fn run_check(api_key: Option<&str>) {
     let gw = TestGateway::start_with_keys(&yaml, keys).await;
 
     let python = jina_python().await;
+    let base = gw.server.base();
+    check_script(&python, &base, api_key, false).await;
+    // `jina ping flow` sends no API key: readiness needs none.
+    jina_ping(&python, &base, true).await;
+
+    // The ranker goes away: once the gateway's health checks see it, the Flow is not ready.
+    rank.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let http = support::Http::new();
+        if http.get(&gw.url("/readyz")).await.status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never saw the ranker go"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    check_script(&python, &base, api_key, true).await;
+    jina_ping(&python, &base, false).await;
+}
+
+/// `jina ping flow BASE` with the venv's `jina`: exits 0 when the Flow is ready, else 1.
+async fn jina_ping(python: &str, base: &str, ready: bool) {
+    let jina = PathBuf::from(python).with_file_name("jina");
+    let run = tokio::process::Command::new(&jina)
+        .args(["ping", "flow", base, "--timeout", "10000"])
+        .env("JINA_OPTOUT_TELEMETRY", "1")
+        .env("JINA_DISABLE_UVLOOP", "1")
+        .env("JINA_LOG_LEVEL", "DEBUG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("jina ping took over 2 minutes")
+        .unwrap_or_else(|e| panic!("run {}: {e}", jina.display()));
+    let log = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.success(),
+        ready,
+        "jina ping flow {base}: {} (the Flow is {}ready)\n{log}",
+        out.status,
+        if ready { "" } else { "not " }
+    );
+    if !ready {
+        assert!(log.contains("not responding"), "{log}");
+    }
+}
+
+/// Runs the check script against the gateway at `base`; with `not_ready`, only its check that
+/// the client sees a Flow that is not ready.
+async fn check_script(python: &str, base: &str, api_key: Option<&str>, not_ready: bool) {
     let script = repo().join("services/gateway/tests/jina/jina_client_check.py");
-    let mut command = tokio::process::Command::new(&python);
+    let mut command = tokio::process::Command::new(python);
     command
         .arg(&script)
-        .arg(gw.server.base())
+        .arg(base)
         .env("JINA_OPTOUT_TELEMETRY", "1")
         // The script's switch for skipping its embedding step is for a developer's hand: a
         // test run always checks the embeddings, whatever the environment says.
         .env_remove("JINA_CHECK_SKIP_EMBEDDINGS")
         .env_remove("JINA_CHECK_API_KEY")
+        .env_remove("JINA_CHECK_EXPECT_NOT_READY")
         .kill_on_drop(true);
     if let Some(key) = api_key {
         command.env("JINA_CHECK_API_KEY", key);
+    }
+    if not_ready {
+        command.env("JINA_CHECK_EXPECT_NOT_READY", "1");
     }
     let run = command.output();
     let out = tokio::time::timeout(Duration::from_secs(300), run)

@@ -281,18 +281,88 @@ async fn a_bad_flow_is_refused_with_the_problem_named() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `with:` is checked against the executor's real flags before anything starts: `flowmesh
+/// validate` and `flowmesh up` both name the key and the nearest valid one, and a value the
+/// flag does not take.
 #[tokio::test]
-async fn an_executor_that_fails_to_start_stops_the_launch_with_a_clear_error() {
+async fn with_settings_are_checked_against_the_executors_flags() {
     let (dir, flow) = flow_dir(
-        "badflag",
-        "executors:\n  - {name: enc, uses: encoder, with: {no_such_flag: 1}}\n",
+        "badwith",
+        "executors:\n  - {name: enc, uses: encoder, with: {modle: onnx, threads: one, dim: 64}}\n",
     );
+    for sub in ["validate", "up"] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(flowmesh())
+                .arg(sub)
+                .arg(&flow)
+                .env("FLOWMESH_LISTEN", "127.0.0.1:0")
+                .env("FLOWMESH_WORKSPACE", dir.join("ws"))
+                .output(),
+        )
+        .await
+        .expect("flowmesh gave up in time")
+        .unwrap();
+        assert!(!out.status.success(), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("executor \"enc\": with: `modle` is not a flag of this executor; did you mean `model`?"),
+            "{sub}: {err}"
+        );
+        assert!(
+            err.contains("executor \"enc\": with: `threads` invalid value 'one'"),
+            "{sub}: {err}"
+        );
+        assert!(!err.contains("`dim`"), "{sub}: {err}");
+        assert!(!err.contains("listening"), "{sub}: nothing started: {err}");
+    }
+    // A valid `with:` (Jina's `uses_with`) passes.
+    std::fs::write(
+        &flow,
+        "version: '1'\nexecutors:\n  - {name: enc, uses: encoder, uses_with: {model: hash, threads: 2}}\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(flowmesh())
+        .arg("validate")
+        .arg(&flow)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An executor that fails to start fails the launch with its own last words in the error,
+/// even when they come after it exited (here from a process it left behind, holding its
+/// stderr for 3 s): the launcher reads its output to the end before it gives up.
+#[tokio::test]
+async fn an_executor_that_fails_to_start_stops_the_launch_with_its_last_lines() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, flow) = flow_dir("laststart", "executors:\n  - {name: enc, uses: encoder}\n");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("flowmesh-encoder");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n\
+         echo 'error: unexpected argument found' >&2\n\
+         (exec 1>&-; sleep 3; echo 'the last words, late' >&2) &\n\
+         exit 2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(flowmesh())
             .arg("up")
             .arg(&flow)
-            .args(["--listen", "127.0.0.1:0", "--workspace"])
+            .args(["--listen", "127.0.0.1:0", "--bin-dir"])
+            .arg(&bin)
+            .arg("--workspace")
             .arg(dir.join("ws"))
             .output(),
     )
@@ -301,11 +371,18 @@ async fn an_executor_that_fails_to_start_stops_the_launch_with_a_clear_error() {
     .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default().to_owned();
     assert!(err.contains("enc/0/0"), "{err}");
     assert!(err.contains("before listening"), "{err}");
+    // The error itself (after `flowmesh:`) repeats them.
+    let error = &err[err.find("flowmesh: ").expect("an error line")..];
     assert!(
-        err.contains("no-such-flag"),
-        "the executor's own message is shown: {err}"
+        error.contains("error: unexpected argument found"),
+        "the executor's own message is in the error: {err}"
+    );
+    assert!(
+        error.contains("the last words, late"),
+        "output that came after the exit is read to the end: {err}\n(last line: {last})"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

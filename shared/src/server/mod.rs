@@ -27,7 +27,9 @@ mod signal;
 
 pub use crate::limits::Limits;
 pub use crate::tls::ServerTlsArgs;
-pub use args::ServeArgs;
+pub use args::{
+    check_with, edit_distance, nearest, parse_listen, settings_to_flags, ServeArgs, CHECK_WITH_FLAG,
+};
 pub use executor::{executor_router, stateful_executor_router, Executor};
 pub use listen::{bind, bind_and_serve, serve, warn_if_exposed};
 pub use mesh::{

@@ -14,9 +14,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flowmesh_gateway::cli::{index, search, IndexArgs, SearchArgs};
-use flowmesh_gateway::launcher::{snapshot, up, SnapshotArgs, UpArgs};
+use flowmesh_gateway::launcher::{check_settings, snapshot, up, SnapshotArgs, UpArgs};
 use flowmesh_gateway::{load_flow, openapi_json};
 use flowmesh_shared::logging::{self, LogArgs, LOG_FORMAT_ENV};
 use flowmesh_shared::server::shutdown_signal;
@@ -39,10 +40,14 @@ struct Cli {
 enum Cmd {
     /// Start every process of a Flow on this machine and serve its gateway.
     Up(Box<UpArgs>),
-    /// Check a Flow file and print its executors.
+    /// Check a Flow file and print its executors: also every executor's `with:` against the
+    /// flags of its service binary.
     Validate {
         /// The Flow file (YAML).
         flow: std::path::PathBuf,
+        /// Where the service binaries are; default: next to this program, then `PATH`.
+        #[arg(long, env = "FLOWMESH_BIN_DIR")]
+        bin_dir: Option<std::path::PathBuf>,
     },
     /// Print the gateway's OpenAPI document.
     Openapi,
@@ -85,18 +90,7 @@ async fn run(command: Cmd) {
             traces.shutdown().await;
             result
         }
-        Cmd::Validate { flow } => load_flow(&flow).map(|spec| {
-            println!("flow {:?} is valid:", spec.name);
-            for e in &spec.executors {
-                println!(
-                    "  {} (uses {}, {} shard(s); {})",
-                    e.name,
-                    e.uses,
-                    e.shards,
-                    e.describe_kind()
-                );
-            }
-        }),
+        Cmd::Validate { flow, bin_dir } => validate(&flow, bin_dir.as_deref()).await,
         Cmd::Snapshot(args) => snapshot(args).await,
         Cmd::Index(args) => index(*args).await,
         Cmd::Search(args) => search(*args).await,
@@ -109,4 +103,23 @@ async fn run(command: Cmd) {
         eprintln!("flowmesh: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `flowmesh validate`: the Flow file, then every executor's `with:` against its binary.
+async fn validate(flow: &std::path::Path, bin_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let spec = load_flow(flow)?;
+    check_settings(&spec, bin_dir)
+        .await
+        .with_context(|| format!("invalid flow file {}", flow.display()))?;
+    println!("flow {:?} is valid:", spec.name);
+    for e in &spec.executors {
+        println!(
+            "  {} (uses {}, {} shard(s); {})",
+            e.name,
+            e.uses,
+            e.shards,
+            e.describe_kind()
+        );
+    }
+    Ok(())
 }

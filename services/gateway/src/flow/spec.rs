@@ -15,6 +15,7 @@ pub use flowmesh_shared::flow::{Merge, Polling, Uses};
 pub use flowmesh_shared::mirror::WriteConsistency;
 use flowmesh_shared::Endpoint;
 
+mod jina;
 mod validate;
 
 /// A Flow file. It serialises back to the vocabulary it parses from (absent options stay absent),
@@ -22,9 +23,12 @@ mod validate;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSpec {
-    /// Accepted for Jina compatibility (`jtype: Flow`); ignored.
+    /// Accepted for Jina compatibility (`jtype: Flow`); anything but `Flow` is refused.
     #[serde(default, skip_serializing)]
     pub jtype: Option<String>,
+    /// Jina's Flow file version (`version: '1'`); accepted, and only `1`.
+    #[serde(default, skip_serializing)]
+    pub version: Option<Value>,
     /// A name shown by `/status`.
     #[serde(default = "default_name")]
     pub name: String,
@@ -68,6 +72,26 @@ pub struct FlowSettings {
     /// `--grpc-listen` overrides it. Default: no gRPC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_listen: Option<std::net::SocketAddr>,
+    /// Jina's `cors: true`: browsers on other origins may call the gateway (as `--cors`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cors: bool,
+    /// Jina's gateway `port`: where `flowmesh up` listens (on 127.0.0.1) unless `--listen` is
+    /// given; `flowmesh-gateway` takes `--listen` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Jina's gateway `protocol`: only `http` (alone or as the only item of a list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<ProtocolSpec>,
+}
+
+/// `protocol:` of the Flow's `with:`, one word or a list, as Jina writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ProtocolSpec {
+    /// One protocol.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
 }
 
 fn default_request_size() -> usize {
@@ -96,6 +120,9 @@ impl Default for FlowSettings {
             retries: default_retries(),
             health_interval_ms: default_health_interval_ms(),
             grpc_listen: None,
+            cors: false,
+            port: None,
+            protocol: None,
         }
     }
 }
@@ -157,8 +184,13 @@ pub struct ExecutorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses_after: Option<Merge>,
     /// Executor settings: for the flowmesh services, passed as `--key value` flags; for the
-    /// sentencizer, its options.
-    #[serde(default, rename = "with", skip_serializing_if = "Map::is_empty")]
+    /// sentencizer, its options. Jina's `uses_with` is the same.
+    #[serde(
+        default,
+        rename = "with",
+        alias = "uses_with",
+        skip_serializing_if = "Map::is_empty"
+    )]
     pub settings: Map<String, Value>,
     /// Where the replicas already run (`http://host:port` or `https://host:port`); absent for `flowmesh up` to start them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,8 +259,7 @@ fn bad(executor: &str, problem: impl Into<String>) -> FlowError {
 impl FlowSpec {
     /// Parses and validates a Flow from YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, FlowError> {
-        let spec: Self =
-            serde_yaml_ng::from_str(text).map_err(|e| FlowError::Syntax(e.to_string()))?;
+        let spec: Self = serde_yaml_ng::from_str(text).map_err(|e| jina::explain(text, &e))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -396,3 +427,5 @@ impl ExecutorSpec {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_jina;

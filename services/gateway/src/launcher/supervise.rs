@@ -30,6 +30,33 @@ use super::process::{Launch, Policy, Shared, State};
 /// How long a stopping process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long, once a process has exited, its output may take to be read to the end (only a
+/// process it started that still holds the pipes keeps it open that long).
+const OUTPUT_GRACE: Duration = Duration::from_secs(10);
+
+/// How many of a failed process's last lines its launch error repeats.
+const ERROR_LINES: usize = 8;
+
+/// A started process: its child, its address, and the tasks copying its output.
+struct Started {
+    child: Child,
+    base: String,
+    output: Output,
+}
+
+/// The tasks copying a process's stdout and stderr to this process's stderr and its log.
+#[derive(Default)]
+struct Output(Vec<JoinHandle<()>>);
+
+impl Output {
+    /// Waits until the output is read to its end (the process has exited and closed it), at
+    /// most [`OUTPUT_GRACE`]: its last lines, why it exited, are then printed and logged.
+    async fn finish(&mut self) {
+        let all = futures::future::join_all(self.0.drain(..));
+        let _ = tokio::time::timeout(OUTPUT_GRACE, all).await;
+    }
+}
+
 /// A started, supervised executor process.
 pub(super) struct Supervised {
     pub shared: Arc<Shared>,
@@ -66,26 +93,27 @@ pub(super) async fn start_supervised(
     armed: Arc<AtomicBool>,
 ) -> anyhow::Result<Supervised> {
     let shared = Arc::new(Shared::new(launch));
-    let (child, base) = match start(&shared, None, policy.start_timeout).await {
+    let started = match start(&shared, None, policy.start_timeout).await {
         Ok(started) => started,
         Err(e) => {
             let status = e
                 .status
                 .map_or_else(|| "no exit status".to_owned(), |s| s.to_string());
             anyhow::bail!(
-                "{} ({}) {} ({status}); its log is above",
+                "{} ({}) {} ({status}); {}",
                 shared.launch.label,
                 shared.launch.binary.display(),
-                e.message
+                e.message,
+                last_lines(&shared)
             );
         }
     };
-    shared.set_base(base);
+    shared.set_base(started.base.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let task = tokio::spawn(supervise(
         Arc::clone(&shared),
         policy,
-        child,
+        started,
         stop_rx,
         armed,
     ));
@@ -96,12 +124,29 @@ pub(super) async fn start_supervised(
     })
 }
 
-/// Spawns the process (on `port`, or on port 0) and waits for its `listening on` line.
+/// The last lines a process logged, for an error that says why it stopped.
+pub(super) fn last_lines(shared: &Shared) -> String {
+    let status = shared.status();
+    let lines: Vec<&str> = status
+        .log
+        .iter()
+        .skip(status.log.len().saturating_sub(ERROR_LINES))
+        .map(String::as_str)
+        .collect();
+    if lines.is_empty() {
+        "it printed nothing".to_owned()
+    } else {
+        format!("its last lines:\n  {}", lines.join("\n  "))
+    }
+}
+
+/// Spawns the process (on `port`, or on port 0) and waits for its `listening on` line. On a
+/// failure, the process's output has been read to its end (and logged) before this returns.
 async fn start(
     shared: &Arc<Shared>,
     port: Option<u16>,
     timeout: Duration,
-) -> Result<(Child, String), StartFailed> {
+) -> Result<Started, StartFailed> {
     let launch = &shared.launch;
     let failed = |message: String| StartFailed {
         status: None,
@@ -132,10 +177,13 @@ async fn start(
         .spawn()
         .map_err(|e| failed(format!("cannot be started: {e}")))?;
     shared.status().pid = child.id();
-    let stderr = child
-        .stderr
-        .take()
-        .map(|stderr| tokio::spawn(forward(Arc::clone(shared), BufReader::new(stderr).lines())));
+    let mut output = Output::default();
+    if let Some(stderr) = child.stderr.take() {
+        output.0.push(tokio::spawn(forward(
+            Arc::clone(shared),
+            BufReader::new(stderr).lines(),
+        )));
+    }
     let Some(stdout) = child.stdout.take() else {
         return Err(failed("has no stdout".into()));
     };
@@ -152,8 +200,14 @@ async fn start(
     };
     match tokio::time::timeout(timeout, listening).await {
         Ok(Some(base)) => {
-            tokio::spawn(forward(Arc::clone(shared), lines));
-            Ok((child, base))
+            output
+                .0
+                .push(tokio::spawn(forward(Arc::clone(shared), lines)));
+            Ok(Started {
+                child,
+                base,
+                output,
+            })
         }
         Ok(None) => {
             // It closed its stdout: it is exiting, or it is killed now (never waited on forever).
@@ -164,10 +218,8 @@ async fn start(
                     child.wait().await.ok()
                 }
             };
-            // Its last words (why it exited) are on stderr: have them in the log first.
-            if let Some(stderr) = stderr {
-                let _ = tokio::time::timeout(Duration::from_secs(2), stderr).await;
-            }
+            // Its last words (why it exited) are on stderr: have them all in the log first.
+            output.finish().await;
             Err(StartFailed {
                 status,
                 message: "exited before listening".into(),
@@ -175,8 +227,10 @@ async fn start(
         }
         Err(_) => {
             let _ = child.kill().await;
+            let status = child.wait().await.ok();
+            output.finish().await;
             Err(StartFailed {
-                status: child.wait().await.ok(),
+                status,
                 message: format!("did not start listening in {}s", timeout.as_secs()),
             })
         }
@@ -315,7 +369,7 @@ fn after_exit(
 async fn supervise(
     shared: Arc<Shared>,
     policy: Policy,
-    mut child: Child,
+    started: Started,
     mut stop_rx: watch::Receiver<bool>,
     armed: Arc<AtomicBool>,
 ) {
@@ -323,8 +377,16 @@ async fn supervise(
     let port = port_of(shared.base());
     let mut crashes: VecDeque<Instant> = VecDeque::new();
     let mut backoff = policy.backoff_initial;
+    let Started {
+        mut child,
+        mut output,
+        ..
+    } = started;
     let mut ended = wait_or_stop(&shared, &mut child, &mut stop_rx).await;
     loop {
+        // Whatever it printed last is logged before its exit is reported (and, during the
+        // launch, before the launch fails on it).
+        output.finish().await;
         let stopping = *stop_rx.borrow();
         let mut history = History {
             crashes: &mut crashes,
@@ -371,8 +433,13 @@ async fn supervise(
             }
         };
         ended = match started {
-            Ok((restarted, base)) => {
+            Ok(Started {
+                child: restarted,
+                base,
+                output: copying,
+            }) => {
                 child = restarted;
+                output = copying;
                 if base == shared.base() {
                     let mut status = shared.status();
                     status.state = State::Running;

@@ -15,7 +15,13 @@ docarray v2, pydantic < 2.11.4). It
   3. searches once more with ``return_embeddings: true`` and checks that the
      embeddings come back as float vectors (identical text -> identical vector;
      JINA_CHECK_SKIP_EMBEDDINGS=1 skips this step);
-  4. checks which HTTP requests the client made (it must have read
+  4. asks whether the Flow is ready, with ``Client.is_flow_ready()`` and the
+     older ``Client.dry_run()`` (both ``GET /dry_run``; no API key needed), and
+     with JINA_CHECK_EXPECT_NOT_READY=1 checks that both say False instead and
+     stops there;
+  5. posts to ``/foo``, an endpoint no executor serves: as in Jina, the
+     documents come back unchanged (the client posts it to ``/post``);
+  6. checks which HTTP requests the client made (it must have read
      /openapi.json and posted to /index and /search, not to a fallback path).
 
 Exit status: 0 all checks passed, 1 a check failed, 2 usage or setup error.
@@ -159,6 +165,8 @@ socket.gethostbyaddr = _guarded_gethostbyaddr
 # `headers=` on to aiohttp), and a call without it must be refused. Read from the environment, not
 # from argv, so that it is on no command line.
 API_KEY = os.environ.get("JINA_CHECK_API_KEY") or None
+# Set when the gateway's Flow is not ready: the check is then only that the client says so.
+EXPECT_NOT_READY = os.environ.get("JINA_CHECK_EXPECT_NOT_READY") == "1"
 HEADERS = {"api-key": API_KEY} if API_KEY else {}
 
 TOTAL_DEADLINE_S = int(os.environ.get("JINA_CHECK_DEADLINE_S", "240"))
@@ -323,12 +331,42 @@ def check_embeddings(client, want_id, text):
     print(f"  ok  q-emb: best {best.id}, query embedding dim {a.size}")
 
 
+def check_readiness(client, expected):
+    """Client.is_flow_ready() and the deprecated Client.dry_run() (both GET /dry_run, which
+    needs no API key) say `expected`."""
+    ready = client.is_flow_ready(timeout=REQUEST_TIMEOUT_S)
+    check(ready is expected, f"is_flow_ready() returned {ready!r}, expected {expected!r}")
+    dry = client.dry_run(timeout=REQUEST_TIMEOUT_S)
+    check(dry is expected, f"dry_run() returned {dry!r}, expected {expected!r}")
+    print(f"ready : is_flow_ready() and dry_run() say {expected}")
+
+
+def check_pass_through(client):
+    """An endpoint no executor serves: the documents pass through unchanged, as in Jina."""
+    sent = DocList[FlowDoc]([FlowDoc(id="pass-1", text="nobody handles /foo", tags={"k": "v"})])
+    res = list(
+        client.post("/foo", inputs=sent, return_type=DocList[FlowDoc], timeout=REQUEST_TIMEOUT_S, headers=HEADERS)
+        or []
+    )
+    check(len(res) == 1, f"post('/foo') returned {len(res)} documents, expected 1")
+    got = res[0]
+    check(
+        got.id == "pass-1" and got.text == "nobody handles /foo" and got.tags.get("k") == "v",
+        f"post('/foo') changed the document: {got!r}",
+    )
+    print("foo   : the document passed through /foo unchanged")
+
+
 def main():
     t0 = time.monotonic()
     failures = []
     print(f"jina {jina.__version__} HTTP client -> http://{HOST}:{PORT}  (top_k={TOP_K})")
 
     client = Client(host=HOST, port=PORT, protocol="http")
+    if EXPECT_NOT_READY:
+        check_readiness(client, False)
+        print("PASSED jina client check: the client sees that the Flow is not ready")
+        return 0
 
     # ---- index ------------------------------------------------------------
     index_docs = DocList[FlowDoc](
@@ -412,6 +450,14 @@ def main():
             print(f"  FAIL {ex}")
             failures.append(str(ex))
 
+    # ---- readiness, and an endpoint that no executor serves -------------------
+    for step in (lambda: check_readiness(client, True), lambda: check_pass_through(client)):
+        try:
+            step()
+        except CheckFailed as ex:
+            print(f"  FAIL {ex}")
+            failures.append(str(ex))
+
     # ---- which HTTP requests did the client make? -------------------------
     print("HTTP requests made by the jina client:")
     for method, path, status in HTTP_LOG:
@@ -419,6 +465,10 @@ def main():
     posts = [(p, s) for m, p, s in HTTP_LOG if m == "POST"]
     if not any(m == "GET" and p == "/openapi.json" and s == 200 for m, p, s in HTTP_LOG):
         failures.append("the client never got a 200 for GET /openapi.json")
+    if not any(m == "GET" and p == "/dry_run" and s == 200 for m, p, s in HTTP_LOG):
+        failures.append("the client never got a 200 for GET /dry_run")
+    if not any(p == "/post" and s == 200 for p, s in posts):
+        failures.append("post('/foo') did not go to POST /post with a 200")
     for want in ("/index", "/search"):
         if not any(p == want for p, _ in posts):
             failures.append(

@@ -4,7 +4,10 @@ use std::collections::{HashMap, HashSet};
 
 use flowmesh_shared::Endpoint;
 
-use super::{bad, ExecutorSpec, FlowError, FlowSpec, Needs, PollingSpec, Uses, WriteConsistency};
+use super::{
+    bad, ExecutorSpec, FlowError, FlowSpec, Needs, PollingSpec, ProtocolSpec, Uses,
+    WriteConsistency,
+};
 
 impl FlowSpec {
     /// Checks everything that can be checked before anything starts.
@@ -14,6 +17,7 @@ impl FlowSpec {
                 "a flow needs at least one executor".into(),
             ));
         }
+        self.validate_jina()?;
         if self.settings.request_size == 0 {
             return Err(FlowError::Graph("request_size must be at least 1".into()));
         }
@@ -47,6 +51,38 @@ impl FlowSpec {
             e.validate()?;
         }
         self.predecessors()?;
+        Ok(())
+    }
+
+    /// The keys taken from Jina's Flow files: `jtype`, `version`, and the gateway's `protocol`.
+    fn validate_jina(&self) -> Result<(), FlowError> {
+        if let Some(jtype) = self.jtype.as_deref().filter(|t| *t != "Flow") {
+            return Err(FlowError::Graph(format!(
+                "jtype: {jtype:?}: a Flow file is `jtype: Flow`"
+            )));
+        }
+        if let Some(version) = &self.version {
+            let one = match version {
+                serde_json::Value::String(v) => v.trim() == "1",
+                serde_json::Value::Number(n) => n.as_f64() == Some(1.0),
+                _ => false,
+            };
+            if !one {
+                return Err(FlowError::Graph(format!(
+                    "version: {version}: the only Flow file version is '1' (Jina's)"
+                )));
+            }
+        }
+        let protocols = match &self.settings.protocol {
+            None => Vec::new(),
+            Some(ProtocolSpec::One(p)) => vec![p.as_str()],
+            Some(ProtocolSpec::Many(ps)) => ps.iter().map(String::as_str).collect(),
+        };
+        if let Some(other) = protocols.iter().find(|p| !p.eq_ignore_ascii_case("http")) {
+            return Err(FlowError::Graph(format!(
+                "with: protocol {other:?}: the gateway speaks only http here"
+            )));
+        }
         Ok(())
     }
 
