@@ -293,6 +293,32 @@ impl Inner {
         Ok(Response::new(answer))
     }
 
+    /// The answer to an endpoint no executor serves, as Jina gives it: the request itself, its
+    /// documents as the client sent them (every field of its schema kept), with a request id and
+    /// a SUCCESS status; within the same limits as HTTP's `/post` pass-through. Nothing runs and
+    /// nothing is written, so a read-only key may do it.
+    fn pass_through(&self, mut request: DataRequestProto) -> DataRequestProto {
+        let read = convert::envelope_from_proto(request.clone()).and_then(|envelope| {
+            self.state
+                .guard
+                .check(&self.state.limits, &envelope)
+                .map_err(|e| Box::new((envelope.header, e)))
+        });
+        if let Err(refused) = read {
+            let (header, error) = *refused;
+            return convert::error_to_proto(header, &error);
+        }
+        let header = request.header.get_or_insert_with(Default::default);
+        if header.request_id.is_empty() {
+            header.request_id = uuid::Uuid::new_v4().simple().to_string();
+        }
+        header.status = Some(StatusProto {
+            code: StatusCode::Success as i32,
+            ..StatusProto::default()
+        });
+        request
+    }
+
     /// One data request: authorized for its endpoint, run through the Flow, audited when it
     /// writes. Only a write with a read-only key fails the call (`PERMISSION_DENIED`); every
     /// other error is answered in the response's header.
@@ -329,6 +355,9 @@ impl Inner {
                     forbidden(endpoint.path()).to_string(),
                 ));
             }
+        }
+        if named.trim_start_matches('/').parse::<Endpoint>().is_err() {
+            return Ok(self.pass_through(request));
         }
         let (endpoint, mut envelope) = match convert::request_from_proto(request) {
             Ok(read) => read,

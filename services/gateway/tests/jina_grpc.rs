@@ -1,8 +1,8 @@
 //! Jina's own gRPC client (jina 3.34, its default protocol, in the venv made by
 //! `scripts/jina-venv.sh`) against the gateway's gRPC endpoint, with the real executors behind
 //! it: readiness, `jina ping flow`, index with `request_size` and `return_responses`, search with
-//! matches read back through docarray schemas, an unknown endpoint, API keys and TLS. The checks
-//! are in `tests/jina/jina_grpc_check.py`.
+//! matches read back through docarray schemas, an unknown endpoint passing documents through, API
+//! keys and TLS. The checks are in `tests/jina/jina_grpc_check.py`.
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 

@@ -26,11 +26,27 @@ use super::proto::{
 pub fn request_from_proto(
     request: DataRequestProto,
 ) -> Result<(Endpoint, Envelope), Box<(Header, ApiError)>> {
-    let header = header_from_proto(request.header.unwrap_or_default());
-    let named = header.exec_endpoint.clone();
+    let envelope = envelope_from_proto(request)?;
+    let named = &envelope.header.exec_endpoint;
     let Ok(endpoint) = named.trim_start_matches('/').parse::<Endpoint>() else {
-        return Err(Box::new((header, ApiError::UnknownEndpoint(named))));
+        let error = ApiError::UnknownEndpoint(named.clone());
+        return Err(Box::new((envelope.header, error)));
     };
+    Ok((endpoint, envelope))
+}
+
+/// The endpoint a data request names, as the client wrote it.
+pub fn endpoint_named(request: &DataRequestProto) -> &str {
+    request
+        .header
+        .as_ref()
+        .and_then(|h| h.exec_endpoint.as_deref())
+        .unwrap_or_default()
+}
+
+/// A data request's envelope, whatever its endpoint, or why it cannot be read.
+pub fn envelope_from_proto(request: DataRequestProto) -> Result<Envelope, Box<(Header, ApiError)>> {
+    let header = header_from_proto(request.header.unwrap_or_default());
     let parameters = match request.parameters.map(struct_to_json).transpose() {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => return Err(Box::new((header, e))),
@@ -55,13 +71,12 @@ pub fn request_from_proto(
             Err(e) => return Err(Box::new((header, e))),
         }
     }
-    let envelope = Envelope {
+    Ok(Envelope {
         header,
         parameters,
         data,
         routes: Vec::new(),
-    };
-    Ok((endpoint, envelope))
+    })
 }
 
 fn header_from_proto(header: HeaderProto) -> Header {

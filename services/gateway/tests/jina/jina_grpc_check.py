@@ -15,7 +15,7 @@ Checks, in order: `Client.is_flow_ready()` and `dry_run()`; `jina ping flow grpc
 SUCCESS with its 5 documents); /search over the streaming call with a `Doc(TextDoc)` whose
 `matches` is a `DocList` of documents with `score` and `tags` (best match, scores, tags, top_k);
 the same over the unary call (`stream=False`); a search read back through a schema whose matches
-are a plain `List[...]`; an unknown endpoint, refused in the response header; and a request
+are a plain `List[...]`; an unknown endpoint, whose documents pass through unchanged; and a request
 over the --max-body-bytes of the test (1 MiB), refused with OUT_OF_RANGE.
 
 Exit status: 0 all checks passed, 1 a check failed, 2 usage or setup error.
@@ -291,9 +291,16 @@ def main():
     check_matches("search (List schema)", list(results), plain)
 
     # ---- errors ---------------------------------------------------------------------------
-    expect_error("unknown endpoint", "unknown_endpoint",
-                 lambda: client.post("/nope", inputs=queries[:1], return_type=DocList[Query],
-                                     timeout=TIMEOUT_S, metadata=METADATA))
+    # An endpoint no executor serves: the documents pass through unchanged, as in Jina.
+    sent = DocList[Query]([Query(id="pass-1", text="nobody handles /nope", tags={"k": "v"})])
+    results = list(client.post("/nope", inputs=sent, return_type=DocList[Query],
+                               timeout=TIMEOUT_S, metadata=METADATA))
+    if check(len(results) == 1, f"post('/nope') returned {len(results)} documents, not 1"):
+        got = results[0]
+        check(got.id == "pass-1" and got.text == "nobody handles /nope" and got.tags.get("k") == "v"
+              and not got.matches,
+              f"post('/nope') changed the document: {got!r}")
+        print("nope  : the document passed through /nope unchanged")
     # The gateway's --max-body-bytes is 1 MiB in the test: a 2 MiB request is refused whole.
     big = DocList[Query]([Query(id="big", text="x" * (2 << 20))])
     expect_error("a request over --max-body-bytes", "OUT_OF_RANGE",
