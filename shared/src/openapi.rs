@@ -59,7 +59,7 @@ pub fn text_example() -> Value {
 
 /// An example envelope of one document ([`EXAMPLE_ID`]) with the vector `embedding`, asking for
 /// 3 matches: what an indexer accepts on any endpoint (when the vector has its dimension).
-pub fn vector_example(embedding: &[f32]) -> Value {
+pub fn vector_example(embedding: &[f64]) -> Value {
     json!({
         "data": [{"id": EXAMPLE_ID, "embedding": embedding}],
         "parameters": {"top_k": 3},

@@ -242,7 +242,12 @@ async fn every_flow_route_has_an_example_body_the_gateway_takes() {
         let data = example["data"].as_array();
         assert!(data.is_some_and(|d| d.len() == 1), "{path}: {example}");
         let r = http.post(&gw.url(path), example).await;
-        assert_eq!(r.status, 200, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.json()["data"].as_array().map(Vec::len), Some(1), "{path}");
         if matches!(path, "/search" | "/post") {
             assert!(example["parameters"]["top_k"].is_u64(), "{path}: {example}");
