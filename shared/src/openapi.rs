@@ -37,7 +37,7 @@ pub fn executor_api(title: &str, description: &str) -> utoipa::openapi::OpenApi 
     let mut api = ExecutorApi::openapi();
     api.info.title = title.to_owned();
     api.info.description = Some(description.to_owned());
-    set_endpoint_example(&mut api, text_example());
+    set_endpoint_example(&mut api, &text_example());
     add_mesh_security(&mut api);
     api
 }
@@ -78,14 +78,14 @@ pub fn set_request_example(op: &mut Operation, example: &Value) {
 }
 
 /// Sets `example` as the example body of the executor route `POST /{endpoint}` of `api`.
-pub fn set_endpoint_example(api: &mut utoipa::openapi::OpenApi, example: Value) {
+pub fn set_endpoint_example(api: &mut utoipa::openapi::OpenApi, example: &Value) {
     let op = api
         .paths
         .paths
         .get_mut(ENDPOINT_PATH)
         .and_then(|item| item.post.as_mut());
     if let Some(op) = op {
-        set_request_example(op, &example);
+        set_request_example(op, example);
     }
 }
 

@@ -481,9 +481,9 @@ pub struct PostRequest {
     /// Routing metadata.
     #[serde(default, deserialize_with = "flowmesh_shared::api::header_or_null")]
     pub header: Header,
-    /// Request parameters.
+    /// Request parameters; `null` reads as absent.
     #[serde(default, deserialize_with = "flowmesh_shared::api::null_as_default")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Parameters,
     /// The documents; at least one.
     #[serde(default, deserialize_with = "flowmesh_shared::api::documents")]

@@ -77,7 +77,7 @@ pub(crate) fn openapi_for_dimension(dim: Option<usize>) -> OpenApi {
     let embedding = example_embedding(dim.unwrap_or(EXAMPLE_DIMENSION));
     flowmesh_shared::openapi::set_endpoint_example(
         &mut api,
-        flowmesh_shared::openapi::vector_example(&embedding),
+        &flowmesh_shared::openapi::vector_example(&embedding),
     );
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {

@@ -55,7 +55,7 @@ pub fn openapi() -> OpenApi {
     api.merge(<RankerApi as utoipa::OpenApi>::openapi());
     // One body for every endpoint: /index stores the document, /search then answers its own
     // match filled from the store, /delete forgets it.
-    flowmesh_shared::openapi::set_endpoint_example(&mut api, example());
+    flowmesh_shared::openapi::set_endpoint_example(&mut api, &example());
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
             set_errors(op, &ENDPOINT_ERRORS);
