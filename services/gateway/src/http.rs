@@ -478,8 +478,9 @@ pub struct PostRequest {
     /// The endpoint: `/index`, `/search`, `/update` or `/delete`.
     #[serde(rename = "execEndpoint", alias = "exec_endpoint", default)]
     pub exec_endpoint: String,
-    /// Routing metadata.
+    /// Routing metadata; `null` reads as absent.
     #[serde(default, deserialize_with = "flowmesh_shared::api::header_or_null")]
+    #[schema(nullable)]
     pub header: Header,
     /// Request parameters; `null` reads as absent.
     #[serde(default, deserialize_with = "flowmesh_shared::api::null_as_default")]
