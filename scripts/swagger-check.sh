@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Proves that the gateway's Swagger UI (/docs) works with API keys, in headless Chromium: the page
 # loads offline, a search without a key shows 401, the read-only key (Authorize, `api_key`) makes
-# it 200 and an index 403, and the read-write key (`bearer`) makes the index 200. See
-# tests/browser/swagger_authorize.py for the steps.
+# it 200 and an index 403, and the read-write key (`bearer`) makes the index 200; then "Try it
+# out" on /index and /search with the bodies the page offers, unedited, answers 200 with matches,
+# and an indexer's own /docs loads without the mesh token and, with it authorized, its example
+# answers 200. See tests/browser/swagger_authorize.py for the steps.
 #
 #   scripts/swagger-check.sh [FLOW]     # default flows/overhead.yml (hash encoder: starts fast)
 #
 # Starts its own mesh (`flowmesh up`, on free ports, in a scratch workspace) with a read-write and
-# a read-only key generated here, handed to flowmesh and to the browser program through the
-# environment and a 0600 file, never on a command line, and never printed.
+# a read-only key and a mesh token generated here, handed to flowmesh and to the browser program
+# through the environment and a 0600 file, never on a command line, and never printed.
 #
 # Installs what it lacks: Debian's `chromium` and `chromium-driver` (apt-get, only when missing;
 # needs root or sudo) and the selenium venv (scripts/browser-venv.sh). Needs the debug binaries
@@ -50,15 +52,19 @@ source scripts/lib/mesh.sh
 
 read_write="$(random_secret)"
 read_only="$(random_secret)"
-[[ ${#read_write} -eq 64 && ${#read_only} -eq 64 ]] || die "could not read random bytes for the keys"
+mesh_token="$(random_secret)"
+[[ ${#read_write} -eq 64 && ${#read_only} -eq 64 && ${#mesh_token} -eq 64 ]] ||
+  die "could not read random bytes for the keys"
 (
   umask 077
-  printf 'read-write %s\nread-only %s\n' "$read_write" "$read_only" >"$MESH_WORK/keys"
+  printf 'read-write %s\nread-only %s\nmesh-token %s\n' "$read_write" "$read_only" "$mesh_token" \
+    >"$MESH_WORK/keys"
 )
 
-FLOWMESH_API_KEY="$read_write" FLOWMESH_READ_ONLY_API_KEY="$read_only" \
+unset FLOWMESH_MESH_TOKEN_FILE
+FLOWMESH_API_KEY="$read_write" FLOWMESH_READ_ONLY_API_KEY="$read_only" FLOWMESH_MESH_TOKEN="$mesh_token" \
   mesh_start "$FLOW" "$BIN_DIR"
-unset read_write read_only
+unset read_write read_only mesh_token
 gateway="$GATEWAY"
 log "mesh up, gateway $gateway"
 

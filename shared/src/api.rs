@@ -45,15 +45,21 @@ pub struct Document {
     /// The id of the document this one is a chunk of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
-    /// Parts of this document (sentences of a text, for example).
+    /// Parts of this document (sentences of a text, for example): documents themselves.
+    // The examples of `chunks` and `matches` are what Swagger UI draws for them: without one it
+    // cannot follow the recursion and shows `["string"]`, a body the server refuses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[serde(deserialize_with = "objects::documents_or_null")]
-    #[schema(no_recursion, nullable)]
+    #[schema(no_recursion, nullable, example = json!([
+        {"id": "doc-1-0", "parent_id": "doc-1", "text": "A man is riding a horse on the beach."}
+    ]))]
     pub chunks: Vec<Document>,
-    /// Search results for this document, best first.
+    /// Search results for this document, best first: documents with their `score`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[serde(deserialize_with = "objects::documents_or_null")]
-    #[schema(no_recursion, nullable)]
+    #[schema(no_recursion, nullable, example = json!([
+        {"id": "doc-1", "text": "A man is riding a horse on the beach.", "score": 0.87}
+    ]))]
     pub matches: Vec<Document>,
     /// Relevance of a match: higher is better (cosine similarity, or minus the L2 distance).
     /// A finite number: NaN, infinities and values beyond f32's range are rejected.

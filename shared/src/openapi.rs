@@ -3,15 +3,21 @@
 //!
 //! The executor endpoints are served by one generic handler ([`crate::server::executor_router`]),
 //! which utoipa cannot annotate; the functions below exist only to carry their documentation.
+//!
+//! Every service serves its document at `/openapi.json` and Swagger UI on it at `/docs`
+//! ([`swagger_ui`]). Each route that takes documents carries an example body that the service
+//! accepts as it is, so that Swagger UI's "Try it out" works without editing.
 
 #![allow(dead_code)]
 
+use serde_json::{json, Value};
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, ObjectBuilder, Ref, Required, Response, ResponseBuilder, Type,
 };
 use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{Document, EmbeddingValue, Envelope, Header, Route};
 use crate::deadline::{DEADLINE_HEADER, MAX_DEADLINE_MS};
@@ -24,13 +30,76 @@ use crate::error::ErrorBody;
 )]
 struct ExecutorApi;
 
-/// The common part of an executor service's OpenAPI document, titled `title`.
+/// The common part of an executor service's OpenAPI document, titled `title`. `POST
+/// /{endpoint}` carries [`text_example`] as its example body; a service whose endpoints take
+/// something else sets its own with [`set_endpoint_example`].
 pub fn executor_api(title: &str, description: &str) -> utoipa::openapi::OpenApi {
     let mut api = ExecutorApi::openapi();
     api.info.title = title.to_owned();
     api.info.description = Some(description.to_owned());
+    set_endpoint_example(&mut api, &text_example());
     add_mesh_security(&mut api);
     api
+}
+
+/// The text of the example documents.
+pub const EXAMPLE_TEXT: &str = "A man is riding a horse on the beach.";
+
+/// The id of the example documents.
+pub const EXAMPLE_ID: &str = "doc-1";
+
+/// An example envelope of one text document ([`EXAMPLE_ID`], [`EXAMPLE_TEXT`]) asking for 3
+/// matches: what an executor that reads texts (the encoder) accepts on any endpoint.
+pub fn text_example() -> Value {
+    json!({
+        "data": [{"id": EXAMPLE_ID, "text": EXAMPLE_TEXT}],
+        "parameters": {"top_k": 3},
+    })
+}
+
+/// An example envelope of one document ([`EXAMPLE_ID`]) with the vector `embedding`, asking for
+/// 3 matches: what an indexer accepts on any endpoint (when the vector has its dimension).
+pub fn vector_example(embedding: &[f64]) -> Value {
+    json!({
+        "data": [{"id": EXAMPLE_ID, "embedding": embedding}],
+        "parameters": {"top_k": 3},
+    })
+}
+
+/// Sets `example` as the example of every content type of `op`'s request body (Swagger UI puts
+/// it in the body editor of "Try it out"). Does nothing to an operation without a body.
+pub fn set_request_example(op: &mut Operation, example: &Value) {
+    if let Some(body) = op.request_body.as_mut() {
+        for content in body.content.values_mut() {
+            content.example = Some(example.clone());
+            content.examples.clear();
+        }
+    }
+}
+
+/// Sets `example` as the example body of the executor route `POST /{endpoint}` of `api`.
+pub fn set_endpoint_example(api: &mut utoipa::openapi::OpenApi, example: &Value) {
+    let op = api
+        .paths
+        .paths
+        .get_mut(ENDPOINT_PATH)
+        .and_then(|item| item.post.as_mut());
+    if let Some(op) = op {
+        set_request_example(op, example);
+    }
+}
+
+/// The path of the executor route in the executors' documents.
+pub const ENDPOINT_PATH: &str = "/{endpoint}";
+
+/// Swagger UI at `/docs` (and its assets under `/docs/`) on the service's own document at
+/// `/openapi.json`, which the service routes itself. Both stay open with a mesh token: the page
+/// asks for the token with its Authorize button ([`crate::server::require_mesh_token`] lets
+/// them through). The page's scripts and styles are in the binary: it loads without a network.
+pub fn swagger_ui<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::from("/openapi.json"))
+        .into()
 }
 
 /// The name of the mesh token's security scheme in the executors' OpenAPI documents.
@@ -148,7 +217,8 @@ pub fn error_response(description: &str) -> Response {
 /// the envelope unchanged. JSON or MessagePack (`application/msgpack`), by `Content-Type` and
 /// `Accept`.
 #[utoipa::path(post, path = "/{endpoint}",
-    params(("endpoint" = String, Path, description = "index, search, update, delete, or another")),
+    params(("endpoint" = String, Path, description = "index, search, update, delete, or another",
+        example = "search")),
     request_body = Envelope,
     responses(
         (status = 200, description = "The envelope after the executor", body = Envelope),

@@ -11,14 +11,25 @@ credential headers the page really sent (read from Chromium's network log):
   3. the read-only key in the `api_key` scheme: POST /search 200 (sent as `api-key`), then
      POST /index 403 (kind "forbidden");
   4. Logout, the read-write key in the `bearer` scheme: POST /index 200 (sent as
-     `Authorization: Bearer`, with no `api-key` left over from step 3).
+     `Authorization: Bearer`, with no `api-key` left over from step 3);
+  5. on the page loaded again (the read-write key in `bearer`), the example answer Swagger UI
+     draws for /search shows `chunks` and `matches` as documents (not `["string"]`);
+  6. a first-time user's path: "Try it out" and Execute on /index, then /search, without editing
+     the body: the page sends the OpenAPI document's example, and the search answers 200 with
+     matches;
+  7. an executor's own Swagger UI (the first indexer's /docs, from /status) loads offline
+     without the mesh token;
+  8. with the mesh token authorized (`mesh_token` scheme), Try it out on its POST /{endpoint}
+     with the offered path (`search`) and body answers 200.
 
     swagger_authorize.py GATEWAY_URL            # keys from the file named by $FLOWMESH_BROWSER_KEYS_FILE
     swagger_authorize.py --open GATEWAY_URL     # a gateway without keys: step 1 without the
-                                                # Authorize button, then a search gives 200
+                                                # Authorize button, a search gives 200, then
+                                                # steps 5 to 7
 
 The keys never come through argv: $FLOWMESH_BROWSER_KEYS_FILE names a file whose lines are
-`read-write KEY` and `read-only KEY`. No key is printed; on a failure the program prints what the
+`read-write KEY`, `read-only KEY` and, for step 8, `mesh-token TOKEN` (the mesh's; without it
+step 8 is left out). No key is printed; on a failure the program prints what the
 page showed (keys replaced by ***) and saves a screenshot PNG (keys masked in the page first) under
 $FLOWMESH_BROWSER_ARTIFACTS (default target/browser).
 
@@ -35,6 +46,7 @@ import re
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -62,6 +74,8 @@ class Page:
 
     def __init__(self, gateway: str, secrets: list[str], artifacts: Path, timeout: float):
         self.gateway = gateway.rstrip("/")
+        # The service whose page is open: the gateway, then an executor (see `switch_to`).
+        self.base = self.gateway
         self.origin = "{0.scheme}://{0.netloc}".format(urlsplit(self.gateway))
         self.secrets = [s for s in secrets if s]
         self.artifacts = artifacts
@@ -152,15 +166,22 @@ class Page:
 
     # ---- the page ------------------------------------------------------------------------
 
-    def open_docs(self, expect_authorize: bool) -> None:
-        self.step = "1: load /docs offline"
+    def switch_to(self, base: str) -> None:
+        """Makes `base` (another service on the gateway's host) the service whose page is open."""
+        self.base = base.rstrip("/")
+        self.origin = "{0.scheme}://{0.netloc}".format(urlsplit(self.base))
+
+    def open_docs(
+        self, expect_authorize: bool, title_text: str = "flowmesh gateway", first: str = "/search"
+    ) -> None:
         self.drain_network()
-        self.driver.get(self.gateway + "/docs/")
-        self.wait("Swagger UI to render the gateway's operations", lambda d: self.operation("/search"))
+        self.driver.get_log("browser")  # earlier steps' expected 401s and 403s are not this page's
+        self.driver.get(self.base + "/docs/")
+        self.wait(f"Swagger UI to render the operations of {title_text}", lambda d: self.operation(first))
         title = self.find(self.driver, ".swagger-ui .info .title")
-        if title is None or "flowmesh gateway" not in title.text:
+        if title is None or title_text not in title.text:
             shown = title.text if title is not None else "missing"
-            raise CheckFailed(f"the page's title is {shown!r}, not the gateway's")
+            raise CheckFailed(f"the page's title is {shown!r}, not {title_text!r}")
         if expect_authorize:
             self.wait("the Authorize button", lambda d: self.find(d, ".auth-wrapper button.authorize"))
         # Let late loads (images, a validator badge) start before the network log is read.
@@ -176,7 +197,7 @@ class Page:
         ]
         if foreign:
             raise CheckFailed("/docs asked for resources from other origins: " + ", ".join(foreign))
-        print(f"  /docs loaded offline: {len(requests)} requests, all to the gateway")
+        print(f"  {self.base}/docs loaded offline: {len(requests)} requests, all to its service")
         errors = [e["message"] for e in self.driver.get_log("browser") if e.get("level") == "SEVERE"]
         if errors:
             raise CheckFailed("the browser console has errors: " + "; ".join(errors))
@@ -188,16 +209,24 @@ class Page:
                 return block
         return None
 
-    def try_it_out(self, path: str, body: str) -> WebElement:
-        """Expands POST `path`, switches it to "Try it out" (once) and puts `body` in its editor."""
+    def expand(self, path: str) -> WebElement:
+        """Expands POST `path` (once) and returns its block."""
         block = self.wait(f"the POST {path} operation", lambda d: self.operation(path))
         if "is-open" not in (block.get_attribute("class") or ""):
             self.click(self.find(block, ".opblock-summary-control") or self.find(block, ".opblock-summary"))
             self.wait(f"POST {path} to expand", lambda d: self.find(block, ".opblock-body"))
+        return block
+
+    def try_it_out(self, path: str, body: str | None) -> WebElement:
+        """Expands POST `path`, switches it to "Try it out" (once) and puts `body` in its editor
+        (None: leaves the body Swagger UI put there, as a first-time user does)."""
+        block = self.expand(path)
         if self.find(block, "textarea.body-param__text") is None:
             try_out = self.wait('the "Try it out" button', lambda d: self.find(block, "button.try-out__btn"))
             self.click(try_out)
         editor = self.wait("the request body editor", lambda d: self.find(block, "textarea.body-param__text"))
+        if body is None:
+            return block
         # Set as an edit would (the value, then an `input` event React listens to): typing it key
         # by key costs seconds per body on a busy machine. The request's body is checked as sent.
         self.driver.execute_script(
@@ -216,10 +245,19 @@ class Page:
         )
         return block
 
-    def execute(self, path: str, body: str) -> tuple[int, str, dict]:
-        """Executes POST `path` with `body`; returns the status and body Swagger UI shows, and the
-        request the page sent for it."""
+    def execute(self, path: str, body: str | None, url: str | None = None) -> tuple[int, str, dict]:
+        """Executes POST `path` with `body` (None: the body Swagger UI offers); returns the status
+        and body Swagger UI shows, and the request the page sent for it, to `url` (default the
+        service's `path`: give it for a path with parameters)."""
         block = self.try_it_out(path, body)
+        if body is None:
+            editor = self.find(block, "textarea.body-param__text")
+            body = editor.get_attribute("value") if editor is not None else ""
+            try:
+                json.loads(body)
+            except ValueError as e:
+                raise CheckFailed(f"the body Swagger UI offers for POST {path} is not JSON: {body!r}") from e
+        url = url or self.base + path
         clear = self.find(block, "button.btn-clear")
         if clear is not None:
             self.click(clear)
@@ -238,9 +276,7 @@ class Page:
         if match is None:
             raise CheckFailed(f"the response code shown for POST {path} is {self.redact(shown)!r}")
         details = self.find(block, ".live-responses-table tbody .response-col_description")
-        sent = [
-            r for r in self.drain_network() if r["method"] == "POST" and r["url"] == self.gateway + path
-        ]
+        sent = [r for r in self.drain_network() if r["method"] == "POST" and r["url"] == url]
         if len(sent) != 1:
             raise CheckFailed(f"expected the page to send one POST {path}, it sent {len(sent)}")
         try:
@@ -250,6 +286,31 @@ class Page:
         if sent_body != json.loads(body):
             raise CheckFailed(f"the page sent POST {path} with the body {sent[0]['body']!r}, not {body!r}")
         return int(match.group()), details.text if details is not None else "", sent[0]
+
+    def response_json(self, path: str) -> dict:
+        """The JSON body of the last response Swagger UI shows under POST `path`."""
+        block = self.expand(path)
+        for pre in block.find_elements(By.CSS_SELECTOR, ".live-responses-table pre"):
+            try:
+                value = json.loads(pre.text)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+        raise CheckFailed(f"Swagger UI shows no JSON response body under POST {path}")
+
+    def documented_example(self, path: str, code: str = "200") -> dict:
+        """The example Swagger UI draws for the `code` answer of POST `path` (its Example Value)."""
+        block = self.expand(path)
+        css = f'.responses-table:not(.live-responses-table) tr.response[data-code="{code}"] pre'
+        for pre in block.find_elements(By.CSS_SELECTOR, css):
+            try:
+                value = json.loads(pre.text)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+        raise CheckFailed(f"Swagger UI draws no JSON example for the {code} answer of POST {path}")
 
     def open_authorize(self) -> WebElement:
         modal = self.find(self.driver, ".modal-ux")
@@ -351,7 +412,84 @@ def expect(page: Page, path: str, body: str, code: int, kind: str | None = None)
     return sent["headers"]
 
 
-def run_with_keys(page: Page, read_write: str, read_only: str) -> None:
+def fetch_json(url: str, key: str | None = None, timeout: float = 10) -> dict:
+    headers = {"api-key": key} if key else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as answer:
+        return json.load(answer)
+
+
+def spec_example(page: Page, path: str) -> object:
+    """The example request body of POST `path` in the open service's /openapi.json."""
+    spec = fetch_json(page.base + "/openapi.json")
+    try:
+        return spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"]
+    except KeyError as e:
+        raise CheckFailed(f"the OpenAPI document has no example body for POST {path}") from e
+
+
+def try_default(page: Page, path: str, url: str | None = None) -> dict:
+    """Try it out on POST `path` without touching the body: the body offered must be the
+    document's example, and the answer a 200. Returns the answer's JSON."""
+    expected = spec_example(page, path)
+    shown, details, sent = page.execute(path, None, url)
+    if json.loads(sent["body"] or "null") != expected:
+        raise CheckFailed(f"Swagger UI offered {sent['body']!r} for POST {path}, not the documented example")
+    if shown != 200:
+        raise CheckFailed(f"POST {path} with the offered body shows {shown}; details: {page.redact(details)[:600]}")
+    print(f"  POST {path} with the body Swagger UI offers: 200")
+    return page.response_json(path)
+
+
+def run_defaults(page: Page, key: str | None) -> None:
+    """A first-time user: "Try it out" and Execute on /index, then on /search, editing nothing,
+    on a freshly loaded page (authorized with the read-write key `key`, if any)."""
+    page.step = "5: the drawn examples are documents"
+    page.open_docs(expect_authorize=key is not None)
+    if key is not None:
+        page.authorize("bearer", key)
+    example = page.documented_example("/search")
+    drawn = example.get("data", [{}])[0]
+    for field in ("chunks", "matches"):
+        values = drawn.get(field)
+        if not (isinstance(values, list) and values and all(isinstance(d, dict) for d in values)):
+            raise CheckFailed(f"the example answer of /search draws {field} as {values!r}, not documents")
+    print("  the example answer of /search draws chunks and matches as documents")
+
+    page.step = "6: index and search with the bodies Swagger UI offers"
+    try_default(page, "/index")
+    answer = try_default(page, "/search")
+    matches = answer.get("data", [{}])[0].get("matches") or []
+    if not matches or not all(isinstance(m, dict) and m.get("id") for m in matches):
+        raise CheckFailed(f"the search with the offered body has no matches: {page.redact(json.dumps(answer))[:600]}")
+    print(f"  the search found {len(matches)} matches, the first {matches[0]['id']!r}")
+
+
+def indexer_address(page: Page, key: str | None) -> str:
+    """The address of the Flow's first indexer replica, from the gateway's /status."""
+    status = fetch_json(page.gateway + "/status", key)
+    for executor in status.get("executors", []):
+        if executor.get("uses") == "indexer" and executor.get("shards"):
+            return executor["shards"][0][0]["address"]
+    raise CheckFailed("the gateway's /status lists no indexer")
+
+
+def run_executor(page: Page, key: str | None, mesh_token: str | None) -> None:
+    """An executor's own Swagger UI: it loads without the mesh token; with the token authorized,
+    Try it out on its endpoint route with the offered path and body answers 200."""
+    page.step = "7: an executor's /docs"
+    page.switch_to(indexer_address(page, key))
+    page.open_docs(expect_authorize=True, title_text="flowmesh indexer", first="/{endpoint}")
+    if mesh_token is None:
+        return
+    page.step = "8: Try it out on the executor with the mesh token"
+    page.authorize("mesh_token", mesh_token)
+    answer = try_default(page, "/{endpoint}", page.base + "/search")
+    if not isinstance(answer.get("data"), list) or not answer["data"]:
+        raise CheckFailed(f"the executor's answer has no data: {json.dumps(answer)[:600]}")
+
+
+def run_with_keys(page: Page, read_write: str, read_only: str, mesh_token: str | None) -> None:
+    page.step = "1: load /docs offline"
     page.open_docs(expect_authorize=True)
     print("  the Authorize button is shown")
 
@@ -378,23 +516,29 @@ def run_with_keys(page: Page, read_write: str, read_only: str) -> None:
     if "api-key" in headers:
         raise CheckFailed("the api-key header was still sent after Logout")
 
+    run_defaults(page, read_write)
+    run_executor(page, read_write, mesh_token)
+
 
 def run_open(page: Page) -> None:
+    page.step = "1: load /docs offline"
     page.open_docs(expect_authorize=False)
     page.step = "search on a gateway without keys"
     expect(page, "/search", SEARCH_BODY, 200)
+    run_defaults(page, None)
+    run_executor(page, None, None)
 
 
-def read_keys(path: str) -> tuple[str, str]:
+def read_keys(path: str) -> tuple[str, str, str | None]:
     keys = {}
     for line in Path(path).read_text().splitlines():
         name, _, value = line.strip().partition(" ")
-        if name in ("read-write", "read-only") and value.strip():
+        if name in ("read-write", "read-only", "mesh-token") and value.strip():
             keys[name] = value.strip()
     missing = {"read-write", "read-only"} - keys.keys()
     if missing:
         raise SystemExit(f"{path}: no {' and no '.join(sorted(missing))} line")
-    return keys["read-write"], keys["read-only"]
+    return keys["read-write"], keys["read-only"], keys.get("mesh-token")
 
 
 def main() -> int:
@@ -410,8 +554,8 @@ def main() -> int:
         keys_file = os.environ.get("FLOWMESH_BROWSER_KEYS_FILE")
         if not keys_file:
             parser.error("set FLOWMESH_BROWSER_KEYS_FILE (or pass --open for a gateway without keys)")
-        read_write, read_only = read_keys(keys_file)
-        secrets = [read_write, read_only]
+        read_write, read_only, mesh_token = read_keys(keys_file)
+        secrets = [read_write, read_only, mesh_token or ""]
     artifacts = Path(os.environ.get("FLOWMESH_BROWSER_ARTIFACTS", "target/browser"))
     timeout = float(os.environ.get("FLOWMESH_BROWSER_TIMEOUT", "30"))
 
@@ -421,7 +565,7 @@ def main() -> int:
         if args.open:
             run_open(page)
         else:
-            run_with_keys(page, read_write, read_only)
+            run_with_keys(page, read_write, read_only, mesh_token)
     except (CheckFailed, WebDriverException) as e:
         page.report_failure(e)
         return 1

@@ -105,13 +105,14 @@ pub fn openapi_json() -> String {
 }
 
 /// `POST /encode` (shed with 429 beyond `max_concurrent` requests at once, as the executor
-/// routes are) and `GET /openapi.json`.
+/// routes are), `GET /openapi.json` and Swagger UI at `/docs`.
 pub(crate) fn routes(encoder: Arc<Encoder>, max_concurrent: usize) -> Router {
     Router::new()
         .route("/encode", post(inputs_encode))
         .route_layer(shed_beyond(max_concurrent))
         .with_state(encoder)
         .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .merge(flowmesh_shared::openapi::swagger_ui())
 }
 
 /// Embed raw texts (text models) or images (image models), batched with every other request.

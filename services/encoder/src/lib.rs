@@ -258,7 +258,7 @@ impl Config {
     }
 }
 
-/// The encoder's routes: `POST /{endpoint}`, `POST /encode`, `/openapi.json`, `/livez`,
+/// The encoder's routes: `POST /{endpoint}`, `POST /encode`, `/openapi.json`, `/docs`, `/livez`,
 /// `/readyz`, `/metrics`.
 /// `/readyz` answers 503 `not_ready` while the batch queue is full, so that balancers send
 /// traffic elsewhere until it drains.

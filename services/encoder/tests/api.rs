@@ -50,3 +50,22 @@ async fn committed_openapi_matches_the_code() {
     flowmesh_shared::testing::assert_openapi("encoder", &flowmesh_encoder::openapi(), &paths, &app)
         .await;
 }
+
+/// Swagger UI is served at `/docs`, and the document's example body is embedded as it is.
+#[tokio::test]
+async fn swagger_ui_and_its_example_body_work() {
+    use flowmesh_shared::testing::{assert_swagger_ui, served_example};
+
+    let app = app(&Config::parse_from(["flowmesh-encoder", "--dim", "8"])).unwrap();
+    assert_swagger_ui(&app).await;
+    let example = served_example(&app, "/{endpoint}").await;
+    for endpoint in ["index", "search", "update"] {
+        let (status, out) = post(&app, endpoint, &example).await;
+        assert_eq!(status.as_u16(), 200, "{endpoint}: {out}");
+        assert_eq!(
+            out["data"][0]["embedding"].as_array().map(Vec::len),
+            Some(8),
+            "{out}"
+        );
+    }
+}

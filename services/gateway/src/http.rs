@@ -287,7 +287,29 @@ const FLOW_OPERATIONS: [(Endpoint, &str, &str, &str); 4] = [
     ),
 ];
 
-/// Adds the operations of [`FLOW_OPERATIONS`]: an [`EnvelopeRequest`] in, an [`Envelope`] out.
+/// The example body of an endpoint that runs the Flow, which Swagger UI's "Try it out" sends as
+/// it is: one text to index or update as `doc-1`, one query text asking for 3 matches, `doc-1`
+/// to delete. Run in that order they index, find, change and remove one document.
+fn flow_example(endpoint: Endpoint) -> Value {
+    use flowmesh_shared::openapi::{EXAMPLE_ID, EXAMPLE_TEXT};
+    match endpoint {
+        Endpoint::Index => json!({"data": [{"id": EXAMPLE_ID, "text": EXAMPLE_TEXT}]}),
+        Endpoint::Search => json!({
+            "data": [{"text": SEARCH_EXAMPLE_TEXT}],
+            "parameters": {"top_k": 3},
+        }),
+        Endpoint::Update => json!({
+            "data": [{"id": EXAMPLE_ID, "text": "A woman is riding a horse on the beach."}],
+        }),
+        Endpoint::Delete => json!({"data": [{"id": EXAMPLE_ID}]}),
+    }
+}
+
+/// The query of the search examples.
+const SEARCH_EXAMPLE_TEXT: &str = "Who is riding a horse?";
+
+/// Adds the operations of [`FLOW_OPERATIONS`]: an [`EnvelopeRequest`] in, an [`Envelope`] out,
+/// each with its example body ([`flow_example`]); and the example body of Jina's `/post`.
 struct FlowOperations;
 
 impl utoipa::Modify for FlowOperations {
@@ -301,8 +323,12 @@ impl utoipa::Modify for FlowOperations {
                 .build()
         };
         for (endpoint, id, summary, ok) in FLOW_OPERATIONS {
+            let example = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("EnvelopeRequest")))
+                .example(Some(flow_example(endpoint)))
+                .build();
             let body = RequestBodyBuilder::new()
-                .content("application/json", json("EnvelopeRequest"))
+                .content("application/json", example)
                 .required(Some(Required::True))
                 .build();
             let answer = ResponseBuilder::new()
@@ -318,6 +344,19 @@ impl utoipa::Modify for FlowOperations {
                 .build();
             api.paths
                 .add_path_operation(endpoint.path(), vec![HttpMethod::Post], operation);
+        }
+        let post = api
+            .paths
+            .paths
+            .get_mut("/post")
+            .and_then(|item| item.post.as_mut());
+        if let Some(op) = post {
+            let example = json!({
+                "execEndpoint": "/search",
+                "data": [{"text": SEARCH_EXAMPLE_TEXT}],
+                "parameters": {"top_k": 3},
+            });
+            flowmesh_shared::openapi::set_request_example(op, &example);
         }
     }
 }
@@ -498,12 +537,13 @@ pub struct PostRequest {
     /// the endpoint.
     #[serde(rename = "execEndpoint", alias = "exec_endpoint", default)]
     pub exec_endpoint: String,
-    /// Routing metadata.
+    /// Routing metadata; `null` reads as absent.
     #[serde(default, deserialize_with = "flowmesh_shared::api::header_or_null")]
+    #[schema(nullable)]
     pub header: Header,
-    /// Request parameters.
+    /// Request parameters; `null` reads as absent.
     #[serde(default, deserialize_with = "flowmesh_shared::api::null_as_default")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Parameters,
     /// The documents; at least one.
     #[serde(default, deserialize_with = "flowmesh_shared::api::documents")]

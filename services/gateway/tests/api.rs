@@ -229,6 +229,41 @@ async fn openapi_lists_the_paths_jina_clients_look_for() {
     }
 }
 
+/// Every route that runs the Flow has an example body in the served document, which the gateway
+/// takes as it is (Swagger UI's "Try it out" sends it unedited); the search examples ask for
+/// `top_k`. The recursive `chunks` and `matches` are drawn as documents: without an example,
+/// Swagger UI cannot follow the recursion and offers `["string"]`, which the gateway refuses.
+#[tokio::test]
+async fn every_flow_route_has_an_example_body_the_gateway_takes() {
+    let (gw, _e) = gateway(1 << 20).await;
+    let http = Http::new();
+    let spec = http.get(&gw.url("/openapi.json")).await.json();
+    for path in ["/index", "/search", "/update", "/delete", "/post"] {
+        let example =
+            &spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"];
+        let data = example["data"].as_array();
+        assert!(data.is_some_and(|d| d.len() == 1), "{path}: {example}");
+        let r = http.post(&gw.url(path), example).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["data"].as_array().map(Vec::len), Some(1), "{path}");
+        if matches!(path, "/search" | "/post") {
+            assert!(example["parameters"]["top_k"].is_u64(), "{path}: {example}");
+            assert!(example["data"][0]["text"].is_string(), "{path}: {example}");
+        }
+    }
+    for field in ["chunks", "matches"] {
+        let drawn = &spec["components"]["schemas"]["Document"]["properties"][field]["example"];
+        let docs: Vec<flowmesh_shared::Document> = serde_json::from_value(drawn.clone())
+            .unwrap_or_else(|e| panic!("{field} is not drawn as documents ({e}): {drawn}"));
+        assert!(!docs.is_empty(), "{field}: {drawn}");
+    }
+}
+
 /// `openapi/gateway.json` is generated from the code and documents exactly the routes the
 /// router serves; run with `UPDATE_OPENAPI=1` to refresh it.
 #[tokio::test]

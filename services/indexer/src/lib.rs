@@ -196,7 +196,8 @@ fn scratch_dir() -> PathBuf {
 }
 
 /// The indexer's routes: `POST /{endpoint}`, `GET /stats`, `GET /mirror/snapshot`,
-/// `/openapi.json`, `/livez`, `/readyz`, `/metrics` (a shard that is not a mirrored copy).
+/// `/openapi.json` (its example fits the shard's dimension), Swagger UI at `/docs`, `/livez`,
+/// `/readyz`, `/metrics` (a shard that is not a mirrored copy).
 pub fn router(indexer: Arc<Indexer>, readiness: Readiness, limits: &Limits) -> Router {
     let mirror = Mirror::start(Prepared::unmirrored(), store_of(&indexer));
     router_with_mirror(indexer, readiness, limits, mirror)
@@ -211,10 +212,17 @@ pub fn router_with_mirror(
     mirror: Mirror,
 ) -> Router {
     size_metrics_on_scrape(indexer.shard());
+    // The example body of the served document fits the vectors this shard holds.
+    let shard = Arc::clone(indexer.shard());
+    let document = move || {
+        let dim = shard.stats().dimension;
+        async move { Json(openapi::openapi_for_dimension(dim)) }
+    };
     let extra = Router::new()
         .route("/stats", get(stats_get))
         .with_state((Arc::clone(indexer.shard()), mirror.clone()))
-        .route("/openapi.json", get(|| async { Json(openapi()) }));
+        .route("/openapi.json", get(document))
+        .merge(flowmesh_shared::openapi::swagger_ui());
     stateful_executor_router(SERVICE, indexer, readiness, limits, extra, mirror)
 }
 

@@ -39,8 +39,32 @@ const ENDPOINT_ERRORS: [(&str, &str); 9] = [
 /// The statuses of the `GET` routes, beyond 200 (and 503 where shared already lists it).
 const GET_ERRORS: [(&str, &str); 1] = [("405", "A method other than GET")];
 
-/// The indexer's OpenAPI document, as committed in `openapi/indexer.json`.
+/// The indexer's OpenAPI document, as committed in `openapi/indexer.json`: its example body
+/// holds a vector of [`EXAMPLE_DIMENSION`] values.
 pub fn openapi() -> OpenApi {
+    openapi_for_dimension(None)
+}
+
+/// The dimension of the example vector of a shard that holds none yet.
+pub(crate) const EXAMPLE_DIMENSION: usize = 4;
+
+/// A unit vector of `dim` values (0.6 and 0.8, then zeros), for the example body.
+fn example_embedding(dim: usize) -> Vec<f64> {
+    match dim {
+        0 | 1 => vec![1.0],
+        _ => {
+            let mut v = vec![0.0; dim];
+            v[0] = 0.6;
+            v[1] = 0.8;
+            v
+        }
+    }
+}
+
+/// The indexer's OpenAPI document whose example body (one document with a vector, 3 matches
+/// asked for) fits a shard of dimension `dim`, so that Swagger UI's "Try it out" succeeds on
+/// the shard that serves it; `None` (a shard that holds no vector yet): [`EXAMPLE_DIMENSION`].
+pub(crate) fn openapi_for_dimension(dim: Option<usize>) -> OpenApi {
     let mut api = flowmesh_shared::openapi::executor_api(
         "flowmesh indexer",
         "One shard of the vector index. /index and /update store the embedding of each document \
@@ -50,6 +74,11 @@ pub fn openapi() -> OpenApi {
          Every answered write is on disk.",
     );
     api.merge(<IndexerApi as utoipa::OpenApi>::openapi());
+    let embedding = example_embedding(dim.unwrap_or(EXAMPLE_DIMENSION));
+    flowmesh_shared::openapi::set_endpoint_example(
+        &mut api,
+        &flowmesh_shared::openapi::vector_example(&embedding),
+    );
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
             add_errors(op, &ENDPOINT_ERRORS);

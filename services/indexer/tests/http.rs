@@ -412,3 +412,56 @@ async fn distinct_parents_with_fewer_documents_than_top_k_returns_them_all() {
     assert_eq!(status, StatusCode::OK, "{out}");
     assert_eq!(ids(&out["data"][0]), ["a-0", "b"]);
 }
+
+/// The served document's example body works as it is, as Swagger UI's "Try it out" sends it:
+/// on an empty shard, and on a shard whose vectors have another dimension than the committed
+/// example's (the served example takes the shard's).
+#[tokio::test]
+async fn the_served_example_body_is_accepted_as_it_is() {
+    use flowmesh_shared::testing::served_example;
+
+    let app = indexer(&[]);
+    let example = served_example(&app, "/{endpoint}").await;
+    let (status, out) = post(&app, "search", &example).await;
+    assert_eq!(status, StatusCode::OK, "search on an empty shard: {out}");
+    for endpoint in ["index", "update", "search"] {
+        let (status, out) = post(&app, endpoint, &example).await;
+        assert_eq!(status, StatusCode::OK, "{endpoint}: {out}");
+    }
+    let (_, out) = post(&app, "search", &example).await;
+    assert_eq!(ids(&out["data"][0]), ["doc-1"], "{out}");
+
+    let app = indexer(&[]);
+    index_three(&app).await;
+    let example = served_example(&app, "/{endpoint}").await;
+    assert_eq!(
+        example["data"][0]["embedding"].as_array().map(Vec::len),
+        Some(3),
+        "the example takes the shard's dimension: {example}"
+    );
+    for endpoint in ["search", "index", "update", "delete"] {
+        let (status, out) = post(&app, endpoint, &example).await;
+        assert_eq!(status, StatusCode::OK, "{endpoint}: {out}");
+    }
+}
+
+/// Swagger UI and the document stay open on an indexer with a mesh token, as on the gateway with
+/// API keys; the work routes still need the token.
+#[tokio::test]
+async fn swagger_ui_is_open_with_a_mesh_token() {
+    use flowmesh_shared::secret::{Secret, SecretSet};
+    use flowmesh_shared::server::require_mesh_token;
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let token = format!("mesh-{:x}{nanos:x}", std::process::id());
+    let app = indexer(&[]).layer(require_mesh_token(
+        "indexer",
+        SecretSet::new(vec![Secret::new(&token)]),
+    ));
+    flowmesh_shared::testing::assert_swagger_ui(&app).await;
+    let example = flowmesh_shared::testing::served_example(&app, "/{endpoint}").await;
+    let (status, out) = post(&app, "search", &example).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{out}");
+}

@@ -116,7 +116,8 @@ pub fn openapi_json() -> String {
     flowmesh_shared::openapi::to_json(&openapi())
 }
 
-/// The ranker's routes: `POST /{endpoint}`, `/openapi.json`, `/livez`, `/readyz`, `/metrics`.
+/// The ranker's routes: `POST /{endpoint}`, `/openapi.json`, Swagger UI at `/docs`, `/livez`,
+/// `/readyz`, `/metrics`.
 pub fn router<S: DocStore>(
     ranker: Arc<Ranker<S>>,
     readiness: Readiness,
@@ -129,7 +130,8 @@ pub fn router<S: DocStore>(
         .route(
             "/openapi.json",
             axum::routing::get(|| async { axum::Json(openapi()) }),
-        );
+        )
+        .merge(flowmesh_shared::openapi::swagger_ui());
     executor_router(SERVICE, ranker, readiness, limits, extra)
 }
 
@@ -236,7 +238,8 @@ pub fn embedded_router(
         .route(
             "/openapi.json",
             axum::routing::get(|| async { axum::Json(openapi()) }),
-        );
+        )
+        .merge(flowmesh_shared::openapi::swagger_ui());
     stateful_executor_router(SERVICE, ranker, readiness, limits, extra, mirror)
 }
 

@@ -24,6 +24,20 @@ const ENDPOINT_ERRORS: [(&str, &str); 7] = [
     ("504", "The request's deadline (x-flowmesh-deadline-ms) passed, e.g. while waiting on the document store"),
 ];
 
+/// The example body of `POST /{endpoint}`: a document with a text and one match (itself, as
+/// the indexer would have found it), 3 matches asked for.
+fn example() -> serde_json::Value {
+    use flowmesh_shared::openapi::{EXAMPLE_ID, EXAMPLE_TEXT};
+    serde_json::json!({
+        "data": [{
+            "id": EXAMPLE_ID,
+            "text": EXAMPLE_TEXT,
+            "matches": [{"id": EXAMPLE_ID, "score": 0.9}],
+        }],
+        "parameters": {"top_k": 3},
+    })
+}
+
 /// The ranker's OpenAPI document, as committed in `openapi/ranker.json`.
 pub fn openapi() -> OpenApi {
     let mut api = flowmesh_shared::openapi::executor_api(
@@ -39,6 +53,9 @@ pub fn openapi() -> OpenApi {
          503 naming Redis while it is down.",
     );
     api.merge(<RankerApi as utoipa::OpenApi>::openapi());
+    // One body for every endpoint: /index stores the document, /search then answers its own
+    // match filled from the store, /delete forgets it.
+    flowmesh_shared::openapi::set_endpoint_example(&mut api, &example());
     for (path, item) in &mut api.paths.paths {
         if let Some(op) = item.post.as_mut() {
             set_errors(op, &ENDPOINT_ERRORS);

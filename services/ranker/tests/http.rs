@@ -248,3 +248,24 @@ async fn committed_openapi_matches_the_code() {
     flowmesh_shared::testing::assert_openapi("ranker", &flowmesh_ranker::openapi(), &paths, &app)
         .await;
 }
+
+/// Swagger UI is served at `/docs`, and the document's example body works on every endpoint as it
+/// is: stored by /index, its own match filled with the stored text by /search, forgotten by
+/// /delete.
+#[tokio::test]
+async fn swagger_ui_and_its_example_body_work() {
+    use flowmesh_shared::testing::{assert_swagger_ui, served_example};
+
+    let app = ranker(&[]);
+    assert_swagger_ui(&app).await;
+    let example = served_example(&app, "/{endpoint}").await;
+    post_ok(&app, "index", &example).await;
+    post_ok(&app, "update", &example).await;
+    let out = post_ok(&app, "search", &example).await;
+    let matches = &out["data"][0]["matches"];
+    assert_eq!(matches[0]["id"], example["data"][0]["id"], "{out}");
+    assert_eq!(matches[0]["text"], example["data"][0]["text"], "{out}");
+    post_ok(&app, "delete", &example).await;
+    let out = post_ok(&app, "search", &example).await;
+    assert!(out["data"][0].get("matches").is_none(), "deleted: {out}");
+}

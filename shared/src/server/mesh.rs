@@ -1,7 +1,8 @@
 //! The mesh credential: a shared token that every call to an executor must carry.
 //!
-//! An executor with a token refuses every route except `/livez` and `/readyz` unless the call
-//! has `Authorization: Bearer TOKEN` with one of its tokens: 401 `unauthorized` with
+//! An executor with a token refuses every route except `/livez`, `/readyz`, its OpenAPI document
+//! (`/openapi.json`) and Swagger UI (`/docs` and its assets), as the gateway does with API keys,
+//! unless the call has `Authorization: Bearer TOKEN` with one of its tokens: 401 `unauthorized` with
 //! `WWW-Authenticate: Bearer realm="flowmesh"`, counted in
 //! `flowmesh_auth_failures_total{service,reason}` (`reason` is `missing` or `wrong`). The gateway
 //! sends the first token of its set ([`crate::client::ExecutorClient::secured`]).
@@ -59,9 +60,10 @@ type MeshFn = fn(State<MeshGuard>, Request, Next) -> futures::future::BoxFuture<
 /// The layer [`require_mesh_token`] returns.
 pub type MeshLayer = axum::middleware::FromFnLayer<MeshFn, MeshGuard, (State<MeshGuard>, Request)>;
 
-/// Whether `path` stays open without the mesh token: the probes only.
+/// Whether `path` stays open without the mesh token: the probes, the OpenAPI document and
+/// Swagger UI (whose Authorize button then asks for the token).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/livez" | "/readyz")
+    matches!(path, "/livez" | "/readyz" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
 }
 
 /// The bearer token of `Authorization`, if the header is `Bearer TOKEN` (scheme in any case).
@@ -75,7 +77,8 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// A layer that refuses every request except `/livez` and `/readyz` of the service `service`
+/// A layer that refuses every request except `/livez`, `/readyz`, `/openapi.json` and `/docs`
+/// (with its assets) of the service `service`
 /// unless it carries `Authorization: Bearer T` with `T` one of `tokens` (401 `unauthorized`
 /// otherwise). Put it on the whole router (`Router::layer`) so that unknown paths, `/metrics`
 /// and the service's own routes are covered too.
@@ -119,6 +122,25 @@ pub fn require_mesh_token(service: &'static str, tokens: SecretSet) -> MeshLayer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_the_document_and_swagger_ui_are_open() {
+        for open in [
+            "/livez",
+            "/readyz",
+            "/openapi.json",
+            "/docs",
+            "/docs/",
+            "/docs/swagger-ui.css",
+        ] {
+            assert!(is_open(open), "{open}");
+        }
+        for closed in [
+            "/search", "/index", "/metrics", "/stats", "/docsx", "/", "/openapi",
+        ] {
+            assert!(!is_open(closed), "{closed}");
+        }
+    }
 
     #[test]
     fn bearer_is_parsed_in_any_case() {

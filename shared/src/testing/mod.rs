@@ -81,7 +81,10 @@ pub mod pki;
 mod redis;
 
 pub use nats::{nats_server_binary, NatsServer};
-pub use openapi::{assert_openapi, assert_openapi_committed, assert_routes_documented};
+pub use openapi::{
+    assert_openapi, assert_openapi_committed, assert_routes_documented, assert_swagger_ui,
+    served_example,
+};
 pub use redis::RedisServer;
 
 /// Writes `content` to `path`, readable by its owner only (0600), as secret files should be.

@@ -120,6 +120,60 @@ pub async fn assert_routes_documented(app: &Router, api: &OpenApi) {
     }
 }
 
+/// The example request body of `POST path` in the document `app` serves at `/openapi.json`,
+/// fetched without credentials, as Swagger UI does.
+///
+/// # Panics
+/// When the document cannot be fetched or has no such example.
+pub async fn served_example(app: &Router, path: &str) -> serde_json::Value {
+    let request = Request::get("/openapi.json")
+        .body(Body::empty())
+        .unwrap_or_else(|e| panic!("bad request: {e}"));
+    let (status, document) = super::send(app, request).await;
+    assert_eq!(status, StatusCode::OK, "GET /openapi.json: {document}");
+    let example = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        ["example"]
+        .clone();
+    assert!(
+        example.is_object(),
+        "POST {path} has no example body: {document}"
+    );
+    example
+}
+
+/// Asserts that `app` serves Swagger UI at `/docs` (redirected to `/docs/`), without
+/// credentials, reading the service's own `/openapi.json`.
+///
+/// # Panics
+/// When a page is missing or points elsewhere.
+pub async fn assert_swagger_ui(app: &Router) {
+    let get = |uri: &str| {
+        Request::get(uri)
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("bad request for {uri}: {e}"))
+    };
+    let (status, _) = super::send_raw(app, get("/docs")).await;
+    assert!(status.is_redirection(), "GET /docs: {status}");
+    let (status, page) = super::send_raw(app, get("/docs/")).await;
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(status, StatusCode::OK, "GET /docs/: {page}");
+    assert!(
+        page.contains("swagger-ui"),
+        "GET /docs/ is not Swagger UI: {page}"
+    );
+    let (status, config) = super::send_raw(app, get("/docs/swagger-initializer.js")).await;
+    let config = String::from_utf8_lossy(&config);
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "GET /docs/swagger-initializer.js: {config}"
+    );
+    assert!(
+        config.contains("\"/openapi.json\""),
+        "Swagger UI does not read /openapi.json: {config}"
+    );
+}
+
 /// `path` with each `{parameter}` replaced by [`PARAMETER`].
 fn fill_parameters(path: &str) -> String {
     path.split('/')
