@@ -173,6 +173,7 @@ impl FlowPlan<'_> {
         }
         Ok(FlowSpec {
             jtype: None,
+            version: None,
             name: FLOW_NAME.to_owned(),
             settings: FlowSettings {
                 request_size: self.workload.request_size,
