@@ -334,10 +334,8 @@ mod tests {
         // One folder per call: the tests run in parallel threads of one process.
         static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "flowmesh-bench-flow-{}-{call}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("flowmesh-bench-flow-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temp dir");
         let path = plan.write(&dir, spec, build, 7).expect("written");
         let text = std::fs::read_to_string(&path).expect("readable");
