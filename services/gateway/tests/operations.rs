@@ -304,6 +304,7 @@ async fn metrics_have_help_process_metrics_endpoint_routes_and_what_the_dashboar
         max_tokens: 1 << 20,
         max_wait: std::time::Duration::from_millis(1),
         queue_capacity: 64,
+        by_length: true,
     };
     let model = std::sync::Arc::new(flowmesh_encoder::HashModel::new(64).unwrap());
     let encoder = flowmesh_encoder::router(
