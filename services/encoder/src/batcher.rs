@@ -486,6 +486,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // a list of one group, not a range's items
     fn groups_close_when_padding_would_pass_its_share() {
         // Equal lengths never close a group.
         assert_eq!(length_groups(&[5; 10]), [0..10]);
