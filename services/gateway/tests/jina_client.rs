@@ -15,31 +15,9 @@ use std::time::Duration;
 use clap::Parser;
 use flowmesh_gateway::auth::ApiKeys;
 use flowmesh_shared::secret::{Secret, SecretSet};
+use support::jina::{jina_python, repo};
 use support::{TestGateway, TestServer};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The venv's python: `FLOWMESH_JINA_PYTHON` (set by the test command), else made now.
-async fn jina_python() -> String {
-    if let Ok(p) = std::env::var("FLOWMESH_JINA_PYTHON") {
-        return p;
-    }
-    let out = tokio::process::Command::new(repo().join("scripts/jina-venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .expect("run scripts/jina-venv.sh");
-    assert!(out.status.success(), "scripts/jina-venv.sh failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jina_client_indexes_and_searches_through_the_gateway() {

@@ -21,32 +21,10 @@ use flowmesh_shared::secret::{Secret, SecretSet};
 use flowmesh_shared::testing::pki::TestCa;
 use flowmesh_shared::tls::ServerTlsArgs;
 use flowmesh_shared::Limits;
+use support::jina::{jina_python, repo};
 use support::TestServer;
 use tokio::net::TcpListener;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The venv's python: `FLOWMESH_JINA_PYTHON` (set by the test command), else made now.
-async fn jina_python() -> String {
-    if let Ok(p) = std::env::var("FLOWMESH_JINA_PYTHON") {
-        return p;
-    }
-    let out = tokio::process::Command::new(repo().join("scripts/jina-venv.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .expect("run scripts/jina-venv.sh");
-    assert!(out.status.success(), "scripts/jina-venv.sh failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned()
-}
 
 /// A key made by the test.
 fn new_key() -> String {

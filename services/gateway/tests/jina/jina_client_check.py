@@ -28,135 +28,23 @@ Exit status: 0 all checks passed, 1 a check failed, 2 usage or setup error.
 
 No connection or DNS lookup to anything but loopback is allowed in this
 process: socket.socket.connect/connect_ex/sendto and socket.getaddrinfo & co.
-are patched *before* jina is imported and raise for any other host; any such
+are patched *before* jina is imported (loopback_guard.py) and raise for any other host; any such
 attempt also fails the check.
 """
 
-import ipaddress
 import os
 import signal
-import socket
 import sys
 import time
 from urllib.parse import urlsplit
 
 # --------------------------------------------------------------------------
-# Environment: must be set before jina is imported.
+# Loopback only, and Jina's environment: installed before jina / aiohttp are imported.
 # --------------------------------------------------------------------------
-os.environ["JINA_OPTOUT_TELEMETRY"] = "1"
-# jina installs uvloop's event loop policy unless this is set; uvloop connects
-# and resolves in C (libuv), around the Python-level socket guard below. The
-# default asyncio loop goes through socket.socket.connect / socket.getaddrinfo.
-os.environ["JINA_DISABLE_UVLOOP"] = "1"
-sys.modules.setdefault("uvloop", None)  # make any `import uvloop` fail loudly
-os.environ.setdefault("JINA_LOG_LEVEL", "WARNING")
-os.environ.setdefault("NO_PROXY", "*")
-for _proxy_var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-    os.environ.pop(_proxy_var, None)
+import loopback_guard  # noqa: E402  (next to this file)
 
-# --------------------------------------------------------------------------
-# Loopback-only network guard (installed before jina / aiohttp are imported).
-# --------------------------------------------------------------------------
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
-REFUSED = []  # every refused attempt, reported at the end (and fails the check)
-
-
-class NonLoopbackRefused(PermissionError):
-    """Raised for any attempt to reach or resolve a non-loopback address."""
-
-
-def _is_loopback_host(host):
-    if host is None:
-        return True  # getaddrinfo(None, ...) only yields loopback / wildcard
-    if isinstance(host, (bytes, bytearray)):
-        host = bytes(host).decode("ascii", "replace")
-    h = str(host).strip().lower().rstrip(".")
-    if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
-    h = h.split("%", 1)[0]  # IPv6 zone id
-    if h in _LOOPBACK_NAMES:
-        return True
-    try:
-        ip = ipaddress.ip_address(h)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def _refuse(what, host):
-    msg = f"network guard: refused {what} to non-loopback host {host!r}"
-    REFUSED.append(msg)
-    sys.stderr.write(msg + "\n")
-    raise NonLoopbackRefused(msg)
-
-
-def _check_sockaddr(sock, address, what):
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        host = address[0] if isinstance(address, tuple) and address else address
-        if not _is_loopback_host(host):
-            _refuse(what, host)
-
-
-_real_connect = socket.socket.connect
-_real_connect_ex = socket.socket.connect_ex
-_real_sendto = socket.socket.sendto
-_real_getaddrinfo = socket.getaddrinfo
-_real_gethostbyname = socket.gethostbyname
-_real_gethostbyname_ex = socket.gethostbyname_ex
-_real_gethostbyaddr = socket.gethostbyaddr
-
-
-def _guarded_connect(self, address):
-    _check_sockaddr(self, address, "connect")
-    return _real_connect(self, address)
-
-
-def _guarded_connect_ex(self, address):
-    _check_sockaddr(self, address, "connect")
-    return _real_connect_ex(self, address)
-
-
-def _guarded_sendto(self, data, *args):
-    if args:
-        _check_sockaddr(self, args[-1], "sendto")
-    return _real_sendto(self, data, *args)
-
-
-def _guarded_getaddrinfo(host, *args, **kwargs):
-    if not _is_loopback_host(host):
-        _refuse("DNS lookup (getaddrinfo)", host)
-    res = _real_getaddrinfo(host, *args, **kwargs)
-    # 'localhost' must resolve to loopback only; drop anything else.
-    return [r for r in res if r[0] not in (socket.AF_INET, socket.AF_INET6) or _is_loopback_host(r[4][0])]
-
-
-def _guarded_gethostbyname(host):
-    if not _is_loopback_host(host):
-        _refuse("DNS lookup (gethostbyname)", host)
-    return _real_gethostbyname(host)
-
-
-def _guarded_gethostbyname_ex(host):
-    if not _is_loopback_host(host):
-        _refuse("DNS lookup (gethostbyname_ex)", host)
-    return _real_gethostbyname_ex(host)
-
-
-def _guarded_gethostbyaddr(host):
-    if not _is_loopback_host(host):
-        _refuse("reverse DNS lookup (gethostbyaddr)", host)
-    return _real_gethostbyaddr(host)
-
-
-socket.socket.connect = _guarded_connect
-socket.socket.connect_ex = _guarded_connect_ex
-socket.socket.sendto = _guarded_sendto
-socket.getaddrinfo = _guarded_getaddrinfo
-socket.gethostbyname = _guarded_gethostbyname
-socket.gethostbyname_ex = _guarded_gethostbyname_ex
-socket.gethostbyaddr = _guarded_gethostbyaddr
+loopback_guard.install()
+REFUSED = loopback_guard.REFUSED
 
 # --------------------------------------------------------------------------
 # Usage and a hard deadline for the whole check.
@@ -190,7 +78,7 @@ if len(sys.argv) != 2:
 _url = urlsplit(sys.argv[1])
 if _url.scheme != "http" or not _url.hostname or _url.port is None:
     _usage_exit(f"not an http://HOST:PORT URL: {sys.argv[1]!r}")
-if not _is_loopback_host(_url.hostname):
+if not loopback_guard.is_loopback(_url.hostname):
     _usage_exit(f"refusing non-loopback gateway host {_url.hostname!r}")
 HOST, PORT = _url.hostname, _url.port
 

@@ -25,73 +25,18 @@ left for grpcio, and Python-level connects and DNS lookups to anything else rais
 core connects on its own, to the loopback address it is given).
 """
 
-import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from urllib.parse import urlsplit
 
-os.environ["JINA_OPTOUT_TELEMETRY"] = "1"
-os.environ["JINA_DISABLE_UVLOOP"] = "1"
-sys.modules.setdefault("uvloop", None)
-os.environ.setdefault("JINA_LOG_LEVEL", "WARNING")
-for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "GRPC_PROXY",
-            "http_proxy", "https_proxy", "all_proxy", "grpc_proxy"):
-    os.environ.pop(var, None)
-os.environ["NO_PROXY"] = os.environ["no_proxy"] = os.environ["no_grpc_proxy"] = "*"
+# Loopback only, and Jina's environment: installed before jina / grpc are imported.
+import loopback_guard  # noqa: E402  (next to this file)
 
-REFUSED = []
-
-
-def loopback(host):
-    if host is None:
-        return True
-    if isinstance(host, (bytes, bytearray)):
-        host = bytes(host).decode("ascii", "replace")
-    name = str(host).strip().lower().rstrip(".").strip("[]").split("%", 1)[0]
-    if name in ("localhost", "ip6-localhost", "ip6-loopback"):
-        return True
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def refuse(what, host):
-    msg = f"network guard: refused {what} to non-loopback host {host!r}"
-    REFUSED.append(msg)
-    raise PermissionError(msg)
-
-
-def guard_address(fn, what):
-    def guarded(self, address, *rest):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            host = address[0] if isinstance(address, tuple) else address
-            if not loopback(host):
-                refuse(what, host)
-        return fn(self, address, *rest)
-    return guarded
-
-
-def guard_lookup(fn, what):
-    def guarded(host, *args, **kwargs):
-        if not loopback(host):
-            refuse(what, host)
-        return fn(host, *args, **kwargs)
-    return guarded
-
-
-socket.socket.connect = guard_address(socket.socket.connect, "connect")
-socket.socket.connect_ex = guard_address(socket.socket.connect_ex, "connect")
-socket.getaddrinfo = guard_lookup(socket.getaddrinfo, "DNS lookup")
-socket.gethostbyname = guard_lookup(socket.gethostbyname, "DNS lookup")
-socket.gethostbyname_ex = guard_lookup(socket.gethostbyname_ex, "DNS lookup")
+loopback_guard.install()
+REFUSED = loopback_guard.REFUSED
 
 DEADLINE_S = int(os.environ.get("JINA_CHECK_DEADLINE_S", "240"))
 TIMEOUT_S = 60
@@ -108,7 +53,7 @@ if len(sys.argv) != 2:
 URL = urlsplit(sys.argv[1])
 if URL.scheme not in ("grpc", "grpcs") or not URL.hostname or URL.port is None:
     usage(f"not a grpc://HOST:PORT address: {sys.argv[1]!r}")
-if not loopback(URL.hostname):
+if not loopback_guard.is_loopback(URL.hostname):
     usage(f"refusing non-loopback host {URL.hostname!r}")
 ADDRESS = f"{URL.scheme}://{URL.hostname}:{URL.port}"
 

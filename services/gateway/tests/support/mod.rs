@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod hostile;
+pub mod jina;
 pub mod launch;
 
 use std::future::Future;
