@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Parser;
@@ -17,7 +16,6 @@ use flowmesh_gateway::auth::ApiKeys;
 use flowmesh_shared::secret::{Secret, SecretSet};
 use support::jina::{jina_python, repo};
 use support::{TestGateway, TestServer};
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jina_client_indexes_and_searches_through_the_gateway() {

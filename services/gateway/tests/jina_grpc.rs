@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +22,6 @@ use flowmesh_shared::Limits;
 use support::jina::{jina_python, repo};
 use support::TestServer;
 use tokio::net::TcpListener;
-
 
 /// A key made by the test.
 fn new_key() -> String {
