@@ -15,14 +15,13 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
-use clap::Parser;
 use flowmesh_gateway::auth::ApiKeys;
 use flowmesh_gateway::{router, AppState, Flow, FlowSpec};
 use flowmesh_shared::client::ExecutorClient;
 use flowmesh_shared::secret::{Secret, SecretSet};
 use flowmesh_shared::Limits;
 use serde_json::{json, Value};
-use support::{Http, TestServer};
+use support::{HashExecutors, Http, TestServer};
 
 /// What the layer in front of the gateway counts and does.
 #[derive(Default)]
@@ -37,7 +36,7 @@ struct Control {
 }
 
 struct Mesh {
-    _executors: Vec<TestServer>,
+    _executors: HashExecutors,
     gateway: TestServer,
     control: Arc<Control>,
     http: Http,
@@ -45,29 +44,8 @@ struct Mesh {
 
 impl Mesh {
     async fn start(keys: ApiKeys, key: Option<&str>) -> Self {
-        let encoder = flowmesh_encoder::app(&flowmesh_encoder::Config::parse_from([
-            "e", "--model", "hash", "--dim", "64",
-        ]))
-        .unwrap();
-        let i0 = flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap();
-        let i1 = flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap();
-        let ranker = flowmesh_ranker::app(&flowmesh_ranker::Config::parse_from(["r"])).unwrap();
-        let executors = vec![
-            TestServer::start(encoder).await,
-            TestServer::start(i0).await,
-            TestServer::start(i1).await,
-            TestServer::start(ranker).await,
-        ];
-        let yaml = format!(
-            "executors:\n\
-             - {{name: encoder, uses: encoder, addresses: ['{}']}}\n\
-             - {{name: indexer, uses: indexer, shards: 2, addresses: [['{}'], ['{}']]}}\n\
-             - {{name: ranker, uses: ranker, addresses: ['{}']}}\n",
-            executors[0].base(),
-            executors[1].base(),
-            executors[2].base(),
-            executors[3].base()
-        );
+        let executors = HashExecutors::start().await;
+        let yaml = executors.flow_yaml();
         let spec = FlowSpec::from_yaml(&yaml).unwrap();
         let flow = Arc::new(Flow::build(spec, &ExecutorClient::new()).unwrap());
         let control = Arc::new(Control::default());

@@ -11,11 +11,10 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 use flowmesh_gateway::auth::ApiKeys;
 use flowmesh_shared::secret::{Secret, SecretSet};
 use support::jina::{jina_python, repo};
-use support::{TestGateway, TestServer};
+use support::{HashExecutors, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jina_client_indexes_and_searches_through_the_gateway() {
@@ -37,29 +36,8 @@ async fn jina_client_sends_an_api_key() {
 /// Runs the check script against a gateway over real executors, with `api_key` as the
 /// gateway's only (read-write) key when given.
 async fn run_check(api_key: Option<&str>) {
-    let encoder = flowmesh_encoder::app(&flowmesh_encoder::Config::parse_from([
-        "e", "--model", "hash", "--dim", "64",
-    ]))
-    .unwrap();
-    let indexers = [
-        flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap(),
-        flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap(),
-    ];
-    let ranker = flowmesh_ranker::app(&flowmesh_ranker::Config::parse_from(["r"])).unwrap();
-    let enc = TestServer::start(encoder).await;
-    let [i0, i1] = indexers;
-    let (i0, i1) = (TestServer::start(i0).await, TestServer::start(i1).await);
-    let rank = TestServer::start(ranker).await;
-    let yaml = format!(
-        "executors:\n\
-         - {{name: encoder, uses: encoder, addresses: ['{}']}}\n\
-         - {{name: indexer, uses: indexer, shards: 2, addresses: [['{}'], ['{}']]}}\n\
-         - {{name: ranker, uses: ranker, addresses: ['{}']}}\n",
-        enc.base(),
-        i0.base(),
-        i1.base(),
-        rank.base()
-    );
+    let executors = HashExecutors::start().await;
+    let yaml = executors.flow_yaml();
     let keys = match api_key {
         Some(key) => ApiKeys::new(Some(SecretSet::new(vec![Secret::new(key)])), None),
         None => ApiKeys::none(),
@@ -73,7 +51,7 @@ async fn run_check(api_key: Option<&str>) {
     jina_ping(&python, &base, true).await;
 
     // The ranker goes away: once the gateway's health checks see it, the Flow is not ready.
-    rank.kill();
+    executors.ranker.kill();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let http = support::Http::new();

@@ -11,7 +11,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use flowmesh_gateway::auth::ApiKeys;
 use flowmesh_gateway::{AppState, Flow, FlowSpec};
 use flowmesh_shared::client::ExecutorClient;
@@ -20,7 +19,7 @@ use flowmesh_shared::testing::pki::TestCa;
 use flowmesh_shared::tls::ServerTlsArgs;
 use flowmesh_shared::Limits;
 use support::jina::{jina_python, repo};
-use support::TestServer;
+use support::HashExecutors;
 use tokio::net::TcpListener;
 
 /// A key made by the test.
@@ -69,28 +68,8 @@ async fn jina_grpc_client_over_tls() {
 }
 
 async fn run_check(setup: Setup) {
-    let encoder = flowmesh_encoder::app(&flowmesh_encoder::Config::parse_from([
-        "e", "--model", "hash", "--dim", "64",
-    ]))
-    .unwrap();
-    let [i0, i1] = [
-        flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap(),
-        flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap(),
-    ];
-    let ranker = flowmesh_ranker::app(&flowmesh_ranker::Config::parse_from(["r"])).unwrap();
-    let enc = TestServer::start(encoder).await;
-    let (i0, i1) = (TestServer::start(i0).await, TestServer::start(i1).await);
-    let rank = TestServer::start(ranker).await;
-    let yaml = format!(
-        "executors:\n\
-         - {{name: encoder, uses: encoder, addresses: ['{}']}}\n\
-         - {{name: indexer, uses: indexer, shards: 2, addresses: [['{}'], ['{}']]}}\n\
-         - {{name: ranker, uses: ranker, addresses: ['{}']}}\n",
-        enc.base(),
-        i0.base(),
-        i1.base(),
-        rank.base()
-    );
+    let executors = HashExecutors::start().await;
+    let yaml = executors.flow_yaml();
     let spec = FlowSpec::from_yaml(&yaml).unwrap();
     let flow = Arc::new(Flow::build(spec, &ExecutorClient::new()).unwrap());
     let secrets = |key: &Option<String>| {

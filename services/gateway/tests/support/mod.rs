@@ -120,6 +120,49 @@ impl Drop for TestServer {
     }
 }
 
+/// The real executors of a search Flow in this process, each on 127.0.0.1:0: the `hash` encoder
+/// (64 dimensions), two indexer shards and a ranker.
+pub struct HashExecutors {
+    pub encoder: TestServer,
+    pub indexers: [TestServer; 2],
+    pub ranker: TestServer,
+}
+
+impl HashExecutors {
+    pub async fn start() -> Self {
+        use clap::Parser as _;
+        let encoder = flowmesh_encoder::app(&flowmesh_encoder::Config::parse_from([
+            "e", "--model", "hash", "--dim", "64",
+        ]))
+        .unwrap();
+        let indexer =
+            || flowmesh_indexer::app(&flowmesh_indexer::Config::parse_from(["i"])).unwrap();
+        let ranker = flowmesh_ranker::app(&flowmesh_ranker::Config::parse_from(["r"])).unwrap();
+        Self {
+            encoder: TestServer::start(encoder).await,
+            indexers: [
+                TestServer::start(indexer()).await,
+                TestServer::start(indexer()).await,
+            ],
+            ranker: TestServer::start(ranker).await,
+        }
+    }
+
+    /// The Flow over them: encoder, then the indexer's two shards, then the ranker.
+    pub fn flow_yaml(&self) -> String {
+        format!(
+            "executors:\n\
+             - {{name: encoder, uses: encoder, addresses: ['{}']}}\n\
+             - {{name: indexer, uses: indexer, shards: 2, addresses: [['{}'], ['{}']]}}\n\
+             - {{name: ranker, uses: ranker, addresses: ['{}']}}\n",
+            self.encoder.base(),
+            self.indexers[0].base(),
+            self.indexers[1].base(),
+            self.ranker.base()
+        )
+    }
+}
+
 /// A gateway serving the Flow in `yaml` on 127.0.0.1:0.
 pub struct TestGateway {
     pub server: TestServer,
