@@ -2,6 +2,8 @@
 //! and on `search` turns chunk matches into document matches and fills them with content.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use flowmesh_shared::api::top_k;
 use flowmesh_shared::server::Executor;
@@ -25,6 +27,9 @@ pub struct Ranker<S> {
     store: S,
     aggregation: Aggregation,
     reverse: bool,
+    /// Ids of matches still missing from the store after [`ORPHAN_REREADS`], and when: a later
+    /// search does not wait for them again within [`ORPHAN_MEMORY`].
+    orphans: Mutex<HashMap<String, Instant>>,
 }
 
 impl<S: DocStore> Ranker<S> {
@@ -35,6 +40,7 @@ impl<S: DocStore> Ranker<S> {
             store,
             aggregation,
             reverse,
+            orphans: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,10 +132,17 @@ impl<S: DocStore> Ranker<S> {
     }
 
     /// Sets each query's matches to its best candidates that the store holds, filled with their
-    /// stored content. A candidate the store does not hold (indexed by the indexer, but its
-    /// write to the store failed, or deleted since) is never answered: the next candidates are
-    /// read in a further round (at most [`FILL_ROUNDS`]), so a query still gets `top_k`
-    /// matches when there are that many stored ones.
+    /// stored content. A candidate the store does not hold is never answered: the next
+    /// candidates are read in a further round (at most [`FILL_ROUNDS`]), so a query still gets
+    /// `top_k` matches when there are that many stored ones.
+    ///
+    /// A query left short with candidates missing waits for them: a document being indexed is
+    /// searchable in the indexer a moment before the ranker (the next step of the same index
+    /// request) stores it, and a search in between would otherwise answer fewer than `top_k`
+    /// matches. The missing ones are read again up to [`ORPHAN_REREADS`] times, [`ORPHAN_PAUSE`]
+    /// apart and within the deadline, and take their rank among the others when they appear.
+    /// Those still missing (indexed, but their write to the store failed, or deleted since) are
+    /// left out, and remembered so that searches do not wait for them again for a while.
     async fn matches_fill(
         &self,
         queries: &mut [Document],
@@ -138,50 +151,130 @@ impl<S: DocStore> Ranker<S> {
         deadline: Deadline,
     ) -> Result<(), ApiError> {
         debug_assert_eq!(queries.len(), candidates.len(), "candidates per query");
-        let mut orphans = 0_usize;
+        // (query, rank) of each match taken, to restore the order after late arrivals.
+        let mut ranks: Vec<Vec<usize>> = vec![Vec::new(); queries.len()];
+        let mut missing: Vec<(usize, usize, Document)> = Vec::new();
         for _ in 0..FILL_ROUNDS {
-            let mut batch: Vec<(usize, Document)> = Vec::new();
+            let mut batch: Vec<(usize, usize, Document)> = Vec::new();
             for (i, c) in candidates.iter_mut().enumerate() {
-                let missing = c.want.saturating_sub(queries[i].matches.len());
-                let take = missing.min(c.queue.len());
-                batch.extend(c.queue.drain(..take).map(|m| (i, m)));
+                let short = c.want.saturating_sub(queries[i].matches.len());
+                let take = short.min(c.queue.len());
+                batch.extend(c.queue.drain(..take).map(|(rank, m)| (i, rank, m)));
             }
             if batch.is_empty() {
                 break;
             }
-            let mut seen = HashSet::new();
-            let ids: Vec<String> = batch
-                .iter()
-                .map(|(_, m)| &m.id)
-                .filter(|id| seen.insert(id.as_str()))
-                .cloned()
-                .collect();
-            // The route drops the whole call at the deadline; this names what was waited on.
-            let read = async { Ok(self.store.get_many(&ids).await?) };
-            let found = deadline.run(STORE_READ, read).await?;
-            debug_assert_eq!(found.len(), ids.len(), "one answer per id");
-            let stored: HashMap<&str, Document> = ids
-                .iter()
-                .zip(found)
-                .filter_map(|(id, doc)| doc.map(|d| (id.as_str(), d)))
-                .collect();
-            for (i, mut m) in batch {
-                match stored.get(m.id.as_str()) {
-                    Some(doc) => {
-                        fill_content(&mut m, doc, include_blob);
-                        queries[i].matches.push(m);
-                    }
-                    None => orphans += 1,
-                }
-            }
+            missing.extend(
+                self.fill_from_store(queries, &mut ranks, batch, include_blob, &deadline)
+                    .await?,
+            );
         }
-        if orphans > 0 {
+        let mut rereads = 0;
+        loop {
+            // Only a query left short waits, and only for candidates not known to be missing.
+            let waited: Vec<(usize, usize, Document)>;
+            (waited, missing) = missing.into_iter().partition(|(i, _, m)| {
+                queries[*i].matches.len() < candidates[*i].want && !self.known_orphan(&m.id)
+            });
+            if waited.is_empty() {
+                break;
+            }
+            let pause_fits = deadline
+                .remaining()
+                .is_none_or(|left| left > ORPHAN_PAUSE * 2);
+            if rereads == ORPHAN_REREADS || !pause_fits {
+                self.remember_orphans(waited.iter().map(|(_, _, m)| m.id.clone()));
+                missing.extend(waited);
+                break;
+            }
+            rereads += 1;
+            tokio::time::sleep(ORPHAN_PAUSE).await;
+            missing.extend(
+                self.fill_from_store(queries, &mut ranks, waited, include_blob, &deadline)
+                    .await?,
+            );
+        }
+        if !missing.is_empty() {
             tracing::warn!(
-                orphans,
+                orphans = missing.len(),
                 "matches without stored content left out (indexed, but not in the store)"
             );
         }
+        if rereads > 0 {
+            for (query, ranks) in queries.iter_mut().zip(ranks) {
+                let mut ranked: Vec<(usize, Document)> = ranks
+                    .into_iter()
+                    .zip(std::mem::take(&mut query.matches))
+                    .collect();
+                ranked.sort_by_key(|(rank, _)| *rank);
+                query.matches = ranked.into_iter().map(|(_, m)| m).collect();
+            }
+        }
         Ok(())
+    }
+
+    /// Reads the candidates of `batch` (query, rank, match) from the store: each one stored is
+    /// filled and appended to its query's matches (its rank to `ranks`); the others are returned.
+    async fn fill_from_store(
+        &self,
+        queries: &mut [Document],
+        ranks: &mut [Vec<usize>],
+        batch: Vec<(usize, usize, Document)>,
+        include_blob: bool,
+        deadline: &Deadline,
+    ) -> Result<Vec<(usize, usize, Document)>, ApiError> {
+        let mut seen = HashSet::new();
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|(_, _, m)| &m.id)
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect();
+        // The route drops the whole call at the deadline; this names what was waited on.
+        let read = async { Ok(self.store.get_many(&ids).await?) };
+        let found = deadline.run(STORE_READ, read).await?;
+        debug_assert_eq!(found.len(), ids.len(), "one answer per id");
+        let stored: HashMap<&str, Document> = ids
+            .iter()
+            .zip(found)
+            .filter_map(|(id, doc)| doc.map(|d| (id.as_str(), d)))
+            .collect();
+        let mut missing = Vec::new();
+        for (i, rank, mut m) in batch {
+            match stored.get(m.id.as_str()) {
+                Some(doc) => {
+                    fill_content(&mut m, doc, include_blob);
+                    queries[i].matches.push(m);
+                    ranks[i].push(rank);
+                }
+                None => missing.push((i, rank, m)),
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Whether `id` stayed missing from the store in a search of the last [`ORPHAN_MEMORY`].
+    fn known_orphan(&self, id: &str) -> bool {
+        let orphans = self.orphans.lock().unwrap_or_else(PoisonError::into_inner);
+        orphans
+            .get(id)
+            .is_some_and(|seen| seen.elapsed() < ORPHAN_MEMORY)
+    }
+
+    /// Remembers `ids` as missing from the store now (forgetting every older one when the
+    /// memory is full).
+    fn remember_orphans(&self, ids: impl Iterator<Item = String>) {
+        let mut orphans = self.orphans.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        for id in ids {
+            if orphans.len() >= ORPHAN_MEMORY_IDS {
+                orphans.retain(|_, seen| seen.elapsed() < ORPHAN_MEMORY);
+                if orphans.len() >= ORPHAN_MEMORY_IDS {
+                    orphans.clear();
+                }
+            }
+            orphans.insert(id, now);
+        }
     }
 }
 
@@ -206,16 +299,17 @@ impl<S: DocStore> Executor for Ranker<S> {
     }
 }
 
-/// A query's ranked candidates, best first, and how many of them it answers with.
+/// A query's ranked candidates, best first with their ranks, and how many of them it answers
+/// with.
 struct Candidates {
-    queue: VecDeque<Document>,
+    queue: VecDeque<(usize, Document)>,
     want: usize,
 }
 
 impl Candidates {
     fn new(ranked: Vec<Document>, want: usize) -> Self {
         Self {
-            queue: ranked.into(),
+            queue: ranked.into_iter().enumerate().collect(),
             want,
         }
     }
@@ -224,6 +318,16 @@ impl Candidates {
 /// Most store reads of one search: candidates missing from the store are replaced by the
 /// next ones this many times at most (missing documents are rare: half-failed writes).
 const FILL_ROUNDS: usize = 4;
+
+/// How many times a query left short re-reads its candidates missing from the store, and how
+/// long it waits before each read: together longer than an index request takes from its
+/// indexer step to its ranker step (a mirrored write waits up to 50 ms for slow copies).
+const ORPHAN_REREADS: usize = 4;
+const ORPHAN_PAUSE: Duration = Duration::from_millis(50);
+/// How long a candidate that stayed missing is not waited for again, and how many such ids are
+/// remembered at most.
+const ORPHAN_MEMORY: Duration = Duration::from_secs(60);
+const ORPHAN_MEMORY_IDS: usize = 10_000;
 
 /// What a store read cut off by the deadline names.
 const STORE_READ: &str = "ranker: reading matched documents from the document store";

@@ -162,6 +162,76 @@ async fn matches_are_filled_from_the_store_and_chunk_matches_cleared() {
     );
 }
 
+/// A document is searchable in the indexer a moment before the ranker stores it (the next step
+/// of its index request). A search in between waits for it, instead of answering fewer than
+/// `top_k` matches, and gives it its rank; one that never comes is left out, and later
+/// searches do not wait for it again.
+#[tokio::test]
+async fn a_match_stored_while_the_search_waits_takes_its_rank() {
+    let app = ranker_with_corpus(&["--aggregation", "max"]).await;
+    // `late` ranks second, and is not stored yet: with `orphan`, the query has 4 stored
+    // candidates for 4 matches, so it waits.
+    let mut late = query(4);
+    late["data"][0]["chunks"][0]["matches"]
+        .as_array_mut()
+        .expect("matches")
+        .push(json!({"id": "late-0", "parent_id": "late", "score": 0.71875}));
+    let search = tokio::spawn({
+        let (app, late) = (app.clone(), late.clone());
+        async move { post(&app, "search", &late).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let (status, _) = post(
+        &app,
+        "index",
+        &json!({"data": [{"id": "late", "text": "stored late"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, out) = search.await.expect("search task");
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_ranked(
+        &out,
+        &[("a", 0.75), ("late", 0.71875), ("c", 0.6875), ("b", 0.625)],
+    );
+    assert_eq!(out["data"][0]["matches"][1]["text"], "stored late");
+
+    // With one more candidate than it needs, a query does not wait: the next one takes the
+    // place of one not stored.
+    let started = std::time::Instant::now();
+    let (_, out) = post(&app, "search", &query(3)).await;
+    assert_ranked(&out, &[("a", 0.75), ("c", 0.6875), ("b", 0.625)]);
+    let quick = started.elapsed();
+
+    // `never` ranks first and is never stored: with 5 matches asked of 4 stored candidates,
+    // the search waits, then leaves it out; the second search does not wait for it again.
+    let mut never = late.clone();
+    never["parameters"]["top_k"] = json!(5);
+    never["data"][0]["chunks"][0]["matches"]
+        .as_array_mut()
+        .expect("matches")
+        .push(json!({"id": "never-0", "parent_id": "never", "score": 0.875}));
+    let started = std::time::Instant::now();
+    let (_, out) = post(&app, "search", &never).await;
+    let first = started.elapsed();
+    assert_ranked(
+        &out,
+        &[("a", 0.75), ("late", 0.71875), ("c", 0.6875), ("b", 0.625)],
+    );
+    assert!(
+        first > quick + std::time::Duration::from_millis(150),
+        "a short query waits for its missing candidates: {first:?} against {quick:?}"
+    );
+    let started = std::time::Instant::now();
+    let (_, again) = post(&app, "search", &never).await;
+    assert_eq!(ranked(&again), ranked(&out));
+    assert!(
+        started.elapsed() < first / 2,
+        "the second search waited again: {first:?} then {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_query_without_chunks_keeps_its_own_matches() {
     let app = ranker(&[]);

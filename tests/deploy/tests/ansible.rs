@@ -523,12 +523,15 @@ async fn indexer_host_lost_and_restored(
         written.failed,
         written.samples
     );
-    ensure!(
-        searched.failed == 0,
-        "{} searches failed while indexer-2 was lost: {:?}",
-        searched.failed,
-        searched.samples
-    );
+    if searched.failed > 0 {
+        // What the ranker and the gateway said meanwhile (matches left out, copies taken out).
+        let said = ranker_and_gateway_warnings(hosts).await;
+        anyhow::bail!(
+            "{} searches failed while indexer-2 was lost: {:?}\n{said}",
+            searched.failed,
+            searched.samples
+        );
+    }
     ensure!(searched.ok >= 20, "only {} searches ran", searched.ok);
     ensure!(
         written.failed == 0,
@@ -563,6 +566,30 @@ async fn indexer_host_lost_and_restored(
         written.acknowledged.len()
     );
     Ok(())
+}
+
+/// The last warnings and errors in the journals of the rankers and of the gateway, for a
+/// failure's message.
+async fn ranker_and_gateway_warnings(hosts: &Hosts) -> String {
+    let mut said = String::new();
+    for (role, unit) in [
+        ("ranker", "flowmesh-ranker@*"),
+        ("flow", "flowmesh-gateway@*"),
+    ] {
+        let lines = hosts
+            .exec(
+                role,
+                &format!(
+                    "journalctl -u '{unit}' --no-pager -o cat 2>/dev/null \
+                     | grep -E 'WARN|ERROR' | tail -n 20; true"
+                ),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|e| format!("(cannot read: {e:#})"));
+        said.push_str(&format!("{role}'s journal, warnings:\n{lines}\n"));
+    }
+    said
 }
 
 /// `flowmesh snapshot` on the flow host, through the deployed (standalone) gateway with the
