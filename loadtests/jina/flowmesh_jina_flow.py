@@ -51,7 +51,12 @@ def build_flow(args):
     import flowmesh_jina_executors as ex
 
     flowmesh_netguard.patch_loaded_jina()
-    flow = Flow(protocol="http", host=HOST, port=args.port or None, title="flowmesh-bench compare")
+    if args.grpc:
+        # One gateway serving both protocols; Jina picks the ports when none are given.
+        ports = [args.port, args.grpc_port] if args.port and args.grpc_port else None
+        flow = Flow(protocol=["http", "grpc"], host=HOST, port=ports, title="flowmesh-bench compare")
+    else:
+        flow = Flow(protocol="http", host=HOST, port=args.port or None, title="flowmesh-bench compare")
     local = {"host": HOST}
     if args.topology == "text":
         flow = flow.add(
@@ -99,7 +104,13 @@ def run_flow(args):
                 f.write("j:flow")
         except OSError:
             pass
-        print(f"jina gateway: http://{HOST}:{flow.port}", flush=True)
+        ports = flow.port if isinstance(flow.port, list) else [flow.port]
+        protocols = [str(p).lower().split(".")[-1] for p in (flow.protocol if isinstance(flow.protocol, list) else [flow.protocol])]
+        by_protocol = dict(zip(protocols, ports))
+        # The gRPC line first: the harness reads on until the HTTP one.
+        if "grpc" in by_protocol:
+            print(f"jina grpc: grpc://{HOST}:{by_protocol['grpc']}", flush=True)
+        print(f"jina gateway: http://{HOST}:{by_protocol['http']}", flush=True)
         threading.Thread(target=watch_stdin, daemon=True).start()
         stop.wait()
     print("jina flow closed", flush=True)
@@ -119,6 +130,8 @@ def main():
     f = sub.add_parser("flow")
     f.add_argument("--topology", choices=["overhead", "text"], required=True)
     f.add_argument("--port", type=int, default=0, help="gateway port (0: Jina picks a free one)")
+    f.add_argument("--grpc", action="store_true", help="serve gRPC too, on a port of its own")
+    f.add_argument("--grpc-port", type=int, default=0, help="gRPC port with --grpc (0: Jina picks one)")
     f.add_argument("--replicas", type=int, default=2)
     f.add_argument("--shards", type=int, default=2)
     f.add_argument("--dim", type=int, default=64, help="hash encoder dimension (overhead)")

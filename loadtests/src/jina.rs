@@ -7,6 +7,12 @@
 //! - `overhead`: flows/overhead.yml (hash encoder x2 replicas -> flat indexer x2 shards, `all`
 //!   polling + top-k merge -> ranker) against the same topology of trivial Python executors on
 //!   Jina; index `--docs` short texts, then single-document searches at each `--concurrency`.
+//! - `grpc`: the overhead topology, each side's gateway serving Jina's gRPC protocol beside HTTP
+//!   (flowmesh's `--grpc-listen`, Jina's `protocol=['http', 'grpc']`); index `--docs` short
+//!   texts over HTTP, then at each `--concurrency` single-document searches over gRPC
+//!   (`process_single_data`, as Jina's client with `stream=False`) and over HTTP on the same
+//!   Flow, in alternating order: flowmesh's gRPC against Jina's, and each side's gRPC against
+//!   its own HTTP.
 //! - `search`: flows/text.yml (sentencizer -> MiniLM x2 replicas, one ONNX Runtime thread each
 //!   -> indexer x2 shards -> ranker) against Jina with the same model file, tokenizer and
 //!   topology; index `--search-docs` one-sentence documents, then single-document searches at
@@ -23,6 +29,7 @@
 //! query, an index answer one document per document sent; anything else counts as an error.
 //! One side runs at a time; CPU time of each side's processes comes from `/proc`.
 
+mod grpc;
 mod model;
 mod python;
 mod report;
@@ -46,6 +53,8 @@ use report::{Row, Side};
 pub(crate) enum WorkloadKind {
     /// Trivial executors: the mesh's own cost per request.
     Overhead,
+    /// Trivial executors, searched over gRPC and over HTTP on the same Flow.
+    Grpc,
     /// Text search with the real model.
     Search,
     /// Indexing with the real model, against the raw model.
@@ -68,7 +77,7 @@ pub(crate) struct CompareArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "overhead,search,index"
+        default_value = "overhead,grpc,search,index"
     )]
     #[serde(skip)]
     workload: Vec<WorkloadKind>,
@@ -187,6 +196,7 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
         eprintln!("== workload {kind:?}");
         match kind {
             WorkloadKind::Overhead => rows.extend(overhead(&args, &ctx).await?),
+            WorkloadKind::Grpc => rows.extend(grpc_rows(&args, &ctx).await?),
             WorkloadKind::Search => {
                 let (r, check) = search(&args, &ctx).await?;
                 rows.extend(r);
@@ -204,7 +214,10 @@ pub(crate) async fn run(args: CompareArgs) -> anyhow::Result<()> {
     }
     let refused = python::refusals(&guard_log);
     let result = report::result(&args, &rows, extras, &refused);
-    let table = report::table(&rows);
+    let mut table = report::table(&rows);
+    if let Some(protocols) = report::protocol_table(&rows) {
+        table = format!("{table}\n{protocols}");
+    }
     println!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(
@@ -245,6 +258,14 @@ impl Running {
         }
     }
 
+    /// Its gateway's gRPC address, when started with one.
+    fn grpc(&self) -> Option<&str> {
+        match self {
+            Self::Flowmesh(l) => l.grpc.as_deref(),
+            Self::Jina(j) => j.grpc.as_deref(),
+        }
+    }
+
     fn pid(&self) -> Option<u32> {
         match self {
             Self::Flowmesh(l) => l.pid(),
@@ -268,16 +289,23 @@ fn sides(order: Order) -> [bool; 2] {
     }
 }
 
+/// Starts one side, its gateway serving gRPC beside HTTP when `grpc`.
 async fn start(
     flowmesh: bool,
     flow: &Path,
     topology: &Topology<'_>,
     ctx: &Ctx,
     name: &str,
+    grpc: bool,
 ) -> anyhow::Result<Running> {
     if flowmesh {
         eprintln!("starting flowmesh: {}", flow.display());
-        return Ok(Running::Flowmesh(Launched::flow(flow).await?));
+        let launched = if grpc {
+            Launched::flow_grpc(flow).await?
+        } else {
+            Launched::flow(flow).await?
+        };
+        return Ok(Running::Flowmesh(launched));
     }
     eprintln!("starting Jina 3.34 ({name}) ...");
     let log = ctx.logs.join(format!("jina-{name}.log"));
@@ -288,6 +316,7 @@ async fn start(
             topology,
             REPLICAS,
             SHARDS,
+            grpc,
             &log,
             &ctx.guard_log,
         )
@@ -375,7 +404,15 @@ async fn overhead(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         .collect();
     let mut index_rows = Row::new("overhead: index", 4, "docs/s", None);
     for flowmesh in sides(args.order) {
-        let running = start(flowmesh, &args.overhead_flow, &topology, ctx, "overhead").await?;
+        let running = start(
+            flowmesh,
+            &args.overhead_flow,
+            &topology,
+            ctx,
+            "overhead",
+            false,
+        )
+        .await?;
         let forever = Duration::from_secs(3600);
         *index_rows.side(flowmesh) = index_side(&running, &client, &docs, 100, 4, forever).await;
         eprintln!("  index: {}", index_rows.side(flowmesh).summary());
@@ -388,6 +425,76 @@ async fn overhead(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     rows.insert(0, index_rows);
     Ok(rows)
 }
+
+/// Searches a side over gRPC from `concurrency` clients (a channel each), query `i` being
+/// `query(i)`; the side of the row, in requests/s.
+async fn grpc_search_side(
+    running: &Running,
+    args: &CompareArgs,
+    concurrency: usize,
+    query: fn(usize) -> String,
+) -> anyhow::Result<Side> {
+    let url = running
+        .grpc()
+        .ok_or_else(|| anyhow::anyhow!("the side was started without gRPC"))?;
+    let clients = grpc::Clients::connect(url, concurrency).await?;
+    let config = LoadConfig::new(
+        concurrency,
+        args.requests,
+        Duration::from_secs(args.duration_secs),
+    );
+    let phase = grpc::search(&clients, &config, args.top_k, query);
+    let (m, cpu) = measure(running, phase).await;
+    Ok(Side::from_measured(&m, m.requests() as f64, &cpu))
+}
+
+/// The `grpc` workload: rows `grpc: search` (gRPC on both sides) and `grpc: HTTP, same Flow`
+/// at each concurrency.
+async fn grpc_rows(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let dim = hash_dim(&args.overhead_flow)?;
+    let topology = Topology::Overhead { dim };
+    let docs = Arc::new(short::documents(args.docs));
+    let client = load::http_client();
+    let new_rows = |name: &str| -> Vec<Row> {
+        args.concurrency
+            .iter()
+            .map(|&c| Row::new(name, c, "requests/s", None))
+            .collect()
+    };
+    let (mut over_grpc, mut over_http) = (new_rows(GRPC_ROW), new_rows(GRPC_HTTP_ROW));
+    for flowmesh in sides(args.order) {
+        let running = start(flowmesh, &args.overhead_flow, &topology, ctx, "grpc", true).await?;
+        let forever = Duration::from_secs(3600);
+        let indexed = index_side(&running, &client, &docs, 100, 4, forever).await;
+        eprintln!("  index over HTTP: {}", indexed.summary());
+        anyhow::ensure!(
+            indexed.load.errors == 0,
+            "indexing the grpc workload's documents failed: {}",
+            indexed.summary()
+        );
+        for (k, &c) in args.concurrency.iter().enumerate() {
+            // Alternating which protocol goes first, against the drift of a shared machine.
+            for http in [k % 2 == 0, k % 2 == 1] {
+                if http {
+                    let side = search_side(&running, &client, args, c, short::query_text).await;
+                    eprintln!("  HTTP search c={c}: {}", side.summary());
+                    *over_http[k].side(flowmesh) = side;
+                } else {
+                    let side = grpc_search_side(&running, args, c, short::query_text).await?;
+                    eprintln!("  gRPC search c={c}: {}", side.summary());
+                    *over_grpc[k].side(flowmesh) = side;
+                }
+            }
+        }
+        running.stop().await;
+    }
+    over_grpc.extend(over_http);
+    Ok(over_grpc)
+}
+
+/// The rows of the `grpc` workload: searches over gRPC, and over HTTP on the same Flows.
+pub(crate) const GRPC_ROW: &str = "grpc: search";
+pub(crate) const GRPC_HTTP_ROW: &str = "grpc: HTTP, same Flow";
 
 /// Search query `i` of the search workload: one sentence unlike the indexed ones.
 fn sentence_query(i: usize) -> String {
@@ -412,7 +519,7 @@ async fn search(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, Embe
     let mut index_row = Row::new("search: index", 4, "docs/s", None);
     let mut row = Row::new("search", c, "requests/s", Some(3.0));
     for flowmesh in sides(args.order) {
-        let running = start(flowmesh, &args.text_flow, &topology, ctx, "text").await?;
+        let running = start(flowmesh, &args.text_flow, &topology, ctx, "text", false).await?;
         let (size, forever) = (args.request_size, Duration::from_secs(3600));
         *index_row.side(flowmesh) = index_side(&running, &client, &docs, size, 4, forever).await;
         eprintln!("  index: {}", index_row.side(flowmesh).summary());
@@ -471,7 +578,7 @@ async fn index(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, RawOn
             },
             run,
         );
-        let running = start(flowmesh, &args.text_flow, &topology, ctx, "text").await?;
+        let running = start(flowmesh, &args.text_flow, &topology, ctx, "text", false).await?;
         let side = row.side(flowmesh);
         *side = index_side(&running, &client, &docs, args.request_size, c, duration).await;
         side.set_raw(raw_docs);

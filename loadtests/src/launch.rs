@@ -25,11 +25,22 @@ const CREDENTIAL_VARIABLES: [&str; 10] = [
     "FLOWMESH_TLS_CLIENT_CA",
 ];
 
+/// Sets `RUST_LOG=error` for a Flow's processes unless `RUST_LOG` says otherwise: the meshes
+/// a benchmark measures write no access lines (docs/operations.md, what the access log costs),
+/// and the warnings of their health checks while they stop stay out of the progress display.
+fn quiet(command: &mut Command) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "error");
+    }
+}
+
 /// A running program of the mesh.
 pub(crate) struct Launched {
     child: Child,
     /// Its base URL: the gateway's for `flowmesh up`, the service's otherwise.
     pub(crate) base: String,
+    /// Its gateway's gRPC address (`grpc://HOST:PORT`), when started with one.
+    pub(crate) grpc: Option<String>,
     _workspace: Option<TempDir>,
 }
 
@@ -128,6 +139,7 @@ impl Launched {
         if let Some(token) = mesh_token {
             command.env("FLOWMESH_MESH_TOKEN", token);
         }
+        quiet(&mut command);
         let mut launched = Self::start(command, "gateway: ").await?;
         launched._workspace = Some(workspace);
         Ok(launched)
@@ -156,8 +168,30 @@ impl Launched {
         for var in CREDENTIAL_VARIABLES {
             command.env_remove(var);
         }
+        quiet(&mut command);
         command.envs(env.iter().copied());
         let mut launched = Self::start(command, "gateway: ").await?;
+        launched._workspace = Some(workspace);
+        Ok(launched)
+    }
+
+    /// [`Self::flow`], with the gateway serving Jina's gRPC protocol on a free port too
+    /// (`--grpc-listen`); its address is [`Launched::grpc`].
+    pub(crate) async fn flow_grpc(flow: &Path) -> anyhow::Result<Self> {
+        let workspace = TempDir(std::env::temp_dir().join(format!(
+            "flowmesh-bench-{}-{}",
+            std::process::id(),
+            NEXT_WORKSPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )));
+        let mut command = Command::new(sibling("flowmesh")?);
+        command
+            .arg("up")
+            .arg(flow)
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .arg("--workspace")
+            .arg(&workspace.0);
+        quiet(&mut command);
+        let mut launched = Self::start_with(command, "gateway: ", Some("gRPC (Jina): ")).await?;
         launched._workspace = Some(workspace);
         Ok(launched)
     }
@@ -173,9 +207,7 @@ impl Launched {
             .arg(flow)
             .args(["--listen", "127.0.0.1:0", "--workspace"])
             .arg(workspace);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "error");
-        }
+        quiet(&mut command);
         Self::start(command, "gateway: ").await
     }
 
@@ -200,7 +232,17 @@ impl Launched {
     }
 
     /// Starts `command` and reads its stdout until a line holding `marker`, followed by the URL.
-    async fn start(mut command: Command, marker: &str) -> anyhow::Result<Self> {
+    async fn start(command: Command, marker: &str) -> anyhow::Result<Self> {
+        Self::start_with(command, marker, None).await
+    }
+
+    /// [`Self::start`]; with `then`, reads on until a line holding `then` too, followed by the
+    /// gRPC address.
+    async fn start_with(
+        mut command: Command,
+        marker: &str,
+        then: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -209,13 +251,26 @@ impl Launched {
             .context("cannot start the program to measure")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let base = tokio::time::timeout(Duration::from_secs(600), async {
+        let (base, grpc) = tokio::time::timeout(Duration::from_secs(600), async {
+            let mut base = None;
             while let Some(line) = lines.next_line().await? {
-                if let Some(i) = line.find(marker) {
-                    return Ok(line[i + marker.len()..].trim().to_owned());
+                let wanted = if base.is_none() { Some(marker) } else { then };
+                let Some(wanted) = wanted else { break };
+                if let Some(i) = line.find(wanted) {
+                    let url = line[i + wanted.len()..].trim().to_owned();
+                    match base {
+                        None => base = Some(url),
+                        Some(base) => return Ok((base, Some(url))),
+                    }
+                    if then.is_none() {
+                        break;
+                    }
                 }
             }
-            bail!("the program exited before it was ready")
+            match base {
+                Some(base) if then.is_none() => Ok((base, None)),
+                _ => bail!("the program exited before it was ready"),
+            }
         })
         .await
         .context("the program was not ready in 10 minutes")??;
@@ -223,6 +278,7 @@ impl Launched {
         Ok(Self {
             child,
             base,
+            grpc,
             _workspace: None,
         })
     }

@@ -1,5 +1,6 @@
 //! `flowmesh-bench compare`'s Jina side: the loopback-only network guard refuses what it must,
-//! and a tiny overhead comparison runs to completion with no error on either side.
+//! and a tiny overhead comparison, over HTTP and over gRPC, runs to completion with no error on
+//! either side.
 //!
 //! Needs the venv of `scripts/jina-venv.sh` (`FLOWMESH_JINA_PYTHON`, set by scripts/test.sh;
 //! made here otherwise) and the service binaries next to `flowmesh-bench`
@@ -53,7 +54,7 @@ fn a_tiny_overhead_comparison_runs_clean_on_both_sides() {
     let started = Instant::now();
     let ran = run_bounded(
         Command::new(&bench)
-            .args(["compare", "--workload", "overhead", "--docs", "200"])
+            .args(["compare", "--workload", "overhead,grpc", "--docs", "200"])
             .args([
                 "--concurrency",
                 "1,4",
@@ -68,25 +69,34 @@ fn a_tiny_overhead_comparison_runs_clean_on_both_sides() {
             .arg(&python)
             .arg("--out")
             .arg(&out_dir),
-        Duration::from_secs(240),
+        Duration::from_secs(420),
     );
-    let jina_log = std::fs::read_to_string(out_dir.join("jina-overhead.log")).unwrap_or_default();
-    let tail: Vec<&str> = jina_log.lines().rev().take(40).collect();
-    let log = format!(
-        "stdout:\n{}\nstderr:\n{}\njina log: {}",
-        ran.stdout,
-        ran.stderr,
-        tail.join("\n")
-    );
-    assert!(ran.ok, "compare failed or took over 4 minutes\n{log}");
+    let mut log = format!("stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    for name in ["overhead", "grpc"] {
+        let jina_log =
+            std::fs::read_to_string(out_dir.join(format!("jina-{name}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = jina_log.lines().rev().take(40).collect();
+        log.push_str(&format!("\njina {name} log: {}", tail.join("\n")));
+    }
+    assert!(ran.ok, "compare failed or took over 7 minutes\n{log}");
     let result: Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("compare.json")).unwrap())
             .unwrap();
     let table = std::fs::read_to_string(out_dir.join("compare.md")).unwrap();
     assert!(table.contains("| overhead | 4 |"), "{table}");
+    assert!(table.contains("| grpc: search | 4 |"), "{table}");
     let rows = result["rows"].as_array().unwrap();
-    // The index phase and one row per concurrency.
-    assert_eq!(rows.len(), 3, "{result:#}");
+    // The index phase and one row per concurrency; then per concurrency a gRPC row and an
+    // HTTP row of the Flows serving both.
+    assert_eq!(rows.len(), 7, "{result:#}");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "grpc: search").count(),
+        2,
+        "{names:?}"
+    );
+    let ratios = result["grpc_over_http"].as_array().unwrap();
+    assert_eq!(ratios.len(), 2, "{result:#}");
     for row in rows {
         for side in ["flowmesh", "jina"] {
             assert_eq!(row[side]["errors"], 0, "{side} had errors: {row:#}");
@@ -95,7 +105,7 @@ fn a_tiny_overhead_comparison_runs_clean_on_both_sides() {
             // Two seconds of searches: each side's processes did the work, so they used CPU
             // (more than /proc's 10 ms tick), and so did the load generator. The index phase
             // (two requests) may take less than a tick.
-            if row["workload"] == "overhead" {
+            if row["workload"] != "overhead: index" {
                 let cpu = &row[side]["cpu_ms_per_unit"];
                 let service = row[side]["service_cpu_ms_per_unit"].as_f64().unwrap();
                 assert!(service > 0.0, "{side}: {cpu}");

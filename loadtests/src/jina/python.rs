@@ -75,6 +75,8 @@ pub(crate) struct JinaFlow {
     stdin: Option<ChildStdin>,
     /// `http://127.0.0.1:PORT` of its HTTP gateway.
     pub(crate) base: String,
+    /// `grpc://127.0.0.1:PORT` of its gRPC gateway, when started with one.
+    pub(crate) grpc: Option<String>,
 }
 
 /// Which Flow to start.
@@ -89,14 +91,17 @@ pub(crate) enum Topology<'a> {
 }
 
 impl JinaFlow {
-    /// Starts the Flow with `replicas` encoders and `shards` indexer shards; its stderr goes to
-    /// `stderr_log`, the guard's refusals to `guard_log`. Returns once every executor is ready.
+    /// Starts the Flow with `replicas` encoders and `shards` indexer shards, its gateway serving
+    /// gRPC besides HTTP when `grpc`; its stderr goes to `stderr_log`, the guard's refusals to
+    /// `guard_log`. Returns once every executor is ready.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         python: &Path,
         dir: &Path,
         topology: &Topology<'_>,
         replicas: usize,
         shards: usize,
+        grpc: bool,
         stderr_log: &Path,
         guard_log: &Path,
     ) -> anyhow::Result<Self> {
@@ -105,6 +110,9 @@ impl JinaFlow {
             .arg(dir.join("flowmesh_jina_flow.py"))
             .args(["flow", "--replicas", &replicas.to_string()])
             .args(["--shards", &shards.to_string()]);
+        if grpc {
+            command.arg("--grpc");
+        }
         match topology {
             Topology::Overhead { dim } => {
                 command.args(["--topology", "overhead", "--dim", &dim.to_string()]);
@@ -133,11 +141,19 @@ impl JinaFlow {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let marker = "jina gateway: ";
+        let (marker, grpc_marker) = ("jina gateway: ", "jina grpc: ");
         let ready = tokio::time::timeout(Duration::from_secs(300), async {
+            let mut grpc_url = None;
             while let Some(line) = lines.next_line().await? {
+                if let Some(i) = line.find(grpc_marker) {
+                    grpc_url = Some(line[i + grpc_marker.len()..].trim().to_owned());
+                }
                 if let Some(i) = line.find(marker) {
-                    return Ok(line[i + marker.len()..].trim().to_owned());
+                    let base = line[i + marker.len()..].trim().to_owned();
+                    if grpc && grpc_url.is_none() {
+                        bail!("the Jina Flow named no gRPC address before its HTTP one");
+                    }
+                    return Ok((base, grpc_url));
                 }
             }
             bail!(
@@ -146,8 +162,8 @@ impl JinaFlow {
             )
         })
         .await;
-        let base = match ready {
-            Ok(Ok(base)) => base,
+        let (base, grpc) = match ready {
+            Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 Self::kill_group(&child);
                 return Err(e);
@@ -161,7 +177,12 @@ impl JinaFlow {
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, stdin, base })
+        Ok(Self {
+            child,
+            stdin,
+            base,
+            grpc,
+        })
     }
 
     /// The Flow's main process (the executors and the gateway are its descendants).

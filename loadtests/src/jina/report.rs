@@ -160,6 +160,9 @@ pub(crate) struct CompareResult<'a> {
     jina: &'static str,
     settings: &'a CompareArgs,
     rows: &'a [Row],
+    /// Each side's gRPC searches over its HTTP searches, from the `grpc` workload's rows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    grpc_over_http: Vec<ProtocolRatio>,
     network_guard_refusals: &'a [String],
     #[serde(flatten)]
     extras: Extras,
@@ -174,12 +177,81 @@ pub(crate) fn result<'a>(
 ) -> CompareResult<'a> {
     CompareResult {
         benchmark: "compare",
-        jina: "3.34 (HTTP gateway, docarray v2, Python executors in loadtests/jina)",
+        jina: "3.34 (HTTP gateway, and gRPC for the grpc workload; docarray v2, Python executors in loadtests/jina)",
         settings: args,
         rows,
+        grpc_over_http: protocol_ratios(rows),
         network_guard_refusals: refused,
         extras,
     }
+}
+
+/// One concurrency of the `grpc` workload: each side's gRPC and HTTP searches on the same Flow.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProtocolRatio {
+    pub(crate) concurrency: usize,
+    pub(crate) flowmesh_grpc_per_s: f64,
+    pub(crate) flowmesh_http_per_s: f64,
+    /// flowmesh's gRPC rate over its HTTP rate.
+    pub(crate) flowmesh: f64,
+    pub(crate) jina_grpc_per_s: f64,
+    pub(crate) jina_http_per_s: f64,
+    /// Jina's gRPC rate over its HTTP rate.
+    pub(crate) jina: f64,
+}
+
+/// The `grpc` workload's rows paired by concurrency (none without that workload).
+pub(crate) fn protocol_ratios(rows: &[Row]) -> Vec<ProtocolRatio> {
+    rows.iter()
+        .filter(|g| g.workload == super::GRPC_ROW)
+        .filter_map(|g| {
+            let h = rows
+                .iter()
+                .find(|h| h.workload == super::GRPC_HTTP_ROW && h.concurrency == g.concurrency)?;
+            let (fg, fh) = (g.sides.flowmesh.per_s, h.sides.flowmesh.per_s);
+            let (jg, jh) = (g.sides.jina.per_s, h.sides.jina.per_s);
+            Some(ProtocolRatio {
+                concurrency: g.concurrency,
+                flowmesh_grpc_per_s: fg,
+                flowmesh_http_per_s: fh,
+                flowmesh: fg / fh,
+                jina_grpc_per_s: jg,
+                jina_http_per_s: jh,
+                jina: jg / jh,
+            })
+        })
+        .collect()
+}
+
+/// The Markdown table of each side's gRPC against its HTTP, when the run had the `grpc`
+/// workload.
+pub(crate) fn protocol_table(rows: &[Row]) -> Option<String> {
+    let ratios = protocol_ratios(rows);
+    if ratios.is_empty() {
+        return None;
+    }
+    let right = |name| (name, Align::Right);
+    let mut t = Table::new([
+        right("concurrency"),
+        right("flowmesh gRPC / HTTP searches/s"),
+        right("flowmesh gRPC / HTTP"),
+        right("Jina gRPC / HTTP searches/s"),
+        right("Jina gRPC / HTTP"),
+    ]);
+    for r in &ratios {
+        t.row(vec![
+            r.concurrency.to_string(),
+            format!(
+                "{} / {}",
+                num(r.flowmesh_grpc_per_s),
+                num(r.flowmesh_http_per_s)
+            ),
+            format!("{:.2}x", r.flowmesh),
+            format!("{} / {}", num(r.jina_grpc_per_s), num(r.jina_http_per_s)),
+            format!("{:.2}x", r.jina),
+        ]);
+    }
+    Some(t.render())
 }
 
 /// The Markdown table of a run.
@@ -298,5 +370,40 @@ mod tests {
         assert_eq!((row.sides.ratio, row.target_met), (4.0, Some(true)));
         assert_eq!(row.sides.flowmesh.requests, 2);
         assert!(table(&[row]).contains("| 4.0x | 3x met |"));
+    }
+
+    #[test]
+    fn grpc_rows_pair_with_their_http_rows() {
+        let measured = Measured {
+            latencies: Latencies::of_ms([2, 4]),
+            elapsed: Duration::from_secs(1),
+            ..Measured::default()
+        };
+        let cpu = BTreeMap::new();
+        let row = |name: &str, c: usize, flowmesh: f64, jina: f64| {
+            let mut r = Row::new(name, c, "requests/s", None);
+            *r.side(true) = Side::from_measured(&measured, flowmesh, &cpu);
+            *r.side(false) = Side::from_measured(&measured, jina, &cpu);
+            r.finish();
+            r
+        };
+        let rows = [
+            row(super::super::GRPC_ROW, 1, 300.0, 100.0),
+            row(super::super::GRPC_ROW, 16, 800.0, 200.0),
+            row(super::super::GRPC_HTTP_ROW, 16, 400.0, 250.0),
+            row("overhead", 1, 1.0, 1.0),
+        ];
+        let ratios = protocol_ratios(&rows);
+        assert_eq!(ratios.len(), 1, "concurrency 1 has no HTTP row");
+        assert_eq!(
+            (ratios[0].concurrency, ratios[0].flowmesh, ratios[0].jina),
+            (16, 2.0, 0.8)
+        );
+        let table = protocol_table(&rows).unwrap_or_default();
+        assert!(
+            table.contains("| 2.00x |") && table.contains("| 0.80x |"),
+            "{table}"
+        );
+        assert!(protocol_table(&rows[3..]).is_none());
     }
 }
