@@ -30,7 +30,11 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 
 step "ONNX Runtime and the default models (models/prepare.sh)"
-models/prepare.sh | tail -n 1
+MODELS_DIR="$(models/prepare.sh | tail -n 1)"
+echo "$MODELS_DIR"
+
+step "the int8 variant's quality gate rejects what it must (models/test_gate.py)"
+"$MODELS_DIR/venv/bin/python" models/test_gate.py
 
 step "python venv with jina (the Jina client test; flowmesh-bench compare and its tests)"
 FLOWMESH_JINA_PYTHON="$(scripts/jina-venv.sh | tail -n 1)"
