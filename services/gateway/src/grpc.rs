@@ -20,7 +20,8 @@
 //! no documents whose `header.status` is `ERROR`, the error's kind as `exception.name` and its
 //! message as `exception.args` (Jina's client raises it as `BadServer`). Messages are bounded by
 //! `--max-body-bytes` (`OUT_OF_RANGE` beyond), requests in flight by
-//! `--max-concurrent-requests` (its own budget of that many, answered `overloaded` beyond).
+//! `--max-concurrent-requests` (the same budget as the HTTP API's, answered `overloaded`
+//! beyond), connections by `--max-connections` (a budget of its own, beside HTTP's).
 //! With the gateway's certificate (`--tls-cert`), gRPC is served over TLS too (`grpcs://`).
 
 pub mod convert;
@@ -28,6 +29,7 @@ pub mod proto;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,13 +38,14 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::rustls::ServerConfig;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::server::Grpc;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
@@ -86,16 +89,13 @@ impl std::fmt::Debug for JinaGrpc {
 
 struct Inner {
     state: AppState,
-    /// The requests in flight, at most `--max-concurrent-requests`.
-    permits: Arc<Semaphore>,
 }
 
 impl JinaGrpc {
     /// The service of a gateway with `state` (its Flow, limits and API keys).
     pub fn new(state: AppState) -> Self {
-        let permits = Arc::new(Semaphore::new(state.limits.max_concurrent_requests.max(1)));
         Self {
-            inner: Arc::new(Inner { state, permits }),
+            inner: Arc::new(Inner { state }),
         }
     }
 }
@@ -369,7 +369,7 @@ impl Inner {
         let request_id = crate::http::ensure_request_id(&mut envelope.header);
         let header = envelope.header.clone();
         let docs = envelope.data.len();
-        let result = match Arc::clone(&self.permits).try_acquire_owned() {
+        let result = match Arc::clone(&self.state.in_flight).try_acquire_owned() {
             Ok(_permit) => crate::http::run_flow(&self.state, endpoint, envelope).await,
             Err(_) => {
                 metrics::counter!("flowmesh_requests_shed_total").increment(1);
@@ -470,6 +470,12 @@ pub async fn bind(addr: SocketAddr, tls: bool) -> anyhow::Result<TcpListener> {
 /// Serves Jina's gRPC protocol for `state` on `listener` until `shutdown` resolves, over TLS
 /// with `tls` (the gateway's HTTPS configuration; ALPN `h2` here), then drains the calls in
 /// flight.
+///
+/// As the HTTP listener: at most `--max-connections` connections are open at once (the next
+/// waits in the accept queue), a TLS handshake must finish within `--header-timeout-secs`, and
+/// data requests take their permits from the HTTP API's `--max-concurrent-requests`. A
+/// connection carries at most [`MAX_STREAMS`] calls at once, and one whose peer stops answering
+/// HTTP/2 pings ([`KEEPALIVE`]) is closed.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -477,11 +483,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let handshake_timeout = state.limits.header_timeout();
+    let max_connections = state.limits.max_connections;
     let service = JinaGrpc::new(state);
-    let server = tonic::transport::Server::builder();
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE));
     match tls {
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming =
+                bounded_incoming(listener, max_connections, |tcp, _| async move { Some(tcp) });
             server
                 .serve_with_incoming_shutdown(service, incoming, shutdown)
                 .await
@@ -490,7 +501,22 @@ pub async fn serve(
             let mut config = (*config).clone();
             config.alpn_protocols = vec![b"h2".to_vec()];
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-            let incoming = tls_incoming(listener, acceptor, handshake_timeout);
+            let incoming = bounded_incoming(listener, max_connections, move |tcp, remote| {
+                let acceptor = acceptor.clone();
+                async move {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => Some(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            None
+                        }
+                    }
+                }
+            });
             server
                 .serve_with_incoming_shutdown(service, incoming, shutdown)
                 .await
@@ -499,22 +525,45 @@ pub async fn serve(
     .context("the gRPC server failed")
 }
 
-/// The TLS connections of `listener`: each handshake runs in its own task (within
-/// `handshake_timeout`), so that a slow one does not hold up the others.
-fn tls_incoming(
+/// Calls one gRPC connection carries at once.
+const MAX_STREAMS: u32 = 128;
+
+/// How often an idle gRPC connection is pinged, and how long the peer has to answer.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// The connections of `listener`, each opened by `open` (plain TCP as it is, or a TLS
+/// handshake: `None` drops the connection) in its own task, so that a slow one does not hold up
+/// the others. At most `max_connections` are open at once: each holds a permit until it closes,
+/// and the next connection is accepted only when a permit is free.
+fn bounded_incoming<S, F, Fut>(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    handshake_timeout: Duration,
-) -> BoxStream<'static, std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    max_connections: usize,
+    open: F,
+) -> BoxStream<'static, std::io::Result<Bounded<S>>>
+where
+    S: Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<S>> + Send + 'static,
+{
+    let connections = Arc::new(Semaphore::new(max_connections.max(1)));
+    let open = Arc::new(open);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, remote) = tokio::select! {
+            let permit = tokio::select! {
                 // The server stopped and dropped the stream.
+                () = tx.closed() => break,
+                permit = Arc::clone(&connections).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (tcp, remote) = tokio::select! {
                 () = tx.closed() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
+                        // Out of descriptors, or a connection reset before it was accepted.
                         tracing::debug!(error = %e, "gRPC accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
@@ -524,14 +573,15 @@ fn tls_incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (open, tx) = (Arc::clone(&open), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(stream).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                if let Some(io) = open(tcp, remote).await {
+                    let _ = tx
+                        .send(Bounded {
+                            io,
+                            _permit: permit,
+                        })
+                        .await;
                 }
             });
         }
@@ -540,4 +590,58 @@ fn tls_incoming(
         rx.recv().await.map(|stream| (Ok(stream), rx))
     })
     .boxed()
+}
+
+/// A connection holding one of the listener's `--max-connections` permits until it is dropped.
+struct Bounded<S> {
+    io: S,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S: Connected> Connected for Bounded<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Bounded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

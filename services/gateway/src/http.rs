@@ -18,7 +18,7 @@ use flowmesh_shared::api::EmbeddingValue;
 use flowmesh_shared::codec::{Negotiated, Reply};
 use flowmesh_shared::health::Readiness;
 use flowmesh_shared::openapi::set_error_responses;
-use flowmesh_shared::server::{service_router, shed_beyond, Limits};
+use flowmesh_shared::server::{service_router, shed_with, Limits};
 use flowmesh_shared::{
     ApiError, Document, Endpoint, Envelope, ErrorBody, Header, Parameters, Route,
 };
@@ -47,6 +47,9 @@ pub struct AppState {
     /// Whether browsers on other origins may call the API (`--cors`; the Flow's `cors: true`
     /// turns it on too).
     pub cors: bool,
+    /// The requests worked on at once, at most `limits.max_concurrent_requests`: HTTP's work
+    /// routes and gRPC's data requests share them.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -64,6 +67,9 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// The state of a gateway serving `flow` under `limits` and the default gateway limits.
     pub fn new(flow: Arc<Flow>, limits: Limits) -> Self {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            limits.max_concurrent_requests.max(1),
+        ));
         Self {
             flow,
             limits,
@@ -71,6 +77,7 @@ impl AppState {
             processes: None,
             keys: ApiKeys::none(),
             cors: false,
+            in_flight,
         }
     }
 
@@ -131,7 +138,7 @@ pub fn router(state: AppState) -> Router {
     }
     let own = own
         .route("/post", post(jina_post))
-        .route_layer(shed_beyond(limits.max_concurrent_requests))
+        .route_layer(shed_with(Arc::clone(&state.in_flight)))
         .route("/status", get(flow_status))
         .route("/dry_run", get(dry_run))
         .route(

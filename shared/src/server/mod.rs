@@ -36,5 +36,7 @@ pub use mesh::{
     bearer_token, require_mesh_token, MeshArgs, MeshGuard, MeshLayer, MESH_TOKEN_ENV,
     MESH_TOKEN_FILE_ENV,
 };
-pub use routes::{method_not_allowed, service_router, shed_beyond, unknown_route, ShedLayer};
+pub use routes::{
+    method_not_allowed, service_router, shed_beyond, shed_with, unknown_route, ShedLayer,
+};
 pub use signal::shutdown_signal;

@@ -50,6 +50,12 @@ pub type ShedLayer =
 /// with 429 `overloaded` and `Retry-After`, rather than queueing them without bound. Put it on
 /// the work routes only (`route_layer`), so that health checks and metrics always answer.
 pub fn shed_beyond(max: usize) -> ShedLayer {
+    shed_with(Arc::new(Semaphore::new(max.max(1))))
+}
+
+/// [`shed_beyond`] with the permits of `permits`, which other listeners may share (the
+/// gateway's gRPC calls take theirs from the same budget as its HTTP requests).
+pub fn shed_with(permits: Arc<Semaphore>) -> ShedLayer {
     fn shed(
         State(permits): State<Arc<Semaphore>>,
         req: Request,
@@ -68,7 +74,7 @@ pub fn shed_beyond(max: usize) -> ShedLayer {
             next.run(req).await
         })
     }
-    axum::middleware::from_fn_with_state(Arc::new(Semaphore::new(max.max(1))), shed as ShedFn)
+    axum::middleware::from_fn_with_state(permits, shed as ShedFn)
 }
 
 /// The JSON 404 for a path no route matches.
