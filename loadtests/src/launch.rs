@@ -153,6 +153,24 @@ impl Launched {
         args: &[std::ffi::OsString],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::up(flow, args, env, None).await
+    }
+
+    /// [`Self::flow_with`] without extra flags, the gateway serving Jina's gRPC protocol on a
+    /// free port too (`--grpc-listen`); its address is [`Launched::grpc`].
+    pub(crate) async fn flow_grpc(flow: &Path) -> anyhow::Result<Self> {
+        let args = ["--grpc-listen", "127.0.0.1:0"].map(std::ffi::OsString::from);
+        Self::up(flow, &args, &[], Some("gRPC (Jina): ")).await
+    }
+
+    /// `flowmesh up FLOW ARGS` in a fresh workspace without this process's credential
+    /// variables, with `env`, until its `gateway:` line (and then the line holding `then`).
+    async fn up(
+        flow: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(&str, &str)],
+        then: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let workspace = TempDir(std::env::temp_dir().join(format!(
             "flowmesh-bench-{}-{}",
             std::process::id(),
@@ -170,28 +188,7 @@ impl Launched {
         }
         quiet(&mut command);
         command.envs(env.iter().copied());
-        let mut launched = Self::start(command, "gateway: ").await?;
-        launched._workspace = Some(workspace);
-        Ok(launched)
-    }
-
-    /// [`Self::flow`], with the gateway serving Jina's gRPC protocol on a free port too
-    /// (`--grpc-listen`); its address is [`Launched::grpc`].
-    pub(crate) async fn flow_grpc(flow: &Path) -> anyhow::Result<Self> {
-        let workspace = TempDir(std::env::temp_dir().join(format!(
-            "flowmesh-bench-{}-{}",
-            std::process::id(),
-            NEXT_WORKSPACE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        )));
-        let mut command = Command::new(sibling("flowmesh")?);
-        command
-            .arg("up")
-            .arg(flow)
-            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
-            .arg("--workspace")
-            .arg(&workspace.0);
-        quiet(&mut command);
-        let mut launched = Self::start_with(command, "gateway: ", Some("gRPC (Jina): ")).await?;
+        let mut launched = Self::start_with(command, "gateway: ", then).await?;
         launched._workspace = Some(workspace);
         Ok(launched)
     }

@@ -164,6 +164,10 @@ pub(crate) struct FlowArgs {
     /// ONNX Runtime threads per encoder replica.
     #[arg(long, default_value_t = 1)]
     encoder_threads: usize,
+    /// How the ONNX encoder orders texts into model calls: `length` (its default: similar token
+    /// counts together) or `arrival` (the batcher before issue 16), for before/after figures.
+    #[arg(long, default_value = "length", value_parser = ["length", "arrival"])]
+    encoder_batch_order: String,
     /// Batches of one request in flight in the Flow.
     #[arg(long, default_value_t = 4)]
     prefetch: usize,
@@ -644,6 +648,7 @@ pub(crate) mod tests {
             "encoder",
             "dim",
             "encoder_threads",
+            "encoder_batch_order",
             "prefetch",
             "image_size",
             "image_format",

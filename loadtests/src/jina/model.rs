@@ -44,6 +44,9 @@ pub(super) struct RawOnnx {
     pub(super) sentences_per_doc: usize,
     /// `before_flowmesh` and `before_jina`.
     pub(super) runs: BTreeMap<&'static str, RawRun>,
+    /// The same sentences sorted by length (batches of similar lengths), measured once before
+    /// the first side: the most any batching of them can reach.
+    pub(super) sorted_by_length: Option<RawRun>,
 }
 
 /// The raw model measured just before one side.

@@ -126,9 +126,10 @@ impl FlowPlan<'_> {
         let encoder_with = match (self.flags.encoder, self.workload.scenario) {
             (Encoder::Hash, Scenario::Image) => bail!("the hash encoder reads texts only"),
             (Encoder::Hash, Scenario::Text) => json!({"model": "hash", "dim": self.flags.dim}),
-            (Encoder::Onnx, Scenario::Text) => {
-                json!({"model": "onnx", "threads": self.flags.encoder_threads})
-            }
+            (Encoder::Onnx, Scenario::Text) => json!({
+                "model": "onnx", "threads": self.flags.encoder_threads,
+                "batch_order": self.flags.encoder_batch_order,
+            }),
             (Encoder::Onnx, Scenario::Image) => json!({
                 "model": "onnx", "model_config": "mobilenetv2", "threads": self.flags.encoder_threads,
             }),
@@ -308,6 +309,7 @@ mod tests {
             encoder: Encoder::Onnx,
             dim: 64,
             encoder_threads: 1,
+            encoder_batch_order: "length".into(),
             prefetch: 4,
         }
     }
