@@ -496,6 +496,35 @@ async fn grpc_rows(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
 pub(crate) const GRPC_ROW: &str = "grpc: search";
 pub(crate) const GRPC_HTTP_ROW: &str = "grpc: HTTP, same Flow";
 
+/// `texts` sorted by length and cut into batches of `batch` (the raw loop's windows), the
+/// batches in an order that spreads short and long ones evenly: the loop stops at its duration,
+/// and any prefix of the batches must be like the whole (in plain sorted order it would time
+/// only the shortest texts).
+fn sorted_batches(texts: &[String], batch: usize) -> Vec<String> {
+    let mut sorted = texts.to_vec();
+    sorted.sort_by_key(String::len);
+    // Whole batches only, so that the windows stay aligned; the remainder goes last.
+    let batches: Vec<&[String]> = sorted.chunks_exact(batch.max(1)).collect();
+    let rest = sorted.chunks_exact(batch.max(1)).remainder();
+    let n = batches.len();
+    // A stride coprime with n visits every batch once; near n / golden ratio, its first batches
+    // already spread over the whole range of lengths.
+    let stride = (n * 618 / 1000..).find(|s| gcd(*s, n) == 1).unwrap_or(1);
+    (0..n)
+        .flat_map(|k| batches[(k * stride) % n].iter())
+        .chain(rest)
+        .cloned()
+        .collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// Search query `i` of the search workload: one sentence unlike the indexed ones.
 fn sentence_query(i: usize) -> String {
     format!("{}.", sentence(1_000_003 + i))
@@ -551,8 +580,7 @@ async fn index(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, RawOn
     let texts: Vec<String> = (0..args.index_docs * spd).map(sentence).collect();
     // And, once, sorted by length: batches of similar lengths back to back, with no other work,
     // are what any batching of these sentences can reach at most.
-    let mut by_length = texts.clone();
-    by_length.sort_by_key(String::len);
+    let by_length = sorted_batches(&texts, MAX_BATCH);
     let sentences = Arc::new(Workload::Texts {
         texts,
         make: sentence,
@@ -616,4 +644,31 @@ async fn index(args: &CompareArgs, ctx: &Ctx) -> anyhow::Result<(Vec<Row>, RawOn
         sorted_by_length: sorted,
     };
     Ok((vec![row], raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_batches_hold_every_text_once_and_mix_lengths_early() {
+        let texts: Vec<String> = (0..6400).map(|i| "w ".repeat(1 + i % 97)).collect();
+        let out = sorted_batches(&texts, 64);
+        let (mut a, mut b) = (out.clone(), texts);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "a permutation of the texts");
+        for batch in out.chunks(64) {
+            let lens: Vec<usize> = batch.iter().map(String::len).collect();
+            assert!(lens.windows(2).all(|w| w[0] <= w[1]), "each batch sorted");
+        }
+        // The first quarter is not only the shortest texts.
+        let mean = |t: &[String]| t.iter().map(String::len).sum::<usize>() as f64 / t.len() as f64;
+        let early = mean(&out[..out.len() / 4]);
+        assert!(
+            (early - mean(&out)).abs() < 0.2 * mean(&out),
+            "{early} against {}",
+            mean(&out)
+        );
+    }
 }
