@@ -201,12 +201,15 @@ impl<S: DocStore> Ranker<S> {
             );
         }
         if rereads > 0 {
-            for (query, ranks) in queries.iter_mut().zip(ranks) {
+            // Late arrivals take their rank; a query may have got more than it wants (several
+            // arrived at once), and keeps its best.
+            for ((query, ranks), c) in queries.iter_mut().zip(ranks).zip(&candidates) {
                 let mut ranked: Vec<(usize, Document)> = ranks
                     .into_iter()
                     .zip(std::mem::take(&mut query.matches))
                     .collect();
                 ranked.sort_by_key(|(rank, _)| *rank);
+                ranked.truncate(c.want);
                 query.matches = ranked.into_iter().map(|(_, m)| m).collect();
             }
         }

@@ -232,6 +232,37 @@ async fn a_match_stored_while_the_search_waits_takes_its_rank() {
     );
 }
 
+/// Two matches stored while a search waits for them: the query keeps its `top_k` best, in rank
+/// order, not every match that arrived.
+#[tokio::test]
+async fn late_matches_never_exceed_top_k() {
+    let app = ranker_with_corpus(&["--aggregation", "max"]).await;
+    let mut q = query(4);
+    let matches = q["data"][0]["chunks"][0]["matches"]
+        .as_array_mut()
+        .expect("matches");
+    matches.push(json!({"id": "late-0", "parent_id": "late", "score": 0.71875}));
+    matches.push(json!({"id": "later-0", "parent_id": "later", "score": 0.65625}));
+    let search = tokio::spawn({
+        let (app, q) = (app.clone(), q.clone());
+        async move { post(&app, "search", &q).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let docs = json!({"data": [{"id": "late", "text": "one"}, {"id": "later", "text": "two"}]});
+    assert_eq!(post(&app, "index", &docs).await.0, StatusCode::OK);
+    let (status, out) = search.await.expect("search task");
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_ranked(
+        &out,
+        &[
+            ("a", 0.75),
+            ("late", 0.71875),
+            ("c", 0.6875),
+            ("later", 0.65625),
+        ],
+    );
+}
+
 #[tokio::test]
 async fn a_query_without_chunks_keeps_its_own_matches() {
     let app = ranker(&[]);
