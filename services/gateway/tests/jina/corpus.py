@@ -1,0 +1,25 @@
+"""The documents both Jina client checks index and search (jina_client_check.py over HTTP,
+jina_grpc_check.py over gRPC): twenty short texts on distinct topics."""
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a stitch in time saves nine",
+    "rust services talk json over http",
+    "neural search finds similar documents",
+    "coffee tastes better in the morning",
+    "mountains are covered with fresh snow",
+    "the library closes at eight tonight",
+    "penguins cannot fly but swim well",
+    "a red bicycle leans on the fence",
+    "rainy days make the river rise",
+    "violins and cellos play a quiet duet",
+    "the market sells ripe mangoes today",
+    "satellites orbit far above the clouds",
+    "grandmother bakes bread every sunday",
+    "lighthouses guide ships through fog",
+    "honey bees dance to share directions",
+    "old maps show forgotten islands",
+    "the chess player sacrificed her queen",
+    "volcanoes release ash and lava",
+    "a paper lantern floats down the stream",
+]
